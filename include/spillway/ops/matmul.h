@@ -1,0 +1,59 @@
+// Matrix products of quantized weights with f32 activations: the decode hot path (T = 1,
+// matrix-vector) and prefill (T > 1, matrix-matrix in tiles). Weights stay in their
+// GGUF blocks; activations are quantized once per call into 8-bit blocks where the
+// weight type has an integer dot product.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "spillway/core/thread_pool.h"
+#include "spillway/core/types.h"
+
+namespace spillway::ops {
+
+// A row-major matrix in GGUF storage: `rows` rows of `cols` elements of `type`, each row
+// `row_bytes` long. GGUF shape [ne0 = cols, ne1 = rows]. Not owned.
+struct WeightMatrix {
+  DType type = DType::F32;
+  const void* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  uint64_t row_bytes = 0;
+};
+
+// T rows of `cols` f32 activations plus their quantized forms, made on demand by the
+// first product that needs each form and reused by the following ones (Q, K and V share
+// one). Buffers grow to the largest size seen and are then reused: no allocation per
+// token after warm-up.
+class Activations {
+ public:
+  // Points at x ([T][cols], row stride cols); x must stay unchanged while in use.
+  void set(const float* x, int64_t T, int64_t cols);
+  const float* f32() const { return x_; }
+  int64_t n_rows() const { return T_; }
+  int64_t cols() const { return cols_; }
+
+  // Quantized forms, computed on first use after set(). Layouts are private to ops.
+  const void* q8_0(ThreadPool& pool);  // blocks of 32: Q8_0-style, per-row contiguous
+  const void* q8_k(ThreadPool& pool);  // blocks of 256: Q8_K, per-row contiguous
+
+ private:
+  const float* x_ = nullptr;
+  int64_t T_ = 0, cols_ = 0;
+  bool have_q8_0_ = false, have_q8_k_ = false;
+  std::vector<std::byte> q8_0_, q8_k_;
+};
+
+// y[t * ldy + r] = sum_c W[r][c] * x[t][c] for t < x.n_rows(), r < w.rows.
+// Requires x.cols() == w.cols. Work is split over the pool's threads.
+void matmul(const WeightMatrix& w, Activations& x, float* y, int64_t ldy, ThreadPool& pool);
+
+// Convenience for a single f32 vector (tests, tools): y[r] = W[r] . x.
+void matvec(const WeightMatrix& w, const float* x, float* y, ThreadPool& pool);
+
+// Which kernel family this build and CPU use ("avx512-vnni", "avx2", "scalar").
+const char* kernel_isa();
+
+}  // namespace spillway::ops

@@ -1,0 +1,85 @@
+// Tokenizers built from GGUF metadata (tokenizer.ggml.*). Byte-level BPE ("gpt2") with
+// the pre-tokenizer named by tokenizer.ggml.pre; the interface admits SentencePiece-style
+// ("llama") vocabularies as another implementation.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace spillway::gguf {
+class GgufFile;
+}
+
+namespace spillway {
+
+using TokenId = int32_t;
+
+// GGUF token types (tokenizer.ggml.token_type).
+enum class TokenType : int32_t {
+  Undefined = 0,
+  Normal = 1,
+  Unknown = 2,
+  Control = 3,
+  UserDefined = 4,
+  Unused = 5,
+  Byte = 6,
+};
+
+struct EncodeOptions {
+  // Prepend BOS. nullopt: as the metadata says (tokenizer.ggml.add_bos_token).
+  std::optional<bool> add_bos;
+  // Recognize special/control tokens written in the text ("<|im_start|>") as single ids.
+  bool parse_special = false;
+};
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Builds the tokenizer the metadata describes. Throws UnsupportedError for an unknown
+  // tokenizer.ggml.model or pre-tokenizer, FormatError for inconsistent metadata.
+  static std::unique_ptr<Tokenizer> from_gguf(const gguf::GgufFile& file);
+
+  virtual std::vector<TokenId> encode(std::string_view text, const EncodeOptions& opts = {}) const = 0;
+  // Concatenated bytes of the tokens' text (special tokens as their text; BOS/EOS and
+  // other control tokens are skipped unless keep_control). May end in partial UTF-8.
+  virtual std::string decode(std::span<const TokenId> ids, bool keep_control = false) const = 0;
+  // The raw bytes one token stands for (control tokens: their text).
+  virtual std::string token_bytes(TokenId id) const = 0;
+  // The vocabulary entry as stored in the file ("Ġthe").
+  virtual const std::string& piece(TokenId id) const = 0;
+  virtual TokenType token_type(TokenId id) const = 0;
+
+  virtual int32_t vocab_size() const = 0;
+  virtual std::string_view model_name() const = 0;  // "gpt2"
+  virtual std::string_view pre_name() const = 0;    // "smollm"
+  virtual std::optional<TokenId> bos() const = 0;
+  virtual std::optional<TokenId> eos() const = 0;
+  virtual bool add_bos() const = 0;
+  // End of generation: EOS, EOT, <|im_end|>-like control tokens.
+  virtual bool is_eog(TokenId id) const = 0;
+  // Id of a token written exactly as `text` in the vocabulary.
+  virtual std::optional<TokenId> find(std::string_view text) const = 0;
+};
+
+// Turns a stream of token ids into UTF-8 text, holding back an incomplete trailing UTF-8
+// sequence until the bytes that complete it arrive.
+class StreamDecoder {
+ public:
+  explicit StreamDecoder(const Tokenizer& tok) : tok_(tok) {}
+  // Text that is complete after this token (possibly empty).
+  std::string push(TokenId id);
+  // Whatever is held back (invalid sequences become U+FFFD).
+  std::string flush();
+
+ private:
+  const Tokenizer& tok_;
+  std::string pending_;
+};
+
+}  // namespace spillway

@@ -1,0 +1,2 @@
+// Compiled once so the header is checked on its own.
+#include "util/paths.h"
