@@ -38,9 +38,14 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n);
 // Scalar reference: sum_i dequant(row)[i] * x[i], accumulated in double.
 double dot_row_ref(DType t, const void* row, const float* x, int64_t n);
 
-// Quantizes n f32 values into blocks of t (reference rounding as ggml's reference
-// quantizers). Supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q8_K, Q4_K,
-// Q6_K; others throw UnsupportedError. Used by tests to write models of any type.
+// Quantizes n f32 values into blocks of t. F16, BF16, Q4_0 ... Q8_1 and Q8_K follow
+// ggml's reference rounding (F16 ... Q8_0 are tested byte-identical against the gguf
+// package); Q2_K ... Q6_K use a small per-sub-block scale search of their own (error
+// comparable to ggml's, bytes not identical). Every DType
+// is supported; an id outside the enum throws UnsupportedError. Used by tests to write
+// models of any type.
+// All three functions throw InvalidArgument when n is negative or not a multiple of the
+// block size.
 void quantize_row_ref(DType t, const float* src, void* dst, int64_t n);
 
 }  // namespace spillway

@@ -37,6 +37,7 @@ enum class ValueType : uint32_t {
   FLOAT64 = 12,
 };
 
+// "uint32", "string", "array", ... ("unknown" for an id outside the enum).
 std::string_view value_type_name(ValueType t);
 
 class Value;
@@ -45,6 +46,8 @@ class Value;
 struct Array {
   ValueType elem_type = ValueType::UINT8;
   std::vector<Value> items;
+
+  friend bool operator==(const Array& a, const Array& b);
 };
 
 // One metadata value. Scalars, strings and arrays.
@@ -68,10 +71,24 @@ class Value {
   const std::string* string() const { return std::get_if<std::string>(&v_); }
   const Array* array() const { return std::get_if<Array>(&v_); }
   std::optional<bool> to_bool() const;
+  // "uint32", "string", "array of string (3 items)": names what a value holds, for
+  // messages.
+  std::string describe() const;
+
+  // Same type and value (floats compare as numbers: NaN differs from itself).
+  friend bool operator==(const Value& a, const Value& b) { return a.v_ == b.v_; }
 
  private:
   Storage v_;
 };
+
+inline bool operator==(const Array& a, const Array& b) {
+  return a.elem_type == b.elem_type && a.items == b.items;
+}
+
+// Renders a value for people: numbers and bools as text, strings as they are, arrays as
+// "[a, b, c, ... (N items)]" showing at most max_items elements.
+std::string format_value(const Value& v, size_t max_items = 8);
 
 // Key/value metadata in file order, with lookup by key.
 class Metadata {
@@ -84,7 +101,9 @@ class Metadata {
   // find: nullopt when missing; throws FormatError when present with another type.
   template <class T>
   std::optional<T> find(const std::string& key) const;
-  // Array accessors: an array of strings / of integers / of floats, or throws.
+  // Array accessors: an array of strings / of integers (any integer element type whose
+  // values fit in int64) / of floats (FLOAT32 or FLOAT64), or throws FormatError naming
+  // the key (also when missing).
   std::vector<std::string> get_strings(const std::string& key) const;
   std::vector<int64_t> get_ints(const std::string& key) const;
   std::vector<float> get_floats(const std::string& key) const;
@@ -95,7 +114,8 @@ class Metadata {
   const std::vector<std::string>& keys() const { return keys_; }
   size_t size() const { return keys_.size(); }
 
-  // Used by the reader (and by test writers): throws FormatError on a duplicate key.
+  // Used by the reader (and by test writers): throws FormatError on a duplicate key;
+  // `where` says where the key was found ("at byte 120") and goes into the message.
   void add(std::string key, Value v, const std::string& where);
   std::string source;  // file name used in error messages
 
@@ -113,12 +133,26 @@ struct TensorInfo {
   uint64_t offset = 0;                    // from the start of the data section
   uint64_t n_bytes = 0;
   const std::byte* data = nullptr;        // into the mapping; valid while the file lives
+  uint64_t info_offset = 0;               // file byte where this tensor's info record starts
 
   int64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
   int64_t n_rows() const { return ne[1] * ne[2] * ne[3]; }
   uint64_t row_bytes() const { return n_bytes / static_cast<uint64_t>(n_rows()); }
 };
 
+// Limits the reader enforces on top of the format itself.
+inline constexpr int kMaxArrayDepth = 8;         // arrays nested deeper are rejected
+inline constexpr uint64_t kDefaultAlignment = 32;  // when general.alignment is absent
+
+// A validated GGUF file. Checks done by open/from_bytes, each failing with FormatError
+// unless noted: magic "GGUF"; version 2 or 3 (1, newer versions and big-endian files:
+// UnsupportedError); counts plausible against the file size before anything is
+// allocated; every string, array and value inside the file; array nesting at most
+// kMaxArrayDepth; no duplicate keys; general.alignment a nonzero power of two of type
+// uint32; per tensor: a non-empty unique name, 1..4 dimensions each > 0 whose product
+// fits in int64, a known type (else UnsupportedError naming the tensor and the id),
+// ne[0] a multiple of the type's block size, an offset aligned to the alignment and data
+// inside the file, and no two tensors' data overlapping.
 class GgufFile {
  public:
   // Maps and validates the file. Throws IoError / FormatError / UnsupportedError.

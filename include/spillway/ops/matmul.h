@@ -2,6 +2,13 @@
 // matrix-vector) and prefill (T > 1, matrix-matrix in tiles). Weights stay in their
 // GGUF blocks; activations are quantized once per call into 8-bit blocks where the
 // weight type has an integer dot product.
+//
+// Integer kernels (weights x 8-bit activations): Q4_0, Q4_1, Q8_0 against blocks of 32
+// (int8 + f32 scale + scaled sum), Q4_K and Q6_K against Q8_K blocks of 256. Every other
+// type (F32, F16, BF16, Q5_*, Q2_K, Q3_K, Q5_K, Q8_1) dequantizes each weight row to f32
+// and takes f32 dot products with the unquantized activations. Kernel families are
+// chosen at run time from what the CPU supports; the scalar family computes exactly the
+// same quantized math and is the reference the SIMD kernels are tested against.
 #pragma once
 
 #include <cstddef>
@@ -14,7 +21,7 @@
 namespace spillway::ops {
 
 // A row-major matrix in GGUF storage: `rows` rows of `cols` elements of `type`, each row
-// `row_bytes` long. GGUF shape [ne0 = cols, ne1 = rows]. Not owned.
+// `row_bytes` long. GGUF shape [ne0 = cols, ne1 = rows]. Not owned. No alignment needed.
 struct WeightMatrix {
   DType type = DType::F32;
   const void* data = nullptr;
@@ -36,6 +43,8 @@ class Activations {
   int64_t cols() const { return cols_; }
 
   // Quantized forms, computed on first use after set(). Layouts are private to ops.
+  // Both need cols to be a multiple of their block size (32, 256); they throw
+  // InvalidArgument otherwise.
   const void* q8_0(ThreadPool& pool);  // blocks of 32: Q8_0-style, per-row contiguous
   const void* q8_k(ThreadPool& pool);  // blocks of 256: Q8_K, per-row contiguous
 
@@ -47,13 +56,27 @@ class Activations {
 };
 
 // y[t * ldy + r] = sum_c W[r][c] * x[t][c] for t < x.n_rows(), r < w.rows.
-// Requires x.cols() == w.cols. Work is split over the pool's threads.
+// Requires x.cols() == w.cols (InvalidArgument otherwise) and ldy >= w.rows when T > 1.
+// Work is split over the pool's threads. Throws UnsupportedError for a weight type
+// without a dequantizer.
 void matmul(const WeightMatrix& w, Activations& x, float* y, int64_t ldy, ThreadPool& pool);
 
 // Convenience for a single f32 vector (tests, tools): y[r] = W[r] . x.
 void matvec(const WeightMatrix& w, const float* x, float* y, ThreadPool& pool);
 
-// Which kernel family this build and CPU use ("avx512-vnni", "avx2", "scalar").
+// Which kernel family this build and CPU use ("avx2", "scalar"; "avx512-vnni" is
+// reserved for an AVX-512 VNNI family).
 const char* kernel_isa();
+
+// Kernel families, for tests and benchmarks that compare them.
+enum class KernelIsa { kScalar, kAvx2 };
+const char* isa_name(KernelIsa isa);
+// The families this CPU can run, the scalar reference first.
+std::vector<KernelIsa> available_isas();
+// matmul with a forced family; UnsupportedError if the CPU cannot run it.
+void matmul_with(KernelIsa isa, const WeightMatrix& w, Activations& x, float* y, int64_t ldy,
+                 ThreadPool& pool);
+// Whether `t` has an integer (8-bit activation) kernel; false means the f32 fallback.
+bool has_integer_kernel(DType t);
 
 }  // namespace spillway::ops

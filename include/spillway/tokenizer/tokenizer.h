@@ -33,6 +33,8 @@ enum class TokenType : int32_t {
 struct EncodeOptions {
   // Prepend BOS. nullopt: as the metadata says (tokenizer.ggml.add_bos_token).
   std::optional<bool> add_bos;
+  // Append EOS. nullopt: as the metadata says (tokenizer.ggml.add_eos_token, else no).
+  std::optional<bool> add_eos;
   // Recognize special/control tokens written in the text ("<|im_start|>") as single ids.
   bool parse_special = false;
 };
@@ -45,7 +47,8 @@ class Tokenizer {
   // tokenizer.ggml.model or pre-tokenizer, FormatError for inconsistent metadata.
   static std::unique_ptr<Tokenizer> from_gguf(const gguf::GgufFile& file);
 
-  virtual std::vector<TokenId> encode(std::string_view text, const EncodeOptions& opts = {}) const = 0;
+  virtual std::vector<TokenId> encode(std::string_view text,
+                                      const EncodeOptions& opts = {}) const = 0;
   // Concatenated bytes of the tokens' text (special tokens as their text; BOS/EOS and
   // other control tokens are skipped unless keep_control). May end in partial UTF-8.
   virtual std::string decode(std::span<const TokenId> ids, bool keep_control = false) const = 0;

@@ -1,0 +1,123 @@
+// Kernel benchmarks: quantized matvec / matmul at the model's shapes (SmolLM2-135M: Q4_1
+// projections 576x1536 and 1536x576, the Q8_0 tied output matrix 49152x576) for T = 1
+// (decode: reported as weight GB/s) and T = 64, 512 (prefill: GFLOP/s), per kernel family
+// and for 1 and 2 threads; plus a single-thread streaming read of a 512 MB buffer (the
+// memory bandwidth bound of decode).
+//
+//   bench_kernels --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "spillway/core/quant.h"
+#include "spillway/core/thread_pool.h"
+#include "spillway/core/types.h"
+#include "spillway/ops/matmul.h"
+
+namespace {
+
+using spillway::DType;
+using spillway::ops::KernelIsa;
+
+// Random blocks with realistic f16 scales (offsets of the scale fields of Q4_1, Q8_0).
+std::vector<uint8_t> random_weights(DType t, int64_t rows, int64_t cols) {
+  const uint64_t rb = *spillway::row_bytes(t, static_cast<uint64_t>(cols));
+  std::vector<uint8_t> w(rb * static_cast<uint64_t>(rows));
+  std::mt19937 rng(42);
+  for (auto& b : w) b = static_cast<uint8_t>(rng());
+  const auto& info = spillway::dtype_info(t);
+  const uint16_t d = spillway::f32_to_f16(0.01f), m = spillway::f32_to_f16(-0.08f);
+  for (uint64_t off = 0; off < w.size(); off += static_cast<uint64_t>(info.type_size)) {
+    std::memcpy(&w[off], &d, 2);
+    if (t == DType::Q4_1) std::memcpy(&w[off + 2], &m, 2);
+  }
+  return w;
+}
+
+void bench_matmul(benchmark::State& state, KernelIsa isa, DType t, int64_t rows, int64_t cols,
+                  int64_t T, int threads) {
+  const auto w = random_weights(t, rows, cols);
+  const spillway::ops::WeightMatrix wm{t, w.data(), rows, cols,
+                                       *spillway::row_bytes(t, static_cast<uint64_t>(cols))};
+  std::vector<float> x(static_cast<size_t>(T * cols)), y(static_cast<size_t>(T * rows));
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  for (auto& v : x) v = nd(rng);
+  spillway::ThreadPool pool(threads);
+  spillway::ops::Activations acts;
+  for (auto _ : state) {
+    acts.set(x.data(), T, cols);  // quantization of the activations is part of the cost
+    spillway::ops::matmul_with(isa, wm, acts, y.data(), rows, pool);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const double iters = static_cast<double>(state.iterations());
+  if (T == 1) {
+    state.counters["GB/s"] = benchmark::Counter(static_cast<double>(w.size()) * iters / 1e9,
+                                                benchmark::Counter::kIsRate);
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * static_cast<double>(rows * cols * T) * iters / 1e9, benchmark::Counter::kIsRate);
+}
+
+void bench_stream_read(benchmark::State& state) {
+  const size_t n = (512ull << 20) / sizeof(uint64_t);
+  std::unique_ptr<uint64_t[]> buf(new uint64_t[n]);
+  for (size_t i = 0; i < n; ++i) buf[i] = i;
+  for (auto _ : state) {
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = 0; i < n; i += 4) {
+      s0 += buf[i];
+      s1 += buf[i + 1];
+      s2 += buf[i + 2];
+      s3 += buf[i + 3];
+    }
+    benchmark::DoNotOptimize(s0 + s1 + s2 + s3);
+  }
+  state.counters["GB/s"] = benchmark::Counter(
+      static_cast<double>(n * sizeof(uint64_t)) * static_cast<double>(state.iterations()) / 1e9,
+      benchmark::Counter::kIsRate);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  struct Shape {
+    DType type;
+    int64_t rows, cols;
+  };
+  const Shape shapes[] = {
+      {DType::Q4_1, 1536, 576}, {DType::Q4_1, 576, 1536}, {DType::Q8_0, 49152, 576}};
+  for (KernelIsa isa : spillway::ops::available_isas()) {
+    for (const Shape& s : shapes) {
+      for (int64_t T : {1, 64, 512}) {
+        for (int threads : {1, 2}) {
+          const std::string name =
+              fmt::format("matmul/{}/{}/{}x{}/T{}/threads:{}", spillway::ops::isa_name(isa),
+                          spillway::dtype_name(s.type), s.rows, s.cols, T, threads);
+          auto* b = benchmark::RegisterBenchmark(
+              name.c_str(), [=](benchmark::State& st) {
+                bench_matmul(st, isa, s.type, s.rows, s.cols, T, threads);
+              });
+          b->Unit(benchmark::kMicrosecond)->UseRealTime();
+          if (T == 512 && s.rows == 49152) b->Iterations(2);
+        }
+      }
+    }
+  }
+  benchmark::RegisterBenchmark("stream_read/512MB/threads:1", bench_stream_read)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,48 @@
+// Preallocated per-layer K/V storage. Keys are stored already rotated (RoPE at the
+// position the policy chose); values as computed. Element type F32 or F16. Nothing is
+// allocated per token: the storage grows only when a growing policy (full) asks for
+// more slots, by doubling.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "spillway/core/types.h"
+
+namespace spillway::kv {
+
+class KvStorage {
+ public:
+  KvStorage(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, DType type);
+
+  // Makes room for at least n slots, keeping what is stored (doubling growth).
+  void reserve(int64_t n_slots);
+
+  int64_t n_slots() const { return n_slots_; }
+  int64_t n_layer() const { return n_layer_; }
+  int64_t n_head_kv() const { return n_head_kv_; }
+  int64_t head_dim() const { return head_dim_; }
+  DType type() const { return type_; }
+  size_t element_size() const { return type_ == DType::F16 ? 2 : 4; }
+  // Bytes held by the K and V buffers of all layers.
+  uint64_t bytes() const;
+
+  // Base of one layer's keys / values for one KV head: [n_slots][head_dim] elements of
+  // type(); consecutive heads are n_slots * head_dim elements apart.
+  void* k(int64_t layer, int64_t kv_head);
+  void* v(int64_t layer, int64_t kv_head);
+  const void* k(int64_t layer, int64_t kv_head) const;
+  const void* v(int64_t layer, int64_t kv_head) const;
+
+  // Stores one token's rotated key and value rows ([n_head_kv][head_dim] f32 each) at slot.
+  void store(int64_t layer, int64_t slot, const float* k_row, const float* v_row);
+
+ private:
+  int64_t n_layer_, n_head_kv_, head_dim_;
+  DType type_;
+  int64_t n_slots_ = 0;
+  std::vector<std::vector<std::byte>> k_, v_;  // per layer: [n_head_kv][n_slots][head_dim]
+};
+
+}  // namespace spillway::kv

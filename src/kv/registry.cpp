@@ -1,0 +1,17 @@
+// The policy registry: adding a policy is one new file plus one line here.
+#include "policies.h"
+
+namespace spillway::kv {
+
+const std::vector<PolicyKind>& policy_kinds() {
+  static const std::vector<PolicyKind> kinds = {
+      {"full", "full", "every token kept; the cache grows", make_full_policy},
+      {"window", "window:W", "the last W tokens", make_window_policy},
+      {"sink", "sink:S+W", "the first S tokens plus the last W", make_sink_policy},
+      {"recompute", "recompute:W", "the last W tokens re-encoded from scratch per token",
+       make_recompute_policy},
+  };
+  return kinds;
+}
+
+}  // namespace spillway::kv

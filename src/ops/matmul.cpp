@@ -1,0 +1,258 @@
+// Activation quantization, kernel-family dispatch and the split of products over threads.
+#include "spillway/ops/matmul.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include <fmt/format.h>
+
+#include "matmul_internal.h"
+#include "spillway/core/error.h"
+#include "spillway/core/quant.h"
+
+namespace spillway::ops {
+
+using detail::KernelSet;
+using detail::TileFn;
+using detail::cpu_has_avx2;
+
+namespace {
+
+// Rounds to nearest, ties to even (the rounding of the SIMD conversions).
+inline int32_t round_to_int(float v) { return static_cast<int32_t>(std::nearbyint(v)); }
+
+// One row of x into Q8A blocks (see matmul_internal.h): d = amax / 127.
+void quantize_row_q8a(const float* x, int64_t cols, std::byte* out) {
+  const int64_t nb = cols / kQK;
+  auto* qs = reinterpret_cast<int8_t*>(out);
+  auto* ds = reinterpret_cast<float*>(out + nb * 32);
+  auto* ss = reinterpret_cast<float*>(out + nb * 36);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kQK;
+    float amax = 0.0f;
+    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int32_t sum = 0;
+    for (int j = 0; j < kQK; ++j) {
+      const int32_t q = std::clamp(round_to_int(xb[j] * id), -127, 127);
+      qs[b * kQK + j] = static_cast<int8_t>(q);
+      sum += q;
+    }
+    ds[b] = d;
+    ss[b] = d * static_cast<float>(sum);
+  }
+}
+
+// One row of x into Q8_K blocks: d = amax / 127, bsums over groups of 16.
+void quantize_row_q8k(const float* x, int64_t cols, std::byte* out) {
+  const int64_t nb = cols / kQKK;
+  auto* blocks = reinterpret_cast<BlockQ8_K*>(out);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kQKK;
+    BlockQ8_K& blk = blocks[b];
+    float amax = 0.0f;
+    for (int j = 0; j < kQKK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    blk.d = amax / 127.0f;
+    for (int g = 0; g < kQKK / 16; ++g) {
+      int32_t sum = 0;
+      for (int j = 16 * g; j < 16 * g + 16; ++j) {
+        const int32_t q = std::clamp(round_to_int(xb[j] * id), -127, 127);
+        blk.qs[j] = static_cast<int8_t>(q);
+        sum += q;
+      }
+      blk.bsums[g] = static_cast<int16_t>(sum);
+    }
+  }
+}
+
+// The default family: the best the CPU runs, unless SPILLWAY_ISA names another
+// ("scalar", "avx2") that it can run.
+KernelIsa detect_default_isa() {
+  KernelIsa best = cpu_has_avx2() ? KernelIsa::kAvx2 : KernelIsa::kScalar;
+  if (const char* env = std::getenv("SPILLWAY_ISA")) {
+    const std::string_view v(env);
+    if (v == "scalar") return KernelIsa::kScalar;
+    if (v == "avx2" && best == KernelIsa::kAvx2) return KernelIsa::kAvx2;
+  }
+  return best;
+}
+
+KernelIsa default_isa() {
+  static const KernelIsa isa = detect_default_isa();
+  return isa;
+}
+
+const KernelSet& kernels_for(KernelIsa isa) {
+  switch (isa) {
+    case KernelIsa::kAvx2:
+      if (!cpu_has_avx2()) throw UnsupportedError("matmul: this CPU has no AVX2/FMA/F16C");
+      return detail::avx2_kernels();
+    case KernelIsa::kScalar:
+      break;
+  }
+  return detail::scalar_kernels();
+}
+
+TileFn tile_for(const KernelSet& ks, DType t) {
+  switch (t) {
+    case DType::Q4_0: return ks.q4_0;
+    case DType::Q4_1: return ks.q4_1;
+    case DType::Q8_0: return ks.q8_0;
+    case DType::Q4_K: return ks.q4_k;
+    case DType::Q6_K: return ks.q6_k;
+    default: return nullptr;
+  }
+}
+
+bool uses_q8_k(DType t) { return t == DType::Q4_K || t == DType::Q6_K; }
+
+void check_shapes(const WeightMatrix& w, const Activations& x, int64_t ldy) {
+  if (w.rows < 0 || w.cols <= 0 || (w.rows > 0 && w.data == nullptr)) {
+    throw InvalidArgument(fmt::format("matmul: bad weight matrix ({} rows x {} cols, data {})",
+                                      w.rows, w.cols, w.data ? "set" : "null"));
+  }
+  const auto rb = row_bytes(w.type, static_cast<uint64_t>(w.cols));
+  if (!rb || *rb != w.row_bytes) {
+    throw InvalidArgument(fmt::format(
+        "matmul: {} weight rows of {} columns: expected {} bytes per row, found {}",
+        dtype_name(w.type), w.cols, rb ? std::to_string(*rb) : std::string("no valid size"),
+        w.row_bytes));
+  }
+  if (x.cols() != w.cols) {
+    throw InvalidArgument(fmt::format("matmul: activations have {} columns, weights expect {}",
+                                      x.cols(), w.cols));
+  }
+  if (x.n_rows() > 1 && ldy < w.rows) {
+    throw InvalidArgument(
+        fmt::format("matmul: output stride {} is smaller than the {} weight rows", ldy, w.rows));
+  }
+}
+
+// Rows of the f32 fallback: each weight row is dequantized once (into a per-thread
+// buffer) and dotted with every activation row.
+void matmul_fallback(const KernelSet& ks, const WeightMatrix& w, const Activations& x, float* y,
+                     int64_t ldy, ThreadPool& pool) {
+  const int64_t T = x.n_rows(), cols = w.cols;
+  const float* xf = x.f32();
+  {
+    // Workers must not throw: a type without a dequantizer fails here, on the caller.
+    float probe[kQKK];  // the largest block
+    dequantize_row(w.type, w.data, probe, dtype_info(w.type).block_size);
+  }
+  pool.parallel_for(w.rows, 4, [&](int64_t r0, int64_t r1) {
+    thread_local std::vector<float> row;  // [cols]
+    if (static_cast<int64_t>(row.size()) < cols) row.resize(static_cast<size_t>(cols));
+    for (int64_t r = r0; r < r1; ++r) {
+      dequantize_row(w.type, static_cast<const std::byte*>(w.data) + r * w.row_bytes,
+                     row.data(), cols);
+      for (int64_t t = 0; t < T; ++t) y[t * ldy + r] = ks.dot_f32(row.data(), xf + t * cols, cols);
+    }
+  });
+}
+
+void matmul_impl(const KernelSet& ks, const WeightMatrix& w, Activations& x, float* y,
+                 int64_t ldy, ThreadPool& pool) {
+  check_shapes(w, x, ldy);
+  const int64_t T = x.n_rows(), rows = w.rows;
+  if (T <= 0 || rows == 0) return;
+  const TileFn tile = tile_for(ks, w.type);
+  if (tile == nullptr) {
+    matmul_fallback(ks, w, x, y, ldy, pool);
+    return;
+  }
+  const void* xq = uses_q8_k(w.type) ? x.q8_k(pool) : x.q8_0(pool);
+  const int nth = pool.size();
+  // Rows are split in multiples of 16 (whole micro-tiles); when there are too few rows
+  // to keep every thread busy, tokens are split instead.
+  if (nth > 1 && T >= 8 && rows < 32 * nth) {
+    pool.parallel_for(T, 4, [&](int64_t t0, int64_t t1) { tile(w, xq, 0, rows, t0, t1, y, ldy); });
+  } else {
+    pool.parallel_for(rows, 16,
+                      [&](int64_t r0, int64_t r1) { tile(w, xq, r0, r1, 0, T, y, ldy); });
+  }
+}
+
+}  // namespace
+
+void Activations::set(const float* x, int64_t T, int64_t cols) {
+  if (T < 0 || cols < 0 || (T > 0 && cols > 0 && x == nullptr)) {
+    throw InvalidArgument(fmt::format("Activations::set: bad shape [{}][{}]", T, cols));
+  }
+  x_ = x;
+  T_ = T;
+  cols_ = cols;
+  have_q8_0_ = have_q8_k_ = false;
+}
+
+const void* Activations::q8_0(ThreadPool& pool) {
+  if (have_q8_0_) return q8_0_.data();
+  if (cols_ % kQK != 0) {
+    throw InvalidArgument(
+        fmt::format("activations: {} columns is not a multiple of the block size {}", cols_, kQK));
+  }
+  const int64_t rb = detail::q8a_row_bytes(cols_);
+  if (static_cast<int64_t>(q8_0_.size()) < rb * T_) q8_0_.resize(static_cast<size_t>(rb * T_));
+  std::byte* out = q8_0_.data();
+  pool.parallel_for(T_, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) quantize_row_q8a(x_ + t * cols_, cols_, out + t * rb);
+  });
+  have_q8_0_ = true;
+  return q8_0_.data();
+}
+
+const void* Activations::q8_k(ThreadPool& pool) {
+  if (have_q8_k_) return q8_k_.data();
+  if (cols_ % kQKK != 0) {
+    throw InvalidArgument(fmt::format(
+        "activations: {} columns is not a multiple of the K block size {}", cols_, kQKK));
+  }
+  const int64_t rb = detail::q8k_row_bytes(cols_);
+  if (static_cast<int64_t>(q8_k_.size()) < rb * T_) q8_k_.resize(static_cast<size_t>(rb * T_));
+  std::byte* out = q8_k_.data();
+  pool.parallel_for(T_, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) quantize_row_q8k(x_ + t * cols_, cols_, out + t * rb);
+  });
+  have_q8_k_ = true;
+  return q8_k_.data();
+}
+
+void matmul(const WeightMatrix& w, Activations& x, float* y, int64_t ldy, ThreadPool& pool) {
+  matmul_impl(kernels_for(default_isa()), w, x, y, ldy, pool);
+}
+
+void matmul_with(KernelIsa isa, const WeightMatrix& w, Activations& x, float* y, int64_t ldy,
+                 ThreadPool& pool) {
+  matmul_impl(kernels_for(isa), w, x, y, ldy, pool);
+}
+
+void matvec(const WeightMatrix& w, const float* x, float* y, ThreadPool& pool) {
+  Activations a;
+  a.set(x, 1, w.cols);
+  matmul(w, a, y, w.rows, pool);
+}
+
+const char* isa_name(KernelIsa isa) {
+  switch (isa) {
+    case KernelIsa::kAvx2: return "avx2";
+    case KernelIsa::kScalar: break;
+  }
+  return "scalar";
+}
+
+const char* kernel_isa() { return isa_name(default_isa()); }
+
+std::vector<KernelIsa> available_isas() {
+  std::vector<KernelIsa> v{KernelIsa::kScalar};
+  if (cpu_has_avx2()) v.push_back(KernelIsa::kAvx2);
+  return v;
+}
+
+bool has_integer_kernel(DType t) { return tile_for(detail::scalar_kernels(), t) != nullptr; }
+
+}  // namespace spillway::ops

@@ -1,0 +1,86 @@
+// Private to ops/: the activation block layouts and the kernel tables the matmul
+// dispatcher picks from. Each kernel family (scalar, AVX2) fills one KernelSet.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "spillway/core/quant.h"
+#include "spillway/ops/matmul.h"
+
+namespace spillway::ops::detail {
+
+// Q8_0-style activation row of nb blocks of 32, struct-of-arrays so that kernels can
+// broadcast scales and sum min terms with contiguous loads:
+//   int8  qs[nb][32]   quantized values, |q| <= 127
+//   float d[nb]        scale: x ~= d * q
+//   float s[nb]        d * sum(q[b]) (the min / offset term of Q4_0, Q4_1)
+inline constexpr int64_t kQ8ABlockBytes = 32 + 4 + 4;
+inline int64_t q8a_row_bytes(int64_t cols) { return cols / kQK * kQ8ABlockBytes; }
+struct Q8ARow {
+  const int8_t* qs;
+  const float* d;
+  const float* s;
+};
+inline Q8ARow q8a_row(const void* base, int64_t cols, int64_t t) {
+  const int64_t nb = cols / kQK;
+  const auto* p = static_cast<const std::byte*>(base) + t * q8a_row_bytes(cols);
+  return {reinterpret_cast<const int8_t*>(p), reinterpret_cast<const float*>(p + nb * 32),
+          reinterpret_cast<const float*>(p + nb * 36)};
+}
+
+// Q8_K activation rows: cols / 256 BlockQ8_K per row (d = amax / 127, |q| <= 127).
+inline int64_t q8k_row_bytes(int64_t cols) {
+  return cols / kQKK * static_cast<int64_t>(sizeof(BlockQ8_K));
+}
+
+// Computes y[t * ldy + r] for r in [r0, r1), t in [t0, t1). `xq` is the activation form
+// the kernel's weight type needs (Q8A rows for Q4_0/Q4_1/Q8_0, Q8_K rows for Q4_K/Q6_K).
+using TileFn = void (*)(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1,
+                        int64_t t0, int64_t t1, float* y, int64_t ldy);
+// f32 dot product of n elements.
+using DotF32Fn = float (*)(const float* a, const float* b, int64_t n);
+
+struct KernelSet {
+  TileFn q4_0 = nullptr;
+  TileFn q4_1 = nullptr;
+  TileFn q8_0 = nullptr;
+  TileFn q4_k = nullptr;
+  TileFn q6_k = nullptr;
+  DotF32Fn dot_f32 = nullptr;
+};
+
+// Whether the CPU runs the AVX2 family (AVX2 + FMA + F16C).
+inline bool cpu_has_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+const KernelSet& scalar_kernels();
+// Only valid when the CPU supports AVX2, FMA and F16C.
+const KernelSet& avx2_kernels();
+
+// Unpacks the 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block.
+inline void k4_scale_min(const uint8_t* scales, int j, int& sc, int& m) {
+  if (j < 4) {
+    sc = scales[j] & 63;
+    m = scales[j + 4] & 63;
+  } else {
+    sc = (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4);
+    m = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+  }
+}
+
+// AVX2 versions of the exp-heavy row ops (ops_avx2.cpp); same contracts as in ops.h.
+// exp is a range-reduced polynomial: relative error below 1e-6 against std::exp for
+// inputs in [-87, 88]; below -87.3 it returns 0, above 88.7 +inf.
+void swiglu_avx2(float* gate, const float* up, int64_t n);
+void softmax_avx2(float* x, int64_t n);
+void rmsnorm_avx2(const float* x, const float* w, float* y, int64_t n, float eps);
+
+}  // namespace spillway::ops::detail

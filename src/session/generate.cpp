@@ -1,0 +1,108 @@
+#include <fmt/core.h>
+
+#include <chrono>
+#include <regex>
+
+#include "spillway/core/error.h"
+#include "spillway/session/generate.h"
+
+namespace spillway {
+
+GenerateResult generate(Session& session, std::span<const TokenId> prompt, Sampler& sampler,
+                        const GenerateOptions& opts, const TokenFn& on_token) {
+  if (prompt.empty()) throw InvalidArgument("generate: the prompt is empty (no tokens)");
+  const auto cap = session.policy().capacity();
+  if (cap && !session.policy().replay_from(0) &&
+      session.n_past() + static_cast<int64_t>(prompt.size()) > *cap) {
+    // A streaming policy would evict part of the prompt before generation starts.
+    throw InvalidArgument(fmt::format(
+        "generate: the prompt has {} tokens but the cache of policy '{}' holds {}; use a larger "
+        "cache or a shorter prompt",
+        session.n_past() + static_cast<int64_t>(prompt.size()), session.policy().spec(), *cap));
+  }
+  const model::LlamaModel& model = session.model();
+  const Tokenizer& tok = model.tokenizer();
+  const int64_t n_vocab = model.config().n_vocab;
+  GenerateResult res;
+  res.prompt_tokens = static_cast<int64_t>(prompt.size());
+  using clock = std::chrono::steady_clock;
+  auto t0 = clock::now();
+  session.feed(prompt);
+  res.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  StreamDecoder dec(tok);
+  res.stop_reason = "length";
+  t0 = clock::now();
+  for (int64_t i = 0; i < opts.max_new_tokens; ++i) {
+    const TokenId next = sampler.sample(session.last_logits(), n_vocab);
+    if (opts.stop_at_eog && tok.is_eog(next)) {
+      res.stop_reason = "eog";
+      break;
+    }
+    res.tokens.push_back(next);
+    const std::string piece = dec.push(next);
+    res.text += piece;
+    if (on_token && !on_token(next, piece)) {
+      res.stop_reason = "callback";
+      break;
+    }
+    if (i + 1 < opts.max_new_tokens) {
+      const TokenId one[1] = {next};
+      session.feed(one);
+    }
+  }
+  const std::string rest = dec.flush();
+  res.text += rest;
+  if (on_token && !rest.empty() && res.stop_reason != "callback") on_token(-1, rest);
+  res.decode_seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  return res;
+}
+
+std::string apply_chat_template(const std::string& tmpl, const std::vector<ChatMessage>& messages,
+                                bool add_generation_prompt) {
+  if (tmpl.empty()) throw FormatError("the model has no chat template (tokenizer.chat_template)");
+  std::string out;
+  if (tmpl.find("<|im_start|>") != std::string::npos) {
+    // ChatML. A template may insert a default system message when the first message is
+    // not a system one (SmolLM2 does): take its text from the template itself.
+    std::smatch m;
+    static const std::regex kDefaultSystem(R"(<\|im_start\|>system\n([^<]*)<\|im_end\|>)");
+    const bool has_default = tmpl.find("!= 'system'") != std::string::npos &&
+                             std::regex_search(tmpl, m, kDefaultSystem);
+    if (has_default && (messages.empty() || messages[0].role != "system"))
+      out += "<|im_start|>system\n" + m[1].str() + "<|im_end|>\n";
+    for (const auto& msg : messages)
+      out += "<|im_start|>" + msg.role + "\n" + msg.content + "<|im_end|>\n";
+    if (add_generation_prompt) out += "<|im_start|>assistant\n";
+    return out;
+  }
+  if (tmpl.find("<|start_header_id|>") != std::string::npos) {
+    out += "<|begin_of_text|>";
+    for (const auto& msg : messages)
+      out += "<|start_header_id|>" + msg.role + "<|end_header_id|>\n\n" + msg.content + "<|eot_id|>";
+    if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    return out;
+  }
+  if (tmpl.find("<|user|>") != std::string::npos) {
+    for (const auto& msg : messages) out += "<|" + msg.role + "|>\n" + msg.content + "</s>\n";
+    if (add_generation_prompt) out += "<|assistant|>\n";
+    return out;
+  }
+  if (tmpl.find("[INST]") != std::string::npos) {
+    std::string system;
+    for (const auto& msg : messages) {
+      if (msg.role == "system") {
+        system = "<<SYS>>\n" + msg.content + "\n<</SYS>>\n\n";
+      } else if (msg.role == "user") {
+        out += "[INST] " + system + msg.content + " [/INST]";
+        system.clear();
+      } else {
+        out += " " + msg.content + " </s>";
+      }
+    }
+    return out;
+  }
+  throw UnsupportedError(
+      "chat template not recognized (supported families: ChatML, Llama 3, Llama 2, Zephyr)");
+}
+
+}  // namespace spillway

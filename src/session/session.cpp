@@ -1,0 +1,127 @@
+#include "spillway/session/session.h"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "spillway/core/error.h"
+
+namespace spillway {
+
+Session::Session(const model::LlamaModel& model, const SessionOptions& opts, ThreadPool* pool)
+    : model_(model), pool_(pool), max_batch_(std::max<int64_t>(1, opts.max_batch)) {
+  if (!pool_) {
+    own_pool_ = std::make_unique<ThreadPool>(opts.threads);
+    pool_ = own_pool_.get();
+  }
+  policy_ = kv::make_policy(opts.policy, {max_batch_, opts.max_stream});
+  const auto& c = model.config();
+  kv_ = std::make_unique<kv::KvStorage>(c.n_layer, c.n_head_kv, c.head_dim,
+                                        policy_->options().kv_type);
+  kv_->reserve(std::max<int64_t>(1, policy_->n_slots()));
+  kv_bytes_peak_ = kv_->bytes();
+  forward_ = std::make_unique<model::Forward>(model, *pool_, max_batch_);
+  last_logits_.resize(static_cast<size_t>(c.n_vocab));
+}
+
+Session::~Session() = default;
+
+void Session::reset() {
+  policy_->reset();
+  n_past_ = 0;
+  has_logits_ = false;
+  history_.clear();
+}
+
+int64_t Session::feed(std::span<const TokenId> tokens, const LogitsFn& on_logits) {
+  bool stop = false;
+  int64_t done = 0;
+  const bool replay = policy_->replay_from(0).has_value();
+  while (done < static_cast<int64_t>(tokens.size()) && !stop) {
+    if (replay) {
+      feed_replay(tokens[static_cast<size_t>(done)], on_logits, &stop);
+      ++done;
+    } else {
+      const int64_t count = std::min<int64_t>(max_batch_, tokens.size() - done);
+      feed_batch(tokens.data() + done, count, on_logits, &stop);
+      done += count;
+    }
+  }
+  return done;
+}
+
+void Session::advance(std::span<const TokenId> tokens) {
+  if (policy_->replay_from(0)) {
+    const int64_t window = *policy_->capacity();
+    for (TokenId t : tokens) {
+      history_.push_back(t);
+      if (static_cast<int64_t>(history_.size()) > window) history_.pop_front();
+    }
+    n_past_ += static_cast<int64_t>(tokens.size());
+    has_logits_ = false;
+    return;
+  }
+  for (size_t done = 0; done < tokens.size();) {
+    const int64_t count = std::min<int64_t>(max_batch_, static_cast<int64_t>(tokens.size() - done));
+    feed_batch(tokens.data() + done, count, {}, nullptr);
+    done += static_cast<size_t>(count);
+  }
+  has_logits_ = false;
+}
+
+void Session::feed_batch(const TokenId* tokens, int64_t count, const LogitsFn& on_logits,
+                         bool* stop) {
+  plan_.clear();
+  policy_->plan(n_past_, count, plan_);
+  if (policy_->n_slots() > kv_->n_slots()) {
+    kv_->reserve(policy_->n_slots());
+    kv_bytes_peak_ = std::max(kv_bytes_peak_, kv_->bytes());
+  }
+  const int64_t n_vocab = model_.config().n_vocab;
+  const model::Logits which = stop == nullptr ? model::Logits::kNone
+                              : on_logits     ? model::Logits::kAll
+                                              : model::Logits::kLast;
+  const float* logits = forward_->run(tokens, plan_, *kv_, which);
+  n_past_ += count;
+  if (which == model::Logits::kNone) return;
+  const float* last = on_logits ? logits + (count - 1) * n_vocab : logits;
+  std::memcpy(last_logits_.data(), last, static_cast<size_t>(n_vocab) * sizeof(float));
+  has_logits_ = true;
+  if (on_logits) {
+    for (int64_t i = 0; i < count; ++i) {
+      if (!on_logits(n_past_ - count + i, logits + i * n_vocab)) {
+        *stop = true;
+        break;
+      }
+    }
+  }
+}
+
+void Session::feed_replay(TokenId token, const LogitsFn& on_logits, bool* stop) {
+  const int64_t n = n_past_;
+  const int64_t window = *policy_->capacity();
+  history_.push_back(token);
+  while (static_cast<int64_t>(history_.size()) > window) history_.pop_front();
+  const int64_t start = *policy_->replay_from(n);
+  const int64_t len = n - start + 1;  // == history_.size()
+  std::vector<TokenId>& replay = replay_tokens_;
+  replay.assign(history_.end() - len, history_.end());
+  policy_->reset();
+  const float* logits = nullptr;
+  for (int64_t done = 0; done < len;) {
+    const int64_t count = std::min<int64_t>(max_batch_, len - done);
+    plan_.clear();
+    policy_->plan(done, count, plan_);
+    logits = forward_->run(replay.data() + done, plan_, *kv_,
+                           done + count == len ? model::Logits::kLast : model::Logits::kNone);
+    done += count;
+  }
+  const int64_t n_vocab = model_.config().n_vocab;
+  std::memcpy(last_logits_.data(), logits, static_cast<size_t>(n_vocab) * sizeof(float));
+  has_logits_ = true;
+  n_past_ = n + 1;
+  if (on_logits && !on_logits(n, last_logits_.data())) *stop = true;
+}
+
+}  // namespace spillway

@@ -1,0 +1,287 @@
+// Quantized matrix products: every kernel family against the scalar reference of the same
+// quantized math, and against dot_row_ref (f32 activations) within the error bound of
+// the 8-bit activation quantization.
+#include "spillway/ops/matmul.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "spillway/core/error.h"
+#include "spillway/core/quant.h"
+#include "spillway/core/types.h"
+
+namespace spillway::ops {
+namespace {
+
+constexpr DType kAllTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q4_0, DType::Q4_1,
+                               DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q8_1, DType::Q2_K,
+                               DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+
+// Byte offsets of the f16 scale fields of each block type (the rest of a block may hold
+// any bits).
+std::vector<int> f16_fields(DType t) {
+  switch (t) {
+    case DType::Q4_0: case DType::Q5_0: case DType::Q8_0: return {0};
+    case DType::Q4_1: case DType::Q5_1: case DType::Q8_1: return {0, 2};
+    case DType::Q2_K: return {80, 82};
+    case DType::Q3_K: return {108};
+    case DType::Q4_K: case DType::Q5_K: return {0, 2};
+    case DType::Q6_K: return {208};
+    default: return {};
+  }
+}
+
+bool is_block_type(DType t) { return dtype_info(t).block_size > 1; }
+
+// A weight matrix held at an odd address so that no kernel can rely on alignment.
+struct TestMatrix {
+  std::vector<uint8_t> storage;
+  WeightMatrix w;
+  std::vector<float> dense;  // [rows][cols] dequantized
+};
+
+TestMatrix make_matrix(DType t, int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  TestMatrix m;
+  const uint64_t rb = *row_bytes(t, static_cast<uint64_t>(cols));
+  m.storage.resize(rb * static_cast<uint64_t>(rows) + 1);
+  uint8_t* data = m.storage.data() + 1;
+  if (is_block_type(t)) {
+    // Random bits everywhere (every scale / high-bit pattern), then sane f16 scales.
+    std::uniform_int_distribution<int> byte(0, 255);
+    std::uniform_real_distribution<float> scale(0.002f, 0.02f);
+    for (uint64_t i = 0; i < rb * static_cast<uint64_t>(rows); ++i) {
+      data[i] = static_cast<uint8_t>(byte(rng));
+    }
+    const auto& info = dtype_info(t);
+    const int64_t nblocks = rows * cols / info.block_size;
+    for (int64_t b = 0; b < nblocks; ++b) {
+      for (int off : f16_fields(t)) {
+        const uint16_t h = f32_to_f16(scale(rng) * ((rng() & 1) && off > 0 ? -1.0f : 1.0f));
+        std::memcpy(data + b * info.type_size + off, &h, 2);
+      }
+    }
+  } else {
+    std::normal_distribution<float> nd(0.0f, 0.5f);
+    std::vector<float> src(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (auto& v : src) v = nd(rng);
+      quantize_row_ref(t, src.data(), data + r * rb, cols);
+    }
+  }
+  m.w = WeightMatrix{t, data, rows, cols, rb};
+  m.dense.resize(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) dequantize_row(t, data + r * rb, &m.dense[r * cols], cols);
+  return m;
+}
+
+// T x cols activations at an address that is 4 bytes off any 32-byte alignment.
+struct TestActs {
+  std::vector<float> storage;
+  float* x;
+};
+
+TestActs make_acts(int64_t T, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  TestActs a;
+  a.storage.resize(static_cast<size_t>(T * cols + 8));
+  a.x = a.storage.data() + 1;
+  for (int64_t i = 0; i < T * cols; ++i) a.x[i] = nd(rng);
+  // A few outliers, as real activations have.
+  for (int64_t t = 0; t < T; ++t) a.x[t * cols + (t * 7) % cols] *= 8.0f;
+  return a;
+}
+
+int64_t cols_for(DType t) { return dtype_info(t).block_size == kQKK ? 512 : 224; }
+
+// sum_i |w_i x_i| of row r, token t: the scale of float rounding errors.
+double magnitude(const TestMatrix& m, const float* x, int64_t r) {
+  double s = 0.0;
+  for (int64_t i = 0; i < m.w.cols; ++i) s += std::fabs(m.dense[r * m.w.cols + i] * x[i]);
+  return s;
+}
+
+// Bound on |W x - W q(x)| from rounding x to 8-bit blocks of `block` elements with step
+// d = amax / 127: each element moves by at most d / 2.
+double quantization_bound(const TestMatrix& m, const float* x, int64_t r, int64_t block) {
+  double bound = 0.0;
+  for (int64_t b0 = 0; b0 < m.w.cols; b0 += block) {
+    double amax = 0.0, wsum = 0.0;
+    for (int64_t i = b0; i < b0 + block; ++i) {
+      amax = std::max(amax, static_cast<double>(std::fabs(x[i])));
+      wsum += std::fabs(m.dense[r * m.w.cols + i]);
+    }
+    bound += wsum * amax / 127.0 / 2.0;
+  }
+  return bound;
+}
+
+int64_t activation_block(DType t) {
+  if (!has_integer_kernel(t)) return 0;
+  return dtype_info(t).block_size == kQKK ? kQKK : kQK;
+}
+
+class MatmulTypes : public ::testing::TestWithParam<DType> {};
+
+TEST_P(MatmulTypes, EveryFamilyMatchesScalarReference) {
+  const DType t = GetParam();
+  const int64_t cols = cols_for(t);
+  uint32_t seed = 1;
+  for (int64_t rows : {1, 3, 17, 129}) {
+    const TestMatrix m = make_matrix(t, rows, cols, seed++);
+    for (int64_t T : {1, 2, 5, 33}) {
+      const TestActs a = make_acts(T, cols, seed++);
+      Activations acts;
+      acts.set(a.x, T, cols);
+      ThreadPool one(1);
+      std::vector<float> ref(static_cast<size_t>(T * rows));
+      matmul_with(KernelIsa::kScalar, m.w, acts, ref.data(), rows, one);
+      for (KernelIsa isa : available_isas()) {
+        for (int threads : {1, 3}) {
+          ThreadPool pool(threads);
+          std::vector<float> y(static_cast<size_t>(T * rows), NAN);
+          Activations fresh;  // quantized under this pool
+          fresh.set(a.x, T, cols);
+          matmul_with(isa, m.w, fresh, y.data(), rows, pool);
+          for (int64_t tt = 0; tt < T; ++tt) {
+            for (int64_t r = 0; r < rows; ++r) {
+              const double mag = magnitude(m, a.x + tt * cols, r);
+              ASSERT_NEAR(y[tt * rows + r], ref[tt * rows + r], 1e-5 * mag + 1e-30)
+                  << dtype_name(t) << " " << isa_name(isa) << " rows " << rows << " T " << T
+                  << " threads " << threads << " at (" << tt << ", " << r << ")";
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(MatmulTypes, MatchesF32ReferenceWithinActivationQuantizationError) {
+  const DType t = GetParam();
+  const int64_t cols = cols_for(t), rows = 17, T = 5;
+  const TestMatrix m = make_matrix(t, rows, cols, 99);
+  const TestActs a = make_acts(T, cols, 100);
+  ThreadPool pool(2);
+  Activations acts;
+  acts.set(a.x, T, cols);
+  std::vector<float> y(static_cast<size_t>(T * rows));
+  matmul(m.w, acts, y.data(), rows, pool);
+  const int64_t block = activation_block(t);
+  for (int64_t tt = 0; tt < T; ++tt) {
+    const float* x = a.x + tt * cols;
+    for (int64_t r = 0; r < rows; ++r) {
+      const double exact =
+          dot_row_ref(t, static_cast<const uint8_t*>(m.w.data) + r * m.w.row_bytes, x, cols);
+      const double bound =
+          (block ? quantization_bound(m, x, r, block) : 0.0) + 1e-5 * magnitude(m, x, r);
+      EXPECT_NEAR(y[tt * rows + r], exact, bound)
+          << dtype_name(t) << " at (" << tt << ", " << r << ")";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, MatmulTypes, ::testing::ValuesIn(kAllTypes),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+TEST(Matmul, TheQuantizationBoundIsTight) {
+  // The bound above must not be vacuous: the integer path's error is a sizeable fraction
+  // of it, so a kernel that skipped activation quantization or mis-scaled would show.
+  const TestMatrix m = make_matrix(DType::Q8_0, 64, 224, 5);
+  const TestActs a = make_acts(1, 224, 6);
+  ThreadPool pool(1);
+  std::vector<float> y(64);
+  matvec(m.w, a.x, y.data(), pool);
+  double err = 0.0, bound = 0.0;
+  for (int64_t r = 0; r < 64; ++r) {
+    const double exact =
+        dot_row_ref(DType::Q8_0, static_cast<const uint8_t*>(m.w.data) + r * m.w.row_bytes, a.x, 224);
+    err += std::fabs(y[r] - exact);
+    bound += quantization_bound(m, a.x, r, kQK);
+  }
+  EXPECT_GT(err, 0.0);
+  EXPECT_LT(err, bound);
+  EXPECT_GT(err, bound / 100.0);
+}
+
+TEST(Matmul, OutputStrideLeavesPaddingUntouched) {
+  const TestMatrix m = make_matrix(DType::Q4_1, 9, 224, 11);
+  const TestActs a = make_acts(4, 224, 12);
+  ThreadPool pool(2);
+  Activations acts;
+  acts.set(a.x, 4, 224);
+  const int64_t ldy = 13;
+  std::vector<float> y(4 * ldy, -7.0f), ref(4 * 9);
+  matmul(m.w, acts, y.data(), ldy, pool);
+  matmul_with(KernelIsa::kScalar, m.w, acts, ref.data(), 9, pool);
+  for (int64_t t = 0; t < 4; ++t) {
+    for (int64_t r = 0; r < ldy; ++r) {
+      if (r < 9) {
+        EXPECT_NEAR(y[t * ldy + r], ref[t * 9 + r], 1e-4);
+      } else {
+        EXPECT_EQ(y[t * ldy + r], -7.0f);
+      }
+    }
+  }
+}
+
+TEST(Matmul, MatvecEqualsSingleRowMatmul) {
+  const TestMatrix m = make_matrix(DType::Q4_K, 7, 512, 21);
+  const TestActs a = make_acts(1, 512, 22);
+  ThreadPool pool(2);
+  std::vector<float> y1(7), y2(7);
+  matvec(m.w, a.x, y1.data(), pool);
+  Activations acts;
+  acts.set(a.x, 1, 512);
+  matmul(m.w, acts, y2.data(), 7, pool);
+  EXPECT_EQ(y1, y2);
+}
+
+TEST(Matmul, ActivationsAreQuantizedOnceAndRefreshedBySet) {
+  ThreadPool pool(1);
+  std::vector<float> x(256, 1.0f);
+  Activations acts;
+  acts.set(x.data(), 1, 256);
+  const void* p0 = acts.q8_0(pool);
+  const void* p1 = acts.q8_0(pool);
+  EXPECT_EQ(p0, p1);
+  const TestMatrix m = make_matrix(DType::Q8_0, 3, 256, 31);
+  std::vector<float> y_before(3), y_after(3);
+  matmul(m.w, acts, y_before.data(), 3, pool);
+  for (auto& v : x) v = -2.0f;
+  acts.set(x.data(), 1, 256);  // a new vector: the quantized form must be rebuilt
+  matmul(m.w, acts, y_after.data(), 3, pool);
+  for (int r = 0; r < 3; ++r) EXPECT_NEAR(y_after[r], -2.0f * y_before[r], 1e-4f * std::fabs(y_before[r]) + 1e-6f);
+}
+
+TEST(Matmul, RejectsMismatchedShapes) {
+  const TestMatrix m = make_matrix(DType::Q4_1, 4, 224, 41);
+  ThreadPool pool(1);
+  std::vector<float> x(256), y(16);
+  Activations acts;
+  acts.set(x.data(), 1, 256);
+  EXPECT_THROW(matmul(m.w, acts, y.data(), 4, pool), InvalidArgument);
+  WeightMatrix bad = m.w;
+  bad.row_bytes += 1;
+  acts.set(x.data(), 1, 224);
+  EXPECT_THROW(matmul(bad, acts, y.data(), 4, pool), InvalidArgument);
+  acts.set(x.data(), 2, 224);
+  EXPECT_THROW(matmul(m.w, acts, y.data(), 3, pool), InvalidArgument);  // ldy < rows
+  std::vector<float> odd(40);
+  acts.set(odd.data(), 1, 40);
+  EXPECT_THROW(acts.q8_0(pool), InvalidArgument);
+}
+
+TEST(Matmul, ReportsAKernelFamily) {
+  const std::string isa = kernel_isa();
+  EXPECT_TRUE(isa == "avx2" || isa == "scalar") << isa;
+  EXPECT_EQ(available_isas().front(), KernelIsa::kScalar);
+}
+
+}  // namespace
+}  // namespace spillway::ops

@@ -1,0 +1,63 @@
+#include "util.h"
+
+#include <fmt/core.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+
+#include "spillway/core/error.h"
+
+namespace spillway::cli {
+
+namespace {
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw IoError(fmt::format("cannot open '{}' for reading", path));
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) throw IoError(fmt::format("error reading '{}'", path));
+  return s;
+}
+
+bool stderr_is_tty() { return isatty(fileno(stderr)) != 0; }
+
+Progress::Progress(std::string label)
+    : label_(std::move(label)), tty_(stderr_is_tty()), start_(now_seconds()) {}
+
+void Progress::update(int64_t done, int64_t total) {
+  if (!tty_) return;
+  const double t = now_seconds();
+  if (done < total && t - last_draw_ < 0.2) return;
+  last_draw_ = t;
+  const double elapsed = t - start_;
+  const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
+  const double eta = rate > 0 ? static_cast<double>(total - done) / rate : 0.0;
+  constexpr int kWidth = 30;
+  const int filled = total > 0 ? static_cast<int>(kWidth * done / total) : 0;
+  fmt::print(stderr, "\r{:<24} [{}{}] {}/{} tokens  {:.0f} tok/s  ETA {:.0f}s   ", label_,
+             std::string(static_cast<size_t>(filled), '#'),
+             std::string(static_cast<size_t>(kWidth - filled), '.'), done, total, rate, eta);
+  std::fflush(stderr);
+}
+
+void Progress::finish() {
+  if (!tty_) return;
+  fmt::print(stderr, "\r{}\r", std::string(100, ' '));
+  std::fflush(stderr);
+}
+
+std::string human_bytes(uint64_t b) {
+  if (b < 1024) return fmt::format("{} B", b);
+  if (b < 1024 * 1024) return fmt::format("{:.1f} KiB", static_cast<double>(b) / 1024);
+  if (b < 1024ull * 1024 * 1024) return fmt::format("{:.1f} MiB", static_cast<double>(b) / 1048576);
+  return fmt::format("{:.2f} GiB", static_cast<double>(b) / 1073741824.0);
+}
+
+}  // namespace spillway::cli
