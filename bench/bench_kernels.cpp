@@ -102,10 +102,9 @@ int main(int argc, char** argv) {
           const std::string name =
               fmt::format("matmul/{}/{}/{}x{}/T{}/threads:{}", spillway::ops::isa_name(isa),
                           spillway::dtype_name(s.type), s.rows, s.cols, T, threads);
-          auto* b = benchmark::RegisterBenchmark(
-              name.c_str(), [=](benchmark::State& st) {
-                bench_matmul(st, isa, s.type, s.rows, s.cols, T, threads);
-              });
+          auto* b = benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) {
+            bench_matmul(st, isa, s.type, s.rows, s.cols, T, threads);
+          });
           b->Unit(benchmark::kMicrosecond)->UseRealTime();
           if (T == 512 && s.rows == 49152) b->Iterations(2);
         }

@@ -58,10 +58,14 @@ uint64_t min_value_bytes(ValueType t) {
   return 1;
 }
 
-bool is_power_of_two(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
+bool is_power_of_two(uint64_t x) {
+  return x != 0 && (x & (x - 1)) == 0;
+}
 
 // Shortest text that reads back as the same float.
-std::string float_text(float f) { return fmt::format("{}", f); }
+std::string float_text(float f) {
+  return fmt::format("{}", f);
+}
 
 // A bounds-checked reading position in a file image. Every read says what it reads;
 // errors name the file, the current context (key or tensor) and the byte offset.
@@ -82,8 +86,9 @@ class Cursor {
 
   void need(uint64_t n, std::string_view what) const {
     if (n > remaining()) {
-      fail(fmt::format("truncated file: {} at byte {} needs {} bytes, only {} remain (file size {})",
-                       what, pos_, n, remaining(), size_));
+      fail(
+          fmt::format("truncated file: {} at byte {} needs {} bytes, only {} remain (file size {})",
+                      what, pos_, n, remaining(), size_));
     }
   }
 
@@ -100,9 +105,10 @@ class Cursor {
     const uint64_t at = pos_;
     const auto n = read<uint64_t>(what);
     if (n > remaining()) {
-      fail(fmt::format("{} at byte {}: string length {} extends past end of file ({} bytes remain, "
-                       "file size {})",
-                       what, at, n, remaining(), size_));
+      fail(
+          fmt::format("{} at byte {}: string length {} extends past end of file ({} bytes remain, "
+                      "file size {})",
+                      what, at, n, remaining(), size_));
     }
     std::string s(reinterpret_cast<const char*>(base_ + pos_), static_cast<size_t>(n));
     pos_ += n;
@@ -167,9 +173,10 @@ class Cursor {
     const auto n = read<uint64_t>("array length");
     const uint64_t min_bytes = min_value_bytes(a.elem_type);
     if (n > remaining() / min_bytes) {
-      fail(fmt::format("array length {} at byte {} extends past end of file ({} elements of {} need "
-                       "at least {} bytes each, {} bytes remain, file size {})",
-                       n, at, n, value_type_name(a.elem_type), min_bytes, remaining(), size_));
+      fail(
+          fmt::format("array length {} at byte {} extends past end of file ({} elements of {} need "
+                      "at least {} bytes each, {} bytes remain, file size {})",
+                      n, at, n, value_type_name(a.elem_type), min_bytes, remaining(), size_));
     }
     a.items.reserve(static_cast<size_t>(n));
     for (uint64_t i = 0; i < n; ++i) a.items.push_back(read_value(a.elem_type, depth));
@@ -350,8 +357,8 @@ namespace {
 template <class T>
 T convert_value(const Value& v, std::string_view source, const std::string& key) {
   auto wrong = [&](std::string_view expected) -> FormatError {
-    return FormatError(fmt::format("{}: key '{}': expected {}, found {}", source, key, expected,
-                                   v.describe()));
+    return FormatError(
+        fmt::format("{}: key '{}': expected {}, found {}", source, key, expected, v.describe()));
   };
   if constexpr (std::is_same_v<T, std::string>) {
     if (const std::string* s = v.string()) return *s;
@@ -382,7 +389,8 @@ const Value* Metadata::value(const std::string& key) const {
 template <class T>
 T Metadata::get(const std::string& key) const {
   const Value* v = value(key);
-  if (v == nullptr) throw FormatError(fmt::format("{}: missing key '{}'", name_or_default(source), key));
+  if (v == nullptr)
+    throw FormatError(fmt::format("{}: missing key '{}'", name_or_default(source), key));
   return convert_value<T>(*v, name_or_default(source), key);
 }
 
@@ -449,14 +457,15 @@ std::vector<float> Metadata::get_floats(const std::string& key) const {
 
 void Metadata::add(std::string key, Value v, const std::string& where) {
   if (values_.count(key) != 0) {
-    throw FormatError(fmt::format("{}: duplicate key '{}' ({})", name_or_default(source), key, where));
+    throw FormatError(
+        fmt::format("{}: duplicate key '{}' ({})", name_or_default(source), key, where));
   }
   keys_.push_back(key);
   values_.emplace(std::move(key), std::move(v));
 }
 
-#define SPILLWAY_GGUF_INSTANTIATE(T)                                           \
-  template T Metadata::get<T>(const std::string&) const;                       \
+#define SPILLWAY_GGUF_INSTANTIATE(T)                     \
+  template T Metadata::get<T>(const std::string&) const; \
   template std::optional<T> Metadata::find<T>(const std::string&) const;
 #define SPILLWAY_GGUF_INSTANTIATE_INT(T) \
   SPILLWAY_GGUF_INSTANTIATE(T)           \
@@ -548,9 +557,10 @@ void GgufFile::parse() {
 
   // Header.
   if (size_ < 4) {
-    c.fail(fmt::format("truncated file: {} bytes, too short for the GGUF magic (a header needs {} "
-                       "bytes)",
-                       size_, kHeaderBytes));
+    c.fail(
+        fmt::format("truncated file: {} bytes, too short for the GGUF magic (a header needs {} "
+                    "bytes)",
+                    size_, kHeaderBytes));
   }
   const auto* magic = reinterpret_cast<const unsigned char*>(base_);
   if (std::memcmp(magic, "GGUF", 4) != 0) {
@@ -559,9 +569,10 @@ void GgufFile::parse() {
       const unsigned char ch = magic[i];
       shown += (ch >= 0x20 && ch < 0x7f) ? static_cast<char>(ch) : '.';
     }
-    c.fail(fmt::format("not a GGUF file: magic at byte 0 is '{}' (hex {:02x} {:02x} {:02x} {:02x}), "
-                       "expected 'GGUF'",
-                       shown, magic[0], magic[1], magic[2], magic[3]));
+    c.fail(
+        fmt::format("not a GGUF file: magic at byte 0 is '{}' (hex {:02x} {:02x} {:02x} {:02x}), "
+                    "expected 'GGUF'",
+                    shown, magic[0], magic[1], magic[2], magic[3]));
   }
   c.seek(4);
   c.set_context("header");
@@ -590,20 +601,23 @@ void GgufFile::parse() {
   const uint64_t kv_count = c.read<uint64_t>("field kv_count");
   const uint64_t rest = c.remaining();
   if (kv_count > rest / kMinKvBytes) {
-    c.fail(fmt::format("kv_count {} at byte 16 is implausible: each key/value needs at least {} "
-                       "bytes, only {} bytes follow the header (file size {})",
-                       kv_count, kMinKvBytes, rest, size_));
+    c.fail(
+        fmt::format("kv_count {} at byte 16 is implausible: each key/value needs at least {} "
+                    "bytes, only {} bytes follow the header (file size {})",
+                    kv_count, kMinKvBytes, rest, size_));
   }
   if (tensor_count > rest / kMinTensorInfoBytes) {
-    c.fail(fmt::format("tensor_count {} at byte 8 is implausible: each tensor info needs at least "
-                       "{} bytes, only {} bytes follow the header (file size {})",
-                       tensor_count, kMinTensorInfoBytes, rest, size_));
+    c.fail(
+        fmt::format("tensor_count {} at byte 8 is implausible: each tensor info needs at least "
+                    "{} bytes, only {} bytes follow the header (file size {})",
+                    tensor_count, kMinTensorInfoBytes, rest, size_));
   }
   if (kv_count * kMinKvBytes + tensor_count * kMinTensorInfoBytes > rest) {
-    c.fail(fmt::format("kv_count {} and tensor_count {} are implausible: they need at least {} "
-                       "bytes, only {} bytes follow the header (file size {})",
-                       kv_count, tensor_count,
-                       kv_count * kMinKvBytes + tensor_count * kMinTensorInfoBytes, rest, size_));
+    c.fail(
+        fmt::format("kv_count {} and tensor_count {} are implausible: they need at least {} "
+                    "bytes, only {} bytes follow the header (file size {})",
+                    kv_count, tensor_count,
+                    kv_count * kMinKvBytes + tensor_count * kMinTensorInfoBytes, rest, size_));
   }
 
   // Metadata.
@@ -625,14 +639,16 @@ void GgufFile::parse() {
   if (const Value* a = meta_.value("general.alignment")) {
     const uint64_t at = key_at.find("general.alignment")->second;
     if (a->type() != ValueType::UINT32) {
-      throw FormatError(fmt::format("{}: key 'general.alignment' (at byte {}): expected uint32, found {}",
-                                    file, at, a->describe()));
+      throw FormatError(
+          fmt::format("{}: key 'general.alignment' (at byte {}): expected uint32, found {}", file,
+                      at, a->describe()));
     }
     const uint32_t al = std::get<uint32_t>(a->storage());
     if (!is_power_of_two(al)) {
-      throw FormatError(fmt::format("{}: key 'general.alignment' (at byte {}): alignment {} is not a "
-                                    "nonzero power of two",
-                                    file, at, al));
+      throw FormatError(
+          fmt::format("{}: key 'general.alignment' (at byte {}): alignment {} is not a "
+                      "nonzero power of two",
+                      file, at, al));
     }
     alignment_ = al;
   } else {
@@ -664,9 +680,10 @@ void GgufFile::parse() {
       }
       const auto ne_s = static_cast<int64_t>(ne);
       if (n_elements > std::numeric_limits<int64_t>::max() / ne_s) {
-        c.fail(fmt::format("dimensions overflow: the product of ne[0..{}] exceeds int64 (at ne[{}] "
-                           "= {}, byte {})",
-                           d, d, ne, ne_at));
+        c.fail(
+            fmt::format("dimensions overflow: the product of ne[0..{}] exceeds int64 (at ne[{}] "
+                        "= {}, byte {})",
+                        d, d, ne, ne_at));
       }
       n_elements *= ne_s;
       t.ne[d] = ne_s;
@@ -675,9 +692,10 @@ void GgufFile::parse() {
     const auto type_id = c.read<uint32_t>("type");
     const auto info = dtype_info(type_id);
     if (!info) {
-      throw UnsupportedError(fmt::format("{}: tensor '{}' (info at byte {}): unknown or unsupported "
-                                         "tensor type id {} at byte {}",
-                                         file, t.name, t.info_offset, type_id, type_at));
+      throw UnsupportedError(
+          fmt::format("{}: tensor '{}' (info at byte {}): unknown or unsupported "
+                      "tensor type id {} at byte {}",
+                      file, t.name, t.info_offset, type_id, type_at));
     }
     t.type = static_cast<DType>(type_id);
     const auto rb = row_bytes(t.type, static_cast<uint64_t>(t.ne[0]));
@@ -696,8 +714,8 @@ void GgufFile::parse() {
     const uint64_t off_at = c.pos();
     t.offset = c.read<uint64_t>("offset");
     if (t.offset % alignment_ != 0) {
-      c.fail(fmt::format("data offset {} at byte {} is not a multiple of the alignment {}", t.offset,
-                         off_at, alignment_));
+      c.fail(fmt::format("data offset {} at byte {} is not a multiple of the alignment {}",
+                         t.offset, off_at, alignment_));
     }
     if (by_name_.count(t.name) != 0) {
       const TensorInfo& first = tensors_[by_name_.find(t.name)->second];

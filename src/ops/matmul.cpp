@@ -16,14 +16,16 @@
 
 namespace spillway::ops {
 
+using detail::cpu_has_avx2;
 using detail::KernelSet;
 using detail::TileFn;
-using detail::cpu_has_avx2;
 
 namespace {
 
 // Rounds to nearest, ties to even (the rounding of the SIMD conversions).
-inline int32_t round_to_int(float v) { return static_cast<int32_t>(std::nearbyint(v)); }
+inline int32_t round_to_int(float v) {
+  return static_cast<int32_t>(std::nearbyint(v));
+}
 
 // One row of x into Q8A blocks (see matmul_internal.h): d = amax / 127.
 void quantize_row_q8a(const float* x, int64_t cols, std::byte* out) {
@@ -101,16 +103,24 @@ const KernelSet& kernels_for(KernelIsa isa) {
 
 TileFn tile_for(const KernelSet& ks, DType t) {
   switch (t) {
-    case DType::Q4_0: return ks.q4_0;
-    case DType::Q4_1: return ks.q4_1;
-    case DType::Q8_0: return ks.q8_0;
-    case DType::Q4_K: return ks.q4_k;
-    case DType::Q6_K: return ks.q6_k;
-    default: return nullptr;
+    case DType::Q4_0:
+      return ks.q4_0;
+    case DType::Q4_1:
+      return ks.q4_1;
+    case DType::Q8_0:
+      return ks.q8_0;
+    case DType::Q4_K:
+      return ks.q4_k;
+    case DType::Q6_K:
+      return ks.q6_k;
+    default:
+      return nullptr;
   }
 }
 
-bool uses_q8_k(DType t) { return t == DType::Q4_K || t == DType::Q6_K; }
+bool uses_q8_k(DType t) {
+  return t == DType::Q4_K || t == DType::Q6_K;
+}
 
 void check_shapes(const WeightMatrix& w, const Activations& x, int64_t ldy) {
   if (w.rows < 0 || w.cols <= 0 || (w.rows > 0 && w.data == nullptr)) {
@@ -119,14 +129,14 @@ void check_shapes(const WeightMatrix& w, const Activations& x, int64_t ldy) {
   }
   const auto rb = row_bytes(w.type, static_cast<uint64_t>(w.cols));
   if (!rb || *rb != w.row_bytes) {
-    throw InvalidArgument(fmt::format(
-        "matmul: {} weight rows of {} columns: expected {} bytes per row, found {}",
-        dtype_name(w.type), w.cols, rb ? std::to_string(*rb) : std::string("no valid size"),
-        w.row_bytes));
+    throw InvalidArgument(
+        fmt::format("matmul: {} weight rows of {} columns: expected {} bytes per row, found {}",
+                    dtype_name(w.type), w.cols,
+                    rb ? std::to_string(*rb) : std::string("no valid size"), w.row_bytes));
   }
   if (x.cols() != w.cols) {
-    throw InvalidArgument(fmt::format("matmul: activations have {} columns, weights expect {}",
-                                      x.cols(), w.cols));
+    throw InvalidArgument(
+        fmt::format("matmul: activations have {} columns, weights expect {}", x.cols(), w.cols));
   }
   if (x.n_rows() > 1 && ldy < w.rows) {
     throw InvalidArgument(
@@ -149,15 +159,15 @@ void matmul_fallback(const KernelSet& ks, const WeightMatrix& w, const Activatio
     thread_local std::vector<float> row;  // [cols]
     if (static_cast<int64_t>(row.size()) < cols) row.resize(static_cast<size_t>(cols));
     for (int64_t r = r0; r < r1; ++r) {
-      dequantize_row(w.type, static_cast<const std::byte*>(w.data) + r * w.row_bytes,
-                     row.data(), cols);
+      dequantize_row(w.type, static_cast<const std::byte*>(w.data) + r * w.row_bytes, row.data(),
+                     cols);
       for (int64_t t = 0; t < T; ++t) y[t * ldy + r] = ks.dot_f32(row.data(), xf + t * cols, cols);
     }
   });
 }
 
-void matmul_impl(const KernelSet& ks, const WeightMatrix& w, Activations& x, float* y,
-                 int64_t ldy, ThreadPool& pool) {
+void matmul_impl(const KernelSet& ks, const WeightMatrix& w, Activations& x, float* y, int64_t ldy,
+                 ThreadPool& pool) {
   check_shapes(w, x, ldy);
   const int64_t T = x.n_rows(), rows = w.rows;
   if (T <= 0 || rows == 0) return;
@@ -173,8 +183,7 @@ void matmul_impl(const KernelSet& ks, const WeightMatrix& w, Activations& x, flo
   if (nth > 1 && T >= 8 && rows < 32 * nth) {
     pool.parallel_for(T, 4, [&](int64_t t0, int64_t t1) { tile(w, xq, 0, rows, t0, t1, y, ldy); });
   } else {
-    pool.parallel_for(rows, 16,
-                      [&](int64_t r0, int64_t r1) { tile(w, xq, r0, r1, 0, T, y, ldy); });
+    pool.parallel_for(rows, 16, [&](int64_t r0, int64_t r1) { tile(w, xq, r0, r1, 0, T, y, ldy); });
   }
 }
 
@@ -239,13 +248,17 @@ void matvec(const WeightMatrix& w, const float* x, float* y, ThreadPool& pool) {
 
 const char* isa_name(KernelIsa isa) {
   switch (isa) {
-    case KernelIsa::kAvx2: return "avx2";
-    case KernelIsa::kScalar: break;
+    case KernelIsa::kAvx2:
+      return "avx2";
+    case KernelIsa::kScalar:
+      break;
   }
   return "scalar";
 }
 
-const char* kernel_isa() { return isa_name(default_isa()); }
+const char* kernel_isa() {
+  return isa_name(default_isa());
+}
 
 std::vector<KernelIsa> available_isas() {
   std::vector<KernelIsa> v{KernelIsa::kScalar};
@@ -253,6 +266,8 @@ std::vector<KernelIsa> available_isas() {
   return v;
 }
 
-bool has_integer_kernel(DType t) { return tile_for(detail::scalar_kernels(), t) != nullptr; }
+bool has_integer_kernel(DType t) {
+  return tile_for(detail::scalar_kernels(), t) != nullptr;
+}
 
 }  // namespace spillway::ops

@@ -37,7 +37,9 @@ namespace spillway::ops::detail {
 
 namespace {
 
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t min64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
 
 inline uint32_t load_u32(const uint8_t* p) {
   uint32_t v;
@@ -116,8 +118,8 @@ struct Q8_0W {
 // activation rows. The per-block f32 terms: acc[r][c] += isum * (d_r * dx_c) in 8 lanes;
 // the min terms of all R rows share one 4-lane vector per token: macc[c][r] += m_r * s_c.
 template <class W, int R, int C>
-inline void micro_legacy(const uint8_t* w0, uint64_t rb, const Q8ARow* x, int64_t nb,
-                         float* y, int64_t ldy) {
+inline void micro_legacy(const uint8_t* w0, uint64_t rb, const Q8ARow* x, int64_t nb, float* y,
+                         int64_t ldy) {
   static_assert(R <= 4);
   __m256 acc[R][C];
   __m128 macc[C];
@@ -158,10 +160,18 @@ template <class W, int R>
 inline void micro_legacy_c(int c, const uint8_t* w0, uint64_t rb, const Q8ARow* x, int64_t nb,
                            float* y, int64_t ldy) {
   switch (c) {
-    case 1: micro_legacy<W, R, 1>(w0, rb, x, nb, y, ldy); break;
-    case 2: if constexpr (W::kC >= 2) micro_legacy<W, R, 2>(w0, rb, x, nb, y, ldy); break;
-    case 3: if constexpr (W::kC >= 3) micro_legacy<W, R, 3>(w0, rb, x, nb, y, ldy); break;
-    default: if constexpr (W::kC >= 4) micro_legacy<W, R, 4>(w0, rb, x, nb, y, ldy); break;
+    case 1:
+      micro_legacy<W, R, 1>(w0, rb, x, nb, y, ldy);
+      break;
+    case 2:
+      if constexpr (W::kC >= 2) micro_legacy<W, R, 2>(w0, rb, x, nb, y, ldy);
+      break;
+    case 3:
+      if constexpr (W::kC >= 3) micro_legacy<W, R, 3>(w0, rb, x, nb, y, ldy);
+      break;
+    default:
+      if constexpr (W::kC >= 4) micro_legacy<W, R, 4>(w0, rb, x, nb, y, ldy);
+      break;
   }
 }
 
@@ -186,8 +196,12 @@ void tile_legacy(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
         micro_legacy_c<W, W::kR>(c, base + r * rb, rb, x, nb, yt + r, ldy);
       }
       switch (p1 - r) {
-        case 1: micro_legacy_c<W, 1>(c, base + r * rb, rb, x, nb, yt + r, ldy); break;
-        case 2: if constexpr (W::kR > 2) micro_legacy_c<W, 2>(c, base + r * rb, rb, x, nb, yt + r, ldy); break;
+        case 1:
+          micro_legacy_c<W, 1>(c, base + r * rb, rb, x, nb, yt + r, ldy);
+          break;
+        case 2:
+          if constexpr (W::kR > 2) micro_legacy_c<W, 2>(c, base + r * rb, rb, x, nb, yt + r, ldy);
+          break;
         case 3:
           if (c == 1) {
             micro_legacy<W, 3, 1>(base + r * rb, rb, x, nb, yt + r, ldy);
@@ -195,7 +209,8 @@ void tile_legacy(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
             micro_legacy_c<W, 3>(c, base + r * rb, rb, x, nb, yt + r, ldy);
           }
           break;
-        default: break;
+        default:
+          break;
       }
     }
   }
@@ -289,8 +304,8 @@ inline void micro_q6_k(const uint8_t* row, const BlockQ8_K* const* x, int64_t nb
       const __m256i l1 = _mm256_loadu_si256(ql + 1);
       const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 128 + 32 * n));
       __m256i q[4];
-      q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
-                             _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
+      q[0] =
+          _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
       q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4));
       q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
@@ -323,8 +338,8 @@ inline void micro_q6_k(const uint8_t* row, const BlockQ8_K* const* x, int64_t nb
 }
 
 template <template <int> class Micro>
-void tile_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
-            int64_t t1, float* y, int64_t ldy) {
+void tile_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0, int64_t t1,
+            float* y, int64_t ldy) {
   const int64_t nb = w.cols / kQKK;
   const auto* base = static_cast<const uint8_t*>(w.data);
   const int64_t xrb = q8k_row_bytes(w.cols);
@@ -340,10 +355,18 @@ void tile_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64
         const uint8_t* row = base + r * w.row_bytes;
         float* yo = y + t * ldy + r;
         switch (c) {
-          case 1: Micro<1>::run(row, x, nb, yo, ldy); break;
-          case 2: Micro<2>::run(row, x, nb, yo, ldy); break;
-          case 3: Micro<3>::run(row, x, nb, yo, ldy); break;
-          default: Micro<4>::run(row, x, nb, yo, ldy); break;
+          case 1:
+            Micro<1>::run(row, x, nb, yo, ldy);
+            break;
+          case 2:
+            Micro<2>::run(row, x, nb, yo, ldy);
+            break;
+          case 3:
+            Micro<3>::run(row, x, nb, yo, ldy);
+            break;
+          default:
+            Micro<4>::run(row, x, nb, yo, ldy);
+            break;
         }
       }
     }

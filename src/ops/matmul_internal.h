@@ -16,7 +16,9 @@ namespace spillway::ops::detail {
 //   float d[nb]        scale: x ~= d * q
 //   float s[nb]        d * sum(q[b]) (the min / offset term of Q4_0, Q4_1)
 inline constexpr int64_t kQ8ABlockBytes = 32 + 4 + 4;
-inline int64_t q8a_row_bytes(int64_t cols) { return cols / kQK * kQ8ABlockBytes; }
+inline int64_t q8a_row_bytes(int64_t cols) {
+  return cols / kQK * kQ8ABlockBytes;
+}
 struct Q8ARow {
   const int8_t* qs;
   const float* d;
@@ -36,8 +38,8 @@ inline int64_t q8k_row_bytes(int64_t cols) {
 
 // Computes y[t * ldy + r] for r in [r0, r1), t in [t0, t1). `xq` is the activation form
 // the kernel's weight type needs (Q8A rows for Q4_0/Q4_1/Q8_0, Q8_K rows for Q4_K/Q6_K).
-using TileFn = void (*)(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1,
-                        int64_t t0, int64_t t1, float* y, int64_t ldy);
+using TileFn = void (*)(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
+                        int64_t t1, float* y, int64_t ldy);
 // f32 dot product of n elements.
 using DotF32Fn = float (*)(const float* a, const float* b, int64_t n);
 

@@ -14,7 +14,9 @@ uint16_t load_u16(const uint8_t* p) {
   std::memcpy(&v, p, 2);
   return v;
 }
-float load_f16(const uint8_t* p) { return f16_to_f32(load_u16(p)); }
+float load_f16(const uint8_t* p) {
+  return f16_to_f32(load_u16(p));
+}
 
 const uint8_t* row_ptr(const WeightMatrix& w, int64_t r) {
   return static_cast<const uint8_t*>(w.data) + static_cast<uint64_t>(r) * w.row_bytes;
@@ -142,8 +144,8 @@ void tile_legacy(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
 }
 
 template <class Dot>
-void tile_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
-            int64_t t1, float* y, int64_t ldy, Dot dot) {
+void tile_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0, int64_t t1,
+            float* y, int64_t ldy, Dot dot) {
   const int64_t nb = w.cols / kQKK;
   for (int64_t t = t0; t < t1; ++t) {
     const auto* x = reinterpret_cast<const BlockQ8_K*>(static_cast<const std::byte*>(xq) +

@@ -20,9 +20,9 @@ bool use_avx2() {
 
 void check_rope(int64_t n_head, int64_t head_dim, int64_t n_rot) {
   if (n_head < 0 || head_dim <= 0 || n_rot < 0 || n_rot % 2 != 0 || n_rot > head_dim) {
-    throw InvalidArgument(fmt::format(
-        "rope: n_rot {} must be even and at most head_dim {} (n_head {})", n_rot, head_dim,
-        n_head));
+    throw InvalidArgument(
+        fmt::format("rope: n_rot {} must be even and at most head_dim {} (n_head {})", n_rot,
+                    head_dim, n_head));
   }
 }
 
@@ -82,13 +82,13 @@ void rope_with(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_
   }
 }
 
-void rope(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos,
-          double freq_base, double freq_scale) {
+void rope(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos, double freq_base,
+          double freq_scale) {
   check_rope(n_head, head_dim, n_rot);
   const double p = static_cast<double>(pos);
   for (int64_t i = 0; i < n_rot / 2; ++i) {
-    const double inv =
-        freq_scale * std::pow(freq_base, -2.0 * static_cast<double>(i) / static_cast<double>(n_rot));
+    const double inv = freq_scale * std::pow(freq_base, -2.0 * static_cast<double>(i) /
+                                                            static_cast<double>(n_rot));
     const double theta = p * inv;
     const float c = static_cast<float>(std::cos(theta));
     const float s = static_cast<float>(std::sin(theta));

@@ -10,8 +10,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    auto f = spillway::gguf::GgufFile::from_bytes(std::vector<uint8_t>(data, data + size),
-                                                  "fuzz.gguf");
+    auto f =
+        spillway::gguf::GgufFile::from_bytes(std::vector<uint8_t>(data, data + size), "fuzz.gguf");
     // Touch what a parsed file exposes so bad views show under ASan.
     size_t sum = 0;
     for (const auto& k : f->metadata().keys()) {

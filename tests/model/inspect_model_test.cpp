@@ -52,7 +52,8 @@ TEST(InspectModel, TensorsOfSmolLM2) {
     EXPECT_EQ(t.offset % f->alignment(), 0u) << t.name;
     end = std::max(end, f->data_offset() + t.offset + t.n_bytes);
   }
-  EXPECT_EQ(by_type, (std::map<DType, int>{{DType::Q4_1, 210}, {DType::F32, 61}, {DType::Q8_0, 1}}));
+  EXPECT_EQ(by_type,
+            (std::map<DType, int>{{DType::Q4_1, 210}, {DType::F32, 61}, {DType::Q8_0, 1}}));
   EXPECT_LE(end, f->file_size());
 
   const auto& embd = f->tensor("token_embd.weight");

@@ -1,8 +1,8 @@
 // The GGUF reader on deliberately corrupt files: each case asserts the error type and the
 // precise message, then random mutations of a valid file must parse or throw
 // spillway::Error, never crash (this suite runs under ASan/UBSan in CI).
-#include <gtest/gtest.h>
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
 #include <cstring>
 #include <limits>
@@ -32,7 +32,8 @@ void expect_reject(const std::vector<uint8_t>& image, std::initializer_list<std:
     ADD_FAILURE() << "parsed; expected an error containing: " << *subs.begin();
   } catch (const E& e) {
     const std::string msg = e.what();
-    EXPECT_EQ(msg.rfind(std::string(kName) + ": ", 0), 0u) << "message must start with the file: " << msg;
+    EXPECT_EQ(msg.rfind(std::string(kName) + ": ", 0), 0u)
+        << "message must start with the file: " << msg;
     for (const auto& s : subs) {
       EXPECT_NE(msg.find(s), std::string::npos) << "message: " << msg << "\nexpected: " << s;
     }
@@ -69,8 +70,9 @@ TEST(GgufCorrupt, ValidBaseParses) {
 TEST(GgufCorrupt, BadMagic) {
   auto image = small_model().bytes();
   std::memcpy(image.data(), "GGML", 4);
-  expect_reject<FormatError>(image, {"not a GGUF file: magic at byte 0 is 'GGML' (hex 47 47 4d 4c), "
-                                     "expected 'GGUF'"});
+  expect_reject<FormatError>(image,
+                             {"not a GGUF file: magic at byte 0 is 'GGML' (hex 47 47 4d 4c), "
+                              "expected 'GGUF'"});
 }
 
 TEST(GgufCorrupt, TooShortForMagic) {
@@ -83,8 +85,8 @@ TEST(GgufCorrupt, BadVersions) {
   GgufWriter::put_u32(image, GgufWriter::kVersionAt, 0);
   expect_reject<FormatError>(image, {"invalid GGUF version 0 at byte 4, expected version 2 or 3"});
   GgufWriter::put_u32(image, GgufWriter::kVersionAt, 1);
-  expect_reject<UnsupportedError>(image, {"GGUF version 1 at byte 4 is not supported",
-                                          "32-bit counts"});
+  expect_reject<UnsupportedError>(image,
+                                  {"GGUF version 1 at byte 4 is not supported", "32-bit counts"});
   GgufWriter::put_u32(image, GgufWriter::kVersionAt, 4);
   expect_reject<UnsupportedError>(image, {"GGUF version 4 at byte 4 is not supported, expected "
                                           "version 2 or 3"});
@@ -98,15 +100,17 @@ TEST(GgufCorrupt, TruncatedHeader) {
   expect_reject<FormatError>(image, {"header: truncated file: field tensor_count at byte 8 needs 8 "
                                      "bytes, only 4 remain (file size 12)"});
   image.resize(20);
-  expect_reject<FormatError>(image, {"field kv_count at byte 16 needs 8 bytes, only 4 remain (file size 20)"});
+  expect_reject<FormatError>(
+      image, {"field kv_count at byte 16 needs 8 bytes, only 4 remain (file size 20)"});
 }
 
 TEST(GgufCorrupt, HugeKvCountIsRejectedBeforeAllocating) {
   auto image = small_model().bytes();
   GgufWriter::put_u64(image, GgufWriter::kKvCountAt, std::numeric_limits<uint64_t>::max());
-  expect_reject<FormatError>(image, {"header: kv_count 18446744073709551615 at byte 16 is implausible: "
-                                     "each key/value needs at least 13 bytes, only " +
-                                     std::to_string(image.size() - 24) + " bytes follow the header"});
+  expect_reject<FormatError>(image,
+                             {"header: kv_count 18446744073709551615 at byte 16 is implausible: "
+                              "each key/value needs at least 13 bytes, only " +
+                              std::to_string(image.size() - 24) + " bytes follow the header"});
 }
 
 TEST(GgufCorrupt, HugeTensorCount) {
@@ -133,8 +137,9 @@ TEST(GgufCorrupt, TruncatedKeyName) {
   auto image = w.bytes();
   image.resize(24 + 8 + 10);
   expect_reject<FormatError>(
-      image, {"metadata entry #0 (at byte 24): key at byte 24: string length 33 extends past end of "
-              "file (10 bytes remain, file size 42)"});
+      image,
+      {"metadata entry #0 (at byte 24): key at byte 24: string length 33 extends past end of "
+       "file (10 bytes remain, file size 42)"});
 }
 
 TEST(GgufCorrupt, StringLengthPastEndOfFile) {
@@ -155,10 +160,10 @@ TEST(GgufCorrupt, ArrayLengthPastEndOfFile) {
   auto image = w.bytes();
   // tokenizer.ggml.tokens: u32 element type, then the u64 count.
   GgufWriter::put_u64(image, lay.kvs[4].value_at + 4, uint64_t{1} << 61);
-  expect_reject<FormatError>(
-      image, {fmt::format("key 'tokenizer.ggml.tokens' (at byte {}): array length "
-                          "2305843009213693952 at byte {} extends past end of file",
-                          lay.kvs[4].at, lay.kvs[4].value_at + 4)});
+  expect_reject<FormatError>(image,
+                             {fmt::format("key 'tokenizer.ggml.tokens' (at byte {}): array length "
+                                          "2305843009213693952 at byte {} extends past end of file",
+                                          lay.kvs[4].at, lay.kvs[4].value_at + 4)});
 }
 
 TEST(GgufCorrupt, UnknownValueType) {
@@ -166,9 +171,10 @@ TEST(GgufCorrupt, UnknownValueType) {
   const auto lay = w.layout();
   auto image = w.bytes();
   GgufWriter::put_u32(image, lay.kvs[2].type_at, 13);
-  expect_reject<FormatError>(image, {fmt::format("key 'llama.block_count' (at byte {}): value type at "
-                                                 "byte {} is 13, expected a value type id 0..12",
-                                                 lay.kvs[2].at, lay.kvs[2].type_at)});
+  expect_reject<FormatError>(image,
+                             {fmt::format("key 'llama.block_count' (at byte {}): value type at "
+                                          "byte {} is 13, expected a value type id 0..12",
+                                          lay.kvs[2].at, lay.kvs[2].type_at)});
 }
 
 TEST(GgufCorrupt, BoolOtherThanZeroOrOne) {
@@ -177,8 +183,8 @@ TEST(GgufCorrupt, BoolOtherThanZeroOrOne) {
   const auto lay = w.layout();
   auto image = w.bytes();
   image[lay.kvs[0].value_at] = 2;
-  expect_reject<FormatError>(image, {fmt::format("bool value at byte {} is 2, expected 0 or 1",
-                                                 lay.kvs[0].value_at)});
+  expect_reject<FormatError>(
+      image, {fmt::format("bool value at byte {} is 2, expected 0 or 1", lay.kvs[0].value_at)});
 }
 
 TEST(GgufCorrupt, ArraysNestedTooDeep) {
@@ -191,15 +197,17 @@ TEST(GgufCorrupt, ArraysNestedTooDeep) {
   }
   GgufWriter w;
   w.add("deep", v);
-  expect_reject<FormatError>(w.bytes(), {"key 'deep' (at byte 24): arrays nested deeper than 8 levels"});
+  expect_reject<FormatError>(w.bytes(),
+                             {"key 'deep' (at byte 24): arrays nested deeper than 8 levels"});
 }
 
 TEST(GgufCorrupt, DuplicateKey) {
   auto w = small_model();
   w.add_u32("llama.block_count", 2);
   const auto lay = w.layout();
-  expect_reject<FormatError>(w.bytes(), {fmt::format("duplicate key 'llama.block_count' (at byte {})",
-                                                     lay.kvs.back().at)});
+  expect_reject<FormatError>(
+      w.bytes(),
+      {fmt::format("duplicate key 'llama.block_count' (at byte {})", lay.kvs.back().at)});
 }
 
 TEST(GgufCorrupt, EmptyKey) {
@@ -212,10 +220,10 @@ TEST(GgufCorrupt, AlignmentNotPowerOfTwo) {
   auto w = small_model();
   w.set_alignment(48);
   const auto lay = w.layout();
-  expect_reject<FormatError>(w.bytes(),
-                             {fmt::format("key 'general.alignment' (at byte {}): alignment 48 is not a "
-                                          "nonzero power of two",
-                                          lay.kvs.back().at)});
+  expect_reject<FormatError>(
+      w.bytes(), {fmt::format("key 'general.alignment' (at byte {}): alignment 48 is not a "
+                              "nonzero power of two",
+                              lay.kvs.back().at)});
   GgufWriter z;
   z.set_alignment(0);
   expect_reject<FormatError>(z.bytes(), {"alignment 0 is not a nonzero power of two"});
@@ -224,7 +232,8 @@ TEST(GgufCorrupt, AlignmentNotPowerOfTwo) {
 TEST(GgufCorrupt, AlignmentOfWrongType) {
   auto w = small_model();
   w.add_u64("general.alignment", 32);
-  expect_reject<FormatError>(w.bytes(), {"key 'general.alignment'", "expected uint32, found uint64"});
+  expect_reject<FormatError>(w.bytes(),
+                             {"key 'general.alignment'", "expected uint32, found uint64"});
 }
 
 TEST(GgufCorrupt, TruncatedTensorInfos) {
@@ -233,9 +242,10 @@ TEST(GgufCorrupt, TruncatedTensorInfos) {
   auto image = w.bytes();
   image.resize(lay.tensors[1].ne_at + 8 + 3);  // first dimension read, the second cut
   expect_reject<FormatError>(
-      image, {fmt::format("tensor 'blk.0.attn_q.weight' (info at byte {}): truncated file: dimension "
-                          "at byte {} needs 8 bytes, only 3 remain",
-                          lay.tensors[1].info_at, lay.tensors[1].ne_at + 8)});
+      image,
+      {fmt::format("tensor 'blk.0.attn_q.weight' (info at byte {}): truncated file: dimension "
+                   "at byte {} needs 8 bytes, only 3 remain",
+                   lay.tensors[1].info_at, lay.tensors[1].ne_at + 8)});
 }
 
 TEST(GgufCorrupt, TruncatedTensorData) {
@@ -256,9 +266,10 @@ TEST(GgufCorrupt, NDimsFive) {
   const auto lay = w.layout();
   auto image = w.bytes();
   GgufWriter::put_u32(image, lay.tensors[0].n_dims_at, 5);
-  expect_reject<FormatError>(image, {fmt::format("tensor 'token_embd.weight' (info at byte {}): n_dims "
-                                                 "at byte {} is 5, expected 1..4",
-                                                 lay.tensors[0].info_at, lay.tensors[0].n_dims_at)});
+  expect_reject<FormatError>(image,
+                             {fmt::format("tensor 'token_embd.weight' (info at byte {}): n_dims "
+                                          "at byte {} is 5, expected 1..4",
+                                          lay.tensors[0].info_at, lay.tensors[0].n_dims_at)});
   GgufWriter::put_u32(image, lay.tensors[0].n_dims_at, 0);
   expect_reject<FormatError>(image, {"n_dims at byte", "is 0, expected 1..4"});
 }
@@ -276,9 +287,10 @@ TEST(GgufCorrupt, DimensionProductOverflow) {
   GgufWriter w;
   w.add_raw_tensor("big", 0, {uint64_t{1} << 32, uint64_t{1} << 32}, {});
   const auto lay = w.layout();
-  expect_reject<FormatError>(w.bytes(), {fmt::format("tensor 'big' (info at byte {}): dimensions "
-                                                     "overflow: the product of ne[0..1] exceeds int64",
-                                                     lay.tensors[0].info_at)});
+  expect_reject<FormatError>(w.bytes(),
+                             {fmt::format("tensor 'big' (info at byte {}): dimensions "
+                                          "overflow: the product of ne[0..1] exceeds int64",
+                                          lay.tensors[0].info_at)});
   GgufWriter w2;
   w2.add_raw_tensor("neg", 0, {uint64_t{1} << 63}, {});
   expect_reject<FormatError>(w2.bytes(), {"dimension ne[0] at byte", "is 9223372036854775808"});
@@ -288,7 +300,8 @@ TEST(GgufCorrupt, DataByteCountOverflow) {
   // 2^62 elements fit in int64, but as f32 they need 2^64 bytes.
   GgufWriter w;
   w.add_raw_tensor("wide", 0, {uint64_t{1} << 60, 4}, {});
-  expect_reject<FormatError>(w.bytes(), {"tensor 'wide'", "data size overflows: 4 rows of "
+  expect_reject<FormatError>(w.bytes(), {"tensor 'wide'",
+                                         "data size overflows: 4 rows of "
                                          "4611686018427387904 bytes"});
 }
 
@@ -306,7 +319,8 @@ TEST(GgufCorrupt, UnknownTensorType) {
 TEST(GgufCorrupt, RowNotMultipleOfBlockSize) {
   GgufWriter w;
   w.add_raw_tensor("q", static_cast<uint32_t>(DType::Q4_1), {33, 1}, bytes_of(64));
-  expect_reject<FormatError>(w.bytes(), {"tensor 'q'", "ne[0] = 33 is not a multiple of the Q4_1 "
+  expect_reject<FormatError>(w.bytes(), {"tensor 'q'",
+                                         "ne[0] = 33 is not a multiple of the Q4_1 "
                                          "block size 32"});
 }
 
@@ -315,10 +329,11 @@ TEST(GgufCorrupt, MisalignedOffset) {
   const auto lay = w.layout();
   auto image = w.bytes();
   GgufWriter::put_u64(image, lay.tensors[1].offset_at, 100);
-  expect_reject<FormatError>(image, {fmt::format("tensor 'blk.0.attn_q.weight' (info at byte {}): data "
-                                                 "offset 100 at byte {} is not a multiple of the "
-                                                 "alignment 32",
-                                                 lay.tensors[1].info_at, lay.tensors[1].offset_at)});
+  expect_reject<FormatError>(image,
+                             {fmt::format("tensor 'blk.0.attn_q.weight' (info at byte {}): data "
+                                          "offset 100 at byte {} is not a multiple of the "
+                                          "alignment 32",
+                                          lay.tensors[1].info_at, lay.tensors[1].offset_at)});
 }
 
 TEST(GgufCorrupt, OffsetPastEndOfFile) {
@@ -326,10 +341,11 @@ TEST(GgufCorrupt, OffsetPastEndOfFile) {
   const auto lay = w.layout();
   auto image = w.bytes();
   GgufWriter::put_u64(image, lay.tensors[1].offset_at, uint64_t{1} << 20);
-  expect_reject<FormatError>(image, {fmt::format("tensor 'blk.0.attn_q.weight' (info at byte {}): data "
-                                                 "[offset 1048576, 1048576+68) extends past end of "
-                                                 "file",
-                                                 lay.tensors[1].info_at)});
+  expect_reject<FormatError>(image,
+                             {fmt::format("tensor 'blk.0.attn_q.weight' (info at byte {}): data "
+                                          "[offset 1048576, 1048576+68) extends past end of "
+                                          "file",
+                                          lay.tensors[1].info_at)});
   // An offset near 2^64 must not wrap around in the bound check.
   GgufWriter::put_u64(image, lay.tensors[1].offset_at, ~uint64_t{31});
   expect_reject<FormatError>(image, {"extends past end of file"});
@@ -341,21 +357,22 @@ TEST(GgufCorrupt, OverlappingTensors) {
   auto image = w.bytes();
   const uint64_t q_off = GgufWriter::get_u64(image, lay.tensors[1].offset_at);
   GgufWriter::put_u64(image, lay.tensors[2].offset_at, q_off + 32);
-  expect_reject<FormatError>(image,
-                             {fmt::format("tensor 'output_norm.weight' (info at byte {}): data "
-                                          "[offset {}, {}+32) overlaps tensor 'blk.0.attn_q.weight' "
-                                          "data [offset {}, {}+68)",
-                                          lay.tensors[2].info_at, q_off + 32, q_off + 32, q_off, q_off)});
+  expect_reject<FormatError>(
+      image, {fmt::format("tensor 'output_norm.weight' (info at byte {}): data "
+                          "[offset {}, {}+32) overlaps tensor 'blk.0.attn_q.weight' "
+                          "data [offset {}, {}+68)",
+                          lay.tensors[2].info_at, q_off + 32, q_off + 32, q_off, q_off)});
 }
 
 TEST(GgufCorrupt, DuplicateTensorName) {
   auto w = small_model();
   w.add_tensor("blk.0.attn_q.weight", DType::Q8_0, {32, 1}, bytes_of(34));
   const auto lay = w.layout();
-  expect_reject<FormatError>(w.bytes(), {fmt::format("tensor 'blk.0.attn_q.weight' (info at byte {}): "
-                                                     "duplicate tensor name (first defined by the "
-                                                     "info at byte {})",
-                                                     lay.tensors[3].info_at, lay.tensors[1].info_at)});
+  expect_reject<FormatError>(w.bytes(),
+                             {fmt::format("tensor 'blk.0.attn_q.weight' (info at byte {}): "
+                                          "duplicate tensor name (first defined by the "
+                                          "info at byte {})",
+                                          lay.tensors[3].info_at, lay.tensors[1].info_at)});
 }
 
 TEST(GgufCorrupt, EmptyTensorName) {
@@ -399,7 +416,8 @@ TEST(GgufCorrupt, TruncatedFileOnDisk) {
 // Reads everything a parsed file exposes, so out-of-bounds views would show under ASan.
 uint64_t touch_everything(const GgufFile& f) {
   uint64_t sum = 0;
-  for (const auto& k : f.metadata().keys()) sum += gguf::format_value(*f.metadata().value(k), 64).size();
+  for (const auto& k : f.metadata().keys())
+    sum += gguf::format_value(*f.metadata().value(k), 64).size();
   for (const auto& t : f.tensors()) {
     const auto* p = reinterpret_cast<const uint8_t*>(t.data);
     for (uint64_t i = 0; i < t.n_bytes; ++i) sum += p[i];
@@ -423,12 +441,12 @@ void parse_or_error(const std::vector<uint8_t>& image, int* parsed, int* rejecte
 
 TEST(GgufCorrupt, RandomMutationsParseOrThrowNeverCrash) {
   GgufWriter w = small_model();
-  w.add("nested", Value(Value::Storage(Array{
-                      ValueType::ARRAY,
-                      {Value(Value::Storage(Array{ValueType::INT16,
-                                                  {Value(Value::Storage(std::in_place_index<3>,
-                                                                        int16_t{-3}))}})),
-                       Value(Value::Storage(Array{ValueType::INT16, {}}))}})));
+  w.add("nested",
+        Value(Value::Storage(Array{
+            ValueType::ARRAY,
+            {Value(Value::Storage(Array{
+                 ValueType::INT16, {Value(Value::Storage(std::in_place_index<3>, int16_t{-3}))}})),
+             Value(Value::Storage(Array{ValueType::INT16, {}}))}})));
   w.add_bool("flag", true);
   w.add_i32s("ints", {1, 2, 3});
   const auto base = w.bytes();
@@ -437,8 +455,8 @@ TEST(GgufCorrupt, RandomMutationsParseOrThrowNeverCrash) {
   int parsed = 0, rejected = 0;
 
   // Truncations at every 1/64 of the file.
-  for (int k = 0; k < 64; ++k) parse_or_error({base.begin(), base.begin() + base.size() * k / 64},
-                                              &parsed, &rejected);
+  for (int k = 0; k < 64; ++k)
+    parse_or_error({base.begin(), base.begin() + base.size() * k / 64}, &parsed, &rejected);
   // Bit flips (1 to 4 bits).
   for (int i = 0; i < 3000; ++i) {
     auto m = base;
@@ -456,8 +474,15 @@ TEST(GgufCorrupt, RandomMutationsParseOrThrowNeverCrash) {
     parse_or_error(m, &parsed, &rejected);
   }
   // Extreme u64 values written over random 8-byte fields (lengths, counts, offsets, dims).
-  const uint64_t extremes[] = {0, 1, 31, 32, 0x7fffffffffffffffull, 0x8000000000000000ull,
-                               0xffffffffffffffffull, 0xfffffffffffffff0ull, uint64_t{1} << 32};
+  const uint64_t extremes[] = {0,
+                               1,
+                               31,
+                               32,
+                               0x7fffffffffffffffull,
+                               0x8000000000000000ull,
+                               0xffffffffffffffffull,
+                               0xfffffffffffffff0ull,
+                               uint64_t{1} << 32};
   for (int i = 0; i < 2000; ++i) {
     auto m = base;
     const size_t at = rng() % (lay.data_at - 8);

@@ -32,7 +32,9 @@ Value array(ValueType t, std::vector<Value> items) {
   return Value(Value::Storage(std::move(a)));
 }
 
-Value str(std::string s) { return Value(Value::Storage(std::move(s))); }
+Value str(std::string s) {
+  return Value(Value::Storage(std::move(s)));
+}
 
 std::unique_ptr<GgufFile> parse(const GgufWriter& w, const std::string& name = "mem.gguf") {
   return GgufFile::from_bytes(w.bytes(), name);
@@ -88,17 +90,17 @@ TEST(Gguf, EveryScalarTypeRoundTrips) {
 }
 
 TEST(Gguf, ArraysRoundTripIncludingNestedAndEmpty) {
-  Value ints = array(ValueType::INT32, {scalar<5>(int32_t{1}), scalar<5>(int32_t{-2}),
-                                        scalar<5>(int32_t{3})});
+  Value ints = array(ValueType::INT32,
+                     {scalar<5>(int32_t{1}), scalar<5>(int32_t{-2}), scalar<5>(int32_t{3})});
   Value strings = array(ValueType::STRING, {str("a"), str(""), str("<|im_end|>"), str("Ġthe")});
   Value empty_u8 = array(ValueType::UINT8, {});
   Value empty_str = array(ValueType::STRING, {});
-  Value nested = array(ValueType::ARRAY,
-                       {array(ValueType::UINT16, {scalar<2>(uint16_t{7})}),
-                        array(ValueType::UINT16, {}),
-                        array(ValueType::UINT16, {scalar<2>(uint16_t{8}), scalar<2>(uint16_t{9})})});
-  Value nested_strings = array(
-      ValueType::ARRAY, {array(ValueType::STRING, {str("x"), str("yz")}), array(ValueType::STRING, {})});
+  Value nested =
+      array(ValueType::ARRAY,
+            {array(ValueType::UINT16, {scalar<2>(uint16_t{7})}), array(ValueType::UINT16, {}),
+             array(ValueType::UINT16, {scalar<2>(uint16_t{8}), scalar<2>(uint16_t{9})})});
+  Value nested_strings = array(ValueType::ARRAY, {array(ValueType::STRING, {str("x"), str("yz")}),
+                                                  array(ValueType::STRING, {})});
   Value deep = scalar<11>(int64_t{42});
   for (int i = 0; i < gguf::kMaxArrayDepth; ++i) deep = array(deep.type(), {deep});
   Value doubles = array(ValueType::FLOAT64, {scalar<12>(1.0), scalar<12>(-2.5)});
@@ -146,8 +148,9 @@ TEST(Gguf, ArraysRoundTripIncludingNestedAndEmpty) {
   expect_error<FormatError>([&] { m.get_strings("a.ints"); },
                             "mem.gguf: key 'a.ints': expected an array of strings, found array of "
                             "int32 (3 items)");
-  expect_error<FormatError>([&] { m.get_ints("a.strings"); },
-                            "key 'a.strings': expected an array of integers, found array of string");
+  expect_error<FormatError>(
+      [&] { m.get_ints("a.strings"); },
+      "key 'a.strings': expected an array of integers, found array of string");
   expect_error<FormatError>([&] { m.get_floats("a.ints"); },
                             "key 'a.ints': expected an array of floats");
   expect_error<FormatError>([&] { m.get_ints("a.missing"); }, "mem.gguf: missing key 'a.missing'");
@@ -155,8 +158,8 @@ TEST(Gguf, ArraysRoundTripIncludingNestedAndEmpty) {
 
 TEST(Gguf, ArrayOfU64BeyondInt64IsRejectedByGetInts) {
   GgufWriter w;
-  w.add("big", array(ValueType::UINT64, {scalar<10>(uint64_t{1}),
-                                         scalar<10>(std::numeric_limits<uint64_t>::max())}));
+  w.add("big", array(ValueType::UINT64,
+                     {scalar<10>(uint64_t{1}), scalar<10>(std::numeric_limits<uint64_t>::max())}));
   auto f = parse(w);
   expect_error<FormatError>([&] { f->metadata().get_ints("big"); },
                             "key 'big': element 1 = 18446744073709551615 does not fit in int64");
@@ -201,7 +204,8 @@ TEST(Gguf, TypedAccessorsConvertLosslesslyOrThrow) {
                             "key 'huge': value 1099511627776 (uint64) does not fit in int32");
   expect_error<FormatError>([&] { m.get<float>("llama.embedding_length"); },
                             "key 'llama.embedding_length': expected a float, found uint32");
-  expect_error<FormatError>([&] { m.get<bool>("small"); }, "key 'small': expected a bool, found uint8");
+  expect_error<FormatError>([&] { m.get<bool>("small"); },
+                            "key 'small': expected a bool, found uint8");
   expect_error<FormatError>([&] { m.get<std::string>("flag"); },
                             "key 'flag': expected a string, found bool");
   expect_error<FormatError>([&] { m.get<uint32_t>("llama.context_length"); },

@@ -25,17 +25,31 @@ constexpr DType kAllTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q4_
 // any bits).
 std::vector<int> f16_fields(DType t) {
   switch (t) {
-    case DType::Q4_0: case DType::Q5_0: case DType::Q8_0: return {0};
-    case DType::Q4_1: case DType::Q5_1: case DType::Q8_1: return {0, 2};
-    case DType::Q2_K: return {80, 82};
-    case DType::Q3_K: return {108};
-    case DType::Q4_K: case DType::Q5_K: return {0, 2};
-    case DType::Q6_K: return {208};
-    default: return {};
+    case DType::Q4_0:
+    case DType::Q5_0:
+    case DType::Q8_0:
+      return {0};
+    case DType::Q4_1:
+    case DType::Q5_1:
+    case DType::Q8_1:
+      return {0, 2};
+    case DType::Q2_K:
+      return {80, 82};
+    case DType::Q3_K:
+      return {108};
+    case DType::Q4_K:
+    case DType::Q5_K:
+      return {0, 2};
+    case DType::Q6_K:
+      return {208};
+    default:
+      return {};
   }
 }
 
-bool is_block_type(DType t) { return dtype_info(t).block_size > 1; }
+bool is_block_type(DType t) {
+  return dtype_info(t).block_size > 1;
+}
 
 // A weight matrix held at an odd address so that no kernel can rely on alignment.
 struct TestMatrix {
@@ -97,7 +111,9 @@ TestActs make_acts(int64_t T, int64_t cols, uint32_t seed) {
   return a;
 }
 
-int64_t cols_for(DType t) { return dtype_info(t).block_size == kQKK ? 512 : 224; }
+int64_t cols_for(DType t) {
+  return dtype_info(t).block_size == kQKK ? 512 : 224;
+}
 
 // sum_i |w_i x_i| of row r, token t: the scale of float rounding errors.
 double magnitude(const TestMatrix& m, const float* x, int64_t r) {
@@ -199,8 +215,8 @@ TEST(Matmul, TheQuantizationBoundIsTight) {
   matvec(m.w, a.x, y.data(), pool);
   double err = 0.0, bound = 0.0;
   for (int64_t r = 0; r < 64; ++r) {
-    const double exact =
-        dot_row_ref(DType::Q8_0, static_cast<const uint8_t*>(m.w.data) + r * m.w.row_bytes, a.x, 224);
+    const double exact = dot_row_ref(
+        DType::Q8_0, static_cast<const uint8_t*>(m.w.data) + r * m.w.row_bytes, a.x, 224);
     err += std::fabs(y[r] - exact);
     bound += quantization_bound(m, a.x, r, kQK);
   }
@@ -256,7 +272,8 @@ TEST(Matmul, ActivationsAreQuantizedOnceAndRefreshedBySet) {
   for (auto& v : x) v = -2.0f;
   acts.set(x.data(), 1, 256);  // a new vector: the quantized form must be rebuilt
   matmul(m.w, acts, y_after.data(), 3, pool);
-  for (int r = 0; r < 3; ++r) EXPECT_NEAR(y_after[r], -2.0f * y_before[r], 1e-4f * std::fabs(y_before[r]) + 1e-6f);
+  for (int r = 0; r < 3; ++r)
+    EXPECT_NEAR(y_after[r], -2.0f * y_before[r], 1e-4f * std::fabs(y_before[r]) + 1e-6f);
 }
 
 TEST(Matmul, RejectsMismatchedShapes) {

@@ -66,7 +66,8 @@ Value array_of(ValueType t, const std::vector<T>& v) {
 
 void GgufWriter::set_alignment(uint64_t alignment) {
   if (alignment > std::numeric_limits<uint32_t>::max()) {
-    throw InvalidArgument(fmt::format("GgufWriter: alignment {} does not fit in uint32", alignment));
+    throw InvalidArgument(
+        fmt::format("GgufWriter: alignment {} does not fit in uint32", alignment));
   }
   alignment_ = alignment;
   Value v(Value::Storage(std::in_place_index<4>, static_cast<uint32_t>(alignment)));
@@ -79,7 +80,9 @@ void GgufWriter::set_alignment(uint64_t alignment) {
   kvs_.push_back({"general.alignment", std::move(v)});
 }
 
-void GgufWriter::add(std::string key, gguf::Value v) { kvs_.push_back({std::move(key), std::move(v)}); }
+void GgufWriter::add(std::string key, gguf::Value v) {
+  kvs_.push_back({std::move(key), std::move(v)});
+}
 void GgufWriter::add_u32(std::string key, uint32_t v) {
   add(std::move(key), Value(Value::Storage(std::in_place_index<4>, v)));
 }
@@ -117,21 +120,25 @@ void GgufWriter::add_tensor(std::string name, DType type, std::vector<int64_t> n
   uint64_t rows = 1;
   std::vector<uint64_t> une;
   for (int64_t d : ne) {
-    if (d <= 0) throw InvalidArgument(fmt::format("GgufWriter: tensor '{}': dimension {}", name, d));
+    if (d <= 0)
+      throw InvalidArgument(fmt::format("GgufWriter: tensor '{}': dimension {}", name, d));
     une.push_back(static_cast<uint64_t>(d));
   }
   for (size_t i = 1; i < ne.size(); ++i) rows *= une[i];
   const auto rb = row_bytes(type, une[0]);
   if (!rb) {
-    throw InvalidArgument(fmt::format("GgufWriter: tensor '{}': ne[0] = {} is not a multiple of the "
-                                      "{} block size",
-                                      name, ne[0], dtype_name(type)));
+    throw InvalidArgument(
+        fmt::format("GgufWriter: tensor '{}': ne[0] = {} is not a multiple of the "
+                    "{} block size",
+                    name, ne[0], dtype_name(type)));
   }
   if (data.size() != *rb * rows) {
-    throw InvalidArgument(fmt::format("GgufWriter: tensor '{}': {} bytes of data, the shape needs {}",
-                                      name, data.size(), *rb * rows));
+    throw InvalidArgument(
+        fmt::format("GgufWriter: tensor '{}': {} bytes of data, the shape needs {}", name,
+                    data.size(), *rb * rows));
   }
-  tensors_.push_back({std::move(name), static_cast<uint32_t>(type), std::move(une), std::move(data)});
+  tensors_.push_back(
+      {std::move(name), static_cast<uint32_t>(type), std::move(une), std::move(data)});
 }
 
 void GgufWriter::add_tensor(std::string name, std::vector<int64_t> ne,
@@ -199,7 +206,9 @@ std::vector<uint8_t> GgufWriter::build(Layout* layout) const {
   return out;
 }
 
-std::vector<uint8_t> GgufWriter::bytes() const { return build(nullptr); }
+std::vector<uint8_t> GgufWriter::bytes() const {
+  return build(nullptr);
+}
 
 GgufWriter::Layout GgufWriter::layout() const {
   Layout lay;

@@ -78,8 +78,7 @@ class GgufWriter {
   // Adds a tensor of `type` with dimensions ne (ggml order, 1..4 entries) and its raw
   // bytes. Throws InvalidArgument when data.size() is not the size the shape and type
   // need (use add_raw_tensor to write inconsistent infos on purpose).
-  void add_tensor(std::string name, DType type, std::vector<int64_t> ne,
-                  std::vector<uint8_t> data);
+  void add_tensor(std::string name, DType type, std::vector<int64_t> ne, std::vector<uint8_t> data);
   // An F32 tensor from its values (values.size() must equal the element count).
   void add_tensor(std::string name, std::vector<int64_t> ne, const std::vector<float>& values);
   // Writes the info exactly as given (any type id, any number of dimensions) and `data`

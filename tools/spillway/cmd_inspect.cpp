@@ -164,9 +164,9 @@ Summary summarize(const GgufFile& f) {
     if (const Value* v = m.value(key)) s.tokenizer_scalars.emplace_back(k, v);
   }
   const std::pair<const char*, const char*> roles[] = {
-      {"bos", "bos_token_id"},   {"eos", "eos_token_id"},   {"eot", "eot_token_id"},
+      {"bos", "bos_token_id"},     {"eos", "eos_token_id"},     {"eot", "eot_token_id"},
       {"unk", "unknown_token_id"}, {"pad", "padding_token_id"}, {"sep", "seperator_token_id"},
-      {"cls", "cls_token_id"},   {"mask", "mask_token_id"}};
+      {"cls", "cls_token_id"},     {"mask", "mask_token_id"}};
   for (const auto& [role, key] : roles) {
     const Value* v = m.value(std::string("tokenizer.ggml.") + key);
     if (v == nullptr) continue;
@@ -187,8 +187,9 @@ Summary summarize(const GgufFile& f) {
     tot.bytes += t.n_bytes;
   }
   for (auto& [k, v] : totals) s.totals.push_back(v);
-  std::stable_sort(s.totals.begin(), s.totals.end(),
-                   [](const Summary::Total& a, const Summary::Total& b) { return a.bytes > b.bytes; });
+  std::stable_sort(
+      s.totals.begin(), s.totals.end(),
+      [](const Summary::Total& a, const Summary::Total& b) { return a.bytes > b.bytes; });
   return s;
 }
 
@@ -247,16 +248,17 @@ int print_json(const GgufFile& f, const Summary& s) {
   return 0;
 }
 
-void print_pairs(const std::vector<std::pair<std::string, const Value*>>& kv) {
-  size_t w = 0;
+void print_pairs(const std::vector<std::pair<std::string, const Value*>>& kv, size_t w = 0) {
   for (const auto& [k, v] : kv) w = std::max(w, k.size());
   for (const auto& [k, v] : kv) fmt::print("  {:<{}}  {}\n", k, w, show(*v));
 }
 
 int print_human(const GgufFile& f, const Summary& s) {
-  fmt::print("file          {} ({} bytes, {})\n", f.path(), f.file_size(), human_bytes(f.file_size()));
-  fmt::print("gguf          version {}, alignment {}, {} metadata keys, {} tensors, data at byte {}\n",
-             f.version(), f.alignment(), f.metadata().size(), f.tensors().size(), f.data_offset());
+  fmt::print("file          {} ({} bytes, {})\n", f.path(), f.file_size(),
+             human_bytes(f.file_size()));
+  fmt::print(
+      "gguf          version {}, alignment {}, {} metadata keys, {} tensors, data at byte {}\n",
+      f.version(), f.alignment(), f.metadata().size(), f.tensors().size(), f.data_offset());
   fmt::print("architecture  {}\n", s.arch.empty() ? "(none)" : s.arch);
 
   fmt::print("\nhyperparameters ({}.*)\n", s.arch.empty() ? "?" : s.arch);
@@ -271,7 +273,7 @@ int print_human(const GgufFile& f, const Summary& s) {
   print_pairs(s.general);
 
   fmt::print("\ntokenizer\n");
-  print_pairs(s.tokenizer_scalars);
+  print_pairs(s.tokenizer_scalars, 16);
   if (s.tokens != nullptr) fmt::print("  tokens            {}\n", s.tokens->items.size());
   if (s.n_merges) fmt::print("  merges            {}\n", *s.n_merges);
   if (s.chat_template_bytes) {
@@ -315,8 +317,8 @@ int print_human(const GgufFile& f, const Summary& s) {
 
 int run_inspect(const InspectOptions& o) {
   if (!o.model_pos.empty() && !o.model_opt.empty() && o.model_pos != o.model_opt) {
-    throw InvalidArgument(fmt::format("inspect: two models given ('{}' and --model '{}')",
-                                      o.model_pos, o.model_opt));
+    throw InvalidArgument(
+        fmt::format("inspect: two models given ('{}' and --model '{}')", o.model_pos, o.model_opt));
   }
   std::string path = !o.model_pos.empty() ? o.model_pos : o.model_opt;
   if (path.empty()) path = kDefaultModel;
@@ -329,8 +331,7 @@ const Registrar kInspect("inspect", [](CLI::App& app) -> std::function<int()> {
   auto opts = std::make_shared<InspectOptions>();
   CLI::App* sub = app.add_subcommand(
       "inspect", "Show a GGUF model's hyperparameters, tokenizer, tensors and sizes");
-  sub->add_option("model", opts->model_pos,
-                  fmt::format("GGUF file (default {})", kDefaultModel));
+  sub->add_option("model", opts->model_pos, fmt::format("GGUF file (default {})", kDefaultModel));
   sub->add_option("-m,--model", opts->model_opt, "GGUF file (same as the positional MODEL)");
   sub->add_flag("--json", opts->json, "Print JSON instead of tables");
   return [opts] { return run_inspect(*opts); };

@@ -56,13 +56,13 @@ class ThreadPool {
 
   int n_threads_;
   std::vector<std::thread> threads_;
-  std::mutex mutex_;                // guards sleeping on wake_
-  std::condition_variable wake_;    // idle workers sleep here
-  std::condition_variable done_;    // run() sleeps here when workers take long
+  std::mutex mutex_;                                    // guards sleeping on wake_
+  std::condition_variable wake_;                        // idle workers sleep here
+  std::condition_variable done_;                        // run() sleeps here when workers take long
   const std::function<void(int, int)>* job_ = nullptr;  // set before generation_ moves
-  std::atomic<uint64_t> generation_{0};  // bumped once per run()
-  std::atomic<int> pending_{0};          // workers still running the current job
-  std::atomic<int> sleepers_{0};         // workers blocked (or about to block) on wake_
+  std::atomic<uint64_t> generation_{0};                 // bumped once per run()
+  std::atomic<int> pending_{0};                         // workers still running the current job
+  std::atomic<int> sleepers_{0};             // workers blocked (or about to block) on wake_
   std::atomic<bool> caller_waiting_{false};  // run() blocked (or about to) on done_
   std::atomic<bool> stop_{false};
 };

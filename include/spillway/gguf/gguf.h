@@ -53,8 +53,8 @@ struct Array {
 // One metadata value. Scalars, strings and arrays.
 class Value {
  public:
-  using Storage = std::variant<uint8_t, int8_t, uint16_t, int16_t, uint32_t, int32_t, float,
-                               bool, std::string, Array, uint64_t, int64_t, double>;
+  using Storage = std::variant<uint8_t, int8_t, uint16_t, int16_t, uint32_t, int32_t, float, bool,
+                               std::string, Array, uint64_t, int64_t, double>;
   Value() = default;
   explicit Value(Storage s) : v_(std::move(s)) {}
 
@@ -132,8 +132,8 @@ struct TensorInfo {
   std::array<int64_t, 4> ne{1, 1, 1, 1};  // ggml order: ne[0] is the contiguous dimension
   uint64_t offset = 0;                    // from the start of the data section
   uint64_t n_bytes = 0;
-  const std::byte* data = nullptr;        // into the mapping; valid while the file lives
-  uint64_t info_offset = 0;               // file byte where this tensor's info record starts
+  const std::byte* data = nullptr;  // into the mapping; valid while the file lives
+  uint64_t info_offset = 0;         // file byte where this tensor's info record starts
 
   int64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
   int64_t n_rows() const { return ne[1] * ne[2] * ne[3]; }
@@ -141,7 +141,7 @@ struct TensorInfo {
 };
 
 // Limits the reader enforces on top of the format itself.
-inline constexpr int kMaxArrayDepth = 8;         // arrays nested deeper are rejected
+inline constexpr int kMaxArrayDepth = 8;           // arrays nested deeper are rejected
 inline constexpr uint64_t kDefaultAlignment = 32;  // when general.alignment is absent
 
 // A validated GGUF file. Checks done by open/from_bytes, each failing with FormatError
@@ -182,8 +182,8 @@ class GgufFile {
   std::string path_;
   const std::byte* base_ = nullptr;
   uint64_t size_ = 0;
-  void* mapping_ = nullptr;         // mmap'd region (nullptr for from_bytes)
-  std::vector<uint8_t> owned_;      // bytes held for from_bytes
+  void* mapping_ = nullptr;     // mmap'd region (nullptr for from_bytes)
+  std::vector<uint8_t> owned_;  // bytes held for from_bytes
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
   uint64_t data_offset_ = 0;

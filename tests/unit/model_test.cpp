@@ -1,0 +1,326 @@
+// The decoder on a tiny random model: policies against a naive reference that keeps
+// keys un-rotated and rotates every key by its rank at every step; chunked against
+// per-token; prefill against decode; bad input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <random>
+
+#include "spillway/core/error.h"
+#include "spillway/core/quant.h"
+#include "spillway/model/llama.h"
+#include "spillway/ops/ops.h"
+#include "spillway/session/perplexity.h"
+#include "spillway/session/session.h"
+#include "util/paths.h"
+#include "util/tiny_model.h"
+
+namespace spillway {
+namespace {
+
+using model::LlamaModel;
+
+std::vector<TokenId> random_tokens(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<TokenId> u(0, 258);
+  std::vector<TokenId> t(static_cast<size_t>(n));
+  for (auto& x : t) x = u(rng);
+  return t;
+}
+
+// Naive reference: same projections (ops::matmul), but the attention is written out
+// from the policy table in DESIGN.md: each step takes the token's span of stream
+// indices, gives them positions (rank in the span, or the stream index), rotates every
+// cached (un-rotated) key at its position in double precision, and attends.
+class NaiveRunner {
+ public:
+  NaiveRunner(const LlamaModel& m, int64_t sinks, int64_t window, bool absolute)
+      : m_(m), sinks_(sinks), window_(window), absolute_(absolute), pool_(1) {
+    const auto& c = m.config();
+    k_.resize(static_cast<size_t>(c.n_layer));
+    v_.resize(static_cast<size_t>(c.n_layer));
+  }
+
+  // window_ < 0: full.
+  std::vector<int64_t> span(int64_t n) const {
+    std::vector<int64_t> s;
+    if (window_ < 0) {
+      for (int64_t m = 0; m <= n; ++m) s.push_back(m);
+      return s;
+    }
+    for (int64_t m = 0; m < std::min(sinks_, n + 1); ++m) s.push_back(m);
+    for (int64_t m = std::max(sinks_, n - window_ + 1); m <= n; ++m) s.push_back(m);
+    return s;
+  }
+
+  std::vector<float> step(TokenId token) {
+    const auto& c = m_.config();
+    const int64_t d = c.n_embd, hd = c.head_dim, nh = c.n_head, nkv = c.n_head_kv;
+    const int64_t n = n_++;
+    std::vector<float> x(static_cast<size_t>(d)), xn(static_cast<size_t>(d));
+    const auto& emb = m_.token_embd();
+    dequantize_row(emb.type, static_cast<const std::byte*>(emb.data) + emb.row_bytes * token,
+                   x.data(), d);
+    const std::vector<int64_t> sp = span(n);
+    std::vector<int64_t> pos(sp.size());
+    for (size_t i = 0; i < sp.size(); ++i) pos[i] = absolute_ ? sp[i] : static_cast<int64_t>(i);
+    const int64_t qpos = absolute_ ? n : static_cast<int64_t>(sp.size()) - 1;
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+      const auto& L = m_.layer(l);
+      ops::rmsnorm(x.data(), L.attn_norm, xn.data(), d, c.rms_eps);
+      std::vector<float> q(static_cast<size_t>(nh * hd)), k(static_cast<size_t>(nkv * hd)),
+          v(static_cast<size_t>(nkv * hd));
+      mm(L.wq, xn, q);
+      mm(L.wk, xn, k);
+      mm(L.wv, xn, v);
+      k_[l][n] = k;
+      v_[l][n] = v;
+      std::vector<float> att(static_cast<size_t>(nh * hd));
+      for (int64_t h = 0; h < nh; ++h) {
+        const int64_t g = h / (nh / nkv);
+        std::vector<double> qr = rotate(q.data() + h * hd, hd, c.n_rot, qpos);
+        std::vector<double> sc(sp.size());
+        double mx = -1e300;
+        for (size_t i = 0; i < sp.size(); ++i) {
+          std::vector<double> kr = rotate(k_[l].at(sp[i]).data() + g * hd, hd, c.n_rot, pos[i]);
+          double dot = 0;
+          for (int64_t j = 0; j < hd; ++j) dot += qr[j] * kr[j];
+          sc[i] = dot / std::sqrt(static_cast<double>(hd));
+          mx = std::max(mx, sc[i]);
+        }
+        double sum = 0;
+        for (double& s : sc) sum += (s = std::exp(s - mx));
+        for (int64_t j = 0; j < hd; ++j) {
+          double acc = 0;
+          for (size_t i = 0; i < sp.size(); ++i) acc += sc[i] / sum * v_[l].at(sp[i])[g * hd + j];
+          att[h * hd + j] = static_cast<float>(acc);
+        }
+      }
+      std::vector<float> o(static_cast<size_t>(d));
+      mm(L.wo, att, o);
+      for (int64_t i = 0; i < d; ++i) x[i] += o[i];
+      ops::rmsnorm(x.data(), L.ffn_norm, xn.data(), d, c.rms_eps);
+      std::vector<float> gate(static_cast<size_t>(c.n_ff)), up(static_cast<size_t>(c.n_ff));
+      mm(L.w_gate, xn, gate);
+      mm(L.w_up, xn, up);
+      for (int64_t i = 0; i < c.n_ff; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+      mm(L.w_down, gate, o);
+      for (int64_t i = 0; i < d; ++i) x[i] += o[i];
+      // Forget what no later span can reach.
+      if (window_ >= 0 && n - window_ >= sinks_) {
+        k_[l].erase(n - window_);
+        v_[l].erase(n - window_);
+      }
+    }
+    ops::rmsnorm(x.data(), m_.output_norm(), xn.data(), d, c.rms_eps);
+    std::vector<float> logits(static_cast<size_t>(c.n_vocab));
+    mm(m_.output(), xn, logits);
+    return logits;
+  }
+
+ private:
+  void mm(const ops::WeightMatrix& w, const std::vector<float>& in, std::vector<float>& out) {
+    ops::Activations a;
+    a.set(in.data(), 1, w.cols);
+    ops::matmul(w, a, out.data(), w.rows, pool_);
+  }
+
+  // RoPE, GGUF llama convention (adjacent pairs), all in double; cos/sin tabulated per
+  // position.
+  std::vector<double> rotate(const float* x, int64_t hd, int64_t n_rot, int64_t p) {
+    std::vector<double> r(x, x + hd);
+    const double base = m_.config().rope_freq_base;
+    while (static_cast<int64_t>(cos_.size()) <= p) {
+      const auto q = static_cast<double>(cos_.size());
+      std::vector<double> c(static_cast<size_t>(n_rot / 2)), s(c.size());
+      for (int64_t i = 0; i < n_rot / 2; ++i) {
+        const double theta = q * std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(n_rot));
+        c[static_cast<size_t>(i)] = std::cos(theta);
+        s[static_cast<size_t>(i)] = std::sin(theta);
+      }
+      cos_.push_back(c);
+      sin_.push_back(s);
+    }
+    const auto& c = cos_[static_cast<size_t>(p)];
+    const auto& s = sin_[static_cast<size_t>(p)];
+    for (int64_t i = 0; i < n_rot / 2; ++i) {
+      const double a = x[2 * i], b = x[2 * i + 1];
+      r[2 * i] = a * c[i] - b * s[i];
+      r[2 * i + 1] = a * s[i] + b * c[i];
+    }
+    return r;
+  }
+  std::vector<std::vector<double>> cos_, sin_;  // [position][n_rot / 2]
+
+  const LlamaModel& m_;
+  int64_t sinks_, window_;
+  bool absolute_;
+  ThreadPool pool_;
+  int64_t n_ = 0;
+  std::vector<std::map<int64_t, std::vector<float>>> k_, v_;  // [layer][stream index] -> row
+};
+
+class TinyModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override { model_ = LlamaModel::load(test::write_tiny_model(test::temp_dir())); }
+  std::unique_ptr<LlamaModel> model_;
+};
+
+// The reference comparison runs on f32 weights: with 8-bit activations, an ulp of
+// difference in the attention output can flip one activation's rounding and move the
+// logits by far more than the semantics under test. f32 products keep differences at
+// rounding level.
+class TinyF32ModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    test::TinyModelSpec spec;
+    spec.matrix_type = DType::F32;
+    spec.embd_type = DType::F32;
+    model_ = LlamaModel::load(test::write_tiny_model(test::temp_dir(), spec));
+  }
+  std::unique_ptr<LlamaModel> model_;
+};
+
+// All logits of a stream under a policy, fed `chunk` tokens at a time.
+std::vector<std::vector<float>> session_logits(const LlamaModel& m, const std::string& spec,
+                                               const std::vector<TokenId>& tokens, int64_t chunk) {
+  SessionOptions so;
+  so.policy = spec;
+  so.max_batch = chunk;
+  so.threads = 1;
+  Session s(m, so);
+  std::vector<std::vector<float>> out;
+  const int64_t nv = m.config().n_vocab;
+  for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(chunk)) {
+    const size_t cnt = std::min(tokens.size() - i, static_cast<size_t>(chunk));
+    s.feed(std::span(tokens).subspan(i, cnt), [&](int64_t, const float* l) {
+      out.emplace_back(l, l + nv);
+      return true;
+    });
+  }
+  return out;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(double(a[i]) - b[i]));
+  return d;
+}
+
+struct RefCase {
+  std::string spec;
+  int64_t sinks, window;  // window < 0: full
+  bool absolute;
+  int64_t tokens;
+};
+
+TEST_F(TinyF32ModelTest, PoliciesMatchTheNaiveRotateEveryStepReference) {
+  for (const RefCase& rc : {RefCase{"full", 0, -1, false, 300},
+                            RefCase{"window:48", 0, 48, false, 3000},
+                            RefCase{"sink:4+44", 4, 44, false, 3000},
+                            RefCase{"sink:1+20", 1, 20, false, 500},
+                            RefCase{"sink:4+44,positions=absolute", 4, 44, true, 3000},
+                            RefCase{"sink:4+44,kv=f16", 4, 44, false, 500}}) {
+    const auto tokens = random_tokens(rc.tokens, 7);
+    NaiveRunner ref(*model_, rc.sinks, rc.window, rc.absolute);
+    const auto got = session_logits(*model_, rc.spec, tokens, 1);
+    const auto got_chunked = session_logits(*model_, rc.spec, tokens, 37);
+    double worst = 0, worst_chunked = 0;
+    for (size_t n = 0; n < tokens.size(); ++n) {
+      const auto want = ref.step(tokens[n]);
+      worst = std::max(worst, max_abs_diff(got[n], want));
+      worst_chunked = std::max(worst_chunked, max_abs_diff(got_chunked[n], want));
+    }
+    const double tol = rc.spec.find("f16") != std::string::npos ? 2e-2 : 1e-3;
+    EXPECT_LE(worst, tol) << rc.spec;
+    RecordProperty(rc.spec, std::to_string(worst));
+    EXPECT_LE(worst_chunked, tol) << rc.spec << " chunked";
+  }
+}
+
+TEST_F(TinyF32ModelTest, RecomputeMatchesFreshFullPassesOverTheWindow) {
+  const int64_t W = 24;
+  const auto tokens = random_tokens(300, 11);
+  const auto got = session_logits(*model_, "recompute:24", tokens, 8);
+  double worst = 0;
+  for (size_t n = 0; n < tokens.size(); n += 7) {
+    NaiveRunner ref(*model_, 0, -1, false);
+    std::vector<float> want;
+    for (size_t m = n + 1 > static_cast<size_t>(W) ? n + 1 - W : 0; m <= n; ++m)
+      want = ref.step(tokens[m]);
+    worst = std::max(worst, max_abs_diff(got[n], want));
+  }
+  EXPECT_LE(worst, 1e-3);
+}
+
+TEST_F(TinyModelTest, AbsolutePositionsChangeOnlySinkPolicies) {
+  const auto tokens = random_tokens(200, 3);
+  // window: only distances enter RoPE scores, so absolute == cache exactly.
+  const auto a = session_logits(*model_, "window:30", tokens, 16);
+  const auto b = session_logits(*model_, "window:30,positions=absolute", tokens, 16);
+  for (size_t n = 0; n < tokens.size(); ++n) EXPECT_EQ(a[n], b[n]) << n;
+  const auto c = session_logits(*model_, "sink:4+26", tokens, 16);
+  const auto d = session_logits(*model_, "sink:4+26,positions=absolute", tokens, 16);
+  EXPECT_EQ(c[20], d[20]);  // before any eviction
+  EXPECT_GT(max_abs_diff(c[150], d[150]), 1e-4);
+}
+
+TEST_F(TinyModelTest, SinkWithRoomForTheWholeStreamEqualsFull) {
+  const auto tokens = random_tokens(120, 5);
+  const auto full = session_logits(*model_, "full", tokens, 16);
+  for (const char* spec : {"sink:4+116", "sink:0+120", "window:120", "sink:60+200"}) {
+    const auto s = session_logits(*model_, spec, tokens, 16);
+    for (size_t n = 0; n < tokens.size(); ++n) ASSERT_EQ(s[n], full[n]) << spec << " " << n;
+  }
+}
+
+TEST_F(TinyModelTest, ChunkedPerplexityEqualsPerToken) {
+  const auto tokens = random_tokens(700, 9);
+  for (const char* spec : {"full", "window:64", "sink:4+60", "recompute:32"}) {
+    PerplexityOptions one, many;
+    one.policy = many.policy = spec;
+    one.chunk = 1;
+    many.chunk = 50;
+    one.threads = many.threads = 2;
+    if (std::string(spec).rfind("recompute", 0) == 0) one.score_from = many.score_from = 600;
+    const auto a = evaluate_perplexity(*model_, tokens, one);
+    const auto b = evaluate_perplexity(*model_, tokens, many);
+    ASSERT_EQ(a.nll.size(), b.nll.size());
+    for (size_t i = 0; i < a.nll.size(); ++i) EXPECT_NEAR(a.nll[i], b.nll[i], 1e-4) << spec << i;
+    EXPECT_NEAR(a.ppl, b.ppl, 1e-4 * a.ppl);
+  }
+}
+
+TEST_F(TinyModelTest, KvMemoryStaysWithinThePolicysCapacity) {
+  const auto tokens = random_tokens(400, 2);
+  const auto& c = model_->config();
+  const uint64_t per_slot = 2 * c.n_layer * c.n_head_kv * c.head_dim * 4;
+  for (int64_t chunk : {1, 16}) {
+    PerplexityOptions o;
+    o.policy = "sink:4+60";
+    o.chunk = chunk;
+    const auto r = evaluate_perplexity(*model_, tokens, o);
+    EXPECT_EQ(r.kv_bytes_peak, per_slot * (64 + chunk - 1));
+  }
+  PerplexityOptions o;
+  o.policy = "sink:4+60,kv=f16";
+  o.chunk = 1;
+  EXPECT_EQ(evaluate_perplexity(*model_, tokens, o).kv_bytes_peak, per_slot / 2 * 64);
+}
+
+TEST_F(TinyModelTest, BadInputIsRejectedWithClearErrors) {
+  SessionOptions so;
+  so.policy = "sink:4";
+  EXPECT_THROW(Session(*model_, so), InvalidArgument);
+  so.policy = "full";
+  Session s(*model_, so);
+  const TokenId bad[1] = {static_cast<TokenId>(test::kTinyVocab)};
+  EXPECT_THROW(s.feed(bad), InvalidArgument);
+  PerplexityOptions o;
+  const std::vector<TokenId> one = {5};
+  EXPECT_THROW(evaluate_perplexity(*model_, one, o), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace spillway

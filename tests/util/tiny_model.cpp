@@ -1,0 +1,125 @@
+#include "util/tiny_model.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "spillway/core/quant.h"
+#include "util/gguf_writer.h"
+
+namespace spillway::test {
+
+namespace {
+
+// GPT-2's byte-to-unicode table: printable bytes stand for themselves, the others map to
+// U+0100 + k in byte order. Written out here independently of the tokenizer.
+std::string byte_piece(int b) {
+  const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+  uint32_t cp = static_cast<uint32_t>(b);
+  if (!printable) {
+    int k = 0;
+    for (int x = 0; x < b; ++x)
+      if (!((x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE))) ++k;
+    cp = 0x100 + static_cast<uint32_t>(k);
+  }
+  std::string s;
+  if (cp < 0x80) {
+    s += static_cast<char>(cp);
+  } else {
+    s += static_cast<char>(0xC0 | (cp >> 6));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+  return s;
+}
+
+std::vector<uint8_t> quantize(DType t, const std::vector<float>& v) {
+  const auto bytes = row_bytes(t, v.size());
+  std::vector<uint8_t> out(*bytes);
+  quantize_row_ref(t, v.data(), out.data(), static_cast<int64_t>(v.size()));
+  return out;
+}
+
+}  // namespace
+
+std::string write_tiny_model(const std::filesystem::path& dir, const TinyModelSpec& s,
+                             const std::string& name) {
+  GgufWriter w;
+  w.add_str("general.architecture", "llama");
+  w.add_str("general.name", "tiny-test");
+  w.add_u32("llama.block_count", static_cast<uint32_t>(s.n_layer));
+  w.add_u32("llama.context_length", static_cast<uint32_t>(s.n_ctx));
+  w.add_u32("llama.embedding_length", static_cast<uint32_t>(s.n_embd));
+  w.add_u32("llama.feed_forward_length", static_cast<uint32_t>(s.n_ff));
+  w.add_u32("llama.attention.head_count", static_cast<uint32_t>(s.n_head));
+  w.add_u32("llama.attention.head_count_kv", static_cast<uint32_t>(s.n_head_kv));
+  w.add_f32("llama.rope.freq_base", s.rope_base);
+  w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  w.add_u32("llama.vocab_size", static_cast<uint32_t>(kTinyVocab));
+  w.add_u32("llama.rope.dimension_count", static_cast<uint32_t>(s.n_embd / s.n_head));
+
+  std::vector<std::string> tokens;
+  std::vector<int32_t> types;
+  for (int b = 0; b < 256; ++b) {
+    tokens.push_back(byte_piece(b));
+    types.push_back(1);
+  }
+  const std::string G = byte_piece(' ');  // "Ġ"
+  for (const std::string& t : {G + "t", std::string("he"), std::string("er")}) {
+    tokens.push_back(t);
+    types.push_back(1);
+  }
+  for (const char* t : {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}) {
+    tokens.push_back(t);
+    types.push_back(3);
+  }
+  w.add_str("tokenizer.ggml.model", "gpt2");
+  w.add_str("tokenizer.ggml.pre", "gpt2");
+  w.add_strings("tokenizer.ggml.tokens", tokens);
+  w.add_i32s("tokenizer.ggml.token_type", types);
+  w.add_strings("tokenizer.ggml.merges", {G + " t", "h e", "e r"});
+  w.add_u32("tokenizer.ggml.bos_token_id", 259);
+  w.add_u32("tokenizer.ggml.eos_token_id", 259);
+  w.add_bool("tokenizer.ggml.add_bos_token", false);
+  w.add_str("tokenizer.chat_template",
+            "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+            "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}");
+
+  std::mt19937_64 rng(s.seed);
+  auto uniform = [&](size_t n, float a) {
+    std::uniform_real_distribution<float> u(-a, a);
+    std::vector<float> v(n);
+    for (float& x : v) x = u(rng);
+    return v;
+  };
+  auto matrix = [&](const std::string& tname, int64_t cols, int64_t rows, DType t) {
+    const float a = s.weight_scale * 4.0f / std::sqrt(static_cast<float>(cols));
+    w.add_tensor(tname, t, {cols, rows}, quantize(t, uniform(static_cast<size_t>(cols * rows), a)));
+  };
+  auto norm = [&](const std::string& tname) {
+    std::vector<float> v = uniform(static_cast<size_t>(s.n_embd), 0.2f);
+    for (float& x : v) x += 1.0f;
+    w.add_tensor(tname, {s.n_embd}, v);
+  };
+  const int64_t hd = s.n_embd / s.n_head;
+  w.add_tensor("token_embd.weight", s.embd_type, {s.n_embd, kTinyVocab},
+               quantize(s.embd_type, uniform(static_cast<size_t>(s.n_embd * kTinyVocab), 1.0f)));
+  norm("output_norm.weight");
+  if (!s.tied_output) matrix("output.weight", s.n_embd, kTinyVocab, s.embd_type);
+  for (int64_t l = 0; l < s.n_layer; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    norm(b + "attn_norm.weight");
+    matrix(b + "attn_q.weight", s.n_embd, s.n_head * hd, s.matrix_type);
+    matrix(b + "attn_k.weight", s.n_embd, s.n_head_kv * hd, s.matrix_type);
+    matrix(b + "attn_v.weight", s.n_embd, s.n_head_kv * hd, s.matrix_type);
+    matrix(b + "attn_output.weight", s.n_head * hd, s.n_embd, s.matrix_type);
+    norm(b + "ffn_norm.weight");
+    matrix(b + "ffn_gate.weight", s.n_embd, s.n_ff, s.matrix_type);
+    matrix(b + "ffn_up.weight", s.n_embd, s.n_ff, s.matrix_type);
+    matrix(b + "ffn_down.weight", s.n_ff, s.n_embd, s.matrix_type);
+  }
+  const std::string path = (dir / name).string();
+  w.write(path);
+  return path;
+}
+
+}  // namespace spillway::test

@@ -1,0 +1,333 @@
+// spillway bench: throughput and latency of the model on this machine, measured the way
+// llama-bench measures (pp512: a 512-token prompt in one forward pass; tg128: 128 tokens
+// decoded one at a time from an empty cache, each computing its logits), plus decoding
+// deep into a stream (position 16K) under a bounded cache policy, per-token latency
+// percentiles, peak RSS and KV bytes. Every figure is the median over --reps repetitions.
+#include <fmt/format.h>
+#include <sys/resource.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "command.h"
+#include "spillway/core/error.h"
+#include "spillway/kv/policy.h"
+#include "spillway/model/llama.h"
+#include "spillway/ops/matmul.h"
+#include "spillway/session/session.h"
+#include "util.h"
+
+namespace spillway::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct BenchOptions {
+  std::string model = kDefaultModel;
+  std::string policy = "sink:4+1020";
+  std::string text = "data/austen.txt";
+  int threads = 0;
+  int reps = 5;
+  int64_t prompt = 512;       // pp tokens
+  int64_t gen = 128;          // tg tokens
+  int64_t stream = 16384;     // stream position of the deep decode (0: skip)
+  int64_t stream_batch = 64;  // tokens per forward pass while advancing the stream
+  bool json = false;
+};
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Nearest-rank percentile (p in (0, 100]).
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
+  return v[std::clamp<size_t>(rank, 1, v.size()) - 1];
+}
+
+// Peak resident set size in bytes: VmHWM from /proc/self/status, else getrusage.
+uint64_t peak_rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      uint64_t kb = 0;
+      if (std::sscanf(line.c_str() + 6, "%lu", &kb) == 1) return kb * 1024;
+    }
+  }
+  rusage ru{};
+  if (getrusage(RUSAGE_SELF, &ru) == 0) return static_cast<uint64_t>(ru.ru_maxrss) * 1024;
+  return 0;
+}
+
+// `count` token ids of real text (the start of `path`, its tokens repeated if the text is
+// short), or a fixed pseudo-random sequence of ordinary tokens when the file is missing.
+std::vector<TokenId> bench_tokens(const model::LlamaModel& model, const std::string& path,
+                                  int64_t count, std::string* source) {
+  std::vector<TokenId> out;
+  out.reserve(static_cast<size_t>(count));
+  if (!path.empty() && std::filesystem::exists(path)) {
+    const std::string text = read_text_file(path);
+    // About 4 bytes per token in English prose; take twice what should be enough.
+    const size_t want = std::min(text.size(), static_cast<size_t>(count) * 8 + 1024);
+    std::vector<TokenId> ids = model.tokenizer().encode(std::string_view(text).substr(0, want));
+    if (!ids.empty()) {
+      while (static_cast<int64_t>(out.size()) < count)
+        for (size_t i = 0; i < ids.size() && static_cast<int64_t>(out.size()) < count; ++i)
+          out.push_back(ids[i]);
+      *source = fmt::format("{} (its first {} tokens{})", path,
+                            std::min<int64_t>(static_cast<int64_t>(ids.size()), count),
+                            static_cast<int64_t>(ids.size()) < count ? ", repeated" : "");
+      return out;
+    }
+  }
+  const int64_t n_vocab = model.config().n_vocab;
+  for (int64_t i = 0; i < count; ++i)
+    out.push_back(static_cast<TokenId>((1000 + i * 7919) % std::max<int64_t>(1, n_vocab - 1000)));
+  *source = "a fixed token sequence";
+  return out;
+}
+
+struct Series {
+  std::vector<double> tokens_per_s;  // per repetition
+  std::vector<double> latency_ms;    // per step, all repetitions (decode only)
+};
+
+// Decodes tokens one at a time (each step computes logits), appending step latencies.
+double decode_steps(Session& s, std::span<const TokenId> tokens, Series& series) {
+  const auto t0 = Clock::now();
+  for (TokenId t : tokens) {
+    const auto ts = Clock::now();
+    s.feed(std::span<const TokenId>(&t, 1));
+    series.latency_ms.push_back(seconds_since(ts) * 1e3);
+  }
+  return seconds_since(t0);
+}
+
+nlohmann::ordered_json series_json(const Series& s, bool latency) {
+  nlohmann::ordered_json j;
+  j["tokens_per_s"] = median(s.tokens_per_s);
+  j["tokens_per_s_reps"] = s.tokens_per_s;
+  if (latency) {
+    j["latency_ms_median"] = median(s.latency_ms);
+    j["latency_ms_p99"] = percentile(s.latency_ms, 99.0);
+    j["latency_ms_max"] =
+        s.latency_ms.empty() ? 0.0 : *std::max_element(s.latency_ms.begin(), s.latency_ms.end());
+  }
+  return j;
+}
+
+int run_bench(const BenchOptions& o) {
+  if (o.reps < 1) throw InvalidArgument(fmt::format("--reps must be at least 1, got {}", o.reps));
+  if (o.prompt < 1 || o.gen < 1)
+    throw InvalidArgument(
+        fmt::format("--prompt and --gen must be at least 1, got {} and {}", o.prompt, o.gen));
+  if (o.stream < 0) throw InvalidArgument(fmt::format("--stream must be >= 0, got {}", o.stream));
+  if (o.stream_batch < 1)
+    throw InvalidArgument(fmt::format("--stream-batch must be at least 1, got {}", o.stream_batch));
+  // Check the spec before the model loads (a usage error, exit 2).
+  const std::string policy_spec = kv::make_policy(o.policy)->spec();
+
+  const auto load_t0 = Clock::now();
+  auto model = model::LlamaModel::load(o.model);
+  const double load_s = seconds_since(load_t0);
+  const auto& cfg = model->config();
+  ThreadPool pool(o.threads);
+  const bool tty = stderr_is_tty();
+  auto note = [&](const std::string& s) {
+    if (tty) fmt::print(stderr, "{}\n", s);
+  };
+
+  std::string source;
+  const int64_t n_stream_tokens = o.stream + o.gen * (o.reps + 1);
+  const std::vector<TokenId> tokens =
+      bench_tokens(*model, o.text, std::max(o.prompt + o.gen, n_stream_tokens), &source);
+  const std::span<const TokenId> all(tokens);
+  const std::span<const TokenId> prompt = all.first(static_cast<size_t>(o.prompt));
+  const std::span<const TokenId> gen =
+      all.subspan(static_cast<size_t>(o.prompt), static_cast<size_t>(o.gen));
+
+  // pp: the whole prompt in one forward pass through a fresh `full` session.
+  Series pp;
+  uint64_t kv_bytes_pp = 0;
+  {
+    SessionOptions so;
+    so.policy = "full";
+    so.max_batch = o.prompt;
+    so.max_stream = o.prompt;
+    Session s(*model, so, &pool);
+    note(fmt::format("pp{}: warm-up", o.prompt));
+    s.feed(prompt);  // warm-up: page in the weights, size every buffer
+    for (int r = 0; r < o.reps; ++r) {
+      s.reset();
+      const auto t0 = Clock::now();
+      s.feed(prompt);
+      pp.tokens_per_s.push_back(static_cast<double>(o.prompt) / seconds_since(t0));
+      note(fmt::format("pp{}: rep {}: {:.1f} tokens/s", o.prompt, r + 1, pp.tokens_per_s.back()));
+    }
+    kv_bytes_pp = s.storage().bytes();
+  }
+
+  // tg: tokens one at a time from an empty cache.
+  Series tg;
+  uint64_t kv_bytes_tg = 0;
+  {
+    SessionOptions so;
+    so.policy = "full";
+    so.max_batch = 1;
+    so.max_stream = o.gen;
+    Session s(*model, so, &pool);
+    Series warm;
+    decode_steps(s, gen.first(std::min<size_t>(gen.size(), 8)), warm);
+    for (int r = 0; r < o.reps; ++r) {
+      s.reset();
+      const double t = decode_steps(s, gen, tg);
+      tg.tokens_per_s.push_back(static_cast<double>(o.gen) / t);
+      note(fmt::format("tg{}: rep {}: {:.1f} tokens/s", o.gen, r + 1, tg.tokens_per_s.back()));
+    }
+    kv_bytes_tg = s.storage().bytes();
+  }
+
+  // Deep in a stream: advance (real forward passes, no logits) once, then decode.
+  Series deep;
+  double advance_s = 0.0;
+  uint64_t kv_bytes_deep = 0;
+  if (o.stream > 0) {
+    SessionOptions so;
+    so.policy = o.policy;
+    so.max_batch = o.stream_batch;
+    so.max_stream = n_stream_tokens;
+    Session s(*model, so, &pool);
+    const auto t0 = Clock::now();
+    Progress progress(fmt::format("advance to {}", o.stream));
+    for (int64_t done = 0; done < o.stream;) {
+      const int64_t n = std::min<int64_t>(1024, o.stream - done);
+      s.advance(all.subspan(static_cast<size_t>(done), static_cast<size_t>(n)));
+      done += n;
+      progress.update(done, o.stream);
+    }
+    progress.finish();
+    advance_s = seconds_since(t0);
+    note(fmt::format("advanced to {} in {:.1f} s", o.stream, advance_s));
+    Series warm;
+    int64_t at = o.stream;
+    decode_steps(s, all.subspan(static_cast<size_t>(at), static_cast<size_t>(o.gen)), warm);
+    at += o.gen;
+    for (int r = 0; r < o.reps; ++r) {
+      const double t =
+          decode_steps(s, all.subspan(static_cast<size_t>(at), static_cast<size_t>(o.gen)), deep);
+      at += o.gen;
+      deep.tokens_per_s.push_back(static_cast<double>(o.gen) / t);
+      note(fmt::format("tg{} @ {}: rep {}: {:.1f} tokens/s", o.gen, o.stream, r + 1,
+                       deep.tokens_per_s.back()));
+    }
+    kv_bytes_deep = s.storage().bytes();
+  }
+
+  const uint64_t rss = peak_rss_bytes();
+  const uint64_t wbytes = model->weight_bytes_per_token();
+  const double tg_med = median(tg.tokens_per_s);
+
+  if (o.json) {
+    nlohmann::ordered_json j;
+    j["model"] = o.model;
+    j["model_name"] = cfg.name;
+    j["kernel_isa"] = ops::kernel_isa();
+    j["threads"] = pool.size();
+    j["reps"] = o.reps;
+    j["tokens_from"] = source;
+    j["load_seconds"] = load_s;
+    j["weight_bytes_per_token"] = wbytes;
+    j["prefill"] = series_json(pp, false);
+    j["prefill"]["tokens"] = o.prompt;
+    j["prefill"]["kv_bytes"] = kv_bytes_pp;
+    j["decode"] = series_json(tg, true);
+    j["decode"]["tokens"] = o.gen;
+    j["decode"]["kv_bytes"] = kv_bytes_tg;
+    j["decode"]["weight_bytes_per_s"] = tg_med * static_cast<double>(wbytes);
+    if (o.stream > 0) {
+      j["stream"] = series_json(deep, true);
+      j["stream"]["policy"] = policy_spec;
+      j["stream"]["position"] = o.stream;
+      j["stream"]["tokens"] = o.gen;
+      j["stream"]["advance_seconds"] = advance_s;
+      j["stream"]["advance_batch"] = o.stream_batch;
+      j["stream"]["kv_bytes"] = kv_bytes_deep;
+    } else {
+      j["stream"] = nullptr;
+    }
+    j["peak_rss_bytes"] = rss;
+    fmt::print("{}\n", j.dump(2));
+    return 0;
+  }
+
+  fmt::print("model    {} ({})\n", o.model, cfg.name.empty() ? "unnamed" : cfg.name);
+  fmt::print("kernels  {}, {} thread(s), {} repetition(s), medians\n", ops::kernel_isa(),
+             pool.size(), o.reps);
+  fmt::print("tokens   {}\n\n", source);
+  fmt::print("{:<32} {:>10} {:>12} {:>10} {:>12}\n", "test", "tokens/s", "median ms/tok", "p99 ms",
+             "KV bytes");
+  fmt::print("{:<32} {:>10.1f} {:>12.3f} {:>10} {:>12}\n", fmt::format("prefill pp{}", o.prompt),
+             median(pp.tokens_per_s), 1e3 / median(pp.tokens_per_s), "-", human_bytes(kv_bytes_pp));
+  fmt::print("{:<32} {:>10.1f} {:>12.3f} {:>10.3f} {:>12}\n", fmt::format("decode tg{}", o.gen),
+             tg_med, median(tg.latency_ms), percentile(tg.latency_ms, 99.0),
+             human_bytes(kv_bytes_tg));
+  if (o.stream > 0)
+    fmt::print("{:<32} {:>10.1f} {:>12.3f} {:>10.3f} {:>12}\n",
+               fmt::format("tg{} @ {} {}", o.gen, o.stream, policy_spec), median(deep.tokens_per_s),
+               median(deep.latency_ms), percentile(deep.latency_ms, 99.0),
+               human_bytes(kv_bytes_deep));
+  fmt::print("\nweights read per token  {} ({:.2f} GB/s at the tg{} median)\n", human_bytes(wbytes),
+             tg_med * static_cast<double>(wbytes) / 1e9, o.gen);
+  if (o.stream > 0)
+    fmt::print("stream advance          {} tokens in {:.1f} s ({:.1f} tokens/s, batch {})\n",
+               o.stream, advance_s, static_cast<double>(o.stream) / advance_s, o.stream_batch);
+  fmt::print("peak RSS                {}\n", human_bytes(rss));
+  return 0;
+}
+
+Registrar reg("bench", [](CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  auto* sub = app.add_subcommand(
+      "bench", "Prefill and decode speed, per-token latency, memory (llama-bench style)");
+  sub->add_option("--model,-m", o->model, "GGUF model file")->capture_default_str();
+  sub->add_option("--policy,-p", o->policy,
+                  "Policy of the deep-stream decode: " + kv::policy_usage())
+      ->capture_default_str();
+  sub->add_option("--threads,-t", o->threads, "Threads (0: all cores)");
+  sub->add_option("--reps,-r", o->reps, "Repetitions (medians are reported)")
+      ->capture_default_str();
+  sub->add_option("--prompt", o->prompt, "Prompt tokens of the prefill test (ppN)")
+      ->capture_default_str();
+  sub->add_option("--gen", o->gen, "Tokens decoded one at a time per repetition (tgN)")
+      ->capture_default_str();
+  sub->add_option("--stream", o->stream,
+                  "Stream position of the deep decode, reached by real forward passes (0: skip)")
+      ->capture_default_str();
+  sub->add_option("--stream-batch", o->stream_batch, "Tokens per forward pass while advancing")
+      ->capture_default_str();
+  sub->add_option("--text", o->text, "Text whose tokens are fed (a fixed sequence if missing)")
+      ->capture_default_str();
+  sub->add_flag("--json", o->json, "Print the results as JSON on stdout");
+  return [o] { return run_bench(*o); };
+});
+
+}  // namespace
+}  // namespace spillway::cli
