@@ -1,6 +1,5 @@
 #include "spillway/core/thread_pool.h"
 
-#include <algorithm>
 #include <chrono>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -25,9 +24,8 @@ ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0)
     n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   n_threads_ = n_threads;
-  if (static_cast<unsigned>(n_threads_) > std::thread::hardware_concurrency()) spin_micros_ = 0;
-  threads_.reserve(n_threads_ - 1);
-  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
+  threads_.reserve(static_cast<size_t>(n_threads_ - 1));
+  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this] { worker(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -37,63 +35,77 @@ ThreadPool::~ThreadPool() {
   for (auto& t : threads_) t.join();
 }
 
-void ThreadPool::run(const std::function<void(int, int)>& fn) {
-  if (n_threads_ == 1) {
-    fn(0, 1);
-    return;
+void ThreadPool::work() {
+  for (;;) {
+    const int64_t c = next_chunk_.fetch_add(1, std::memory_order_relaxed);
+    if (c >= job_chunks_) return;
+    job_fn_(job_body_, c);
   }
-  job_ = &fn;
-  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-  // seq_cst store, then seq_cst load of sleepers_: a worker that registers as a sleeper
-  // afterwards re-reads generation_ before it blocks (and sees this job).
-  generation_.fetch_add(1);
+}
+
+void ThreadPool::dispatch(int64_t n_chunks, ChunkFn fn, void* body) {
+  // No worker is inside a job here (the previous dispatch waited for active_ == 0 after
+  // closing it), so the job fields can be written.
+  job_fn_ = fn;
+  job_body_ = body;
+  job_chunks_ = n_chunks;
+  next_chunk_.store(0, std::memory_order_relaxed);
+  generation_.fetch_add(1);  // open (odd); seq_cst, read by workers before they join
   if (sleepers_.load() > 0) {
     { std::lock_guard<std::mutex> lock(mutex_); }
     wake_.notify_all();
   }
-  fn(0, n_threads_);
-  // Jobs are short and balanced: poll for a while, then sleep until the last worker
-  // finishing sees caller_waiting_ (seq_cst on both sides, as for sleepers_).
-  const int max_spins = spin_micros_ > 0 ? 1 << 16 : 0;
-  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
-    if (spins < max_spins) {
+  work();
+  // Close the job, then wait for the workers that joined it. A worker joins by raising
+  // active_ and then re-reading generation_: with both sides seq_cst, either it sees the
+  // close and leaves, or this thread sees it in active_ and waits for it.
+  generation_.fetch_add(1);
+  for (int spins = 0; active_.load() != 0; ++spins) {
+    if (spins < 4096) {
       cpu_relax();
-      continue;
+    } else if (spins < 4096 + 64) {
+      std::this_thread::yield();
+    } else {
+      std::unique_lock<std::mutex> lock(mutex_);
+      caller_waiting_.store(true);
+      done_.wait(lock, [this] { return active_.load() == 0; });
+      caller_waiting_.store(false);
+      break;
     }
-    std::unique_lock<std::mutex> lock(mutex_);
-    caller_waiting_.store(true);
-    done_.wait(lock, [this] { return pending_.load() == 0; });
-    caller_waiting_.store(false);
-    break;
   }
-  job_ = nullptr;
 }
 
-void ThreadPool::worker(int index) {
+void ThreadPool::worker() {
   using Clock = std::chrono::steady_clock;
   uint64_t seen = 0;
   for (;;) {
-    uint64_t gen = generation_.load(std::memory_order_acquire);
-    if (gen == seen && !stop_.load(std::memory_order_relaxed)) {
-      const auto deadline = Clock::now() + std::chrono::microseconds(spin_micros_);
+    // Wait for a newly opened job.
+    uint64_t gen = generation_.load();
+    if ((gen & 1) == 0 || gen == seen) {
+      const auto deadline = Clock::now() + std::chrono::microseconds(kSpinMicros);
       for (int spins = 0;; ++spins) {
-        gen = generation_.load(std::memory_order_acquire);
-        if (gen != seen || stop_.load(std::memory_order_relaxed)) break;
+        if (stop_.load(std::memory_order_relaxed)) return;
+        gen = generation_.load();
+        if ((gen & 1) == 1 && gen != seen) break;
         cpu_relax();
-        if ((spin_micros_ == 0 || (spins & 255) == 255) && Clock::now() > deadline) {
+        if ((spins & 63) == 63 && Clock::now() > deadline) {
           std::unique_lock<std::mutex> lock(mutex_);
           sleepers_.fetch_add(1);
-          wake_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
+          wake_.wait(lock, [&] {
+            const uint64_t g = generation_.load();
+            return stop_.load() || ((g & 1) == 1 && g != seen);
+          });
           sleepers_.fetch_sub(1);
-          gen = generation_.load(std::memory_order_acquire);
+          if (stop_.load()) return;
+          gen = generation_.load();
           break;
         }
       }
     }
-    if (stop_.load()) return;
     seen = gen;
-    (*job_)(index, n_threads_);
-    if (pending_.fetch_sub(1) == 1 && caller_waiting_.load()) {
+    active_.fetch_add(1);
+    if (generation_.load() == gen) work();
+    if (active_.fetch_sub(1) == 1 && caller_waiting_.load()) {
       { std::lock_guard<std::mutex> lock(mutex_); }
       done_.notify_one();
     }

@@ -1,14 +1,15 @@
-// A persistent pool of worker threads for data-parallel loops. Threads are created
-// once; a parallel_for allocates nothing and wakes the workers through a generation
-// counter, the calling thread taking part as worker 0. Workers spin for a short while
-// (kSpinMicros) after each job before they sleep on a condition variable, so that the
-// back-to-back small jobs of a decode step cost no system calls.
+// A persistent pool of worker threads for data-parallel loops. Threads are created once;
+// a job allocates nothing. Work is split into chunks that the calling thread and the
+// workers claim from a shared counter, so a worker that is asleep or descheduled (a busy
+// machine) delays nothing: whoever is running takes its chunks. The caller waits only
+// for chunks already being worked on. Idle workers spin briefly (kSpinMicros) so that the
+// back-to-back small jobs of a decode step cost no system calls, then sleep.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -25,45 +26,72 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
 
-  // Calls fn(thread_index, n_threads) once on every thread of the pool (the caller is
-  // thread 0) and returns when all calls have returned. Not reentrant. fn must not throw.
-  void run(const std::function<void(int, int)>& fn);
+  // Calls fn(i, size()) once for every i in [0, size()), on up to size() threads at once
+  // (the caller included), and returns when all calls have returned. i identifies the
+  // work item, not a thread: per-item scratch indexed by i is safe. Not reentrant; fn
+  // must not throw.
+  template <class F>
+  void run(F&& fn) {
+    if (n_threads_ == 1) {
+      fn(0, 1);
+      return;
+    }
+    const int nth = n_threads_;
+    auto body = [&](int64_t c) { fn(static_cast<int>(c), nth); };
+    dispatch(nth, &invoke<decltype(body)>, &body);
+  }
 
-  // Splits [0, n) into contiguous chunks, one per thread, aligned to `grain`, and calls
-  // fn(begin, end) for the non-empty ones.
+  // Splits [0, n) into chunks aligned to `grain` (a few per thread) and calls
+  // fn(begin, end) for each, concurrently.
   template <class F>
   void parallel_for(int64_t n, int64_t grain, F&& fn) {
     if (n <= 0) return;
+    grain = std::max<int64_t>(1, grain);
     if (n_threads_ == 1 || n <= grain) {
       fn(int64_t{0}, n);
       return;
     }
     const int64_t blocks = (n + grain - 1) / grain;
-    run([&](int ith, int nth) {
-      const int64_t b0 = blocks * ith / nth, b1 = blocks * (ith + 1) / nth;
+    const int64_t chunks = std::min<int64_t>(blocks, int64_t{n_threads_} * kChunksPerThread);
+    auto body = [&](int64_t c) {
+      const int64_t b0 = blocks * c / chunks, b1 = blocks * (c + 1) / chunks;
       const int64_t begin = b0 * grain, end = std::min(n, b1 * grain);
       if (begin < end) fn(begin, end);
-    });
+    };
+    dispatch(chunks, &invoke<decltype(body)>, &body);
   }
 
  private:
-  void worker(int index);
+  static constexpr int64_t kChunksPerThread = 4;
+  static constexpr int64_t kSpinMicros = 200;
 
-  // How long an idle worker polls for the next job before it sleeps (0 when the pool has
-  // more threads than the machine has cores: spinning would steal their time).
-  static constexpr int64_t kSpinMicros = 2000;
-  int64_t spin_micros_ = kSpinMicros;
+  template <class B>
+  static void invoke(void* body, int64_t chunk) {
+    (*static_cast<B*>(body))(chunk);
+  }
+  using ChunkFn = void (*)(void*, int64_t);
+
+  // Runs body(c) for every c in [0, n_chunks) on the caller and the workers.
+  void dispatch(int64_t n_chunks, ChunkFn fn, void* body);
+  // Claims and runs chunks of the current job until none is left.
+  void work();
+  void worker();
 
   int n_threads_;
   std::vector<std::thread> threads_;
-  std::mutex mutex_;                                    // guards sleeping on wake_
-  std::condition_variable wake_;                        // idle workers sleep here
-  std::condition_variable done_;                        // run() sleeps here when workers take long
-  const std::function<void(int, int)>* job_ = nullptr;  // set before generation_ moves
-  std::atomic<uint64_t> generation_{0};                 // bumped once per run()
-  std::atomic<int> pending_{0};                         // workers still running the current job
-  std::atomic<int> sleepers_{0};             // workers blocked (or about to block) on wake_
-  std::atomic<bool> caller_waiting_{false};  // run() blocked (or about to) on done_
+  std::mutex mutex_;
+  std::condition_variable wake_;  // idle workers sleep here
+  std::condition_variable done_;  // the caller sleeps here when a chunk takes long
+  // The current job; written by the caller while no worker can be inside it.
+  ChunkFn job_fn_ = nullptr;
+  void* job_body_ = nullptr;
+  int64_t job_chunks_ = 0;
+  std::atomic<int64_t> next_chunk_{0};
+  // Odd while a job is open for claiming, even when closed.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> active_{0};    // workers inside the open job
+  std::atomic<int> sleepers_{0};  // workers blocked (or about to block) on wake_
+  std::atomic<bool> caller_waiting_{false};
   std::atomic<bool> stop_{false};
 };
 
