@@ -33,6 +33,13 @@ Forward::Forward(const LlamaModel& model, ThreadPool& pool, int64_t max_batch)
   runs_.resize(static_cast<size_t>(pool.size()) * kMaxRunsPerToken);
 }
 
+void Forward::reserve_span(int64_t max_span) {
+  const auto& c = model_.config();
+  const size_t need = static_cast<size_t>(pool_.size()) *
+                      static_cast<size_t>(max_span * (c.n_head / c.n_head_kv));
+  if (scratch_.size() < need) scratch_.resize(need);
+}
+
 const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::KvStorage& kv,
                           Logits which) {
   const LlamaConfig& c = model_.config();
@@ -76,11 +83,11 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
     }
     max_span = std::max(max_span, span);
   }
-  const size_t n_threads = static_cast<size_t>(pool_.size());
-  if (scratch_.size() < n_threads * static_cast<size_t>(max_span))
-    scratch_.resize(n_threads * static_cast<size_t>(max_span));
+  reserve_span(max_span);
+  const size_t scratch_per_thread = static_cast<size_t>(max_span * (nh / nkv));
   const bool record = record_layer_ >= 0 && record_layer_ < c.n_layer;
-  if (record) recorded_.assign(static_cast<size_t>(nh * max_span), 0.0f);
+  const int64_t last_span = plan.span_size(static_cast<size_t>(T - 1));
+  if (record) recorded_.assign(static_cast<size_t>(nh * last_span), 0.0f);
 
   // Embedding.
   const ops::WeightMatrix& emb = model_.token_embd();
@@ -129,12 +136,12 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
     const void* kbase = kv.k(l, 0);
     const void* vbase = kv.v(l, 0);
     pool_.run([&](int ith, int nth) {
-      float* scratch = scratch_.data() + static_cast<size_t>(ith) * static_cast<size_t>(max_span);
+      float* scratch = scratch_.data() + static_cast<size_t>(ith) * scratch_per_thread;
       ops::KeyRun* runs = runs_.data() + static_cast<size_t>(ith) * kMaxRunsPerToken;
-      const int64_t items = T * nh;
+      const int64_t items = T * nkv;
       const int64_t i0 = items * ith / nth, i1 = items * (ith + 1) / nth;
       for (int64_t item = i0; item < i1; ++item) {
-        const int64_t t = item / nh, h = item % nh;
+        const int64_t t = item / nkv, g = item % nkv;
         const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
         int n_runs = 0;
         for (int32_t r = tp.range_begin; r < tp.range_end; ++r) {
@@ -143,10 +150,10 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
                             qr_.data() + (t * 2 + q_index_[static_cast<size_t>(r)]) * qdim};
         }
         float* probs = (record && l == record_layer_ && t == T - 1)
-                           ? recorded_.data() + h * max_span
+                           ? recorded_.data() + g * (nh / nkv) * last_span
                            : nullptr;
-        ops::attend_head(shape, h, runs, n_runs, kbase, vbase, attn_.data() + t * qdim + h * hd,
-                         scratch, probs);
+        ops::attend_group(shape, g, runs, n_runs, kbase, vbase, attn_.data() + t * qdim,
+                          scratch, probs);
       }
     });
 

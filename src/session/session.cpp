@@ -22,6 +22,7 @@ Session::Session(const model::LlamaModel& model, const SessionOptions& opts, Thr
   kv_->reserve(std::max<int64_t>(1, policy_->n_slots()));
   kv_bytes_peak_ = kv_->bytes();
   forward_ = std::make_unique<model::Forward>(model, *pool_, max_batch_);
+  forward_->reserve_span(policy_->capacity().value_or(std::max<int64_t>(opts.max_stream, 1)));
   last_logits_.resize(static_cast<size_t>(c.n_vocab));
 }
 

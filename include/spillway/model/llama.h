@@ -98,6 +98,10 @@ class Forward {
 
   int64_t max_batch() const { return max_batch_; }
 
+  // Sizes the attention scratch for spans of up to max_span tokens, so that run() does
+  // not allocate while a growing cache (full) reaches that span.
+  void reserve_span(int64_t max_span);
+
   // Optional: record attention weights of layer `layer` for the last token of each
   // run() (probabilities in plan-range order, per head). Off when layer < 0.
   void record_attention(int64_t layer) { record_layer_ = layer; }
@@ -121,7 +125,7 @@ class Forward {
   std::vector<float> gate_;    // [max_batch][n_ff]
   std::vector<float> up_;      // [max_batch][n_ff]
   std::vector<float> logits_;  // [rows][n_vocab], grown to the most rows asked for
-  std::vector<float> scratch_;       // [n_threads][max_span] attention scores
+  std::vector<float> scratch_;       // [n_threads][group][max_span] attention scores
   std::vector<int8_t> q_index_;      // per plan range: which rotated query (0 or 1)
   std::vector<ops::KeyRun> runs_;    // [n_threads][max_runs]
 };

@@ -25,15 +25,17 @@ struct AttentionShape {
   float scale = 1.0f;       // usually 1/sqrt(head_dim)
 };
 
-// out[head_dim] = softmax_j(scale * q_h . K[j]) V[j] over all runs, for query head h.
-// k, v: base of the cache for the layer ([n_head_kv][n_slots][head_dim]). scratch must
-// hold the total run length floats. If probs_out is not null the normalized weights are
-// written there in run order (for attention studies).
-void attend_head(const AttentionShape& s, int64_t head, const KeyRun* runs, int n_runs,
-                 const void* k, const void* v, float* out, float* scratch,
-                 float* probs_out = nullptr);
+// Attention of every query head of KV head `kv_head` (the n_head / n_head_kv heads that
+// share each key and value row, loaded once for all of them): for query head h of the
+// group, out[h][head_dim] = softmax_j(scale * q_h . K[j]) V[j] over all runs, written at
+// out + h * head_dim (out is [n_head][head_dim]). k, v: base of the cache for the layer
+// ([n_head_kv][n_slots][head_dim]). scratch holds group * total run length floats.
+// probs_out, if not null, gets [group][total run length].
+void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
+                  const void* k, const void* v, float* out, float* scratch,
+                  float* probs_out = nullptr);
 
-// Reference implementation (plain loops, double accumulation) for tests.
+// Reference for one query head (plain loops, double accumulation) for tests.
 void attend_head_ref(const AttentionShape& s, int64_t head, const KeyRun* runs, int n_runs,
                      const void* k, const void* v, float* out);
 
