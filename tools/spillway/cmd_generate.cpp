@@ -1,0 +1,104 @@
+// spillway generate: continue a prompt (or answer it as a chat) under a KV-cache policy,
+// streaming tokens to stdout as they are produced.
+#include <fmt/core.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "command.h"
+#include "spillway/core/error.h"
+#include "spillway/model/llama.h"
+#include "spillway/session/generate.h"
+#include "util.h"
+
+namespace spillway::cli {
+namespace {
+
+struct GenerateCliOptions {
+  std::string model = kDefaultModel;
+  std::string prompt;
+  std::string system;
+  int64_t n = 64;
+  float temp = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  std::string policy = "full";
+  int threads = 0;
+  bool chat = false;
+  bool ignore_eos = false;
+  bool stats = false;
+};
+
+int run_generate(const GenerateCliOptions& o) {
+  if (o.prompt.empty()) throw InvalidArgument("generate: --prompt is empty");
+  if (o.n < 0) throw InvalidArgument(fmt::format("generate: -n must be >= 0, found {}", o.n));
+  auto sampler = make_sampler({o.temp, o.top_k, o.top_p, o.seed});
+  kv::make_policy(o.policy);  // a bad spec is a usage error before the model loads
+  auto model = model::LlamaModel::load(o.model);
+  const Tokenizer& tok = model->tokenizer();
+  std::vector<TokenId> prompt;
+  if (o.chat) {
+    const auto tmpl = model->file().metadata().find<std::string>("tokenizer.chat_template");
+    if (!tmpl) throw UnsupportedError(fmt::format("{}: no tokenizer.chat_template; drop --chat", o.model));
+    std::vector<ChatMessage> msgs;
+    if (!o.system.empty()) msgs.push_back({"system", o.system});
+    msgs.push_back({"user", o.prompt});
+    prompt = tok.encode(apply_chat_template(*tmpl, msgs), {.parse_special = true});
+  } else {
+    prompt = tok.encode(o.prompt);
+  }
+  SessionOptions so;
+  so.policy = o.policy;
+  so.threads = o.threads;
+  so.max_batch = 256;
+  so.max_stream = static_cast<int64_t>(prompt.size()) + o.n;
+  Session session(*model, so);
+  GenerateOptions go;
+  go.max_new_tokens = o.n;
+  go.stop_at_eog = !o.ignore_eos;
+  if (!o.chat) {
+    std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
+    std::fflush(stdout);
+  }
+  const GenerateResult r = generate(session, prompt, *sampler, go, [](TokenId, std::string_view text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+    return true;
+  });
+  std::fputc('\n', stdout);
+  if (o.stats || stderr_is_tty()) {
+    fmt::print(stderr,
+               "[{} prompt tokens in {:.2f}s ({:.1f} tok/s); {} new tokens in {:.2f}s ({:.1f} "
+               "tok/s); stop: {}; policy {}]\n",
+               r.prompt_tokens, r.prefill_seconds,
+               r.prefill_seconds > 0 ? r.prompt_tokens / r.prefill_seconds : 0.0, r.tokens.size(),
+               r.decode_seconds, r.decode_seconds > 0 ? r.tokens.size() / r.decode_seconds : 0.0,
+               r.stop_reason, session.policy().spec());
+  }
+  return 0;
+}
+
+Registrar reg("generate", [](CLI::App& app) {
+  auto o = std::make_shared<GenerateCliOptions>();
+  auto* sub = app.add_subcommand("generate", "Generate text from a prompt, streaming to stdout");
+  sub->add_option("--model,-m", o->model, "GGUF model file")->capture_default_str();
+  sub->add_option("--prompt", o->prompt, "Prompt text")->required();
+  sub->add_option("-n", o->n, "Tokens to generate at most")->capture_default_str();
+  sub->add_option("--temp", o->temp, "Sampling temperature (0: greedy)")->capture_default_str();
+  sub->add_option("--top-k", o->top_k, "Keep the k most likely tokens (0: off)");
+  sub->add_option("--top-p", o->top_p, "Keep the smallest set with this much probability");
+  sub->add_option("--seed", o->seed, "Random seed (same seed, same output)");
+  sub->add_option("--policy", o->policy, "KV-cache policy: " + kv::policy_usage())
+      ->capture_default_str();
+  sub->add_option("--threads,-t", o->threads, "Threads (0: all cores)");
+  sub->add_flag("--chat", o->chat, "Format the prompt with the model's chat template");
+  sub->add_option("--system", o->system, "System message for --chat");
+  sub->add_flag("--ignore-eos", o->ignore_eos, "Keep going past end-of-generation tokens");
+  sub->add_flag("--stats", o->stats, "Print timing to stderr");
+  return [o] { return run_generate(*o); };
+});
+
+}  // namespace
+}  // namespace spillway::cli
