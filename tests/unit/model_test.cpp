@@ -324,3 +324,45 @@ TEST_F(TinyModelTest, BadInputIsRejectedWithClearErrors) {
 
 }  // namespace
 }  // namespace spillway
+
+namespace spillway {
+namespace {
+
+std::string load_error(const test::TinyModelSpec& spec) {
+  try {
+    model::LlamaModel::load(test::write_tiny_model(test::temp_dir(), spec));
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ModelLoad, UnsupportedOrBrokenFilesNameWhatIsWrong) {
+  test::TinyModelSpec spec;
+  spec.architecture = "gpt2";
+  EXPECT_NE(load_error(spec).find("architecture 'gpt2' is not supported"), std::string::npos)
+      << load_error(spec);
+  spec = {};
+  spec.rope_scaling_type = "yarn";
+  EXPECT_NE(load_error(spec).find("RoPE scaling type 'yarn'"), std::string::npos) << load_error(spec);
+  spec = {};
+  spec.omit_tensor = "blk.1.ffn_up.weight";
+  EXPECT_NE(load_error(spec).find("blk.1.ffn_up.weight"), std::string::npos) << load_error(spec);
+  spec = {};
+  spec.misshape_tensor = "blk.0.attn_k.weight";
+  const std::string msg = load_error(spec);
+  EXPECT_NE(msg.find("tensor 'blk.0.attn_k.weight' has shape [32, 64], expected [64, 32]"),
+            std::string::npos)
+      << msg;
+}
+
+TEST(ModelLoad, LinearRopeScalingIsApplied) {
+  test::TinyModelSpec spec;
+  spec.rope_scaling_type = "linear";
+  auto m = model::LlamaModel::load(test::write_tiny_model(test::temp_dir(), spec));
+  EXPECT_DOUBLE_EQ(m->config().rope_freq_scale, 0.5);
+  EXPECT_DOUBLE_EQ(m->rope_inv_freq()[0], 0.5);
+}
+
+}  // namespace
+}  // namespace spillway

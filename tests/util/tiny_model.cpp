@@ -44,7 +44,11 @@ std::vector<uint8_t> quantize(DType t, const std::vector<float>& v) {
 std::string write_tiny_model(const std::filesystem::path& dir, const TinyModelSpec& s,
                              const std::string& name) {
   GgufWriter w;
-  w.add_str("general.architecture", "llama");
+  w.add_str("general.architecture", s.architecture);
+  if (!s.rope_scaling_type.empty()) {
+    w.add_str("llama.rope.scaling.type", s.rope_scaling_type);
+    w.add_f32("llama.rope.scaling.factor", 2.0f);
+  }
   w.add_str("general.name", "tiny-test");
   w.add_u32("llama.block_count", static_cast<uint32_t>(s.n_layer));
   w.add_u32("llama.context_length", static_cast<uint32_t>(s.n_ctx));
@@ -93,7 +97,15 @@ std::string write_tiny_model(const std::filesystem::path& dir, const TinyModelSp
   };
   auto matrix = [&](const std::string& tname, int64_t cols, int64_t rows, DType t) {
     const float a = s.weight_scale * 4.0f / std::sqrt(static_cast<float>(cols));
-    w.add_tensor(tname, t, {cols, rows}, quantize(t, uniform(static_cast<size_t>(cols * rows), a)));
+    auto data = quantize(t, uniform(static_cast<size_t>(cols * rows), a));
+    if (tname == s.omit_tensor) return;
+    if (tname == s.misshape_tensor) {
+      // Same bytes, rows and columns swapped: a shape that disagrees with the metadata.
+      w.add_tensor(tname, DType::F32, {rows, cols},
+                   std::vector<uint8_t>(static_cast<size_t>(rows * cols) * 4));
+      return;
+    }
+    w.add_tensor(tname, t, {cols, rows}, std::move(data));
   };
   auto norm = [&](const std::string& tname) {
     std::vector<float> v = uniform(static_cast<size_t>(s.n_embd), 0.2f);

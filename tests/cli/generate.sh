@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# CLI test of `spillway generate`. $1 = spillway binary, $2 = source directory.
+set -uo pipefail
+BIN=$1
+SRC=$2
+MODEL=${SPILLWAY_MODEL:-$SRC/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+fail=0
+check() {  # check NAME EXPECTED ACTUAL
+  if [[ "$2" != "$3" ]]; then
+    printf 'FAIL %s\n  expected: %s\n  actual:   %s\n' "$1" "$2" "$3" >&2
+    fail=1
+  else
+    printf 'ok   %s\n' "$1"
+  fi
+}
+
+"$BIN" generate --model "$MODEL" >/dev/null 2>&1
+check "no prompt exits 2" 2 $?
+"$BIN" generate --model "$MODEL" --prompt "hi" --policy "window:x" >/dev/null 2>&1
+check "bad policy exits 2" 2 $?
+"$BIN" generate --model "$MODEL" --prompt "hi" --temp -1 >/dev/null 2>"$TMP/err"
+check "negative temperature exits 2" 2 $?
+"$BIN" generate --model "$MODEL" --prompt "hi" --top-p 1.5 >/dev/null 2>&1
+check "top-p above 1 exits 2" 2 $?
+"$BIN" generate --model "$TMP/none.gguf" --prompt "hi" >/dev/null 2>&1
+check "missing model exits 1" 1 $?
+
+if [[ ! -f $MODEL ]]; then
+  echo "skip: model checks ($MODEL missing; run scripts/setup.sh)"
+  exit $fail
+fi
+
+"$BIN" generate --model "$MODEL" --prompt "" >/dev/null 2>&1
+check "empty prompt exits 2" 2 $?
+"$BIN" generate --model "$MODEL" --prompt "one two three four five six seven eight nine ten" \
+  --policy window:4 >/dev/null 2>"$TMP/err"
+check "prompt longer than the cache exits 2" 2 $?
+check "prompt longer than the cache message" 1 "$(grep -c "^error: generate: the prompt has .* tokens but the cache of policy 'window:4' holds 4" "$TMP/err")"
+
+out=$("$BIN" generate --model "$MODEL" --prompt "The capital of France is" -n 4 -t 2)
+check "greedy continuation" "The capital of France is Paris." "$(head -1 <<<"$out")"
+a=$("$BIN" generate --model "$MODEL" --prompt "Once upon a time" -n 12 --temp 0.9 --top-k 40 --seed 3)
+b=$("$BIN" generate --model "$MODEL" --prompt "Once upon a time" -n 12 --temp 0.9 --top-k 40 --seed 3)
+check "same seed, same output" "$a" "$b"
+c=$("$BIN" generate --model "$MODEL" --prompt "Once upon a time" -n 12 --temp 0.9 --top-k 40 --seed 3 --policy sink:4+60)
+check "sink policy with room for everything equals full" "$a" "$c"
+out=$("$BIN" generate --model "$MODEL" --chat --prompt "Say hello." -n 8)
+check "chat runs" 0 $?
+exit $fail
