@@ -26,16 +26,7 @@ class FullPolicy final : public Policy {
                                         n0, count, n_next_, max_batch_));
     if (n0 + count > std::numeric_limits<int32_t>::max() / 2)
       throw InvalidArgument(fmt::format("policy 'full': {} tokens do not fit a cache", n0 + count));
-    for (int64_t n = n0; n < n0 + count; ++n) {
-      TokenPlan t;
-      t.stream_index = n;
-      t.write_slot = static_cast<int32_t>(n);
-      t.key_pos = n;
-      t.range_begin = static_cast<int32_t>(out.ranges.size());
-      out.ranges.push_back({0, static_cast<int32_t>(n + 1), n});
-      t.range_end = t.range_begin + 1;
-      out.tokens.push_back(t);
-    }
+    append_dense_plan(n0, count, out);
     n_next_ = n0 + count;
   }
 

@@ -21,6 +21,10 @@ std::unique_ptr<Policy> make_recompute_policy(std::string_view args, const Polic
 // in `spec`.
 int64_t parse_count(std::string_view text, int64_t min, int64_t max, std::string_view what,
                     std::string_view spec);
+// Appends the plan of a dense cache for tokens [n0, n0 + count): token m in slot m, key
+// at position m, attending to slots [0, m] with the query at m.
+void append_dense_plan(int64_t n0, int64_t count, BatchPlan& out);
+
 // Canonical option suffix (",positions=absolute,kv=f16"; empty for the defaults).
 std::string options_suffix(const PolicyOptions& opts);
 

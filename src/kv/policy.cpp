@@ -36,6 +36,19 @@ int64_t parse_count(std::string_view text, int64_t min, int64_t max, std::string
   return v;
 }
 
+void append_dense_plan(int64_t n0, int64_t count, BatchPlan& out) {
+  for (int64_t n = n0; n < n0 + count; ++n) {
+    TokenPlan t;
+    t.stream_index = n;
+    t.write_slot = static_cast<int32_t>(n);
+    t.key_pos = n;
+    t.range_begin = static_cast<int32_t>(out.ranges.size());
+    out.ranges.push_back({0, static_cast<int32_t>(n + 1), n});
+    t.range_end = t.range_begin + 1;
+    out.tokens.push_back(t);
+  }
+}
+
 std::string options_suffix(const PolicyOptions& opts) {
   std::string s;
   if (opts.positions == PositionMode::kAbsolute) s += ",positions=absolute";

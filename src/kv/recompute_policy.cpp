@@ -35,16 +35,7 @@ class RecomputePolicy final : public Policy {
           "policy '{}': plan({}, {}) must replay at most {} tokens from an empty cache in "
           "order, batches of at most {}",
           spec(), n0, count, window_, max_batch_));
-    for (int64_t n = n0; n < n0 + count; ++n) {
-      TokenPlan t;
-      t.stream_index = n;
-      t.write_slot = static_cast<int32_t>(n);
-      t.key_pos = n;
-      t.range_begin = static_cast<int32_t>(out.ranges.size());
-      out.ranges.push_back({0, static_cast<int32_t>(n + 1), n});
-      t.range_end = t.range_begin + 1;
-      out.tokens.push_back(t);
-    }
+    append_dense_plan(n0, count, out);
     n_next_ = n0 + count;
   }
 

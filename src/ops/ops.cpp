@@ -65,21 +65,27 @@ void softmax(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= s;
 }
 
+namespace {
+
+// Rotates pair i of every head by theta (cos/sin in double, applied in float).
+inline void rotate_pairs(float* x, int64_t n_head, int64_t head_dim, int64_t i, double theta) {
+  const float c = static_cast<float>(std::cos(theta));
+  const float s = static_cast<float>(std::sin(theta));
+  for (int64_t h = 0; h < n_head; ++h) {
+    float* v = x + h * head_dim + 2 * i;
+    const float x0 = v[0], x1 = v[1];
+    v[0] = x0 * c - x1 * s;
+    v[1] = x0 * s + x1 * c;
+  }
+}
+
+}  // namespace
+
 void rope_with(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos,
                const double* inv_freq) {
   check_rope(n_head, head_dim, n_rot);
   const double p = static_cast<double>(pos);
-  for (int64_t i = 0; i < n_rot / 2; ++i) {
-    const double theta = p * inv_freq[i];
-    const float c = static_cast<float>(std::cos(theta));
-    const float s = static_cast<float>(std::sin(theta));
-    for (int64_t h = 0; h < n_head; ++h) {
-      float* v = x + h * head_dim + 2 * i;
-      const float x0 = v[0], x1 = v[1];
-      v[0] = x0 * c - x1 * s;
-      v[1] = x0 * s + x1 * c;
-    }
-  }
+  for (int64_t i = 0; i < n_rot / 2; ++i) rotate_pairs(x, n_head, head_dim, i, p * inv_freq[i]);
 }
 
 void rope(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos, double freq_base,
@@ -89,15 +95,7 @@ void rope(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos
   for (int64_t i = 0; i < n_rot / 2; ++i) {
     const double inv = freq_scale * std::pow(freq_base, -2.0 * static_cast<double>(i) /
                                                             static_cast<double>(n_rot));
-    const double theta = p * inv;
-    const float c = static_cast<float>(std::cos(theta));
-    const float s = static_cast<float>(std::sin(theta));
-    for (int64_t h = 0; h < n_head; ++h) {
-      float* v = x + h * head_dim + 2 * i;
-      const float x0 = v[0], x1 = v[1];
-      v[0] = x0 * c - x1 * s;
-      v[1] = x0 * s + x1 * c;
-    }
+    rotate_pairs(x, n_head, head_dim, i, p * inv);
   }
 }
 

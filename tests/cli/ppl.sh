@@ -4,18 +4,8 @@
 set -uo pipefail
 BIN=$1
 SRC=$2
-MODEL=${SPILLWAY_MODEL:-$SRC/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-fail=0
-check() {  # check NAME EXPECTED ACTUAL
-  if [[ "$2" != "$3" ]]; then
-    printf 'FAIL %s\n  expected: %s\n  actual:   %s\n' "$1" "$2" "$3" >&2
-    fail=1
-  else
-    printf 'ok   %s\n' "$1"
-  fi
-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 printf 'It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. %.0s' {1..12} >"$TMP/text.txt"
 : >"$TMP/empty.txt"
 

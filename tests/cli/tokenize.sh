@@ -5,18 +5,8 @@
 set -uo pipefail
 BIN=$1
 SRC=$2
-MODEL=${SPILLWAY_MODEL:-$SRC/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-fail=0
-check() {  # check NAME EXPECTED ACTUAL
-  if [[ "$2" != "$3" ]]; then
-    printf 'FAIL %s\n  expected: %s\n  actual:   %s\n' "$1" "$2" "$3" >&2
-    fail=1
-  else
-    printf 'ok   %s\n' "$1"
-  fi
-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 "$BIN" tokenize --model "$MODEL" --file "$TMP/does-not-exist.txt" >"$TMP/out" 2>"$TMP/err"
 check "missing file exits 1" 1 $?
