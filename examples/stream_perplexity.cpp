@@ -39,8 +39,8 @@ int main(int argc, char** argv) {
     const spillway::PerplexityResult r = spillway::evaluate_perplexity(*model, tokens, opts);
     std::fprintf(stderr, "\n");
     std::printf("%s: %lld tokens, perplexity %.3f (mean NLL %.4f), %.1f tokens/s, KV %.1f MiB\n",
-                r.spec.c_str(), static_cast<long long>(r.tokens), r.ppl, r.mean_nll,
-                r.tokens_per_s, static_cast<double>(r.kv_bytes_peak) / (1 << 20));
+                r.spec.c_str(), static_cast<long long>(r.tokens), r.ppl, r.mean_nll, r.tokens_per_s,
+                static_cast<double>(r.kv_bytes_peak) / (1 << 20));
     return 0;
   } catch (const spillway::InvalidArgument& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -21,9 +21,10 @@ class FullPolicy final : public Policy {
 
   void plan(int64_t n0, int64_t count, BatchPlan& out) override {
     if (n0 != n_next_ || count < 0 || count > max_batch_)
-      throw InvalidArgument(fmt::format("policy 'full': plan({}, {}) out of order or over the "
-                                        "batch limit (next token {}, max batch {})",
-                                        n0, count, n_next_, max_batch_));
+      throw InvalidArgument(
+          fmt::format("policy 'full': plan({}, {}) out of order or over the "
+                      "batch limit (next token {}, max batch {})",
+                      n0, count, n_next_, max_batch_));
     if (n0 + count > std::numeric_limits<int32_t>::max() / 2)
       throw InvalidArgument(fmt::format("policy 'full': {} tokens do not fit a cache", n0 + count));
     append_dense_plan(n0, count, out);

@@ -10,16 +10,19 @@
 namespace spillway::kv {
 
 KvStorage::KvStorage(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, DType type)
-    : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), type_(type),
-      k_(static_cast<size_t>(n_layer)), v_(static_cast<size_t>(n_layer)) {
+    : n_layer_(n_layer),
+      n_head_kv_(n_head_kv),
+      head_dim_(head_dim),
+      type_(type),
+      k_(static_cast<size_t>(n_layer)),
+      v_(static_cast<size_t>(n_layer)) {
   if (type != DType::F32 && type != DType::F16)
-    throw InvalidArgument(fmt::format("KV storage type must be f32 or f16, found {}",
-                                      dtype_name(type)));
+    throw InvalidArgument(
+        fmt::format("KV storage type must be f32 or f16, found {}", dtype_name(type)));
 }
 
 uint64_t KvStorage::bytes() const {
-  return static_cast<uint64_t>(2 * n_layer_ * n_head_kv_ * n_slots_ * head_dim_) *
-         element_size();
+  return static_cast<uint64_t>(2 * n_layer_ * n_head_kv_ * n_slots_ * head_dim_) * element_size();
 }
 
 void KvStorage::reserve(int64_t n_slots) {

@@ -29,9 +29,9 @@ int64_t parse_count(std::string_view text, int64_t min, int64_t max, std::string
   int64_t v = 0;
   auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
   if (text.empty() || ec != std::errc() || p != text.data() + text.size() || v < min || v > max) {
-    throw InvalidArgument(fmt::format(
-        "bad policy spec '{}': {} must be a whole number in [{}, {}], found '{}'; {}", spec,
-        what, min, max, text, policy_usage()));
+    throw InvalidArgument(
+        fmt::format("bad policy spec '{}': {} must be a whole number in [{}, {}], found '{}'; {}",
+                    spec, what, min, max, text, policy_usage()));
   }
   return v;
 }
@@ -98,8 +98,8 @@ std::unique_ptr<Policy> make_policy(std::string_view spec, const PolicyLimits& l
                                         name, policy_usage()));
     return k.make(args, opts, limits);
   }
-  throw InvalidArgument(fmt::format("bad policy spec '{}': unknown policy '{}'; {}", spec, name,
-                                    policy_usage()));
+  throw InvalidArgument(
+      fmt::format("bad policy spec '{}': unknown policy '{}'; {}", spec, name, policy_usage()));
 }
 
 }  // namespace spillway::kv

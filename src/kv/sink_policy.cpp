@@ -22,8 +22,8 @@ SinkWindowPolicy::SinkWindowPolicy(std::string name, int64_t sinks, int64_t wind
       ring_(window + limits.max_batch - 1),
       max_batch_(limits.max_batch) {
   if (sinks_ + ring_ > kMaxSlots)
-    throw InvalidArgument(fmt::format("policy '{}': {} slots is more than the {} supported",
-                                      spec(), sinks_ + ring_, kMaxSlots));
+    throw InvalidArgument(fmt::format("policy '{}': {} slots is more than the {} supported", spec(),
+                                      sinks_ + ring_, kMaxSlots));
 }
 
 std::string SinkWindowPolicy::spec() const {
@@ -37,9 +37,10 @@ int32_t SinkWindowPolicy::slot_of(int64_t m) const {
 
 void SinkWindowPolicy::plan(int64_t n0, int64_t count, BatchPlan& out) {
   if (n0 != n_next_ || count < 0 || count > max_batch_)
-    throw InvalidArgument(fmt::format("policy '{}': plan({}, {}) out of order or over the batch "
-                                      "limit (next token {}, max batch {})",
-                                      spec(), n0, count, n_next_, max_batch_));
+    throw InvalidArgument(
+        fmt::format("policy '{}': plan({}, {}) out of order or over the batch "
+                    "limit (next token {}, max batch {})",
+                    spec(), n0, count, n_next_, max_batch_));
   const int64_t span_max = sinks_ + window_;
   for (int64_t n = n0; n < n0 + count; ++n) {
     TokenPlan t;
@@ -83,9 +84,10 @@ std::unique_ptr<Policy> make_sink_policy(std::string_view args, const PolicyOpti
   const std::string spec = fmt::format("sink:{}", args);
   const size_t plus = args.find('+');
   if (plus == std::string_view::npos)
-    throw InvalidArgument(fmt::format("bad policy spec '{}': expected sink:S+W (S sink tokens "
-                                      "plus a window of W, e.g. sink:4+1020); {}",
-                                      spec, policy_usage()));
+    throw InvalidArgument(
+        fmt::format("bad policy spec '{}': expected sink:S+W (S sink tokens "
+                    "plus a window of W, e.g. sink:4+1020); {}",
+                    spec, policy_usage()));
   const int64_t s = parse_count(args.substr(0, plus), 0, kMaxSlots, "S (sink tokens)", spec);
   const int64_t w = parse_count(args.substr(plus + 1), 1, kMaxSlots, "W (window)", spec);
   return std::make_unique<SinkWindowPolicy>("sink", s, w, opts, limits);

@@ -35,8 +35,8 @@ Forward::Forward(const LlamaModel& model, ThreadPool& pool, int64_t max_batch)
 
 void Forward::reserve_span(int64_t max_span) {
   const auto& c = model_.config();
-  const size_t need = static_cast<size_t>(pool_.size()) *
-                      static_cast<size_t>(max_span * (c.n_head / c.n_head_kv));
+  const size_t need =
+      static_cast<size_t>(pool_.size()) * static_cast<size_t>(max_span * (c.n_head / c.n_head_kv));
   if (scratch_.size() < need) scratch_.resize(need);
 }
 
@@ -45,7 +45,8 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
   const LlamaConfig& c = model_.config();
   const int64_t T = static_cast<int64_t>(plan.tokens.size());
   if (T < 1 || T > max_batch_)
-    throw InvalidArgument(fmt::format("forward: batch of {} tokens (1..{} allowed)", T, max_batch_));
+    throw InvalidArgument(
+        fmt::format("forward: batch of {} tokens (1..{} allowed)", T, max_batch_));
   const int64_t d = c.n_embd, hd = c.head_dim, nh = c.n_head, nkv = c.n_head_kv;
   const int64_t qdim = nh * hd, kvdim = nkv * hd;
 
@@ -56,26 +57,28 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
     const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
     if (tp.write_slot < 0 || tp.write_slot >= kv.n_slots() ||
         tp.range_end - tp.range_begin > kMaxRunsPerToken || tp.range_end <= tp.range_begin)
-      throw InvalidArgument(fmt::format("forward: bad plan for token {} (slot {}, {} ranges, "
-                                        "storage {} slots)",
-                                        tp.stream_index, tp.write_slot,
-                                        tp.range_end - tp.range_begin, kv.n_slots()));
+      throw InvalidArgument(
+          fmt::format("forward: bad plan for token {} (slot {}, {} ranges, "
+                      "storage {} slots)",
+                      tp.stream_index, tp.write_slot, tp.range_end - tp.range_begin, kv.n_slots()));
     int64_t span = 0;
     int64_t qpos[2] = {tp.key_pos, tp.key_pos};
     int n_q = 0;
     for (int32_t r = tp.range_begin; r < tp.range_end; ++r) {
       const kv::SlotRange& sr = plan.ranges[static_cast<size_t>(r)];
       if (sr.begin < 0 || sr.end > kv.n_slots() || sr.begin >= sr.end)
-        throw InvalidArgument(fmt::format("forward: bad slot range [{}, {}) for token {}",
-                                          sr.begin, sr.end, tp.stream_index));
+        throw InvalidArgument(fmt::format("forward: bad slot range [{}, {}) for token {}", sr.begin,
+                                          sr.end, tp.stream_index));
       span += sr.end - sr.begin;
       int idx = -1;
       for (int i = 0; i < n_q; ++i)
         if (qpos[i] == sr.query_pos) idx = i;
       if (idx < 0) {
         if (n_q == 2)
-          throw InvalidArgument(fmt::format("forward: token {} uses more than two query "
-                                            "positions", tp.stream_index));
+          throw InvalidArgument(
+              fmt::format("forward: token {} uses more than two query "
+                          "positions",
+                          tp.stream_index));
         qpos[n_q] = sr.query_pos;
         idx = n_q++;
       }
@@ -100,8 +103,10 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
   }
 
   const double* inv_freq = model_.rope_inv_freq().data();
-  const ops::AttentionShape shape{nh, nkv, hd, kv.n_slots() * hd, kv.type(),
-                                  static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))};
+  const ops::AttentionShape shape{
+      nh,        nkv,
+      hd,        kv.n_slots() * hd,
+      kv.type(), static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))};
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const LlamaLayer& L = model_.layer(l);
@@ -152,8 +157,8 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
         float* probs = (record && l == record_layer_ && t == T - 1)
                            ? recorded_.data() + g * (nh / nkv) * last_span
                            : nullptr;
-        ops::attend_group(shape, g, runs, n_runs, kbase, vbase, attn_.data() + t * qdim,
-                          scratch, probs);
+        ops::attend_group(shape, g, runs, n_runs, kbase, vbase, attn_.data() + t * qdim, scratch,
+                          probs);
       }
     });
 

@@ -27,21 +27,23 @@ LlamaConfig LlamaConfig::from_gguf(const gguf::GgufFile& file) {
     return FormatError(fmt::format("{}: inconsistent hyperparameters: {}", file.path(), what));
   };
   if (c.n_layer < 1 || c.n_embd < 1 || c.n_head < 1 || c.n_head_kv < 1 || c.n_ff < 1)
-    throw bad(fmt::format("block_count {}, embedding_length {}, head_count {}, head_count_kv {}, "
-                          "feed_forward_length {} must all be >= 1",
-                          c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.n_ff));
+    throw bad(
+        fmt::format("block_count {}, embedding_length {}, head_count {}, head_count_kv {}, "
+                    "feed_forward_length {} must all be >= 1",
+                    c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.n_ff));
   if (c.n_embd % c.n_head != 0)
-    throw bad(fmt::format("embedding_length {} is not a multiple of head_count {}", c.n_embd,
-                          c.n_head));
+    throw bad(
+        fmt::format("embedding_length {} is not a multiple of head_count {}", c.n_embd, c.n_head));
   if (c.n_head % c.n_head_kv != 0)
-    throw bad(fmt::format("head_count {} is not a multiple of head_count_kv {}", c.n_head,
-                          c.n_head_kv));
+    throw bad(
+        fmt::format("head_count {} is not a multiple of head_count_kv {}", c.n_head, c.n_head_kv));
   c.head_dim = c.n_embd / c.n_head;
   for (const char* key : {"attention.key_length", "attention.value_length"}) {
     if (auto len = meta.find<uint32_t>(p + key); len && *len != c.head_dim)
-      throw UnsupportedError(fmt::format("{}: {}{} = {} differs from embedding_length/head_count "
-                                         "= {}; not supported",
-                                         file.path(), p, key, *len, c.head_dim));
+      throw UnsupportedError(
+          fmt::format("{}: {}{} = {} differs from embedding_length/head_count "
+                      "= {}; not supported",
+                      file.path(), p, key, *len, c.head_dim));
   }
   c.n_rot = meta.find<uint32_t>(p + "rope.dimension_count").value_or(c.head_dim);
   if (c.n_rot < 2 || c.n_rot > c.head_dim || c.n_rot % 2 != 0)
@@ -56,9 +58,10 @@ LlamaConfig LlamaConfig::from_gguf(const gguf::GgufFile& file) {
     if (!(factor > 0)) throw bad(fmt::format("rope.scaling.factor {} <= 0", factor));
     c.rope_freq_scale = 1.0 / factor;
   } else if (scaling != "none") {
-    throw UnsupportedError(fmt::format("{}: RoPE scaling type '{}' ({}rope.scaling.type) is not "
-                                       "supported (supported: none, linear)",
-                                       file.path(), scaling, p));
+    throw UnsupportedError(
+        fmt::format("{}: RoPE scaling type '{}' ({}rope.scaling.type) is not "
+                    "supported (supported: none, linear)",
+                    file.path(), scaling, p));
   }
   if (auto v = meta.find<uint32_t>(p + "vocab_size")) {
     c.n_vocab = *v;

@@ -20,8 +20,8 @@ ops::WeightMatrix bind_matrix(const gguf::GgufFile& f, const std::string& name, 
                               int64_t rows) {
   const gguf::TensorInfo& t = f.tensor(name);
   if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows)
-    throw FormatError(fmt::format("{}: tensor '{}' has shape {}, expected [{}, {}]", f.path(),
-                                  name, shape_str(t), cols, rows));
+    throw FormatError(fmt::format("{}: tensor '{}' has shape {}, expected [{}, {}]", f.path(), name,
+                                  shape_str(t), cols, rows));
   ops::WeightMatrix w;
   w.type = t.type;
   w.data = t.data;
@@ -37,8 +37,8 @@ const float* bind_vector(const gguf::GgufFile& f, const std::string& name, int64
     throw FormatError(fmt::format("{}: tensor '{}' has shape {}, expected [{}]", f.path(), name,
                                   shape_str(t), n));
   if (t.type != DType::F32)
-    throw UnsupportedError(fmt::format("{}: tensor '{}' is {}; norm weights must be F32",
-                                       f.path(), name, dtype_name(t.type)));
+    throw UnsupportedError(fmt::format("{}: tensor '{}' is {}; norm weights must be F32", f.path(),
+                                       name, dtype_name(t.type)));
   return reinterpret_cast<const float*>(t.data);
 }
 
@@ -54,8 +54,8 @@ LlamaModel::LlamaModel(std::unique_ptr<gguf::GgufFile> file) : file_(std::move(f
   const LlamaConfig& c = config_;
   tokenizer_ = Tokenizer::from_gguf(f);
   if (tokenizer_->vocab_size() != c.n_vocab)
-    throw FormatError(fmt::format("{}: vocabulary has {} tokens but the model expects {}",
-                                  f.path(), tokenizer_->vocab_size(), c.n_vocab));
+    throw FormatError(fmt::format("{}: vocabulary has {} tokens but the model expects {}", f.path(),
+                                  tokenizer_->vocab_size(), c.n_vocab));
 
   const int64_t d = c.n_embd, hd = c.head_dim;
   token_embd_ = bind_matrix(f, "token_embd.weight", d, c.n_vocab);
@@ -81,8 +81,8 @@ LlamaModel::LlamaModel(std::unique_ptr<gguf::GgufFile> file) : file_(std::move(f
   if (f.find_tensor("rope_freqs.weight"))
     rope_factors = bind_vector(f, "rope_freqs.weight", c.n_rot / 2);
   for (int64_t i = 0; i < c.n_rot / 2; ++i) {
-    double v = c.rope_freq_scale *
-               std::pow(c.rope_freq_base, -2.0 * static_cast<double>(i) / static_cast<double>(c.n_rot));
+    double v = c.rope_freq_scale * std::pow(c.rope_freq_base, -2.0 * static_cast<double>(i) /
+                                                                  static_cast<double>(c.n_rot));
     if (rope_factors) v /= rope_factors[i];
     inv_freq_[static_cast<size_t>(i)] = v;
   }

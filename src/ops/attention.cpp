@@ -81,8 +81,10 @@ void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, 
   const int64_t d = s.head_dim;
   const int G = static_cast<int>(s.n_head / s.n_head_kv);
   const size_t es = s.kv_type == DType::F16 ? 2 : 4;
-  const auto* kb = static_cast<const std::byte*>(k) + static_cast<size_t>(kv_head * s.head_stride) * es;
-  const auto* vb = static_cast<const std::byte*>(v) + static_cast<size_t>(kv_head * s.head_stride) * es;
+  const auto* kb =
+      static_cast<const std::byte*>(k) + static_cast<size_t>(kv_head * s.head_stride) * es;
+  const auto* vb =
+      static_cast<const std::byte*>(v) + static_cast<size_t>(kv_head * s.head_stride) * es;
   const size_t row = static_cast<size_t>(d) * es;
   int64_t total = 0;
   for (int r = 0; r < n_runs; ++r) total += runs[r].end - runs[r].begin;

@@ -66,8 +66,8 @@ std::string apply_chat_template(const std::string& tmpl, const std::vector<ChatM
     // not a system one (SmolLM2 does): take its text from the template itself.
     std::smatch m;
     static const std::regex kDefaultSystem(R"(<\|im_start\|>system\n([^<]*)<\|im_end\|>)");
-    const bool has_default = tmpl.find("!= 'system'") != std::string::npos &&
-                             std::regex_search(tmpl, m, kDefaultSystem);
+    const bool has_default =
+        tmpl.find("!= 'system'") != std::string::npos && std::regex_search(tmpl, m, kDefaultSystem);
     if (has_default && (messages.empty() || messages[0].role != "system"))
       out += "<|im_start|>system\n" + m[1].str() + "<|im_end|>\n";
     for (const auto& msg : messages)
@@ -78,7 +78,8 @@ std::string apply_chat_template(const std::string& tmpl, const std::vector<ChatM
   if (tmpl.find("<|start_header_id|>") != std::string::npos) {
     out += "<|begin_of_text|>";
     for (const auto& msg : messages)
-      out += "<|start_header_id|>" + msg.role + "<|end_header_id|>\n\n" + msg.content + "<|eot_id|>";
+      out +=
+          "<|start_header_id|>" + msg.role + "<|end_header_id|>\n\n" + msg.content + "<|eot_id|>";
     if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
     return out;
   }

@@ -19,8 +19,8 @@ double token_nll(const float* logits, int64_t n, TokenId target) {
 }
 
 PerplexityResult evaluate_perplexity(const model::LlamaModel& model,
-                                     std::span<const TokenId> tokens,
-                                     const PerplexityOptions& opts, ThreadPool* pool) {
+                                     std::span<const TokenId> tokens, const PerplexityOptions& opts,
+                                     ThreadPool* pool) {
   if (tokens.size() < 2)
     throw InvalidArgument(fmt::format("perplexity needs at least 2 tokens, got {}", tokens.size()));
   if (opts.chunk < 1) throw InvalidArgument("perplexity: chunk must be >= 1");
@@ -33,7 +33,8 @@ PerplexityResult evaluate_perplexity(const model::LlamaModel& model,
 
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (opts.score_from < 1 || opts.score_from >= n)
-    throw InvalidArgument(fmt::format("perplexity: score_from {} outside [1, {})", opts.score_from, n));
+    throw InvalidArgument(
+        fmt::format("perplexity: score_from {} outside [1, {})", opts.score_from, n));
   PerplexityResult r;
   r.spec = session.policy().spec();
   r.capacity = session.policy().capacity();

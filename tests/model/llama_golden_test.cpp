@@ -8,8 +8,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <numeric>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <set>
 
 #include "spillway/model/llama.h"
@@ -47,7 +47,8 @@ model::LlamaModel* LlamaGolden::model_ = nullptr;
 std::vector<std::vector<float>> all_logits(const model::LlamaModel& m,
                                            const std::vector<TokenId>& ids, int64_t chunk) {
   SessionOptions so;
-  so.policy = std::getenv("SPILLWAY_GOLDEN_POLICY") ? std::getenv("SPILLWAY_GOLDEN_POLICY") : "full";
+  so.policy =
+      std::getenv("SPILLWAY_GOLDEN_POLICY") ? std::getenv("SPILLWAY_GOLDEN_POLICY") : "full";
   so.max_batch = chunk;
   Session s(m, so);
   std::vector<std::vector<float>> out;
@@ -90,18 +91,21 @@ TEST_F(LlamaGolden, LogitsMatchLlamaCpp) {
       }
       if (std::getenv("SPILLWAY_GOLDEN_VERBOSE"))
         std::printf("%s pos %zu: max |diff| %.4f (top-1 %.3f vs %.3f)\n",
-                    p["name"].get<std::string>().c_str(), i, w, row[static_cast<size_t>(top[0])], want[0]);
+                    p["name"].get<std::string>().c_str(), i, w, row[static_cast<size_t>(top[0])],
+                    want[0]);
       worst = std::max(worst, w);
       double mx = *std::max_element(row.begin(), row.end()), sum = 0;
       for (float x : row) sum += std::exp(x - mx);
-      worst_lse = std::max(worst_lse, std::abs(mx + std::log(sum) - pos["logsumexp"].get<double>()));
+      worst_lse =
+          std::max(worst_lse, std::abs(mx + std::log(sum) - pos["logsumexp"].get<double>()));
       // Our top-1 and top-10 against llama.cpp's.
       std::vector<TokenId> order(row.size());
       std::iota(order.begin(), order.end(), 0);
       std::partial_sort(order.begin(), order.begin() + 10, order.end(),
                         [&](TokenId a, TokenId b) { return row[a] > row[b]; });
       EXPECT_EQ(order[0], top[0]) << p["name"] << " pos " << i;
-      std::set<TokenId> ours(order.begin(), order.begin() + 10), theirs(top.begin(), top.begin() + 10);
+      std::set<TokenId> ours(order.begin(), order.begin() + 10),
+          theirs(top.begin(), top.begin() + 10);
       int common = 0;
       for (TokenId t : ours) common += theirs.count(t) ? 1 : 0;
       EXPECT_GE(common, 8) << p["name"] << " pos " << i;
@@ -110,9 +114,10 @@ TEST_F(LlamaGolden, LogitsMatchLlamaCpp) {
     }
   }
   const double mean_abs = sum_abs / n_diffs;
-  std::printf("compared %d positions: top-64 logits max |diff| %.4f, mean |diff| %.4f; max "
-              "|logsumexp diff| %.4f; top-10 overlap < 9 at %d\n",
-              positions, worst, mean_abs, worst_lse, overlap_below_9);
+  std::printf(
+      "compared %d positions: top-64 logits max |diff| %.4f, mean |diff| %.4f; max "
+      "|logsumexp diff| %.4f; top-10 overlap < 9 at %d\n",
+      positions, worst, mean_abs, worst_lse, overlap_below_9);
   EXPECT_GE(positions, 24);
   EXPECT_LE(overlap_below_9, positions / 10);
   EXPECT_LE(worst, kLogitTol);

@@ -33,8 +33,9 @@ TEST(Attention, GroupKernelMatchesReferenceOnRandomRuns) {
       for (auto& x : q1) x = nd(rng);
       for (auto& x : q2) x = nd(rng);
       const KeyRun runs[3] = {{0, 4, q1.data()}, {200, 257, q2.data()}, {7, 101, q2.data()}};
-      AttentionShape s{n_head, n_head_kv, head_dim, n_slots * head_dim, kv_type,
-                       1.0f / std::sqrt(static_cast<float>(head_dim))};
+      AttentionShape s{n_head,   n_head_kv,
+                       head_dim, n_slots * head_dim,
+                       kv_type,  1.0f / std::sqrt(static_cast<float>(head_dim))};
       std::vector<float> out(static_cast<size_t>(n_head * head_dim));
       const int64_t total = 4 + 57 + 94;
       std::vector<float> scratch(static_cast<size_t>(total * n_head / n_head_kv));
@@ -51,7 +52,8 @@ TEST(Attention, GroupKernelMatchesReferenceOnRandomRuns) {
       for (int64_t h = 0; h < n_head; ++h) {
         attend_head_ref(s, h, runs, 3, k, v, want.data());
         for (int64_t i = 0; i < head_dim; ++i)
-          EXPECT_NEAR(out[static_cast<size_t>(h * head_dim + i)], want[static_cast<size_t>(i)], 2e-5)
+          EXPECT_NEAR(out[static_cast<size_t>(h * head_dim + i)], want[static_cast<size_t>(i)],
+                      2e-5)
               << "head " << h << " dim " << i;
       }
     }

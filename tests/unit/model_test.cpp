@@ -135,7 +135,8 @@ class NaiveRunner {
       const auto q = static_cast<double>(cos_.size());
       std::vector<double> c(static_cast<size_t>(n_rot / 2)), s(c.size());
       for (int64_t i = 0; i < n_rot / 2; ++i) {
-        const double theta = q * std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(n_rot));
+        const double theta =
+            q * std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(n_rot));
         c[static_cast<size_t>(i)] = std::cos(theta);
         s[static_cast<size_t>(i)] = std::sin(theta);
       }
@@ -216,12 +217,11 @@ struct RefCase {
 };
 
 TEST_F(TinyF32ModelTest, PoliciesMatchTheNaiveRotateEveryStepReference) {
-  for (const RefCase& rc : {RefCase{"full", 0, -1, false, 300},
-                            RefCase{"window:48", 0, 48, false, 3000},
-                            RefCase{"sink:4+44", 4, 44, false, 3000},
-                            RefCase{"sink:1+20", 1, 20, false, 500},
-                            RefCase{"sink:4+44,positions=absolute", 4, 44, true, 3000},
-                            RefCase{"sink:4+44,kv=f16", 4, 44, false, 500}}) {
+  for (const RefCase& rc :
+       {RefCase{"full", 0, -1, false, 300}, RefCase{"window:48", 0, 48, false, 3000},
+        RefCase{"sink:4+44", 4, 44, false, 3000}, RefCase{"sink:1+20", 1, 20, false, 500},
+        RefCase{"sink:4+44,positions=absolute", 4, 44, true, 3000},
+        RefCase{"sink:4+44,kv=f16", 4, 44, false, 500}}) {
     const auto tokens = random_tokens(rc.tokens, 7);
     NaiveRunner ref(*model_, rc.sinks, rc.window, rc.absolute);
     const auto got = session_logits(*model_, rc.spec, tokens, 1);
@@ -344,7 +344,8 @@ TEST(ModelLoad, UnsupportedOrBrokenFilesNameWhatIsWrong) {
       << load_error(spec);
   spec = {};
   spec.rope_scaling_type = "yarn";
-  EXPECT_NE(load_error(spec).find("RoPE scaling type 'yarn'"), std::string::npos) << load_error(spec);
+  EXPECT_NE(load_error(spec).find("RoPE scaling type 'yarn'"), std::string::npos)
+      << load_error(spec);
   spec = {};
   spec.omit_tensor = "blk.1.ffn_up.weight";
   EXPECT_NE(load_error(spec).find("blk.1.ffn_up.weight"), std::string::npos) << load_error(spec);

@@ -64,12 +64,29 @@ TEST(PolicySpec, ParsesCanonicalForms) {
 }
 
 TEST(PolicySpec, RejectsBadSpecsWithUsage) {
-  for (const char* bad :
-       {"", "fullx", "full:3", "window", "window:", "window:0", "window:-3", "window:12a",
-        "window:1.5", "sink:4", "sink:4+", "sink:+8", "sink:-1+8", "sink:4+0", "sink:4+8+2",
-        "recompute:0", "sink:4+8,positions=relative", "sink:4+8,kv=q8", "sink:4+8,",
-        "sink:4+8,positions=cache,positions=absolute", "window:99999999999999999999",
-        "window:2000000000", "bogus:1"}) {
+  for (const char* bad : {"",
+                          "fullx",
+                          "full:3",
+                          "window",
+                          "window:",
+                          "window:0",
+                          "window:-3",
+                          "window:12a",
+                          "window:1.5",
+                          "sink:4",
+                          "sink:4+",
+                          "sink:+8",
+                          "sink:-1+8",
+                          "sink:4+0",
+                          "sink:4+8+2",
+                          "recompute:0",
+                          "sink:4+8,positions=relative",
+                          "sink:4+8,kv=q8",
+                          "sink:4+8,",
+                          "sink:4+8,positions=cache,positions=absolute",
+                          "window:99999999999999999999",
+                          "window:2000000000",
+                          "bogus:1"}) {
     try {
       make_policy(bad);
       ADD_FAILURE() << "accepted '" << bad << "'";
@@ -92,12 +109,15 @@ TEST(SinkPolicy, ExactSlotsAndPositionsPerToken) {
     EXPECT_EQ(f[n].key_pos, static_cast<int64_t>(n));
   }
   // Token 4: no eviction yet, attends 0..4 with the query at 4.
-  EXPECT_EQ(f[4].span, (std::vector<std::pair<int32_t, int64_t>>{{0, 4}, {1, 4}, {2, 4}, {3, 4}, {4, 4}}));
+  EXPECT_EQ(f[4].span,
+            (std::vector<std::pair<int32_t, int64_t>>{{0, 4}, {1, 4}, {2, 4}, {3, 4}, {4, 4}}));
   // Token 5: sinks 0,1 (query at S+W-1 = 4), window 3,4,5 in slots 3,4,2 (query at 5).
-  EXPECT_EQ(f[5].span, (std::vector<std::pair<int32_t, int64_t>>{{0, 4}, {1, 4}, {3, 5}, {4, 5}, {2, 5}}));
+  EXPECT_EQ(f[5].span,
+            (std::vector<std::pair<int32_t, int64_t>>{{0, 4}, {1, 4}, {3, 5}, {4, 5}, {2, 5}}));
   EXPECT_EQ(attended_streams(f, 5), (std::vector<int64_t>{0, 1, 3, 4, 5}));
   // Token 7: window 5,6,7 in slots 2,3,4.
-  EXPECT_EQ(f[7].span, (std::vector<std::pair<int32_t, int64_t>>{{0, 4}, {1, 4}, {2, 7}, {3, 7}, {4, 7}}));
+  EXPECT_EQ(f[7].span,
+            (std::vector<std::pair<int32_t, int64_t>>{{0, 4}, {1, 4}, {2, 7}, {3, 7}, {4, 7}}));
   EXPECT_EQ(attended_streams(f, 7), (std::vector<int64_t>{0, 1, 5, 6, 7}));
   EXPECT_EQ(p->slot_contents(), (std::vector<int64_t>{0, 1, 5, 6, 7}));
 }
@@ -105,7 +125,8 @@ TEST(SinkPolicy, ExactSlotsAndPositionsPerToken) {
 TEST(SinkPolicy, AbsolutePositionsUseTheStreamIndexForSinks) {
   auto p = make_policy("sink:2+3,positions=absolute");
   auto f = run(*p, 8, 1);
-  EXPECT_EQ(f[7].span, (std::vector<std::pair<int32_t, int64_t>>{{0, 7}, {1, 7}, {2, 7}, {3, 7}, {4, 7}}));
+  EXPECT_EQ(f[7].span,
+            (std::vector<std::pair<int32_t, int64_t>>{{0, 7}, {1, 7}, {2, 7}, {3, 7}, {4, 7}}));
 }
 
 TEST(WindowPolicy, ExactSlotsAndSpans) {
@@ -158,10 +179,13 @@ std::vector<int64_t> expected_span(const std::string& kind, int64_t s, int64_t w
 }
 
 TEST(Policies, SpansFollowTheContractForAnyBatchSize) {
-  struct Case { std::string spec, kind; int64_t s, w; };
-  for (const Case& c : {Case{"full", "full", 0, 0}, Case{"window:5", "sink", 0, 5},
-                        Case{"sink:1+4", "sink", 1, 4}, Case{"sink:4+3", "sink", 4, 3},
-                        Case{"sink:3+1", "sink", 3, 1}}) {
+  struct Case {
+    std::string spec, kind;
+    int64_t s, w;
+  };
+  for (const Case& c :
+       {Case{"full", "full", 0, 0}, Case{"window:5", "sink", 0, 5}, Case{"sink:1+4", "sink", 1, 4},
+        Case{"sink:4+3", "sink", 4, 3}, Case{"sink:3+1", "sink", 3, 1}}) {
     for (int64_t batch : {1, 2, 3, 7, 16}) {
       auto p = make_policy(c.spec, {batch, 0});
       const int64_t n_tokens = 40;

@@ -1,10 +1,10 @@
 // Where tests find the repository's files and the default model.
 #pragma once
 
+#include <unistd.h>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
-#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -20,24 +20,26 @@ inline std::string default_model_path() {
   return source_path("models/SmolLM2-135M-Instruct.Q4_1.gguf");
 }
 
-inline std::string corpus_path() { return source_path("data/austen.txt"); }
+inline std::string corpus_path() {
+  return source_path("data/austen.txt");
+}
 
 // A model test without its files skips, unless SPILLWAY_REQUIRE_MODEL=1 (CI) makes a
 // missing file a failure.
-#define SPILLWAY_REQUIRE_FILE(path)                                                   \
-  do {                                                                                \
-    if (!std::filesystem::exists(path)) {                                             \
-      if (std::getenv("SPILLWAY_REQUIRE_MODEL")) FAIL() << "missing " << (path);      \
-      GTEST_SKIP() << "missing " << (path) << " (run scripts/setup.sh)";              \
-    }                                                                                 \
+#define SPILLWAY_REQUIRE_FILE(path)                                              \
+  do {                                                                           \
+    if (!std::filesystem::exists(path)) {                                        \
+      if (std::getenv("SPILLWAY_REQUIRE_MODEL")) FAIL() << "missing " << (path); \
+      GTEST_SKIP() << "missing " << (path) << " (run scripts/setup.sh)";         \
+    }                                                                            \
   } while (0)
 
 // A fresh temporary directory per test.
 inline std::filesystem::path temp_dir() {
   auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  auto dir = std::filesystem::temp_directory_path() /
-             ("spillway-test-" + std::to_string(::getpid()) + "-" + info->test_suite_name() +
-              "." + info->name());
+  auto dir =
+      std::filesystem::temp_directory_path() / ("spillway-test-" + std::to_string(::getpid()) +
+                                                "-" + info->test_suite_name() + "." + info->name());
   std::filesystem::create_directories(dir);
   return dir;
 }

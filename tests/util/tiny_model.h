@@ -22,13 +22,13 @@ struct TinyModelSpec {
   DType matrix_type = DType::Q4_1;  // projections
   DType embd_type = DType::Q8_0;    // token embedding (= tied output)
   bool tied_output = true;
-  float weight_scale = 0.25f;       // projections ~ U(-s, s) / sqrt(fan_in) * 4
+  float weight_scale = 0.25f;  // projections ~ U(-s, s) / sqrt(fan_in) * 4
   uint64_t seed = 1;
   // For error tests: metadata and tensors as a broken or unsupported file would have them.
   std::string architecture = "llama";
-  std::string rope_scaling_type;     // written as llama.rope.scaling.type when not empty
-  std::string omit_tensor;           // a tensor name left out
-  std::string misshape_tensor;       // a 2-D tensor written with its dimensions swapped
+  std::string rope_scaling_type;  // written as llama.rope.scaling.type when not empty
+  std::string omit_tensor;        // a tensor name left out
+  std::string misshape_tensor;    // a 2-D tensor written with its dimensions swapped
 };
 
 // Vocabulary: the 256 byte tokens (GPT-2 byte-to-unicode pieces), the merges "Ġ t",

@@ -41,7 +41,8 @@ int run_generate(const GenerateCliOptions& o) {
   std::vector<TokenId> prompt;
   if (o.chat) {
     const auto tmpl = model->file().metadata().find<std::string>("tokenizer.chat_template");
-    if (!tmpl) throw UnsupportedError(fmt::format("{}: no tokenizer.chat_template; drop --chat", o.model));
+    if (!tmpl)
+      throw UnsupportedError(fmt::format("{}: no tokenizer.chat_template; drop --chat", o.model));
     std::vector<ChatMessage> msgs;
     if (!o.system.empty()) msgs.push_back({"system", o.system});
     msgs.push_back({"user", o.prompt});
@@ -62,11 +63,12 @@ int run_generate(const GenerateCliOptions& o) {
     std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
     std::fflush(stdout);
   }
-  const GenerateResult r = generate(session, prompt, *sampler, go, [](TokenId, std::string_view text) {
-    std::fwrite(text.data(), 1, text.size(), stdout);
-    std::fflush(stdout);
-    return true;
-  });
+  const GenerateResult r =
+      generate(session, prompt, *sampler, go, [](TokenId, std::string_view text) {
+        std::fwrite(text.data(), 1, text.size(), stdout);
+        std::fflush(stdout);
+        return true;
+      });
   std::fputc('\n', stdout);
   if (o.stats || stderr_is_tty()) {
     fmt::print(stderr,

@@ -80,8 +80,8 @@ int run_ppl(const PplOptions& o) {
   if (o.max_tokens > 0 && static_cast<int64_t>(tokens.size()) > o.max_tokens)
     tokens.resize(static_cast<size_t>(o.max_tokens));
   if (tokens.size() < 2)
-    throw InvalidArgument(fmt::format("'{}' gives {} token(s); perplexity needs at least 2",
-                                      o.file, tokens.size()));
+    throw InvalidArgument(
+        fmt::format("'{}' gives {} token(s); perplexity needs at least 2", o.file, tokens.size()));
   if (o.replace_head) {
     const std::vector<TokenId> head = tok.encode(*o.replace_head, {.add_bos = false});
     if (head.empty() || head.size() >= tokens.size())
@@ -150,8 +150,8 @@ int run_ppl(const PplOptions& o) {
         o.title.empty() ? fmt::format("{} on {}", std::filesystem::path(o.model).stem().string(),
                                       std::filesystem::path(o.file).filename().string())
                         : o.title;
-    const std::string cmd = fmt::format("python3 '{}' '{}' '{}' --title '{}'", plot_script(), csv,
-                                        *o.plot_out, title);
+    const std::string cmd =
+        fmt::format("python3 '{}' '{}' '{}' --title '{}'", plot_script(), csv, *o.plot_out, title);
     if (std::system(cmd.c_str()) != 0)
       throw Error(fmt::format("plotting failed ({}); the CSV is at '{}'", cmd, csv));
     fmt::print(stderr, "plot written to {}\n", *o.plot_out);

@@ -1,5 +1,5 @@
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <cstdio>
@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
     fmt::print(stderr, "error: {}\n", e.what());
-    fmt::print(stderr, "run '{} --help' for usage\n", app.get_name().empty() ? "spillway" : app.get_name());
+    fmt::print(stderr, "run '{} --help' for usage\n",
+               app.get_name().empty() ? "spillway" : app.get_name());
     return 2;
   }
   try {

@@ -26,7 +26,9 @@ std::string read_text_file(const std::string& path) {
   return s;
 }
 
-bool stderr_is_tty() { return isatty(fileno(stderr)) != 0; }
+bool stderr_is_tty() {
+  return isatty(fileno(stderr)) != 0;
+}
 
 Progress::Progress(std::string label)
     : label_(std::move(label)), tty_(stderr_is_tty()), start_(now_seconds()) {}

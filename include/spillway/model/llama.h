@@ -20,17 +20,17 @@ namespace spillway::model {
 
 // Hyperparameters, named as GGUF names them (without the architecture prefix).
 struct LlamaConfig {
-  std::string architecture;    // general.architecture ("llama")
-  std::string name;            // general.name, if any
-  int64_t n_layer = 0;         // block_count
-  int64_t n_embd = 0;          // embedding_length
-  int64_t n_head = 0;          // attention.head_count
-  int64_t n_head_kv = 0;       // attention.head_count_kv
-  int64_t head_dim = 0;        // n_embd / n_head (or attention.key_length)
-  int64_t n_ff = 0;            // feed_forward_length
-  int64_t n_vocab = 0;         // vocab_size, or the tokenizer's token count
-  int64_t n_ctx_train = 0;     // context_length
-  int64_t n_rot = 0;           // rope.dimension_count (default head_dim)
+  std::string architecture;  // general.architecture ("llama")
+  std::string name;          // general.name, if any
+  int64_t n_layer = 0;       // block_count
+  int64_t n_embd = 0;        // embedding_length
+  int64_t n_head = 0;        // attention.head_count
+  int64_t n_head_kv = 0;     // attention.head_count_kv
+  int64_t head_dim = 0;      // n_embd / n_head (or attention.key_length)
+  int64_t n_ff = 0;          // feed_forward_length
+  int64_t n_vocab = 0;       // vocab_size, or the tokenizer's token count
+  int64_t n_ctx_train = 0;   // context_length
+  int64_t n_rot = 0;         // rope.dimension_count (default head_dim)
   double rope_freq_base = 10000.0;
   double rope_freq_scale = 1.0;  // 1 / rope.scaling.factor for linear scaling
   float rms_eps = 1e-5f;         // attention.layer_norm_rms_epsilon
@@ -43,10 +43,11 @@ struct LlamaConfig {
 
 struct LlamaLayer {
   const float* attn_norm = nullptr;  // [n_embd]
-  ops::WeightMatrix wq, wk, wv, wo;  // [n_head*hd x n_embd], [n_head_kv*hd x n_embd] x2, [n_embd x n_embd]
-  const float* ffn_norm = nullptr;   // [n_embd]
-  ops::WeightMatrix w_gate, w_up;    // [n_ff x n_embd]
-  ops::WeightMatrix w_down;          // [n_embd x n_ff]
+  ops::WeightMatrix wq, wk, wv,
+      wo;  // [n_head*hd x n_embd], [n_head_kv*hd x n_embd] x2, [n_embd x n_embd]
+  const float* ffn_norm = nullptr;  // [n_embd]
+  ops::WeightMatrix w_gate, w_up;   // [n_ff x n_embd]
+  ops::WeightMatrix w_down;         // [n_embd x n_ff]
 };
 
 // A loaded model: owns the mapped file, the bound weights and the tokenizer. Immutable
@@ -115,19 +116,19 @@ class Forward {
   int64_t record_layer_ = -1;
   std::vector<float> recorded_;
   ops::Activations act_;
-  std::vector<float> x_;       // [max_batch][n_embd] residual stream
-  std::vector<float> xn_;      // [max_batch][n_embd] normed
-  std::vector<float> q_;       // [max_batch][n_head*hd] unrotated queries
-  std::vector<float> qr_;      // [max_batch][2][n_head*hd] queries rotated per query position
-  std::vector<float> k_;       // [max_batch][n_head_kv*hd]
-  std::vector<float> v_;       // [max_batch][n_head_kv*hd]
-  std::vector<float> attn_;    // [max_batch][n_head*hd]
-  std::vector<float> gate_;    // [max_batch][n_ff]
-  std::vector<float> up_;      // [max_batch][n_ff]
-  std::vector<float> logits_;  // [rows][n_vocab], grown to the most rows asked for
-  std::vector<float> scratch_;       // [n_threads][group][max_span] attention scores
-  std::vector<int8_t> q_index_;      // per plan range: which rotated query (0 or 1)
-  std::vector<ops::KeyRun> runs_;    // [n_threads][max_runs]
+  std::vector<float> x_;           // [max_batch][n_embd] residual stream
+  std::vector<float> xn_;          // [max_batch][n_embd] normed
+  std::vector<float> q_;           // [max_batch][n_head*hd] unrotated queries
+  std::vector<float> qr_;          // [max_batch][2][n_head*hd] queries rotated per query position
+  std::vector<float> k_;           // [max_batch][n_head_kv*hd]
+  std::vector<float> v_;           // [max_batch][n_head_kv*hd]
+  std::vector<float> attn_;        // [max_batch][n_head*hd]
+  std::vector<float> gate_;        // [max_batch][n_ff]
+  std::vector<float> up_;          // [max_batch][n_ff]
+  std::vector<float> logits_;      // [rows][n_vocab], grown to the most rows asked for
+  std::vector<float> scratch_;     // [n_threads][group][max_span] attention scores
+  std::vector<int8_t> q_index_;    // per plan range: which rotated query (0 or 1)
+  std::vector<ops::KeyRun> runs_;  // [n_threads][max_runs]
 };
 
 }  // namespace spillway::model

@@ -22,7 +22,7 @@ struct AttentionShape {
   int64_t head_dim = 0;
   int64_t head_stride = 0;  // elements between consecutive KV heads (n_slots * head_dim)
   DType kv_type = DType::F32;
-  float scale = 1.0f;       // usually 1/sqrt(head_dim)
+  float scale = 1.0f;  // usually 1/sqrt(head_dim)
 };
 
 // Attention of every query head of KV head `kv_head` (the n_head / n_head_kv heads that

@@ -19,8 +19,8 @@ void softmax(float* x, int64_t n);
 // pos * base^(-2i/n_rot)), applied to the first n_rot dims of each of n_head heads of
 // head_dim. Angles computed in double precision so huge positions keep exact distances.
 // freq_scale multiplies the angle (linear scaling: 1/factor).
-void rope(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos,
-          double freq_base, double freq_scale);
+void rope(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos, double freq_base,
+          double freq_scale);
 
 // Precomputed inverse frequencies for rope: inv_freq[i] = freq_scale * base^(-2i/n_rot).
 void rope_with(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos,

@@ -44,7 +44,7 @@ struct GenerateResult {
   int64_t prompt_tokens = 0;
   double prefill_seconds = 0;
   double decode_seconds = 0;
-  std::string stop_reason;      // "length", "eog", "callback"
+  std::string stop_reason;  // "length", "eog", "callback"
 };
 
 // Called with each new token and the text it completes (partial UTF-8 held back).

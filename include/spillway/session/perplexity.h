@@ -29,15 +29,15 @@ struct PerplexityOptions {
 };
 
 struct PerplexityResult {
-  std::string spec;         // canonical policy spec
-  int64_t tokens = 0;       // tokens scored
-  int64_t first_target = 1; // stream index of the first scored token
-  double mean_nll = 0;      // nats
-  double ppl = 0;           // exp(mean_nll)
+  std::string spec;          // canonical policy spec
+  int64_t tokens = 0;        // tokens scored
+  int64_t first_target = 1;  // stream index of the first scored token
+  double mean_nll = 0;       // nats
+  double ppl = 0;            // exp(mean_nll)
   double seconds = 0;
   double tokens_per_s = 0;  // stream tokens per second
   uint64_t kv_bytes_peak = 0;
-  int64_t kv_slots = 0;     // slots of storage (capacity + chunk slack)
+  int64_t kv_slots = 0;             // slots of storage (capacity + chunk slack)
   std::optional<int64_t> capacity;  // tokens a query attends to at most
   // [tokens]: nll[k] = -log p(token first_target+k | the cache at the token before it)
   std::vector<float> nll;
@@ -45,8 +45,8 @@ struct PerplexityResult {
 
 // Throws InvalidArgument for a bad spec or a stream of fewer than 2 tokens.
 PerplexityResult evaluate_perplexity(const model::LlamaModel& model,
-                                     std::span<const TokenId> tokens,
-                                     const PerplexityOptions& opts, ThreadPool* pool = nullptr);
+                                     std::span<const TokenId> tokens, const PerplexityOptions& opts,
+                                     ThreadPool* pool = nullptr);
 
 // -log softmax(logits)[target] over n entries, accumulated in double.
 double token_nll(const float* logits, int64_t n, TokenId target);

@@ -71,7 +71,7 @@ class Session {
   bool has_logits_ = false;
   int64_t n_past_ = 0;
   uint64_t kv_bytes_peak_ = 0;
-  std::deque<TokenId> history_;       // last W tokens, for replaying policies
+  std::deque<TokenId> history_;         // last W tokens, for replaying policies
   std::vector<TokenId> replay_tokens_;  // [W] contiguous copy of history_ for a replay
   int64_t max_batch_;
 };
