@@ -46,7 +46,9 @@ int run_generate(const GenerateCliOptions& o) {
     std::vector<ChatMessage> msgs;
     if (!o.system.empty()) msgs.push_back({"system", o.system});
     msgs.push_back({"user", o.prompt});
-    prompt = tok.encode(apply_chat_template(*tmpl, msgs), {.parse_special = true});
+    EncodeOptions special;
+    special.parse_special = true;
+    prompt = tok.encode(apply_chat_template(*tmpl, msgs), special);
   } else {
     prompt = tok.encode(o.prompt);
   }

@@ -83,7 +83,9 @@ int run_ppl(const PplOptions& o) {
     throw InvalidArgument(
         fmt::format("'{}' gives {} token(s); perplexity needs at least 2", o.file, tokens.size()));
   if (o.replace_head) {
-    const std::vector<TokenId> head = tok.encode(*o.replace_head, {.add_bos = false});
+    EncodeOptions no_bos;
+    no_bos.add_bos = false;
+    const std::vector<TokenId> head = tok.encode(*o.replace_head, no_bos);
     if (head.empty() || head.size() >= tokens.size())
       throw InvalidArgument("--replace-head text must give between 1 and stream-length tokens");
     std::copy(head.begin(), head.end(), tokens.begin());
