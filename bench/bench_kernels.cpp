@@ -1,8 +1,9 @@
 // Kernel benchmarks: quantized matvec / matmul at the model's shapes (SmolLM2-135M: Q4_1
 // projections 576x1536 and 1536x576, the Q8_0 tied output matrix 49152x576) for T = 1
 // (decode: reported as weight GB/s) and T = 64, 512 (prefill: GFLOP/s), per kernel family
-// and for 1 and 2 threads; plus a single-thread streaming read of a 512 MB buffer (the
-// memory bandwidth bound of decode).
+// and for 1 and 2 threads; T = 1 again with the weights coming from memory instead of the
+// cache (matvec_cold: what decode sees); plus a single-thread streaming read of a 512 MB
+// buffer (the memory bandwidth bound of decode).
 //
 //   bench_kernels --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
@@ -67,6 +68,36 @@ void bench_matmul(benchmark::State& state, KernelIsa isa, DType t, int64_t rows,
       2.0 * static_cast<double>(rows * cols * T) * iters / 1e9, benchmark::Counter::kIsRate);
 }
 
+// Decode as the model sees it: T = 1 over copies of the matrix that together exceed the
+// last-level cache (>= 128 MB), one copy per iteration, so that the weights come from
+// memory as they do when a token walks through all the layers.
+void bench_matvec_cold(benchmark::State& state, KernelIsa isa, DType t, int64_t rows, int64_t cols,
+                       int threads) {
+  const auto w = random_weights(t, rows, cols);
+  const size_t n_copy = static_cast<size_t>((128ull << 20) / w.size() + 1);
+  std::vector<uint8_t> copies(w.size() * n_copy);  // [n_copy][rows][row_bytes]
+  for (size_t i = 0; i < n_copy; ++i) std::memcpy(&copies[i * w.size()], w.data(), w.size());
+  std::vector<float> x(static_cast<size_t>(cols)), y(static_cast<size_t>(rows));
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  for (auto& v : x) v = nd(rng);
+  spillway::ThreadPool pool(threads);
+  spillway::ops::Activations acts;
+  size_t i = 0;
+  for (auto _ : state) {
+    const spillway::ops::WeightMatrix wm{t, &copies[i * w.size()], rows, cols,
+                                         *spillway::row_bytes(t, static_cast<uint64_t>(cols))};
+    acts.set(x.data(), 1, cols);
+    spillway::ops::matmul_with(isa, wm, acts, y.data(), rows, pool);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+    i = i + 1 == n_copy ? 0 : i + 1;
+  }
+  state.counters["GB/s"] = benchmark::Counter(
+      static_cast<double>(w.size()) * static_cast<double>(state.iterations()) / 1e9,
+      benchmark::Counter::kIsRate);
+}
+
 void bench_stream_read(benchmark::State& state) {
   const size_t n = (512ull << 20) / sizeof(uint64_t);
   std::unique_ptr<uint64_t[]> buf(new uint64_t[n]);
@@ -108,6 +139,21 @@ int main(int argc, char** argv) {
           b->Unit(benchmark::kMicrosecond)->UseRealTime();
           if (T == 512 && s.rows == 49152) b->Iterations(2);
         }
+      }
+    }
+  }
+  for (KernelIsa isa : spillway::ops::available_isas()) {
+    for (const Shape& s : shapes) {
+      for (int threads : {1, 2}) {
+        const std::string name =
+            fmt::format("matvec_cold/{}/{}/{}x{}/T1/threads:{}", spillway::ops::isa_name(isa),
+                        spillway::dtype_name(s.type), s.rows, s.cols, threads);
+        benchmark::RegisterBenchmark(name.c_str(),
+                                     [=](benchmark::State& st) {
+                                       bench_matvec_cold(st, isa, s.type, s.rows, s.cols, threads);
+                                     })
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
       }
     }
   }

@@ -12,7 +12,6 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #include "matmul_internal.h"
@@ -70,46 +69,6 @@ inline __m256i unpack_nibbles(const uint8_t* qs) {
   return _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
 }
 
-// ---- helpers of the T = 1 kernels: 8 weight rows against one activation block ----
-
-// f16 at p[r] + off for rows r = 0..7, as 8 f32 lanes.
-inline __m256 f16x8(const uint8_t* const* p, int64_t off) {
-  return _mm256_cvtph_ps(_mm_setr_epi16(
-      static_cast<int16_t>(load_u16(p[0] + off)), static_cast<int16_t>(load_u16(p[1] + off)),
-      static_cast<int16_t>(load_u16(p[2] + off)), static_cast<int16_t>(load_u16(p[3] + off)),
-      static_cast<int16_t>(load_u16(p[4] + off)), static_cast<int16_t>(load_u16(p[5] + off)),
-      static_cast<int16_t>(load_u16(p[6] + off)), static_cast<int16_t>(load_u16(p[7] + off))));
-}
-
-// Eight vectors of 8 int32 partial sums (one per row) -> the 8 row totals, row r in lane r.
-inline __m256i rows8_epi32(const __m256i* s) {
-  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
-  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
-  // a: rows 0..3 of the low 16 bytes | rows 0..3 of the high 16 bytes; b: rows 4..7.
-  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
-                          _mm256_permute2x128_si256(a, b, 0x31));
-}
-
-// Nibble blocks (16 bytes at p[r] + off) of 8 rows . one activation block -> 8 int32 row
-// sums. vpmaddubsw pairs are at most 2 * 15 * 127, so row sums of 16 products still fit
-// int16 and the rows are combined before widening.
-inline __m256i nibble_dot8(const uint8_t* const* p, int64_t off, __m256i x) {
-  const __m256i mask = _mm256_set1_epi8(0x0F);
-  const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4);  // high nibbles in the high half
-  __m256i s[8];
-  SPW_UNROLL for (int r = 0; r < 8; ++r) {
-    const __m256i raw = _mm256_broadcastsi128_si256(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p[r] + off)));
-    s[r] = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srlv_epi64(raw, shift), mask), x);
-  }
-  const __m256i a = _mm256_hadd_epi16(_mm256_hadd_epi16(s[0], s[1]), _mm256_hadd_epi16(s[2], s[3]));
-  const __m256i b = _mm256_hadd_epi16(_mm256_hadd_epi16(s[4], s[5]), _mm256_hadd_epi16(s[6], s[7]));
-  // a: 2 partial sums per row for rows 0..3, per 16-byte half; b: rows 4..7.
-  const __m256i sum16 = _mm256_add_epi16(_mm256_permute2x128_si256(a, b, 0x20),
-                                         _mm256_permute2x128_si256(a, b, 0x31));
-  return _mm256_madd_epi16(sum16, _mm256_set1_epi16(1));
-}
-
 // Legacy weight blocks for the micro-kernel. load() unpacks block `p` into `q` (the
 // unsigned operand of vpmaddubsw), `sign` (Q8_0: the signs to move onto the activations),
 // and returns {d, m} (m: additive term per unit of activation sum; Q4_1: m, Q4_0: -8 d).
@@ -125,13 +84,6 @@ struct Q4_0W {
   static inline __m256i dot(__m256i q, __m256i, __m256i x) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1));
   }
-  static inline __m256i dot8(const uint8_t* const* p, int64_t off, __m256i x) {
-    return nibble_dot8(p, off + 2, x);
-  }
-  static inline void scales8(const uint8_t* const* p, int64_t off, __m256& d, __m256& m) {
-    d = f16x8(p, off);
-    m = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
-  }
 };
 
 struct Q4_1W {
@@ -144,21 +96,6 @@ struct Q4_1W {
   }
   static inline __m256i dot(__m256i q, __m256i, __m256i x) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1));
-  }
-  static inline __m256i dot8(const uint8_t* const* p, int64_t off, __m256i x) {
-    return nibble_dot8(p, off + 4, x);
-  }
-  // {d, m} pairs of rows (0, 1, 4, 5) and (2, 3, 6, 7) as f32, so that the even / odd
-  // lanes of the two halves interleave into rows 0..7 in order.
-  static inline void scales8(const uint8_t* const* p, int64_t off, __m256& d, __m256& m) {
-    const __m256 a = _mm256_cvtph_ps(
-        _mm_setr_epi32(static_cast<int>(load_u32(p[0] + off)), static_cast<int>(load_u32(p[1] + off)),
-                       static_cast<int>(load_u32(p[4] + off)), static_cast<int>(load_u32(p[5] + off))));
-    const __m256 b = _mm256_cvtph_ps(
-        _mm_setr_epi32(static_cast<int>(load_u32(p[2] + off)), static_cast<int>(load_u32(p[3] + off)),
-                       static_cast<int>(load_u32(p[6] + off)), static_cast<int>(load_u32(p[7] + off))));
-    d = _mm256_shuffle_ps(a, b, 0x88);
-    m = _mm256_shuffle_ps(a, b, 0xDD);
   }
 };
 
@@ -175,29 +112,21 @@ struct Q8_0W {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_sign_epi8(x, sign)),
                              _mm256_set1_epi16(1));
   }
-  // |w| x sign(w) x: vpmaddubsw pairs reach 2 * 128 * 127, so every row is widened to
-  // int32 before rows are combined.
-  static inline __m256i dot8(const uint8_t* const* p, int64_t off, __m256i x) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i s[8];
-    SPW_UNROLL for (int r = 0; r < 8; ++r) {
-      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[r] + off + 2));
-      s[r] = _mm256_madd_epi16(
-          _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones);
-    }
-    return rows8_epi32(s);
-  }
-  static inline void scales8(const uint8_t* const* p, int64_t off, __m256& d, __m256&) {
-    d = f16x8(p, off);
-  }
 };
 
 // y[c * ldy + r] = row r . token c for R rows starting at `w0` (stride `rb` bytes) and C
 // activation rows. The per-block f32 terms: acc[r][c] += isum * (d_r * dx_c) in 8 lanes;
 // the min terms of all R rows share one 4-lane vector per token: macc[c][r] += m_r * s_c.
+//
+// When `pf` is set (matrix-vector products), the R rows at pf (the next group) are
+// prefetched meanwhile, R blocks' worth per block: at T = 1 weights stream from memory
+// once per token, and the hardware prefetcher alone does not keep up with R interleaved
+// row streams. The arithmetic does not depend on the tile shape, so decode (T = 1) and
+// prefill (T > 1) give bit-identical results.
 template <class W, int R, int C>
 inline void micro_legacy(const uint8_t* w0, uint64_t rb, const Q8ARow* x, int64_t nb, float* y,
-                         int64_t ldy) {
+                         int64_t ldy, const uint8_t* pf = nullptr) {
+  constexpr int kStep = R * W::kBytes;  // bytes of the next group per block
   static_assert(R <= 4);
   __m256 acc[R][C];
   __m128 macc[C];
@@ -206,6 +135,11 @@ inline void micro_legacy(const uint8_t* w0, uint64_t rb, const Q8ARow* x, int64_
   }
   SPW_UNROLL for (int c = 0; c < C; ++c) macc[c] = _mm_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
+    if (pf != nullptr) {
+      SPW_UNROLL for (int i = 0; i < kStep; i += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(pf + b * kStep + i), _MM_HINT_T0);
+      }
+    }
     __m256i q[R], sg[R];
     alignas(16) float wd[4];
     alignas(16) float wm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -230,31 +164,6 @@ inline void micro_legacy(const uint8_t* w0, uint64_t rb, const Q8ARow* x, int64_
     _mm_store_ps(m, macc[c]);
     SPW_UNROLL for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum(acc[r][c]) + m[r];
   }
-}
-
-// T = 1: y[r] for 8 rows starting at w0 (stride rb) and one activation row. Block
-// products stay integer until one int32 vector holds the 8 row sums; then one convert and
-// one FMA per block for all 8 rows, plus one FMA for the min terms. One horizontal step
-// per 8 rows in all.
-template <class W>
-inline void matvec8(const uint8_t* w0, uint64_t rb, const Q8ARow& x, int64_t nb, float* y,
-                    const uint8_t* pf, int64_t pf_step) {
-  const uint8_t* p[8];
-  SPW_UNROLL for (int r = 0; r < 8; ++r) p[r] = w0 + r * rb;
-  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    const int64_t off = b * W::kBytes;
-    for (int64_t i = 0; i < pf_step; i += 64) _mm_prefetch(reinterpret_cast<const char*>(pf + b * pf_step + i), _MM_HINT_T0);
-    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + b * kQK));
-    const __m256i isum = W::dot8(p, off, xv);
-    __m256 d, m = _mm256_setzero_ps();
-    W::scales8(p, off, d, m);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_broadcast_ss(x.d + b)),
-                          acc);
-    if constexpr (W::kHasMin) macc = _mm256_fmadd_ps(m, _mm256_broadcast_ss(x.s + b), macc);
-  }
-  if constexpr (W::kHasMin) acc = _mm256_add_ps(acc, macc);
-  _mm256_storeu_ps(y, acc);
 }
 
 constexpr int64_t kPanel = 64;  // weight rows kept hot in cache while tokens stream by
@@ -284,20 +193,6 @@ void tile_legacy(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
   const int64_t nb = w.cols / kQK;
   const auto* base = static_cast<const uint8_t*>(w.data);
   const uint64_t rb = w.row_bytes;
-  if (t1 - t0 == 1) {  // matrix-vector: 8 rows at a time, the rest 4 / 1 rows at a time
-    const Q8ARow x = q8a_row(xq, w.cols, t0);
-    float* yt = y + t0 * ldy;
-    int64_t r = r0;
-    static const int64_t kAhead = [] { const char* e = std::getenv("SPW_PF"); return e ? std::atoll(e) : 0; }();
-    const int64_t pf_step = kAhead > 0 ? (static_cast<int64_t>(8 * rb) + nb - 1) / nb : 0;
-    for (; r + 8 <= r1; r += 8) {
-      const int64_t ahead = r + 8 * kAhead + 8 <= r1 ? kAhead : 0;
-      matvec8<W>(base + r * rb, rb, x, nb, yt + r, base + (r + 8 * ahead) * rb, ahead ? pf_step : 0);
-    }
-    for (; r + 4 <= r1; r += 4) micro_legacy<W, 4, 1>(base + r * rb, rb, &x, nb, yt + r, ldy);
-    for (; r < r1; ++r) micro_legacy<W, 1, 1>(base + r * rb, rb, &x, nb, yt + r, ldy);
-    return;
-  }
   for (int64_t p0 = r0; p0 < r1; p0 += kPanel) {
     const int64_t p1 = min64(r1, p0 + kPanel);
     for (int64_t t = t0; t < t1; t += W::kC) {
@@ -307,7 +202,10 @@ void tile_legacy(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
       float* yt = y + t * ldy;
       int64_t r = p0;
       if (c == 1) {  // matrix-vector: registers to spare for 4 rows of every type
-        for (; r + 4 <= p1; r += 4) micro_legacy<W, 4, 1>(base + r * rb, rb, x, nb, yt + r, ldy);
+        for (; r + 4 <= p1; r += 4) {
+          const uint8_t* w0 = base + r * rb;
+          micro_legacy<W, 4, 1>(w0, rb, x, nb, yt + r, ldy, r + 8 <= r1 ? w0 + 4 * rb : nullptr);
+        }
       }
       for (; r + W::kR <= p1; r += W::kR) {
         micro_legacy_c<W, W::kR>(c, base + r * rb, rb, x, nb, yt + r, ldy);
