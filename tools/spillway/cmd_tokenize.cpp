@@ -15,6 +15,7 @@
 #include "spillway/core/error.h"
 #include "spillway/gguf/gguf.h"
 #include "spillway/tokenizer/tokenizer.h"
+#include "util.h"
 
 namespace spillway::cli {
 namespace {
@@ -27,14 +28,6 @@ struct TokenizeOptions {
   bool special = false;
   bool bos = false;
 };
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw IoError("cannot open " + path + " for reading");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (f.bad()) throw IoError("error reading " + path);
-  return s;
-}
 
 // Printable on one line: control characters and bytes that are not valid UTF-8 escaped.
 std::string escape(const std::string& s) {
