@@ -2,10 +2,10 @@
 // integer products with vpmaddubsw / vpmaddwd, f32 accumulation per block. Compiled for
 // AVX2 by target attributes whatever the build flags, and called only after a CPU check.
 //
-// Legacy types (Q4_0, Q4_1, Q8_0) run an R x C micro-kernel: R weight rows x C tokens,
-// each weight block unpacked once per tile and reused for C tokens, each activation
-// block loaded once and reused for R rows. K types (Q4_K, Q6_K) unpack one row's
-// super-block (values and scales) once for C tokens.
+// Legacy types (Q4_0, Q4_1, Q8_0) run groups of 8 weight rows x C tokens, each weight
+// block unpacked once per tile and reused for C tokens, with integer row sums per block
+// (see "legacy types" below). K types (Q4_K, Q6_K) unpack one row's super-block (values
+// and scales) once for C tokens.
 //
 // Everything here sits in an anonymous namespace and uses no standard-library templates:
 // code compiled for AVX2 must not leak into inline functions shared with other files.
@@ -62,130 +62,191 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// 16 bytes of nibbles -> 32 bytes: low nibbles (elements 0..15), then high (16..31).
-inline __m256i unpack_nibbles(const uint8_t* qs) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m256i q = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-  return _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
+// ---- legacy types (Q4_0, Q4_1, Q8_0): groups of 8 weight rows ----
+//
+// Every product runs in groups of 8 consecutive weight rows. Per 32-element block, the
+// integer dot products of the 8 rows with one activation block are reduced (with
+// horizontal adds) into one int32 vector holding the 8 row sums, then converted and
+// accumulated with one FMA: acc[r] += isum[r] * (d_w[r] * d_x); the min terms of Q4_0 and
+// Q4_1 go to a second vector, macc[r] += m_w[r] * s_x, added at the end. A tile of C
+// tokens unpacks each weight block once and repeats exactly that per-token arithmetic, so
+// results do not depend on the tile shape: decode (T = 1) and prefill (T > 1) give
+// bit-identical outputs. Groups at the end of a range that hold fewer than 8 rows repeat
+// their last row and store only the rows that exist.
+
+// f16 at p[r] + off for rows r = 0..7, as 8 f32 lanes.
+inline __m256 f16x8(const uint8_t* const* p, int64_t off) {
+  return _mm256_cvtph_ps(_mm_setr_epi16(
+      static_cast<int16_t>(load_u16(p[0] + off)), static_cast<int16_t>(load_u16(p[1] + off)),
+      static_cast<int16_t>(load_u16(p[2] + off)), static_cast<int16_t>(load_u16(p[3] + off)),
+      static_cast<int16_t>(load_u16(p[4] + off)), static_cast<int16_t>(load_u16(p[5] + off)),
+      static_cast<int16_t>(load_u16(p[6] + off)), static_cast<int16_t>(load_u16(p[7] + off))));
 }
 
-// Legacy weight blocks for the micro-kernel. load() unpacks block `p` into `q` (the
-// unsigned operand of vpmaddubsw), `sign` (Q8_0: the signs to move onto the activations),
-// and returns {d, m} (m: additive term per unit of activation sum; Q4_1: m, Q4_0: -8 d).
+// Eight vectors of 8 int32 partial sums (one vector per row) -> row r's total in lane r.
+inline __m256i rows8_epi32(const __m256i* s) {
+  const __m256i a =
+      _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+  const __m256i b =
+      _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
+  // a: rows 0..3 (low 16 bytes) and again rows 0..3 (high 16 bytes); b: rows 4..7.
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
+                          _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+// Nibble blocks of 8 rows, unpacked: register i holds row i in its low 16 bytes and row
+// i + 4 in its high 16 bytes; lo[i] the low nibbles (elements 0..15), hi[i] the high ones
+// (16..31).
+struct Nibbles8 {
+  __m256i lo[4], hi[4];
+};
+
+inline void unpack_nibbles8(const uint8_t* const* p, int64_t off, Nibbles8& u) {
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  SPW_UNROLL for (int i = 0; i < 4; ++i) {
+    const __m256i raw = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p[i + 4] + off),
+                                            reinterpret_cast<const __m128i*>(p[i] + off));
+    u.lo[i] = _mm256_and_si256(raw, mask);
+    u.hi[i] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+  }
+}
+
+// Row sums of the 8 unpacked nibble rows . one activation block (lane r: row r). A
+// vpmaddubsw pair is at most 2 * 15 * 127 in magnitude, so 16 products (30480) still fit
+// int16: two rounds of vphaddw combine the rows before one widening vpmaddwd.
+inline __m256i nibble_dot8(const Nibbles8& u, const int8_t* xq) {
+  const __m256i x_lo =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq)));
+  const __m256i x_hi =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16)));
+  __m256i s[4];
+  SPW_UNROLL for (int i = 0; i < 4; ++i) {
+    s[i] = _mm256_add_epi16(_mm256_maddubs_epi16(u.lo[i], x_lo),
+                            _mm256_maddubs_epi16(u.hi[i], x_hi));
+  }
+  // Low half: rows 0..3, high half: rows 4..7, two partial sums each.
+  const __m256i sum16 =
+      _mm256_hadd_epi16(_mm256_hadd_epi16(s[0], s[1]), _mm256_hadd_epi16(s[2], s[3]));
+  return _mm256_madd_epi16(sum16, _mm256_set1_epi16(1));
+}
+
+// Weight block types. unpack() prepares the blocks at p[r] + off of 8 rows, dot() gives
+// their 8 integer row sums against one activation block, scales() the 8 scales d and
+// (types with a min) the 8 terms m per unit of activation sum (Q4_1: m; Q4_0: -8 d).
 struct Q4_0W {
   static constexpr int kBytes = 18;
   static constexpr bool kHasMin = true;
-  static constexpr int kR = 4, kC = 2;  // micro-tile: fits the 16 ymm registers
-  static inline __m128 load(const uint8_t* p, __m256i& q, __m256i&) {
-    const __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128(load_u16(p)));
-    q = unpack_nibbles(p + 2);
-    return _mm_unpacklo_ps(d, _mm_mul_ss(d, _mm_set_ss(-8.0f)));
+  static constexpr int kC = 4;  // tokens per tile
+  using Unpacked = Nibbles8;
+  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+    unpack_nibbles8(p, off + 2, u);
   }
-  static inline __m256i dot(__m256i q, __m256i, __m256i x) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1));
+  static inline __m256i dot(const Unpacked& u, const int8_t* xq) {
+    return nibble_dot8(u, xq);
+  }
+  static inline void scales(const uint8_t* const* p, int64_t off, __m256& d, __m256& m) {
+    d = f16x8(p, off);
+    m = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
   }
 };
 
 struct Q4_1W {
   static constexpr int kBytes = 20;
   static constexpr bool kHasMin = true;
-  static constexpr int kR = 4, kC = 2;
-  static inline __m128 load(const uint8_t* p, __m256i& q, __m256i&) {
-    q = unpack_nibbles(p + 4);
-    return _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(load_u32(p))));
+  static constexpr int kC = 4;
+  using Unpacked = Nibbles8;
+  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+    unpack_nibbles8(p, off + 4, u);
   }
-  static inline __m256i dot(__m256i q, __m256i, __m256i x) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1));
+  static inline __m256i dot(const Unpacked& u, const int8_t* xq) {
+    return nibble_dot8(u, xq);
+  }
+  // {d, m} pairs of rows (0, 1, 4, 5) and (2, 3, 6, 7) as f32, so that the even / odd
+  // lanes of the two interleave into rows 0..7 in order.
+  static inline void scales(const uint8_t* const* p, int64_t off, __m256& d, __m256& m) {
+    const __m256 a = _mm256_cvtph_ps(_mm_setr_epi32(
+        static_cast<int>(load_u32(p[0] + off)), static_cast<int>(load_u32(p[1] + off)),
+        static_cast<int>(load_u32(p[4] + off)), static_cast<int>(load_u32(p[5] + off))));
+    const __m256 b = _mm256_cvtph_ps(_mm_setr_epi32(
+        static_cast<int>(load_u32(p[2] + off)), static_cast<int>(load_u32(p[3] + off)),
+        static_cast<int>(load_u32(p[6] + off)), static_cast<int>(load_u32(p[7] + off))));
+    d = _mm256_shuffle_ps(a, b, 0x88);
+    m = _mm256_shuffle_ps(a, b, 0xDD);
   }
 };
 
 struct Q8_0W {
   static constexpr int kBytes = 34;
   static constexpr bool kHasMin = false;
-  static constexpr int kR = 2, kC = 4;  // two registers per weight block (|w|, w)
-  static inline __m128 load(const uint8_t* p, __m256i& q, __m256i& sign) {
-    sign = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
-    q = _mm256_sign_epi8(sign, sign);  // |w|; -128 stays 0x80 = 128 unsigned
-    return _mm_cvtph_ps(_mm_cvtsi32_si128(load_u16(p)));
+  static constexpr int kC = 4;
+  struct Unpacked {
+    const uint8_t* const* p;
+    int64_t off;
+  };
+  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+    u = {p, off + 2};
   }
-  static inline __m256i dot(__m256i q, __m256i sign, __m256i x) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_sign_epi8(x, sign)),
-                             _mm256_set1_epi16(1));
+  // |w| x sign(w) x: vpmaddubsw pairs reach 2 * 128 * 127, so every row is widened to
+  // int32 before the rows are combined. (-128 stays 0x80 = 128 as |w|.)
+  static inline __m256i dot(const Unpacked& u, const int8_t* xq) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+    __m256i s[8];
+    SPW_UNROLL for (int r = 0; r < 8; ++r) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u.p[r] + u.off));
+      s[r] = _mm256_madd_epi16(
+          _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones);
+    }
+    return rows8_epi32(s);
+  }
+  static inline void scales(const uint8_t* const* p, int64_t off, __m256& d, __m256&) {
+    d = f16x8(p, off);
   }
 };
 
-// y[c * ldy + r] = row r . token c for R rows starting at `w0` (stride `rb` bytes) and C
-// activation rows. The per-block f32 terms: acc[r][c] += isum * (d_r * dx_c) in 8 lanes;
-// the min terms of all R rows share one 4-lane vector per token: macc[c][r] += m_r * s_c.
-//
-// When `pf` is set (matrix-vector products), the R rows at pf (the next group) are
-// prefetched meanwhile, R blocks' worth per block: at T = 1 weights stream from memory
-// once per token, and the hardware prefetcher alone does not keep up with R interleaved
-// row streams. The arithmetic does not depend on the tile shape, so decode (T = 1) and
-// prefill (T > 1) give bit-identical results.
-template <class W, int R, int C>
-inline void micro_legacy(const uint8_t* w0, uint64_t rb, const Q8ARow* x, int64_t nb, float* y,
-                         int64_t ldy, const uint8_t* pf = nullptr) {
-  constexpr int kStep = R * W::kBytes;  // bytes of the next group per block
-  static_assert(R <= 4);
-  __m256 acc[R][C];
-  __m128 macc[C];
-  SPW_UNROLL for (int r = 0; r < R; ++r) {
-    SPW_UNROLL for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-  }
-  SPW_UNROLL for (int c = 0; c < C; ++c) macc[c] = _mm_setzero_ps();
+// y[c * ldy + r] = row p[r] . token c for r < n_rows (<= 8) and C tokens. When `pf` is set
+// (matrix-vector products), the next group of 8 rows (8 * kBytes per block, contiguous)
+// is prefetched meanwhile: at T = 1 weights stream from memory once per token, and the
+// hardware prefetcher alone does not keep up with 8 interleaved row streams.
+template <class W, int C>
+inline void group8(const uint8_t* const* p, const Q8ARow* x, int64_t nb, float* y, int64_t ldy,
+                   int n_rows, const uint8_t* pf) {
+  constexpr int kStep = 8 * W::kBytes;
+  __m256 acc[C], macc[C];
+  SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = macc[c] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     if (pf != nullptr) {
       SPW_UNROLL for (int i = 0; i < kStep; i += 64) {
         _mm_prefetch(reinterpret_cast<const char*>(pf + b * kStep + i), _MM_HINT_T0);
       }
     }
-    __m256i q[R], sg[R];
-    alignas(16) float wd[4];
-    alignas(16) float wm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    SPW_UNROLL for (int r = 0; r < R; ++r) {
-      const __m128 dm = W::load(w0 + r * rb + b * W::kBytes, q[r], sg[r]);
-      _mm_store_ss(&wd[r], dm);
-      if constexpr (W::kHasMin) _mm_store_ss(&wm[r], _mm_movehdup_ps(dm));
-    }
-    const __m128 mv = _mm_load_ps(wm);
+    const int64_t off = b * W::kBytes;
+    typename W::Unpacked u;
+    W::unpack(p, off, u);
+    __m256 d, m = _mm256_setzero_ps();
+    W::scales(p, off, d, m);
     SPW_UNROLL for (int c = 0; c < C; ++c) {
-      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[c].qs + b * 32));
-      const __m256 xd = _mm256_broadcast_ss(x[c].d + b);
-      SPW_UNROLL for (int r = 0; r < R; ++r) {
-        const __m256 p = _mm256_cvtepi32_ps(W::dot(q[r], sg[r], xv));
-        acc[r][c] = _mm256_fmadd_ps(p, _mm256_mul_ps(_mm256_broadcast_ss(&wd[r]), xd), acc[r][c]);
+      const __m256i isum = W::dot(u, x[c].qs + b * kQK);
+      acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
+                               _mm256_mul_ps(d, _mm256_broadcast_ss(x[c].d + b)), acc[c]);
+      if constexpr (W::kHasMin) {
+        macc[c] = _mm256_fmadd_ps(m, _mm256_broadcast_ss(x[c].s + b), macc[c]);
       }
-      if constexpr (W::kHasMin) macc[c] = _mm_fmadd_ps(mv, _mm_broadcast_ss(x[c].s + b), macc[c]);
     }
   }
   SPW_UNROLL for (int c = 0; c < C; ++c) {
-    alignas(16) float m[4];
-    _mm_store_ps(m, macc[c]);
-    SPW_UNROLL for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum(acc[r][c]) + m[r];
+    const __m256 v = W::kHasMin ? _mm256_add_ps(acc[c], macc[c]) : acc[c];
+    if (n_rows == 8) {
+      _mm256_storeu_ps(y + c * ldy, v);
+    } else {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, v);
+      for (int r = 0; r < n_rows; ++r) y[c * ldy + r] = tmp[r];
+    }
   }
 }
 
 constexpr int64_t kPanel = 64;  // weight rows kept hot in cache while tokens stream by
-
-template <class W, int R>
-inline void micro_legacy_c(int c, const uint8_t* w0, uint64_t rb, const Q8ARow* x, int64_t nb,
-                           float* y, int64_t ldy) {
-  switch (c) {
-    case 1:
-      micro_legacy<W, R, 1>(w0, rb, x, nb, y, ldy);
-      break;
-    case 2:
-      if constexpr (W::kC >= 2) micro_legacy<W, R, 2>(w0, rb, x, nb, y, ldy);
-      break;
-    case 3:
-      if constexpr (W::kC >= 3) micro_legacy<W, R, 3>(w0, rb, x, nb, y, ldy);
-      break;
-    default:
-      if constexpr (W::kC >= 4) micro_legacy<W, R, 4>(w0, rb, x, nb, y, ldy);
-      break;
-  }
-}
 
 template <class W>
 void tile_legacy(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
@@ -193,39 +254,33 @@ void tile_legacy(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
   const int64_t nb = w.cols / kQK;
   const auto* base = static_cast<const uint8_t*>(w.data);
   const uint64_t rb = w.row_bytes;
+  const bool stream = t1 - t0 == 1;  // matrix-vector: prefetch the next group
   for (int64_t p0 = r0; p0 < r1; p0 += kPanel) {
     const int64_t p1 = min64(r1, p0 + kPanel);
     for (int64_t t = t0; t < t1; t += W::kC) {
       const int c = static_cast<int>(min64(W::kC, t1 - t));
       Q8ARow x[W::kC];
       for (int i = 0; i < c; ++i) x[i] = q8a_row(xq, w.cols, t + i);
-      float* yt = y + t * ldy;
-      int64_t r = p0;
-      if (c == 1) {  // matrix-vector: registers to spare for 4 rows of every type
-        for (; r + 4 <= p1; r += 4) {
-          const uint8_t* w0 = base + r * rb;
-          micro_legacy<W, 4, 1>(w0, rb, x, nb, yt + r, ldy, r + 8 <= r1 ? w0 + 4 * rb : nullptr);
+      for (int64_t r = p0; r < p1; r += 8) {
+        const int n = static_cast<int>(min64(8, p1 - r));
+        const uint8_t* p[8];
+        for (int i = 0; i < 8; ++i) p[i] = base + (r + (i < n ? i : n - 1)) * rb;
+        const uint8_t* pf = stream && r + 16 <= r1 ? p[0] + 8 * rb : nullptr;
+        float* yo = y + t * ldy + r;
+        switch (c) {
+          case 1:
+            group8<W, 1>(p, x, nb, yo, ldy, n, pf);
+            break;
+          case 2:
+            group8<W, 2>(p, x, nb, yo, ldy, n, nullptr);
+            break;
+          case 3:
+            group8<W, 3>(p, x, nb, yo, ldy, n, nullptr);
+            break;
+          default:
+            group8<W, 4>(p, x, nb, yo, ldy, n, nullptr);
+            break;
         }
-      }
-      for (; r + W::kR <= p1; r += W::kR) {
-        micro_legacy_c<W, W::kR>(c, base + r * rb, rb, x, nb, yt + r, ldy);
-      }
-      switch (p1 - r) {
-        case 1:
-          micro_legacy_c<W, 1>(c, base + r * rb, rb, x, nb, yt + r, ldy);
-          break;
-        case 2:
-          if constexpr (W::kR > 2) micro_legacy_c<W, 2>(c, base + r * rb, rb, x, nb, yt + r, ldy);
-          break;
-        case 3:
-          if (c == 1) {
-            micro_legacy<W, 3, 1>(base + r * rb, rb, x, nb, yt + r, ldy);
-          } else if constexpr (W::kR > 3) {
-            micro_legacy_c<W, 3>(c, base + r * rb, rb, x, nb, yt + r, ldy);
-          }
-          break;
-        default:
-          break;
       }
     }
   }

@@ -178,6 +178,42 @@ TEST_P(MatmulTypes, EveryFamilyMatchesScalarReference) {
   }
 }
 
+// Decode computes one token at a time, prefill and chunked evaluation many: the model's
+// prefill == decode guarantee rests on every family giving each token the same bits
+// whatever the tile shape, the thread count and the token split.
+TEST_P(MatmulTypes, TokensInABatchGetTheBitsOfSingleTokenProducts) {
+  const DType t = GetParam();
+  if (!has_integer_kernel(t)) GTEST_SKIP() << dtype_name(t) << " uses the f32 fallback";
+  const int64_t cols = cols_for(t);
+  uint32_t seed = 300;
+  for (int64_t rows : {5, 13, 40, 131}) {
+    const TestMatrix m = make_matrix(t, rows, cols, seed++);
+    const int64_t T = 11;
+    const TestActs a = make_acts(T, cols, seed++);
+    for (KernelIsa isa : available_isas()) {
+      for (int threads : {1, 2, 3}) {
+        ThreadPool pool(threads);
+        Activations batch;
+        batch.set(a.x, T, cols);
+        std::vector<float> yb(static_cast<size_t>(T * rows));
+        matmul_with(isa, m.w, batch, yb.data(), rows, pool);
+        for (int64_t tt = 0; tt < T; ++tt) {
+          Activations one;
+          one.set(a.x + tt * cols, 1, cols);
+          std::vector<float> y1(static_cast<size_t>(rows));
+          matmul_with(isa, m.w, one, y1.data(), rows, pool);
+          for (int64_t r = 0; r < rows; ++r) {
+            ASSERT_EQ(std::memcmp(&y1[r], &yb[tt * rows + r], sizeof(float)), 0)
+                << dtype_name(t) << " " << isa_name(isa) << " rows " << rows << " threads "
+                << threads << " at (" << tt << ", " << r << "): " << y1[r] << " vs "
+                << yb[tt * rows + r];
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_P(MatmulTypes, MatchesF32ReferenceWithinActivationQuantizationError) {
   const DType t = GetParam();
   const int64_t cols = cols_for(t), rows = 17, T = 5;
