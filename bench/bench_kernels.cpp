@@ -20,6 +20,7 @@
 #include "spillway/core/quant.h"
 #include "spillway/core/thread_pool.h"
 #include "spillway/core/types.h"
+#include "spillway/ops/attention.h"
 #include "spillway/ops/matmul.h"
 
 namespace {
@@ -98,6 +99,45 @@ void bench_matvec_cold(benchmark::State& state, KernelIsa isa, DType t, int64_t 
       benchmark::Counter::kIsRate);
 }
 
+// Decode attention of one layer at SmolLM2's shape (9 query heads, 3 KV heads, head_dim
+// 64) over `span` cached keys, piece by piece and merged, on one thread; the cache of one
+// layer stays in L2/L3 here, so this is the compute side (KV GB/s from cache).
+void bench_attention(benchmark::State& state, spillway::DType kv_type, int64_t span) {
+  const int64_t nh = 9, nkv = 3, hd = 64;
+  const size_t n = static_cast<size_t>(nkv * span * hd);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  std::vector<float> kf(n), vf(n), q(static_cast<size_t>(nh * hd)), out(q.size());
+  for (auto& x : kf) x = nd(rng);
+  for (auto& x : vf) x = nd(rng);
+  for (auto& x : q) x = nd(rng);
+  std::vector<uint16_t> kh(n), vh(n);
+  for (size_t i = 0; i < n; ++i) {
+    kh[i] = spillway::f32_to_f16(kf[i]);
+    vh[i] = spillway::f32_to_f16(vf[i]);
+  }
+  const bool f16 = kv_type == spillway::DType::F16;
+  const void* k = f16 ? static_cast<const void*>(kh.data()) : kf.data();
+  const void* v = f16 ? static_cast<const void*>(vh.data()) : vf.data();
+  const spillway::ops::AttentionShape s{nh, nkv, hd, span * hd, kv_type, 0.125f};
+  // Two runs, as a sink policy has.
+  const spillway::ops::KeyRun runs[2] = {{0, 4, q.data()},
+                                         {4, static_cast<int32_t>(span), q.data()}};
+  std::vector<float> scratch(
+      static_cast<size_t>(spillway::ops::attention_pieces(span) *
+                          spillway::ops::attention_part_floats(s)));
+  for (auto _ : state) {
+    for (int64_t g = 0; g < nkv; ++g) {
+      spillway::ops::attend_group(s, g, runs, 2, k, v, out.data(), scratch.data());
+    }
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["KV GB/s"] = benchmark::Counter(
+      2.0 * static_cast<double>(n) * (f16 ? 2 : 4) * static_cast<double>(state.iterations()) / 1e9,
+      benchmark::Counter::kIsRate);
+}
+
 void bench_stream_read(benchmark::State& state) {
   const size_t n = (512ull << 20) / sizeof(uint64_t);
   std::unique_ptr<uint64_t[]> buf(new uint64_t[n]);
@@ -155,6 +195,16 @@ int main(int argc, char** argv) {
             ->Unit(benchmark::kMicrosecond)
             ->UseRealTime();
       }
+    }
+  }
+  for (spillway::DType kv : {spillway::DType::F32, spillway::DType::F16}) {
+    for (int64_t span : {128, 1024, 4096}) {
+      const std::string name =
+          fmt::format("attention/{}/9x3x64/span{}", spillway::dtype_name(kv), span);
+      benchmark::RegisterBenchmark(name.c_str(),
+                                   [=](benchmark::State& st) { bench_attention(st, kv, span); })
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
     }
   }
   benchmark::RegisterBenchmark("stream_read/512MB/threads:1", bench_stream_read)

@@ -30,14 +30,29 @@ Forward::Forward(const LlamaModel& model, ThreadPool& pool, int64_t max_batch)
   attn_.resize(B * c.n_head * c.head_dim);
   gate_.resize(B * c.n_ff);
   up_.resize(B * c.n_ff);
-  runs_.resize(static_cast<size_t>(pool.size()) * kMaxRunsPerToken);
+  q_index_.reserve(B * kMaxRunsPerToken);
+  key_runs_.reserve(B * kMaxRunsPerToken);
+  first_item_.resize(B + 1);
 }
+
+namespace {
+// Attention work items of a step: one token's pieces are spread over threads (and merged
+// after) when tokens x KV heads alone cannot keep the threads busy (decode); otherwise a
+// thread takes whole (token, KV head) items. Either way the pieces and their merge are
+// the same, so the results are too.
+bool split_pieces(int64_t T, int64_t n_head_kv, int n_threads) {
+  return n_threads > 1 && T * n_head_kv < 4 * int64_t{n_threads};
+}
+}  // namespace
 
 void Forward::reserve_span(int64_t max_span) {
   const auto& c = model_.config();
-  const size_t need =
-      static_cast<size_t>(pool_.size()) * static_cast<size_t>(max_span * (c.n_head / c.n_head_kv));
-  if (scratch_.size() < need) scratch_.resize(need);
+  const ops::AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim, 0, DType::F32, 1.0f};
+  // Split items: fewer than 4 * n_threads (token, KV head) pairs, each with its pieces.
+  const size_t need = static_cast<size_t>(4 * int64_t{pool_.size()} *
+                                          ops::attention_pieces(std::max<int64_t>(1, max_span)) *
+                                          ops::attention_part_floats(shape));
+  if (attn_parts_.size() < need) attn_parts_.resize(need);
 }
 
 const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::KvStorage& kv,
@@ -53,6 +68,7 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
   // Check the plan against the storage once, and size the attention scratch.
   int64_t max_span = 0;
   q_index_.resize(plan.ranges.size());
+  key_runs_.resize(plan.ranges.size());
   for (int64_t t = 0; t < T; ++t) {
     const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
     if (tp.write_slot < 0 || tp.write_slot >= kv.n_slots() ||
@@ -87,7 +103,15 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
     max_span = std::max(max_span, span);
   }
   reserve_span(max_span);
-  const size_t scratch_per_thread = static_cast<size_t>(max_span * (nh / nkv));
+  const int64_t part_floats = ops::attention_part_floats({nh, nkv, hd, 0, DType::F32, 1.0f});
+  const int64_t parts_per_thread = ops::attention_pieces(max_span) * part_floats;
+  const bool split = split_pieces(T, nkv, pool_.size());
+  int64_t n_items = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    first_item_[static_cast<size_t>(t)] = n_items;
+    n_items += split ? nkv * ops::attention_pieces(plan.span_size(static_cast<size_t>(t))) : nkv;
+  }
+  first_item_[static_cast<size_t>(T)] = n_items;
   const bool record = record_layer_ >= 0 && record_layer_ < c.n_layer;
   const int64_t last_span = plan.span_size(static_cast<size_t>(T - 1));
   if (record) recorded_.assign(static_cast<size_t>(nh * last_span), 0.0f);
@@ -138,29 +162,67 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
       }
     });
 
+    for (int64_t t = 0; t < T; ++t) {
+      const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
+      for (int32_t r = tp.range_begin; r < tp.range_end; ++r) {
+        const auto ri = static_cast<size_t>(r);
+        const kv::SlotRange& sr = plan.ranges[ri];
+        key_runs_[ri] = {sr.begin, sr.end, qr_.data() + (t * 2 + q_index_[ri]) * qdim};
+      }
+    }
     const void* kbase = kv.k(l, 0);
     const void* vbase = kv.v(l, 0);
-    pool_.run([&](int ith, int nth) {
-      float* scratch = scratch_.data() + static_cast<size_t>(ith) * scratch_per_thread;
-      ops::KeyRun* runs = runs_.data() + static_cast<size_t>(ith) * kMaxRunsPerToken;
-      const int64_t items = T * nkv;
-      const int64_t i0 = items * ith / nth, i1 = items * (ith + 1) / nth;
-      for (int64_t item = i0; item < i1; ++item) {
-        const int64_t t = item / nkv, g = item % nkv;
-        const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
-        int n_runs = 0;
-        for (int32_t r = tp.range_begin; r < tp.range_end; ++r) {
-          const kv::SlotRange& sr = plan.ranges[static_cast<size_t>(r)];
-          runs[n_runs++] = {sr.begin, sr.end,
-                            qr_.data() + (t * 2 + q_index_[static_cast<size_t>(r)]) * qdim};
+    const auto token_runs = [&](int64_t t, int& n_runs) {
+      const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
+      n_runs = tp.range_end - tp.range_begin;
+      return key_runs_.data() + tp.range_begin;
+    };
+    if (split) {
+      // Items (token, KV head, piece), pieces of one (token, KV head) consecutive.
+      pool_.parallel_for(n_items, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t item = i0; item < i1; ++item) {
+          int64_t t = 0;
+          while (first_item_[static_cast<size_t>(t + 1)] <= item) ++t;
+          const int64_t span = plan.span_size(static_cast<size_t>(t));
+          const int64_t local = item - first_item_[static_cast<size_t>(t)];
+          const int64_t n_pieces = ops::attention_pieces(span);
+          const int64_t g = local / n_pieces, p = local % n_pieces;
+          int n_runs = 0;
+          const ops::KeyRun* runs = token_runs(t, n_runs);
+          ops::attend_piece(shape, g, runs, n_runs, p * ops::kAttnPiece,
+                            std::min(span, (p + 1) * ops::kAttnPiece), kbase, vbase,
+                            attn_parts_.data() + item * part_floats);
         }
-        float* probs = (record && l == record_layer_ && t == T - 1)
-                           ? recorded_.data() + g * (nh / nkv) * last_span
-                           : nullptr;
-        ops::attend_group(shape, g, runs, n_runs, kbase, vbase, attn_.data() + t * qdim, scratch,
-                          probs);
+      });
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t n_pieces = ops::attention_pieces(plan.span_size(static_cast<size_t>(t)));
+        for (int64_t g = 0; g < nkv; ++g) {
+          const int64_t first = first_item_[static_cast<size_t>(t)] + g * n_pieces;
+          ops::attend_merge(shape, g, attn_parts_.data() + first * part_floats, n_pieces,
+                            attn_.data() + t * qdim);
+        }
       }
-    });
+    } else {
+      // Items (token, KV head), a static share per work item with its own partials.
+      pool_.run([&](int ith, int nth) {
+        float* parts = attn_parts_.data() + static_cast<size_t>(ith) * parts_per_thread;
+        const int64_t i0 = n_items * ith / nth, i1 = n_items * (ith + 1) / nth;
+        for (int64_t item = i0; item < i1; ++item) {
+          const int64_t t = item / nkv, g = item % nkv;
+          int n_runs = 0;
+          const ops::KeyRun* runs = token_runs(t, n_runs);
+          ops::attend_group(shape, g, runs, n_runs, kbase, vbase, attn_.data() + t * qdim, parts);
+        }
+      });
+    }
+    if (record && l == record_layer_) {
+      int n_runs = 0;
+      const ops::KeyRun* runs = token_runs(T - 1, n_runs);
+      for (int64_t g = 0; g < nkv; ++g) {
+        ops::attention_probs(shape, g, runs, n_runs, kbase,
+                             recorded_.data() + g * (nh / nkv) * last_span);
+      }
+    }
 
     act_.set(attn_.data(), T, qdim);
     ops::matmul(L.wo, act_, xn_.data(), d, pool_);

@@ -4,10 +4,10 @@
 #include <cmath>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-#define SPILLWAY_ATTN_AVX2 1
-#endif
+#include <fmt/format.h>
+
+#include "matmul_internal.h"
+#include "spillway/core/error.h"
 
 namespace spillway::ops {
 
@@ -18,117 +18,150 @@ inline float load_elem(const void* base, int64_t idx, DType t) {
                          : f16_to_f32(static_cast<const uint16_t*>(base)[idx]);
 }
 
-#if SPILLWAY_ATTN_AVX2
-inline __m256 load8(const void* row, int64_t i, DType t) {
-  if (t == DType::F32) return _mm256_loadu_ps(static_cast<const float*>(row) + i);
-  return _mm256_cvtph_ps(
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + i)));
-}
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-#endif
-
-// scores[g] = q_g . key for the G queries of a group (one key row).
-inline void dot_group(const float* const* q, int G, const void* key, int64_t d, DType t,
-                      float* scores) {
-#if SPILLWAY_ATTN_AVX2
-  if (d % 8 == 0 && G <= 4) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    for (int64_t i = 0; i < d; i += 8) {
-      const __m256 kv = load8(key, i, t);
-      for (int g = 0; g < G; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q[g] + i), kv, acc[g]);
-    }
-    for (int g = 0; g < G; ++g) scores[g] = hsum(acc[g]);
-    return;
-  }
-#endif
-  for (int g = 0; g < G; ++g) {
-    float acc = 0.0f;
-    for (int64_t i = 0; i < d; ++i) acc += q[g][i] * load_elem(key, i, t);
-    scores[g] = acc;
-  }
+bool use_avx2(const AttentionShape& s) {
+  static const bool cpu = detail::cpu_has_avx2();
+  return cpu && s.head_dim % 16 == 0;
 }
 
-// out[g] += p[g] * value for the G heads of a group (one value row).
-inline void axpy_group(float* const* out, const float* p, int G, const void* value, int64_t d,
-                       DType t) {
-#if SPILLWAY_ATTN_AVX2
-  if (d % 8 == 0) {
-    for (int64_t i = 0; i < d; i += 8) {
-      const __m256 vv = load8(value, i, t);
-      for (int g = 0; g < G; ++g)
-        _mm256_storeu_ps(out[g] + i,
-                         _mm256_fmadd_ps(_mm256_set1_ps(p[g]), vv, _mm256_loadu_ps(out[g] + i)));
+// The parts of the runs that fall in positions [n0, n1) of their concatenation, into
+// `out` (at most n1 - n0 entries); returns how many.
+int clip_runs(const KeyRun* runs, int n_runs, int64_t n0, int64_t n1, KeyRun* out) {
+  int n = 0;
+  int64_t base = 0;
+  for (int r = 0; r < n_runs && base < n1; ++r) {
+    const int64_t len = runs[r].end - runs[r].begin;
+    const int64_t lo = std::max(n0, base), hi = std::min(n1, base + len);
+    if (lo < hi) {
+      out[n++] = {static_cast<int32_t>(runs[r].begin + (lo - base)),
+                  static_cast<int32_t>(runs[r].begin + (hi - base)), runs[r].q};
     }
-    return;
+    base += len;
   }
-#endif
-  for (int64_t i = 0; i < d; ++i) {
-    const float x = load_elem(value, i, t);
-    for (int g = 0; g < G; ++g) out[g][i] += p[g] * x;
+  return n;
+}
+
+// Plain-loop piece: the same contract as the AVX2 kernel.
+void piece_scalar(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
+                  const void* k, const void* v, float* part) {
+  const int64_t d = s.head_dim;
+  const int64_t G = s.n_head / s.n_head_kv;
+  const int64_t head = kv_head * s.head_stride;
+  float sc[kAttnPiece];
+  for (int64_t g = 0; g < G; ++g) {
+    float m = -INFINITY;
+    int64_t n = 0;
+    for (int r = 0; r < n_sub; ++r) {
+      const float* q = sub[r].q + (kv_head * G + g) * d;
+      for (int32_t j = sub[r].begin; j < sub[r].end; ++j, ++n) {
+        float acc = 0.0f;
+        for (int64_t i = 0; i < d; ++i) acc += q[i] * load_elem(k, head + j * d + i, s.kv_type);
+        sc[n] = acc * s.scale;
+        m = std::max(m, sc[n]);
+      }
+    }
+    float l = 0.0f;
+    for (int64_t i = 0; i < n; ++i) l += (sc[i] = std::exp(sc[i] - m));
+    float* a = part + 2 * G + g * d;
+    std::fill(a, a + d, 0.0f);
+    n = 0;
+    for (int r = 0; r < n_sub; ++r) {
+      for (int32_t j = sub[r].begin; j < sub[r].end; ++j, ++n) {
+        for (int64_t i = 0; i < d; ++i) a[i] += sc[n] * load_elem(v, head + j * d + i, s.kv_type);
+      }
+    }
+    part[g] = m;
+    part[G + g] = l;
   }
 }
 
 }  // namespace
 
+void attend_piece(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
+                  int64_t n0, int64_t n1, const void* k, const void* v, float* part) {
+  if (n0 < 0 || n1 <= n0 || n1 - n0 > kAttnPiece) {
+    throw InvalidArgument(fmt::format("attend_piece: bad key range [{}, {}) (at most {} keys)",
+                                      n0, n1, kAttnPiece));
+  }
+  KeyRun sub[kAttnPiece];
+  const int n_sub = clip_runs(runs, n_runs, n0, n1, sub);
+  int64_t total = 0;
+  for (int r = 0; r < n_sub; ++r) total += sub[r].end - sub[r].begin;
+  if (total != n1 - n0) {
+    throw InvalidArgument(fmt::format("attend_piece: key range [{}, {}) lies beyond the runs "
+                                      "({} keys in it)",
+                                      n0, n1, total));
+  }
+  if (use_avx2(s)) {
+    detail::attend_piece_avx2(s, kv_head, sub, n_sub, total, k, v, part);
+  } else {
+    piece_scalar(s, kv_head, sub, n_sub, k, v, part);
+  }
+}
+
+void attend_merge(const AttentionShape& s, int64_t kv_head, const float* parts, int64_t n_pieces,
+                  float* out) {
+  const int64_t d = s.head_dim;
+  const int64_t G = s.n_head / s.n_head_kv;
+  const int64_t pf = attention_part_floats(s);
+  for (int64_t g = 0; g < G; ++g) {
+    float m = -INFINITY;
+    for (int64_t p = 0; p < n_pieces; ++p) m = std::max(m, parts[p * pf + g]);
+    double l = 0.0;
+    for (int64_t p = 0; p < n_pieces; ++p) {
+      l += static_cast<double>(parts[p * pf + G + g]) * std::exp(parts[p * pf + g] - m);
+    }
+    float* o = out + (kv_head * G + g) * d;
+    std::fill(o, o + d, 0.0f);
+    for (int64_t p = 0; p < n_pieces; ++p) {
+      const auto w = static_cast<float>(std::exp(parts[p * pf + g] - m) / l);
+      const float* a = parts + p * pf + 2 * G + g * d;
+      for (int64_t i = 0; i < d; ++i) o[i] += w * a[i];
+    }
+  }
+}
+
 void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
                   const void* k, const void* v, float* out, float* scratch, float* probs_out) {
-  const int64_t d = s.head_dim;
-  const int G = static_cast<int>(s.n_head / s.n_head_kv);
-  const size_t es = s.kv_type == DType::F16 ? 2 : 4;
-  const auto* kb =
-      static_cast<const std::byte*>(k) + static_cast<size_t>(kv_head * s.head_stride) * es;
-  const auto* vb =
-      static_cast<const std::byte*>(v) + static_cast<size_t>(kv_head * s.head_stride) * es;
-  const size_t row = static_cast<size_t>(d) * es;
   int64_t total = 0;
   for (int r = 0; r < n_runs; ++r) total += runs[r].end - runs[r].begin;
+  if (total <= 0) throw InvalidArgument("attend_group: no keys to attend to");
+  const int64_t n_pieces = attention_pieces(total);
+  const int64_t pf = attention_part_floats(s);
+  for (int64_t p = 0; p < n_pieces; ++p) {
+    attend_piece(s, kv_head, runs, n_runs, p * kAttnPiece, std::min(total, (p + 1) * kAttnPiece),
+                 k, v, scratch + p * pf);
+  }
+  attend_merge(s, kv_head, scratch, n_pieces, out);
+  if (probs_out != nullptr) attention_probs(s, kv_head, runs, n_runs, k, probs_out);
+}
 
-  // Heads are processed in slices of at most 4 (registers) sharing each key/value load.
-  for (int g0 = 0; g0 < G; g0 += 4) {
-    const int gn = std::min(4, G - g0);
-    float max_score[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+void attention_probs(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
+                     const void* k, float* probs) {
+  const int64_t d = s.head_dim;
+  const int64_t G = s.n_head / s.n_head_kv;
+  int64_t total = 0;
+  for (int r = 0; r < n_runs; ++r) total += runs[r].end - runs[r].begin;
+  for (int64_t g = 0; g < G; ++g) {
+    float* pg = probs + g * total;
+    double m = -INFINITY;
     int64_t n = 0;
     for (int r = 0; r < n_runs; ++r) {
-      const float* q[4];
-      for (int g = 0; g < gn; ++g) q[g] = runs[r].q + (kv_head * G + g0 + g) * d;
+      const float* q = runs[r].q + (kv_head * G + g) * d;
       for (int32_t j = runs[r].begin; j < runs[r].end; ++j, ++n) {
-        float sc[4];
-        dot_group(q, gn, kb + row * static_cast<size_t>(j), d, s.kv_type, sc);
-        for (int g = 0; g < gn; ++g) {
-          sc[g] *= s.scale;
-          scratch[g * total + n] = sc[g];
-          max_score[g] = std::max(max_score[g], sc[g]);
+        double acc = 0.0;
+        for (int64_t i = 0; i < d; ++i) {
+          acc += static_cast<double>(q[i]) *
+                 load_elem(k, kv_head * s.head_stride + j * d + i, s.kv_type);
         }
+        acc *= s.scale;
+        pg[n] = static_cast<float>(acc);
+        m = std::max(m, acc);
       }
     }
-    float inv[4];
-    for (int g = 0; g < gn; ++g) {
-      double sum = 0.0;
-      float* sg = scratch + g * total;
-      for (int64_t i = 0; i < total; ++i) sum += (sg[i] = std::exp(sg[i] - max_score[g]));
-      inv[g] = static_cast<float>(1.0 / sum);
-    }
-    float* o[4];
-    for (int g = 0; g < gn; ++g) {
-      o[g] = out + (kv_head * G + g0 + g) * d;
-      std::fill(o[g], o[g] + d, 0.0f);
-    }
-    n = 0;
-    for (int r = 0; r < n_runs; ++r) {
-      for (int32_t j = runs[r].begin; j < runs[r].end; ++j, ++n) {
-        float p[4];
-        for (int g = 0; g < gn; ++g) {
-          p[g] = scratch[g * total + n] * inv[g];
-          if (probs_out) probs_out[(g0 + g) * total + n] = p[g];
-        }
-        axpy_group(o, p, gn, vb + row * static_cast<size_t>(j), d, s.kv_type);
-      }
+    double sum = 0.0;
+    for (int64_t i = 0; i < total; ++i) sum += std::exp(static_cast<double>(pg[i]) - m);
+    for (int64_t i = 0; i < total; ++i) {
+      pg[i] = static_cast<float>(std::exp(static_cast<double>(pg[i]) - m) / sum);
     }
   }
 }

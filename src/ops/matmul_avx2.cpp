@@ -23,6 +23,8 @@
 #pragma GCC target("avx2,fma,f16c")
 #endif
 
+#include "simd_avx2.h"
+
 // Fully unrolls the tiny loops over tile rows / tokens so that the accumulator arrays
 // live in registers.
 #if defined(__clang__)
@@ -55,12 +57,6 @@ inline float f16(const uint8_t* p) {
   return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(load_u16(p))));
 }
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // ---- legacy types (Q4_0, Q4_1, Q8_0): groups of 8 weight rows ----
 //

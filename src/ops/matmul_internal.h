@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "spillway/core/quant.h"
+#include "spillway/ops/attention.h"
 #include "spillway/ops/matmul.h"
 
 namespace spillway::ops::detail {
@@ -84,5 +85,10 @@ inline void k4_scale_min(const uint8_t* scales, int j, int& sc, int& m) {
 void swiglu_avx2(float* gate, const float* up, int64_t n);
 void softmax_avx2(float* x, int64_t n);
 void rmsnorm_avx2(const float* x, const float* w, float* y, int64_t n, float eps);
+
+// AVX2 attention piece (attention_avx2.cpp): the contract of ops::attend_piece for runs
+// already clipped to the piece (`total` keys, at most kAttnPiece); head_dim % 16 == 0.
+void attend_piece_avx2(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
+                       int64_t total, const void* k, const void* v, float* part);
 
 }  // namespace spillway::ops::detail

@@ -64,8 +64,11 @@ std::vector<std::vector<float>> all_logits(const model::LlamaModel& m,
 // differ by a few tenths. Against an f64 forward pass of the dequantized weights (no
 // activation rounding) at position 0 of the prose prompt, this engine is 0.22 off on the
 // top-64 logits and llama.cpp 0.43: the gap is noise on both sides, not a bias. Measured
-// here: max |diff| 1.04, max |logsumexp diff| 0.53, top-1 equal at all 30 positions, top-10
-// overlap >= 9 at 29 of 30 (8 at one, where ranks 9-11 are within the noise).
+// here: max |diff| 1.06, mean 0.18, max |logsumexp diff| 0.59, top-1 equal at 29 of 30
+// positions, top-10 overlap >= 9 at 29 of 30 (8 at one, where ranks 9-11 are within the
+// noise). Top-1 may differ where llama.cpp's own top two are closer than kTieMargin
+// ("prose" position 8: 16.8038 vs 16.8018; a change of summation order flips it).
+constexpr double kTieMargin = 0.05;
 constexpr double kLogitTol = 1.5;
 constexpr double kMeanLogitTol = 0.35;
 constexpr double kLogSumExpTol = 0.8;
@@ -73,7 +76,7 @@ constexpr double kLogSumExpTol = 0.8;
 TEST_F(LlamaGolden, LogitsMatchLlamaCpp) {
   const json g = load_json("tests/golden/logits.json");
   double worst = 0, worst_lse = 0, sum_abs = 0;
-  int positions = 0, n_diffs = 0, overlap_below_9 = 0;
+  int positions = 0, n_diffs = 0, overlap_below_9 = 0, top1_ties = 0;
   for (const auto& p : g["prompts"]) {
     const auto ids = p["ids"].get<std::vector<TokenId>>();
     const auto logits = all_logits(*model_, ids, 64);
@@ -103,7 +106,14 @@ TEST_F(LlamaGolden, LogitsMatchLlamaCpp) {
       std::iota(order.begin(), order.end(), 0);
       std::partial_sort(order.begin(), order.begin() + 10, order.end(),
                         [&](TokenId a, TokenId b) { return row[a] > row[b]; });
-      EXPECT_EQ(order[0], top[0]) << p["name"] << " pos " << i;
+      // Same top-1, unless llama.cpp itself has a near-tie between its top-1 and ours.
+      if (order[0] != top[0]) {
+        const auto it = std::find(top.begin(), top.end(), order[0]);
+        ASSERT_NE(it, top.end()) << p["name"] << " pos " << i;
+        EXPECT_LE(want[0] - want[static_cast<size_t>(it - top.begin())], kTieMargin)
+            << p["name"] << " pos " << i << ": top-1 " << order[0] << " vs " << top[0];
+        ++top1_ties;
+      }
       std::set<TokenId> ours(order.begin(), order.begin() + 10),
           theirs(top.begin(), top.begin() + 10);
       int common = 0;
@@ -116,10 +126,11 @@ TEST_F(LlamaGolden, LogitsMatchLlamaCpp) {
   const double mean_abs = sum_abs / n_diffs;
   std::printf(
       "compared %d positions: top-64 logits max |diff| %.4f, mean |diff| %.4f; max "
-      "|logsumexp diff| %.4f; top-10 overlap < 9 at %d\n",
-      positions, worst, mean_abs, worst_lse, overlap_below_9);
+      "|logsumexp diff| %.4f; top-10 overlap < 9 at %d; top-1 differs (near-tie) at %d\n",
+      positions, worst, mean_abs, worst_lse, overlap_below_9, top1_ties);
   EXPECT_GE(positions, 24);
   EXPECT_LE(overlap_below_9, positions / 10);
+  EXPECT_LE(top1_ties, positions / 10);
   EXPECT_LE(worst, kLogitTol);
   EXPECT_LE(mean_abs, kMeanLogitTol);
   EXPECT_LE(worst_lse, kLogSumExpTol);

@@ -7,6 +7,8 @@
 #include <tuple>
 #include <vector>
 
+#include "spillway/core/error.h"
+
 namespace spillway::ops {
 namespace {
 
@@ -38,7 +40,8 @@ TEST(Attention, GroupKernelMatchesReferenceOnRandomRuns) {
                        kv_type,  1.0f / std::sqrt(static_cast<float>(head_dim))};
       std::vector<float> out(static_cast<size_t>(n_head * head_dim));
       const int64_t total = 4 + 57 + 94;
-      std::vector<float> scratch(static_cast<size_t>(total * n_head / n_head_kv));
+      std::vector<float> scratch(
+          static_cast<size_t>(attention_pieces(total) * attention_part_floats(s)));
       std::vector<float> probs(static_cast<size_t>(total * n_head / n_head_kv));
       for (int64_t g = 0; g < n_head_kv; ++g) {
         attend_group(s, g, runs, 3, k, v, out.data(), scratch.data(), probs.data());
@@ -58,6 +61,71 @@ TEST(Attention, GroupKernelMatchesReferenceOnRandomRuns) {
       }
     }
   }
+}
+
+// Chunked evaluation and decode see a token's keys cut into runs at different places (ring
+// wrap, sink boundary): the result must depend only on the keys and their order.
+TEST(Attention, WhereRunsBreakDoesNotChangeTheBits) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (DType kv_type : {DType::F32, DType::F16}) {
+    for (auto [n_head, n_head_kv, head_dim] :
+         {std::tuple{9, 3, 64}, std::tuple{8, 1, 32}, std::tuple{6, 2, 12}}) {
+      const int64_t n_slots = 300;
+      const size_t n = static_cast<size_t>(n_head_kv * n_slots * head_dim);
+      std::vector<float> kf(n), vf(n);
+      for (auto& x : kf) x = nd(rng);
+      for (auto& x : vf) x = nd(rng);
+      std::vector<uint16_t> kh(n), vh(n);
+      for (size_t i = 0; i < n; ++i) {
+        kh[i] = f32_to_f16(kf[i]);
+        vh[i] = f32_to_f16(vf[i]);
+      }
+      const void* k = kv_type == DType::F32 ? static_cast<const void*>(kf.data()) : kh.data();
+      const void* v = kv_type == DType::F32 ? static_cast<const void*>(vf.data()) : vh.data();
+      std::vector<float> q(static_cast<size_t>(n_head * head_dim));
+      for (auto& x : q) x = nd(rng);
+      const AttentionShape s{n_head,   n_head_kv,
+                             head_dim, n_slots * head_dim,
+                             kv_type,  1.0f / std::sqrt(static_cast<float>(head_dim))};
+      const KeyRun whole[1] = {{3, 290, q.data()}};
+      const KeyRun cut[5] = {{3, 4, q.data()},
+                             {4, 41, q.data()},
+                             {41, 130, q.data()},
+                             {130, 133, q.data()},
+                             {133, 290, q.data()}};
+      std::vector<float> scratch(static_cast<size_t>(attention_pieces(287) *
+                                                     attention_part_floats(s)));
+      std::vector<float> a(q.size()), b(q.size());
+      for (int64_t g = 0; g < n_head_kv; ++g) {
+        attend_group(s, g, whole, 1, k, v, a.data(), scratch.data());
+        attend_group(s, g, cut, 5, k, v, b.data(), scratch.data());
+      }
+      EXPECT_EQ(a, b) << "heads " << n_head << "/" << n_head_kv << " dim " << head_dim;
+      // And the result is right.
+      std::vector<float> want(static_cast<size_t>(head_dim));
+      for (int64_t h = 0; h < n_head; ++h) {
+        attend_head_ref(s, h, whole, 1, k, v, want.data());
+        for (int64_t i = 0; i < head_dim; ++i)
+          ASSERT_NEAR(a[static_cast<size_t>(h * head_dim + i)], want[static_cast<size_t>(i)], 2e-5);
+      }
+    }
+  }
+}
+
+TEST(Attention, PieceRangesAreChecked) {
+  std::vector<float> kv(64, 0.5f), q(64, 1.0f), part(66);
+  const AttentionShape s{1, 1, 64, 64, DType::F32, 0.125f};
+  const KeyRun run[1] = {{0, 1, q.data()}};
+  EXPECT_THROW(attend_piece(s, 0, run, 1, 0, 2, kv.data(), kv.data(), part.data()),
+               InvalidArgument);
+  EXPECT_THROW(attend_piece(s, 0, run, 1, 0, kAttnPiece + 1, kv.data(), kv.data(), part.data()),
+               InvalidArgument);
+  EXPECT_THROW(attend_piece(s, 0, run, 1, 1, 1, kv.data(), kv.data(), part.data()),
+               InvalidArgument);
+  attend_piece(s, 0, run, 1, 0, 1, kv.data(), kv.data(), part.data());
+  EXPECT_EQ(part[1], 1.0f);  // sum of exp(score - max) over one key
+  EXPECT_EQ(part[2], 0.5f);  // its value
 }
 
 }  // namespace

@@ -126,9 +126,12 @@ class Forward {
   std::vector<float> gate_;        // [max_batch][n_ff]
   std::vector<float> up_;          // [max_batch][n_ff]
   std::vector<float> logits_;      // [rows][n_vocab], grown to the most rows asked for
-  std::vector<float> scratch_;     // [n_threads][group][max_span] attention scores
-  std::vector<int8_t> q_index_;    // per plan range: which rotated query (0 or 1)
-  std::vector<ops::KeyRun> runs_;  // [n_threads][max_runs]
+  // Attention partials, [items][ops::attention_part_floats]: per piece while one token's
+  // pieces are spread over threads, per thread otherwise.
+  std::vector<float> attn_parts_;
+  std::vector<int8_t> q_index_;        // per plan range: which rotated query (0 or 1)
+  std::vector<ops::KeyRun> key_runs_;  // per plan range: its slots and rotated query
+  std::vector<int64_t> first_item_;    // [max_batch + 1] first piece item of each token
 };
 
 }  // namespace spillway::model

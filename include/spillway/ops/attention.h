@@ -1,6 +1,13 @@
 // Scaled dot-product attention of one query token over runs of cached keys, grouped-query
 // style (n_head query heads share n_head_kv key/value heads). Knows nothing of policies:
 // the caller says which key runs to score and with which (already rotated) query.
+//
+// The keys of a token (its runs, concatenated) are processed in pieces of kAttnPiece
+// positions. A piece yields a partial result per head (the piece's max score, the sum of
+// exp(score - max) and the exp-weighted sum of values) and the partials of all pieces are
+// merged in order. The split depends only on the token's key count, so the work of one
+// token can be spread over threads piece by piece (decode) or done by one thread (prefill)
+// with bit-identical results.
 #pragma once
 
 #include <cstdint>
@@ -25,15 +32,44 @@ struct AttentionShape {
   float scale = 1.0f;  // usually 1/sqrt(head_dim)
 };
 
-// Attention of every query head of KV head `kv_head` (the n_head / n_head_kv heads that
-// share each key and value row, loaded once for all of them): for query head h of the
-// group, out[h][head_dim] = softmax_j(scale * q_h . K[j]) V[j] over all runs, written at
-// out + h * head_dim (out is [n_head][head_dim]). k, v: base of the cache for the layer
-// ([n_head_kv][n_slots][head_dim]). scratch holds group * total run length floats.
-// probs_out, if not null, gets [group][total run length].
+// Key positions per piece.
+inline constexpr int64_t kAttnPiece = 128;
+
+// Pieces for `span` keys (at least one).
+inline int64_t attention_pieces(int64_t span) {
+  return span <= kAttnPiece ? 1 : (span + kAttnPiece - 1) / kAttnPiece;
+}
+
+// Floats of one piece's partial result for one KV head's group of G = n_head / n_head_kv
+// heads: [G] max, [G] sum, [G][head_dim] weighted values.
+inline int64_t attention_part_floats(const AttentionShape& s) {
+  return s.n_head / s.n_head_kv * (s.head_dim + 2);
+}
+
+// Partial attention of the G query heads of KV head `kv_head` over key positions
+// [n0, n1) of the runs' concatenation (n1 - n0 <= kAttnPiece), into `part`
+// (attention_part_floats). k, v: base of the cache for the layer
+// ([n_head_kv][n_slots][head_dim], kv_type elements).
+void attend_piece(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
+                  int64_t n0, int64_t n1, const void* k, const void* v, float* part);
+
+// Merges the partials of n_pieces consecutive pieces (parts: [n_pieces][part floats]) into
+// out[h][head_dim] for the group's heads h = kv_head * G .. kv_head * G + G - 1 (out is
+// [n_head][head_dim]).
+void attend_merge(const AttentionShape& s, int64_t kv_head, const float* parts, int64_t n_pieces,
+                  float* out);
+
+// The whole group in one call: every piece into `scratch` (attention_pieces(total run
+// length) * attention_part_floats(s) floats), then merged into out. probs_out, if not null,
+// gets the attention probabilities [G][total run length] (computed separately, in double).
 void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
                   const void* k, const void* v, float* out, float* scratch,
                   float* probs_out = nullptr);
+
+// Attention probabilities of the group's heads over all runs ([G][total run length]):
+// softmax of the scaled scores, computed in double.
+void attention_probs(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
+                     const void* k, float* probs);
 
 // Reference for one query head (plain loops, double accumulation) for tests.
 void attend_head_ref(const AttentionShape& s, int64_t head, const KeyRun* runs, int n_runs,
