@@ -137,9 +137,9 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
     for (int64_t t = 0; t < T; ++t)
       ops::rmsnorm(x_.data() + t * d, L.attn_norm, xn_.data() + t * d, d, c.rms_eps);
     act_.set(xn_.data(), T, d);
-    ops::matmul(L.wq, act_, q_.data(), qdim, pool_);
-    ops::matmul(L.wk, act_, k_.data(), kvdim, pool_);
-    ops::matmul(L.wv, act_, v_.data(), kvdim, pool_);
+    const ops::MatmulOut qkv[3] = {
+        {&L.wq, q_.data(), qdim}, {&L.wk, k_.data(), kvdim}, {&L.wv, v_.data(), kvdim}};
+    ops::matmul_many(qkv, 3, act_, pool_);
 
     // Keys rotated once at the plan's key position and stored; queries rotated at each
     // distinct query position their ranges ask for.
@@ -231,9 +231,7 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
     for (int64_t t = 0; t < T; ++t)
       ops::rmsnorm(x_.data() + t * d, L.ffn_norm, xn_.data() + t * d, d, c.rms_eps);
     act_.set(xn_.data(), T, d);
-    ops::matmul(L.w_gate, act_, gate_.data(), c.n_ff, pool_);
-    ops::matmul(L.w_up, act_, up_.data(), c.n_ff, pool_);
-    ops::swiglu(gate_.data(), up_.data(), T * c.n_ff);
+    ops::matmul_swiglu(L.w_gate, L.w_up, act_, gate_.data(), up_.data(), c.n_ff, pool_);
     act_.set(gate_.data(), T, c.n_ff);
     ops::matmul(L.w_down, act_, xn_.data(), d, pool_);
     for (int64_t i = 0; i < T * d; ++i) x_[static_cast<size_t>(i)] += xn_[static_cast<size_t>(i)];

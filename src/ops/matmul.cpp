@@ -13,6 +13,7 @@
 #include "matmul_internal.h"
 #include "spillway/core/error.h"
 #include "spillway/core/quant.h"
+#include "spillway/ops/ops.h"
 
 namespace spillway::ops {
 
@@ -238,6 +239,88 @@ void matmul(const WeightMatrix& w, Activations& x, float* y, int64_t ldy, Thread
 void matmul_with(KernelIsa isa, const WeightMatrix& w, Activations& x, float* y, int64_t ldy,
                  ThreadPool& pool) {
   matmul_impl(kernels_for(isa), w, x, y, ldy, pool);
+}
+
+namespace {
+
+constexpr int64_t kRowGrain = 16;  // rows per block of a fused single-token job
+
+// Whether outs can share one single-token job: integer kernels only (the f32 fallback
+// splits its own work), activations of one token.
+bool fusable(const MatmulOut* outs, int n, const Activations& x) {
+  if (x.n_rows() != 1) return false;
+  for (int i = 0; i < n; ++i) {
+    if (!has_integer_kernel(outs[i].w->type)) return false;
+  }
+  return true;
+}
+
+// Runs the products as one job over blocks of kRowGrain rows of each matrix.
+void fused_job(const KernelSet& ks, const MatmulOut* outs, int n, Activations& x,
+               ThreadPool& pool) {
+  constexpr int kMax = 8;
+  if (n > kMax) throw InvalidArgument(fmt::format("matmul_many: at most {} products", kMax));
+  TileFn tiles[kMax];
+  const void* xq[kMax];
+  int64_t first_block[kMax + 1];
+  first_block[0] = 0;
+  for (int i = 0; i < n; ++i) {
+    const WeightMatrix& w = *outs[i].w;
+    check_shapes(w, x, outs[i].ldy);
+    tiles[i] = tile_for(ks, w.type);
+    xq[i] = uses_q8_k(w.type) ? x.q8_k(pool) : x.q8_0(pool);
+    first_block[i + 1] = first_block[i] + (w.rows + kRowGrain - 1) / kRowGrain;
+  }
+  pool.parallel_for(first_block[n], 1, [&](int64_t b0, int64_t b1) {
+    for (int i = 0; i < n && b0 < b1; ++i) {
+      const int64_t lo = std::max(b0, first_block[i]), hi = std::min(b1, first_block[i + 1]);
+      if (lo >= hi) continue;
+      const WeightMatrix& w = *outs[i].w;
+      const int64_t r0 = (lo - first_block[i]) * kRowGrain;
+      const int64_t r1 = std::min(w.rows, (hi - first_block[i]) * kRowGrain);
+      tiles[i](w, xq[i], r0, r1, 0, 1, outs[i].y, outs[i].ldy);
+    }
+  });
+}
+
+}  // namespace
+
+void matmul_many(const MatmulOut* outs, int n, Activations& x, ThreadPool& pool) {
+  if (!fusable(outs, n, x)) {
+    for (int i = 0; i < n; ++i) matmul(*outs[i].w, x, outs[i].y, outs[i].ldy, pool);
+    return;
+  }
+  fused_job(kernels_for(default_isa()), outs, n, x, pool);
+}
+
+void matmul_swiglu(const WeightMatrix& w_gate, const WeightMatrix& w_up, Activations& x,
+                   float* gate, float* up, int64_t ld, ThreadPool& pool) {
+  if (w_gate.rows != w_up.rows) {
+    throw InvalidArgument(fmt::format("matmul_swiglu: gate has {} rows, up {}", w_gate.rows,
+                                      w_up.rows));
+  }
+  const MatmulOut outs[2] = {{&w_gate, gate, ld}, {&w_up, up, ld}};
+  if (!fusable(outs, 2, x)) {
+    matmul(w_gate, x, gate, ld, pool);
+    matmul(w_up, x, up, ld, pool);
+    for (int64_t t = 0; t < x.n_rows(); ++t) swiglu(gate + t * ld, up + t * ld, w_gate.rows);
+    return;
+  }
+  // Gate and up blocks interleave (gate rows [r0, r1), then the same rows of up) so that
+  // the thread that finishes a block of up also holds that block of gate.
+  const int64_t blocks = (w_gate.rows + kRowGrain - 1) / kRowGrain;
+  const KernelSet& ks = kernels_for(default_isa());
+  check_shapes(w_gate, x, ld);
+  check_shapes(w_up, x, ld);
+  const TileFn tg = tile_for(ks, w_gate.type), tu = tile_for(ks, w_up.type);
+  const void* xg = uses_q8_k(w_gate.type) ? x.q8_k(pool) : x.q8_0(pool);
+  const void* xu = uses_q8_k(w_up.type) ? x.q8_k(pool) : x.q8_0(pool);
+  pool.parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t r0 = b0 * kRowGrain, r1 = std::min(w_gate.rows, b1 * kRowGrain);
+    tg(w_gate, xg, r0, r1, 0, 1, gate, ld);
+    tu(w_up, xu, r0, r1, 0, 1, up, ld);
+    swiglu(gate + r0, up + r0, r1 - r0);
+  });
 }
 
 void matvec(const WeightMatrix& w, const float* x, float* y, ThreadPool& pool) {

@@ -13,6 +13,7 @@
 #include "spillway/core/error.h"
 #include "spillway/core/quant.h"
 #include "spillway/core/types.h"
+#include "spillway/ops/ops.h"
 
 namespace spillway::ops {
 namespace {
@@ -299,6 +300,58 @@ TEST(Matmul, MatvecEqualsSingleRowMatmul) {
   acts.set(a.x, 1, 512);
   matmul(m.w, acts, y2.data(), 7, pool);
   EXPECT_EQ(y1, y2);
+}
+
+// Fused jobs must not change a bit: Q, K, V as one job, gate/up/SwiGLU as one job.
+TEST(Matmul, FusedProductsEqualSeparateOnes) {
+  const int64_t cols = 512;
+  const TestMatrix a = make_matrix(DType::Q4_1, 40, cols, 31);
+  const TestMatrix b = make_matrix(DType::Q4_K, 13, cols, 32);
+  const TestMatrix c = make_matrix(DType::Q8_0, 7, cols, 33);
+  const TestMatrix f = make_matrix(DType::F16, 9, cols, 34);  // f32 fallback
+  const TestMatrix up = make_matrix(DType::Q4_0, 40, cols, 35);
+  for (int64_t T : {1, 3}) {
+    const TestActs x = make_acts(T, cols, 36);
+    for (int threads : {1, 2, 3}) {
+      ThreadPool pool(threads);
+      for (bool with_fallback : {false, true}) {
+        const TestMatrix* ms[4] = {&a, &b, &c, with_fallback ? &f : &a};
+        std::vector<std::vector<float>> fused(4), apart(4);
+        MatmulOut outs[4];
+        Activations acts;
+        acts.set(x.x, T, cols);
+        for (int i = 0; i < 4; ++i) {
+          fused[i].assign(static_cast<size_t>(T * ms[i]->w.rows), NAN);
+          apart[i].assign(fused[i].size(), NAN);
+          outs[i] = {&ms[i]->w, fused[i].data(), ms[i]->w.rows};
+          matmul(ms[i]->w, acts, apart[i].data(), ms[i]->w.rows, pool);
+        }
+        Activations acts2;
+        acts2.set(x.x, T, cols);
+        matmul_many(outs, 4, acts2, pool);
+        for (int i = 0; i < 4; ++i) EXPECT_EQ(fused[i], apart[i]) << "T " << T << " product " << i;
+      }
+      // Gate (Q4_1) and up (Q4_0) with SwiGLU, output stride wider than the rows.
+      const int64_t ld = 45;
+      std::vector<float> g1(static_cast<size_t>(T * ld), 7.0f), u1(g1), g2(g1), u2(g1);
+      Activations acts;
+      acts.set(x.x, T, cols);
+      matmul(a.w, acts, g1.data(), ld, pool);
+      matmul(up.w, acts, u1.data(), ld, pool);
+      for (int64_t t = 0; t < T; ++t) swiglu(g1.data() + t * ld, u1.data() + t * ld, a.w.rows);
+      Activations acts2;
+      acts2.set(x.x, T, cols);
+      matmul_swiglu(a.w, up.w, acts2, g2.data(), u2.data(), ld, pool);
+      EXPECT_EQ(g1, g2) << "T " << T << " threads " << threads;
+      EXPECT_EQ(u1, u2) << "T " << T << " threads " << threads;
+    }
+  }
+  ThreadPool pool(1);
+  Activations acts;
+  const TestActs x = make_acts(1, cols, 37);
+  acts.set(x.x, 1, cols);
+  std::vector<float> g(64), u(64);
+  EXPECT_THROW(matmul_swiglu(a.w, b.w, acts, g.data(), u.data(), 40, pool), InvalidArgument);
 }
 
 TEST(Matmul, ActivationsAreQuantizedOnceAndRefreshedBySet) {

@@ -61,6 +61,24 @@ class Activations {
 // without a dequantizer.
 void matmul(const WeightMatrix& w, Activations& x, float* y, int64_t ldy, ThreadPool& pool);
 
+// One product of matmul_many: y[t * ldy + r] = W[r] . x[t].
+struct MatmulOut {
+  const WeightMatrix* w = nullptr;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+
+// Several products of the same activations (an attention layer's Q, K and V) with the
+// results of separate matmul calls, bit for bit. For a single token they run as one job
+// over the threads (one split, one wait) instead of one job each.
+void matmul_many(const MatmulOut* outs, int n, Activations& x, ThreadPool& pool);
+
+// The first half of a gated FFN: gate = SiLU(W_gate x) * (W_up x), over `gate` (up holds
+// W_up x afterwards); both [T][ld]. Equal to two matmul calls and ops::swiglu, bit for
+// bit; for a single token one job, each thread applying SiLU to the rows it computed.
+void matmul_swiglu(const WeightMatrix& w_gate, const WeightMatrix& w_up, Activations& x,
+                   float* gate, float* up, int64_t ld, ThreadPool& pool);
+
 // Convenience for a single f32 vector (tests, tools): y[r] = W[r] . x.
 void matvec(const WeightMatrix& w, const float* x, float* y, ThreadPool& pool);
 
