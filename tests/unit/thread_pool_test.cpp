@@ -22,6 +22,24 @@ TEST(ThreadPool, ParallelForCoversEveryIndexOnce) {
   }
 }
 
+TEST(ThreadPool, GuidedChunksShrinkAndStayFew) {
+  for (int threads : {2, 3}) {
+    ThreadPool pool(threads);
+    for (int64_t n : {60, 1000, 1000000}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      std::atomic<int> calls{0}, single{0};
+      pool.parallel_for(n, 1, [&](int64_t b, int64_t e) {
+        calls++;
+        if (e - b == 1) single++;
+        for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)]++;
+      });
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << i;
+      EXPECT_LE(calls.load(), 64) << n;  // few claims even for a million grains
+      if (n <= 1000) EXPECT_GE(single.load(), threads) << n;  // the tail is fine-grained
+    }
+  }
+}
+
 TEST(ThreadPool, ChunksAreAlignedToGrain) {
   ThreadPool pool(3);
   pool.parallel_for(1000, 32, [&](int64_t b, int64_t e) {

@@ -41,8 +41,12 @@ class ThreadPool {
     dispatch(nth, &invoke<decltype(body)>, &body);
   }
 
-  // Splits [0, n) into chunks aligned to `grain` (a few per thread) and calls
-  // fn(begin, end) for each, concurrently.
+  // Splits [0, n) into chunks aligned to `grain` and calls fn(begin, end) for each,
+  // concurrently. Guided split: each chunk takes 1 / (2 * size()) of the grains not yet
+  // handed out (at least one), so the first chunks are large (few claims) and the last
+  // ones a single grain (a short wait for the slowest thread at the end). The price: a
+  // descheduled worker holding the first chunk delays the job by up to 1 / (2 * size())
+  // of it.
   template <class F>
   void parallel_for(int64_t n, int64_t grain, F&& fn) {
     if (n <= 0) return;
@@ -52,17 +56,23 @@ class ThreadPool {
       return;
     }
     const int64_t blocks = (n + grain - 1) / grain;
-    const int64_t chunks = std::min<int64_t>(blocks, int64_t{n_threads_} * kChunksPerThread);
+    int64_t bounds[kMaxChunks + 1];
+    int64_t chunks = 0;
+    for (int64_t b = 0; b < blocks; ++chunks) {
+      bounds[chunks] = b;
+      b = chunks + 2 == kMaxChunks ? blocks
+                                   : b + std::max<int64_t>(1, (blocks - b) / (2 * n_threads_));
+    }
+    bounds[chunks] = blocks;
     auto body = [&](int64_t c) {
-      const int64_t b0 = blocks * c / chunks, b1 = blocks * (c + 1) / chunks;
-      const int64_t begin = b0 * grain, end = std::min(n, b1 * grain);
-      if (begin < end) fn(begin, end);
+      const int64_t begin = bounds[c] * grain, end = std::min(n, bounds[c + 1] * grain);
+      fn(begin, end);
     };
     dispatch(chunks, &invoke<decltype(body)>, &body);
   }
 
  private:
-  static constexpr int64_t kChunksPerThread = 4;
+  static constexpr int64_t kMaxChunks = 64;
   static constexpr int64_t kSpinMicros = 200;
 
   template <class B>
