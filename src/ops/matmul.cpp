@@ -244,11 +244,12 @@ void matmul_with(KernelIsa isa, const WeightMatrix& w, Activations& x, float* y,
 namespace {
 
 constexpr int64_t kRowGrain = 16;  // rows per block of a fused single-token job
+constexpr int kMaxFused = 8;       // products per fused job
 
 // Whether outs can share one single-token job: integer kernels only (the f32 fallback
-// splits its own work), activations of one token.
+// splits its own work), activations of one token, at most kMaxFused products.
 bool fusable(const MatmulOut* outs, int n, const Activations& x) {
-  if (x.n_rows() != 1) return false;
+  if (x.n_rows() != 1 || n > kMaxFused) return false;
   for (int i = 0; i < n; ++i) {
     if (!has_integer_kernel(outs[i].w->type)) return false;
   }
@@ -258,11 +259,9 @@ bool fusable(const MatmulOut* outs, int n, const Activations& x) {
 // Runs the products as one job over blocks of kRowGrain rows of each matrix.
 void fused_job(const KernelSet& ks, const MatmulOut* outs, int n, Activations& x,
                ThreadPool& pool) {
-  constexpr int kMax = 8;
-  if (n > kMax) throw InvalidArgument(fmt::format("matmul_many: at most {} products", kMax));
-  TileFn tiles[kMax];
-  const void* xq[kMax];
-  int64_t first_block[kMax + 1];
+  TileFn tiles[kMaxFused];
+  const void* xq[kMaxFused];
+  int64_t first_block[kMaxFused + 1];
   first_block[0] = 0;
   for (int i = 0; i < n; ++i) {
     const WeightMatrix& w = *outs[i].w;
@@ -286,6 +285,15 @@ void fused_job(const KernelSet& ks, const MatmulOut* outs, int n, Activations& x
 }  // namespace
 
 void matmul_many(const MatmulOut* outs, int n, Activations& x, ThreadPool& pool) {
+  if (n < 0 || (n > 0 && outs == nullptr)) {
+    throw InvalidArgument(fmt::format("matmul_many: bad product list ({} products)", n));
+  }
+  for (int i = 0; i < n; ++i) {
+    if (outs[i].w == nullptr || outs[i].y == nullptr) {
+      throw InvalidArgument(fmt::format("matmul_many: product {} has no matrix or output", i));
+    }
+  }
+  if (n == 0) return;
   if (!fusable(outs, n, x)) {
     for (int i = 0; i < n; ++i) matmul(*outs[i].w, x, outs[i].y, outs[i].ldy, pool);
     return;

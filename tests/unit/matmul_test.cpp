@@ -352,6 +352,10 @@ TEST(Matmul, FusedProductsEqualSeparateOnes) {
   acts.set(x.x, 1, cols);
   std::vector<float> g(64), u(64);
   EXPECT_THROW(matmul_swiglu(a.w, b.w, acts, g.data(), u.data(), 40, pool), InvalidArgument);
+  const MatmulOut no_matrix[1] = {{nullptr, g.data(), 40}};
+  EXPECT_THROW(matmul_many(no_matrix, 1, acts, pool), InvalidArgument);
+  EXPECT_THROW(matmul_many(nullptr, -1, acts, pool), InvalidArgument);
+  matmul_many(nullptr, 0, acts, pool);  // nothing to do
 }
 
 TEST(Matmul, ActivationsAreQuantizedOnceAndRefreshedBySet) {
