@@ -20,21 +20,28 @@ TEST(Attention, GroupKernelMatchesReferenceOnRandomRuns) {
          {std::tuple{9, 3, 64}, std::tuple{12, 2, 16}, std::tuple{4, 4, 8}, std::tuple{6, 1, 12}}) {
       const int64_t n_slots = 257;
       const size_t n = static_cast<size_t>(n_head_kv * n_slots * head_dim);
-      std::vector<float> kf(n), vf(n);
-      for (auto& x : kf) x = nd(rng) * 2.0f;
-      for (auto& x : vf) x = nd(rng);
-      std::vector<uint16_t> kh(n), vh(n);
+      // Every buffer one element off its allocation's alignment: kernels may not rely on it.
+      std::vector<float> kf_buf(n + 1), vf_buf(n + 1);
+      float* kf = kf_buf.data() + 1;
+      float* vf = vf_buf.data() + 1;
+      for (size_t i = 0; i < n; ++i) kf[i] = nd(rng) * 2.0f;
+      for (size_t i = 0; i < n; ++i) vf[i] = nd(rng);
+      std::vector<uint16_t> kh_buf(n + 1), vh_buf(n + 1);
+      uint16_t* kh = kh_buf.data() + 1;
+      uint16_t* vh = vh_buf.data() + 1;
       for (size_t i = 0; i < n; ++i) {
         kh[i] = f32_to_f16(kf[i]);
         vh[i] = f32_to_f16(vf[i]);
       }
-      const void* k = kv_type == DType::F32 ? static_cast<const void*>(kf.data()) : kh.data();
-      const void* v = kv_type == DType::F32 ? static_cast<const void*>(vf.data()) : vh.data();
+      const void* k = kv_type == DType::F32 ? static_cast<const void*>(kf) : kh;
+      const void* v = kv_type == DType::F32 ? static_cast<const void*>(vf) : vh;
       // Two query copies (as for sink and window runs), three runs incl. a wrapped one.
-      std::vector<float> q1(static_cast<size_t>(n_head * head_dim)), q2(q1.size());
-      for (auto& x : q1) x = nd(rng);
-      for (auto& x : q2) x = nd(rng);
-      const KeyRun runs[3] = {{0, 4, q1.data()}, {200, 257, q2.data()}, {7, 101, q2.data()}};
+      const size_t qn = static_cast<size_t>(n_head * head_dim);
+      std::vector<float> q_buf(2 * qn + 1);
+      float* q1 = q_buf.data() + 1;
+      float* q2 = q1 + qn;
+      for (size_t i = 0; i < 2 * qn; ++i) q1[i] = nd(rng);
+      const KeyRun runs[3] = {{0, 4, q1}, {200, 257, q2}, {7, 101, q2}};
       AttentionShape s{n_head,   n_head_kv,
                        head_dim, n_slots * head_dim,
                        kv_type,  1.0f / std::sqrt(static_cast<float>(head_dim))};
