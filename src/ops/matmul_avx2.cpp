@@ -25,16 +25,6 @@
 
 #include "simd_avx2.h"
 
-// Fully unrolls the tiny loops over tile rows / tokens so that the accumulator arrays
-// live in registers.
-#if defined(__clang__)
-#define SPW_UNROLL _Pragma("unroll")
-#elif defined(__GNUC__)
-#define SPW_UNROLL _Pragma("GCC unroll 16")
-#else
-#define SPW_UNROLL
-#endif
-
 namespace spillway::ops::detail {
 
 namespace {

@@ -7,6 +7,16 @@
 
 #include <cmath>
 
+// Fully unrolls tiny loops over rows, tokens or heads so that accumulator arrays live in
+// registers.
+#if defined(__clang__)
+#define SPW_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define SPW_UNROLL _Pragma("GCC unroll 16")
+#else
+#define SPW_UNROLL
+#endif
+
 namespace spillway::ops::detail {
 namespace {
 
