@@ -123,9 +123,8 @@ void bench_attention(benchmark::State& state, spillway::DType kv_type, int64_t s
   // Two runs, as a sink policy has.
   const spillway::ops::KeyRun runs[2] = {{0, 4, q.data()},
                                          {4, static_cast<int32_t>(span), q.data()}};
-  std::vector<float> scratch(
-      static_cast<size_t>(spillway::ops::attention_pieces(span) *
-                          spillway::ops::attention_part_floats(s)));
+  std::vector<float> scratch(static_cast<size_t>(spillway::ops::attention_pieces(span) *
+                                                 spillway::ops::attention_part_floats(s)));
   for (auto _ : state) {
     for (int64_t g = 0; g < nkv; ++g) {
       spillway::ops::attend_group(s, g, runs, 2, k, v, out.data(), scratch.data());

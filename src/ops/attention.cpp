@@ -79,17 +79,18 @@ void piece_scalar(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, i
 void attend_piece(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
                   int64_t n0, int64_t n1, const void* k, const void* v, float* part) {
   if (n0 < 0 || n1 <= n0 || n1 - n0 > kAttnPiece) {
-    throw InvalidArgument(fmt::format("attend_piece: bad key range [{}, {}) (at most {} keys)",
-                                      n0, n1, kAttnPiece));
+    throw InvalidArgument(
+        fmt::format("attend_piece: bad key range [{}, {}) (at most {} keys)", n0, n1, kAttnPiece));
   }
   KeyRun sub[kAttnPiece];
   const int n_sub = clip_runs(runs, n_runs, n0, n1, sub);
   int64_t total = 0;
   for (int r = 0; r < n_sub; ++r) total += sub[r].end - sub[r].begin;
   if (total != n1 - n0) {
-    throw InvalidArgument(fmt::format("attend_piece: key range [{}, {}) lies beyond the runs "
-                                      "({} keys in it)",
-                                      n0, n1, total));
+    throw InvalidArgument(
+        fmt::format("attend_piece: key range [{}, {}) lies beyond the runs "
+                    "({} keys in it)",
+                    n0, n1, total));
   }
   if (use_avx2(s)) {
     detail::attend_piece_avx2(s, kv_head, sub, n_sub, total, k, v, part);
@@ -128,8 +129,8 @@ void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, 
   const int64_t n_pieces = attention_pieces(total);
   const int64_t pf = attention_part_floats(s);
   for (int64_t p = 0; p < n_pieces; ++p) {
-    attend_piece(s, kv_head, runs, n_runs, p * kAttnPiece, std::min(total, (p + 1) * kAttnPiece),
-                 k, v, scratch + p * pf);
+    attend_piece(s, kv_head, runs, n_runs, p * kAttnPiece, std::min(total, (p + 1) * kAttnPiece), k,
+                 v, scratch + p * pf);
   }
   attend_merge(s, kv_head, scratch, n_pieces, out);
   if (probs_out != nullptr) attention_probs(s, kv_head, runs, n_runs, k, probs_out);

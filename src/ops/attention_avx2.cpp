@@ -25,7 +25,7 @@ namespace spillway::ops::detail {
 namespace {
 
 constexpr int64_t kScoreRow = kAttnPiece + 8;  // room to pad a row to a multiple of 8
-constexpr int64_t kValueBlock = 32;             // keys per block of the value sums
+constexpr int64_t kValueBlock = 32;            // keys per block of the value sums
 
 template <bool F16>
 inline __m256 load8(const uint8_t* row, int64_t i) {
@@ -45,7 +45,7 @@ inline __m128 reduce4(const __m256* a) {
 // GN heads of one group (query offset qoff within each run's q) over the clipped runs:
 // part_max[g], part_sum[g] and part_acc[g][d] of the piece.
 template <int GN, bool F16>
-void slice(int GN0, const KeyRun* sub, int n_sub, int64_t total, int64_t qoff, int64_t d,
+void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_t qoff, int64_t d,
            const uint8_t* kb, const uint8_t* vb, uint64_t row, float scale, float* part_max,
            float* part_sum, float* part_acc, float (*sc)[kScoreRow]) {
   int32_t slots[kAttnPiece];  // slot of each key position of the piece
@@ -60,10 +60,12 @@ void slice(int GN0, const KeyRun* sub, int n_sub, int64_t total, int64_t qoff, i
     for (; j + 4 <= sub[r].end; j += 4, n += 4) {
       const uint8_t* kr = kb + row * static_cast<uint64_t>(j);
       // A decoding cache streams from memory once per token: fetch the keys of the block
-      // after next and this block's values (summed right after the scores).
-      if (GN0 == 0) {
-        const uint8_t* kn = kr + 8 * row;
-        const uint8_t* vn = vb + row * static_cast<uint64_t>(j);
+      // after next and this block's values (summed right after the scores), in the first
+      // slice of heads only. Addresses as integers: the keys ahead may lie past the cache
+      // (a prefetch does not fault; a pointer past the object would be undefined).
+      if (first_slice) {
+        const uintptr_t kn = reinterpret_cast<uintptr_t>(kr) + 8 * row;
+        const uintptr_t vn = reinterpret_cast<uintptr_t>(vb + row * static_cast<uint64_t>(j));
         for (uint64_t b = 0; b < 4 * row; b += 64) {
           _mm_prefetch(reinterpret_cast<const char*>(kn + b), _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(vn + b), _MM_HINT_T0);
@@ -169,16 +171,16 @@ void piece(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_su
     float* pa = part + 2 * G + g0 * d;
     switch (G - g0 < 4 ? G - g0 : 4) {
       case 1:
-        slice<1, F16>(g0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
+        slice<1, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
         break;
       case 2:
-        slice<2, F16>(g0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
+        slice<2, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
         break;
       case 3:
-        slice<3, F16>(g0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
+        slice<3, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
         break;
       default:
-        slice<4, F16>(g0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
+        slice<4, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
         break;
     }
   }

@@ -304,8 +304,8 @@ void matmul_many(const MatmulOut* outs, int n, Activations& x, ThreadPool& pool)
 void matmul_swiglu(const WeightMatrix& w_gate, const WeightMatrix& w_up, Activations& x,
                    float* gate, float* up, int64_t ld, ThreadPool& pool) {
   if (w_gate.rows != w_up.rows) {
-    throw InvalidArgument(fmt::format("matmul_swiglu: gate has {} rows, up {}", w_gate.rows,
-                                      w_up.rows));
+    throw InvalidArgument(
+        fmt::format("matmul_swiglu: gate has {} rows, up {}", w_gate.rows, w_up.rows));
   }
   const MatmulOut outs[2] = {{&w_gate, gate, ld}, {&w_up, up, ld}};
   if (!fusable(outs, 2, x)) {

@@ -47,7 +47,6 @@ inline float f16(const uint8_t* p) {
   return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(load_u16(p))));
 }
 
-
 // ---- legacy types (Q4_0, Q4_1, Q8_0): groups of 8 weight rows ----
 //
 // Every product runs in groups of 8 consecutive weight rows. Per 32-element block, the
@@ -71,10 +70,8 @@ inline __m256 f16x8(const uint8_t* const* p, int64_t off) {
 
 // Eight vectors of 8 int32 partial sums (one vector per row) -> row r's total in lane r.
 inline __m256i rows8_epi32(const __m256i* s) {
-  const __m256i a =
-      _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
-  const __m256i b =
-      _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
+  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
   // a: rows 0..3 (low 16 bytes) and again rows 0..3 (high 16 bytes); b: rows 4..7.
   return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
                           _mm256_permute2x128_si256(a, b, 0x31));
@@ -107,8 +104,8 @@ inline __m256i nibble_dot8(const Nibbles8& u, const int8_t* xq) {
       _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16)));
   __m256i s[4];
   SPW_UNROLL for (int i = 0; i < 4; ++i) {
-    s[i] = _mm256_add_epi16(_mm256_maddubs_epi16(u.lo[i], x_lo),
-                            _mm256_maddubs_epi16(u.hi[i], x_hi));
+    s[i] =
+        _mm256_add_epi16(_mm256_maddubs_epi16(u.lo[i], x_lo), _mm256_maddubs_epi16(u.hi[i], x_hi));
   }
   // Low half: rows 0..3, high half: rows 4..7, two partial sums each.
   const __m256i sum16 =
@@ -127,9 +124,7 @@ struct Q4_0W {
   static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
     unpack_nibbles8(p, off + 2, u);
   }
-  static inline __m256i dot(const Unpacked& u, const int8_t* xq) {
-    return nibble_dot8(u, xq);
-  }
+  static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return nibble_dot8(u, xq); }
   static inline void scales(const uint8_t* const* p, int64_t off, __m256& d, __m256& m) {
     d = f16x8(p, off);
     m = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
@@ -144,9 +139,7 @@ struct Q4_1W {
   static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
     unpack_nibbles8(p, off + 4, u);
   }
-  static inline __m256i dot(const Unpacked& u, const int8_t* xq) {
-    return nibble_dot8(u, xq);
-  }
+  static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return nibble_dot8(u, xq); }
   // {d, m} pairs of rows (0, 1, 4, 5) and (2, 3, 6, 7) as f32, so that the even / odd
   // lanes of the two interleave into rows 0..7 in order.
   static inline void scales(const uint8_t* const* p, int64_t off, __m256& d, __m256& m) {
@@ -169,9 +162,7 @@ struct Q8_0W {
     const uint8_t* const* p;
     int64_t off;
   };
-  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
-    u = {p, off + 2};
-  }
+  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) { u = {p, off + 2}; }
   // |w| x sign(w) x: vpmaddubsw pairs reach 2 * 128 * 127, so every row is widened to
   // int32 before the rows are combined. (-128 stays 0x80 = 128 as |w|.)
   static inline __m256i dot(const Unpacked& u, const int8_t* xq) {
@@ -180,8 +171,8 @@ struct Q8_0W {
     __m256i s[8];
     SPW_UNROLL for (int r = 0; r < 8; ++r) {
       const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u.p[r] + u.off));
-      s[r] = _mm256_madd_epi16(
-          _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones);
+      s[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)),
+                               ones);
     }
     return rows8_epi32(s);
   }

@@ -101,8 +101,8 @@ TEST(Attention, WhereRunsBreakDoesNotChangeTheBits) {
                              {41, 130, q.data()},
                              {130, 133, q.data()},
                              {133, 290, q.data()}};
-      std::vector<float> scratch(static_cast<size_t>(attention_pieces(287) *
-                                                     attention_part_floats(s)));
+      std::vector<float> scratch(
+          static_cast<size_t>(attention_pieces(287) * attention_part_floats(s)));
       std::vector<float> a(q.size()), b(q.size());
       for (int64_t g = 0; g < n_head_kv; ++g) {
         attend_group(s, g, whole, 1, k, v, a.data(), scratch.data());
