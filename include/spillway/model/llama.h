@@ -116,16 +116,16 @@ class Forward {
   int64_t record_layer_ = -1;
   std::vector<float> recorded_;
   ops::Activations act_;
-  std::vector<float> x_;           // [max_batch][n_embd] residual stream
-  std::vector<float> xn_;          // [max_batch][n_embd] normed
-  std::vector<float> q_;           // [max_batch][n_head*hd] unrotated queries
-  std::vector<float> qr_;          // [max_batch][2][n_head*hd] queries rotated per query position
-  std::vector<float> k_;           // [max_batch][n_head_kv*hd]
-  std::vector<float> v_;           // [max_batch][n_head_kv*hd]
-  std::vector<float> attn_;        // [max_batch][n_head*hd]
-  std::vector<float> gate_;        // [max_batch][n_ff]
-  std::vector<float> up_;          // [max_batch][n_ff]
-  std::vector<float> logits_;      // [rows][n_vocab], grown to the most rows asked for
+  std::vector<float> x_;       // [max_batch][n_embd] residual stream
+  std::vector<float> xn_;      // [max_batch][n_embd] normed
+  std::vector<float> q_;       // [max_batch][n_head*hd] unrotated queries
+  std::vector<float> qr_;      // [max_batch][2][n_head*hd] queries rotated per query position
+  std::vector<float> k_;       // [max_batch][n_head_kv*hd]
+  std::vector<float> v_;       // [max_batch][n_head_kv*hd]
+  std::vector<float> attn_;    // [max_batch][n_head*hd]
+  std::vector<float> gate_;    // [max_batch][n_ff]
+  std::vector<float> up_;      // [max_batch][n_ff]
+  std::vector<float> logits_;  // [rows][n_vocab], grown to the most rows asked for
   // Attention partials, [items][ops::attention_part_floats]: per piece while one token's
   // pieces are spread over threads, per thread otherwise.
   std::vector<float> attn_parts_;
