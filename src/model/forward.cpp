@@ -103,8 +103,6 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
     max_span = std::max(max_span, span);
   }
   reserve_span(max_span);
-  const int64_t part_floats = ops::attention_part_floats({nh, nkv, hd, 0, DType::F32, 1.0f});
-  const int64_t parts_per_thread = ops::attention_pieces(max_span) * part_floats;
   const bool split = split_pieces(T, nkv, pool_.size());
   int64_t n_items = 0;
   for (int64_t t = 0; t < T; ++t) {
@@ -131,6 +129,23 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
       nh,        nkv,
       hd,        kv.n_slots() * hd,
       kv.type(), static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))};
+  const int64_t part_floats = ops::attention_part_floats(shape);
+  const int64_t parts_per_thread = ops::attention_pieces(max_span) * part_floats;
+
+  // Key runs of every plan range with its rotated query: the same for all layers.
+  for (int64_t t = 0; t < T; ++t) {
+    const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
+    for (int32_t r = tp.range_begin; r < tp.range_end; ++r) {
+      const auto ri = static_cast<size_t>(r);
+      const kv::SlotRange& sr = plan.ranges[ri];
+      key_runs_[ri] = {sr.begin, sr.end, qr_.data() + (t * 2 + q_index_[ri]) * qdim};
+    }
+  }
+  const auto token_runs = [&](int64_t t, int& n_runs) {
+    const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
+    n_runs = tp.range_end - tp.range_begin;
+    return key_runs_.data() + tp.range_begin;
+  };
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const LlamaLayer& L = model_.layer(l);
@@ -162,21 +177,8 @@ const float* Forward::run(const TokenId* tokens, const kv::BatchPlan& plan, kv::
       }
     });
 
-    for (int64_t t = 0; t < T; ++t) {
-      const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
-      for (int32_t r = tp.range_begin; r < tp.range_end; ++r) {
-        const auto ri = static_cast<size_t>(r);
-        const kv::SlotRange& sr = plan.ranges[ri];
-        key_runs_[ri] = {sr.begin, sr.end, qr_.data() + (t * 2 + q_index_[ri]) * qdim};
-      }
-    }
     const void* kbase = kv.k(l, 0);
     const void* vbase = kv.v(l, 0);
-    const auto token_runs = [&](int64_t t, int& n_runs) {
-      const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
-      n_runs = tp.range_end - tp.range_begin;
-      return key_runs_.data() + tp.range_begin;
-    };
     if (split) {
       // Items (token, KV head, piece), pieces of one (token, KV head) consecutive.
       pool_.parallel_for(n_items, 1, [&](int64_t i0, int64_t i1) {
