@@ -104,14 +104,40 @@ if [[ ! -f $stamp ]]; then
   touch "$stamp"
 fi
 
+# --- instruction sets --------------------------------------------------------------------
+# GGML_NATIVE=ON compiles for everything the CPU flags list. On some x86 hosts the flags
+# list AMX although AMX tile instructions fault there (a native build then dies with
+# SIGILL in ggml's AMX code). Where AMX is listed, the sets are named one by one instead,
+# AMX left out; elsewhere the native build is used. SPILLWAY_LLAMA_CPP_ISA=native|explicit
+# overrides the choice.
+isa_flags() {
+  local flags mode=${SPILLWAY_LLAMA_CPP_ISA:-}
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+  if [[ -z $mode ]]; then
+    if [[ $flags == *" amx_tile "* ]]; then mode=explicit; else mode=native; fi
+  fi
+  if [[ $mode == native ]]; then
+    echo "-DGGML_NATIVE=ON"
+    return
+  fi
+  has() { [[ $flags == *" $1 "* ]] && echo ON || echo OFF; }
+  echo "-DGGML_NATIVE=OFF -DGGML_SSE42=$(has sse4_2) -DGGML_AVX=$(has avx) -DGGML_AVX2=$(has avx2)" \
+    "-DGGML_BMI2=$(has bmi2) -DGGML_FMA=$(has fma) -DGGML_F16C=$(has f16c)" \
+    "-DGGML_AVX_VNNI=$(has avx_vnni) -DGGML_AVX512=$(has avx512f)" \
+    "-DGGML_AVX512_VBMI=$(has avx512vbmi) -DGGML_AVX512_VNNI=$(has avx512_vnni)" \
+    "-DGGML_AVX512_BF16=$(has avx512_bf16)" \
+    "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+}
+
 # --- configure and build ---------------------------------------------------------------------
 if [[ ! -f $BUILD/CMakeCache.txt ]]; then
-  say "configuring $BUILD"
+  read -r -a isa <<<"$(isa_flags)"
+  say "configuring $BUILD (${isa[*]})"
   cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" \
     -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=ON \
     -DLLAMA_CURL=OFF \
-    -DGGML_NATIVE=ON \
+    "${isa[@]}" \
     -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=OFF >"$WORK/configure.log" 2>&1 ||
