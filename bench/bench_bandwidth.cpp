@@ -2,7 +2,7 @@
 // (1 GiB by default), with 1 and 2 threads, reported as bytes/s. Decoding one token reads
 // every weight once, so with the model's weight bytes per token this gives the bound
 //
-//   decode tokens/s <= read bandwidth / LlamaModel::weight_bytes_per_token()
+//   decode tokens/s <= read bandwidth / Model::weight_bytes_per_token()
 //
 // reported as the counter bound_tok/s when the default model is found ($SPILLWAY_MODEL,
 // else models/SmolLM2-135M-Instruct.Q4_1.gguf from the working directory).
@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "spillway/core/thread_pool.h"
-#include "spillway/model/llama.h"
+#include "spillway/model/model.h"
 
 namespace {
 
@@ -45,7 +45,7 @@ uint64_t model_bytes_per_token() {
     if (const char* e = std::getenv("SPILLWAY_MODEL")) path = e;
     if (!std::filesystem::exists(path)) return uint64_t{0};
     try {
-      return spillway::model::LlamaModel::load(path)->weight_bytes_per_token();
+      return spillway::model::Model::load(path)->weight_bytes_per_token();
     } catch (const std::exception& e) {
       fmt::print(stderr, "bench_bandwidth: cannot load {}: {}\n", path, e.what());
       return uint64_t{0};

@@ -41,7 +41,7 @@
 #include <vector>
 
 #include "spillway/core/thread_pool.h"
-#include "spillway/model/llama.h"
+#include "spillway/model/model.h"
 #include "spillway/ops/matmul.h"
 #include "spillway/session/session.h"
 
@@ -56,7 +56,7 @@ constexpr int64_t kAdvanceBatch = 128;  // tokens per forward pass when advancin
 constexpr int64_t kSinks = 4;
 
 struct Shared {
-  std::unique_ptr<spillway::model::LlamaModel> model;
+  std::unique_ptr<spillway::model::Model> model;
   std::unique_ptr<spillway::ThreadPool> pool;
   std::vector<TokenId> corpus;  // stream token i is corpus[i % size]
   std::map<std::string, std::unique_ptr<Session>> sessions;
@@ -82,7 +82,7 @@ std::vector<int64_t> split_ints(const std::string& s) {
   return out;
 }
 
-std::vector<TokenId> load_corpus(const spillway::model::LlamaModel& model, int64_t want) {
+std::vector<TokenId> load_corpus(const spillway::model::Model& model, int64_t want) {
   const std::string path = env_or("SPILLWAY_CORPUS", "data/austen.txt");
   std::ifstream f(path, std::ios::binary);
   if (f) {
@@ -189,7 +189,7 @@ int main(int argc, char** argv) {
   Shared shared;
   g = &shared;
   try {
-    shared.model = spillway::model::LlamaModel::load(model_path);
+    shared.model = spillway::model::Model::load(model_path);
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_decode: {}\n", e.what());
     return 1;

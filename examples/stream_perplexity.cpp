@@ -4,7 +4,7 @@
 //   stream_perplexity [TEXT [POLICY [MAX_TOKENS [MODEL]]]]
 //   stream_perplexity data/austen.txt sink:4+1020 4096
 #include <spillway/core/error.h>
-#include <spillway/model/llama.h>
+#include <spillway/model/model.h>
 #include <spillway/session/perplexity.h>
 
 #include <cstdio>
@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
     const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 
     // Load once; a model is immutable and can serve many sessions.
-    auto model = spillway::model::LlamaModel::load(model_path);
+    auto model = spillway::model::Model::load(model_path);
     std::vector<spillway::TokenId> tokens = model->tokenizer().encode(text);
     if (max_tokens > 0 && static_cast<long>(tokens.size()) > max_tokens) tokens.resize(max_tokens);
 

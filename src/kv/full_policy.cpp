@@ -13,36 +13,26 @@ namespace {
 class FullPolicy final : public Policy {
  public:
   FullPolicy(const PolicyOptions& opts, const PolicyLimits& limits)
-      : Policy(opts), max_batch_(limits.max_batch), reserve_(limits.max_stream) {}
+      : Policy(opts, limits), reserve_(limits.max_stream) {}
 
   std::string spec() const override { return "full" + options_suffix(options_); }
-  int64_t n_slots() const override { return std::max(n_next_, reserve_); }
+  int64_t n_slots() const override { return std::max(n_planned(), reserve_); }
   std::optional<int64_t> capacity() const override { return std::nullopt; }
+  std::vector<int64_t> slot_contents() const override {
+    return dense_slot_contents(n_slots(), n_planned());
+  }
 
-  void plan(int64_t n0, int64_t count, BatchPlan& out) override {
-    if (n0 != n_next_ || count < 0 || count > max_batch_)
-      throw InvalidArgument(
-          fmt::format("policy 'full': plan({}, {}) out of order or over the "
-                      "batch limit (next token {}, max batch {})",
-                      n0, count, n_next_, max_batch_));
+  std::unique_ptr<Policy> clone() const override { return std::make_unique<FullPolicy>(*this); }
+
+ protected:
+  void plan_tokens(int64_t n0, int64_t count, BatchPlan& out) override {
     if (n0 + count > std::numeric_limits<int32_t>::max() / 2)
       throw InvalidArgument(fmt::format("policy 'full': {} tokens do not fit a cache", n0 + count));
     append_dense_plan(n0, count, out);
-    n_next_ = n0 + count;
-  }
-
-  void reset() override { n_next_ = 0; }
-
-  std::vector<int64_t> slot_contents() const override {
-    std::vector<int64_t> slots(static_cast<size_t>(n_slots()), -1);
-    for (int64_t m = 0; m < n_next_; ++m) slots[static_cast<size_t>(m)] = m;
-    return slots;
   }
 
  private:
-  int64_t max_batch_;
   int64_t reserve_;
-  int64_t n_next_ = 0;
 };
 
 }  // namespace

@@ -14,6 +14,7 @@ KvStorage::KvStorage(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, DType
       n_head_kv_(n_head_kv),
       head_dim_(head_dim),
       type_(type),
+      n_slots_(static_cast<size_t>(n_layer), 0),
       k_(static_cast<size_t>(n_layer)),
       v_(static_cast<size_t>(n_layer)) {
   if (type != DType::F32 && type != DType::F16)
@@ -22,32 +23,40 @@ KvStorage::KvStorage(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, DType
 }
 
 uint64_t KvStorage::bytes() const {
-  return static_cast<uint64_t>(2 * n_layer_ * n_head_kv_ * n_slots_ * head_dim_) * element_size();
+  uint64_t slots = 0;
+  for (int64_t n : n_slots_) slots += static_cast<uint64_t>(n);
+  return 2 * slots * static_cast<uint64_t>(n_head_kv_ * head_dim_) * element_size();
 }
 
 void KvStorage::reserve(int64_t n_slots) {
-  if (n_slots <= n_slots_) return;
+  for (int64_t l = 0; l < n_layer_; ++l) reserve(l, n_slots);
+}
+
+void KvStorage::reserve(int64_t layer, int64_t n_slots) {
+  int64_t& have = n_slots_[static_cast<size_t>(layer)];
+  if (n_slots <= have) return;
   // Doubling for growing caches; exact for the first allocation.
-  const int64_t target = n_slots_ == 0 ? n_slots : std::max(n_slots, 2 * n_slots_);
+  const int64_t target = have == 0 ? n_slots : std::max(n_slots, 2 * have);
   const size_t es = element_size();
-  const size_t old_head = static_cast<size_t>(n_slots_ * head_dim_) * es;
+  const size_t old_head = static_cast<size_t>(have * head_dim_) * es;
   const size_t new_head = static_cast<size_t>(target * head_dim_) * es;
   for (auto* buffers : {&k_, &v_}) {
-    for (auto& layer : *buffers) {
-      std::vector<std::byte> grown(new_head * static_cast<size_t>(n_head_kv_));
-      for (int64_t h = 0; h < n_head_kv_ && old_head > 0; ++h)
-        std::memcpy(grown.data() + h * new_head, layer.data() + h * old_head, old_head);
-      layer.swap(grown);
-    }
+    std::vector<std::byte>& buf = (*buffers)[static_cast<size_t>(layer)];
+    std::vector<std::byte> grown(new_head * static_cast<size_t>(n_head_kv_));
+    for (int64_t h = 0; h < n_head_kv_ && old_head > 0; ++h)
+      std::memcpy(grown.data() + h * new_head, buf.data() + h * old_head, old_head);
+    buf.swap(grown);
   }
-  n_slots_ = target;
+  have = target;
 }
 
 void* KvStorage::k(int64_t layer, int64_t kv_head) {
-  return k_[layer].data() + static_cast<size_t>(kv_head * n_slots_ * head_dim_) * element_size();
+  return k_[static_cast<size_t>(layer)].data() +
+         static_cast<size_t>(kv_head * n_slots(layer) * head_dim_) * element_size();
 }
 void* KvStorage::v(int64_t layer, int64_t kv_head) {
-  return v_[layer].data() + static_cast<size_t>(kv_head * n_slots_ * head_dim_) * element_size();
+  return v_[static_cast<size_t>(layer)].data() +
+         static_cast<size_t>(kv_head * n_slots(layer) * head_dim_) * element_size();
 }
 const void* KvStorage::k(int64_t layer, int64_t kv_head) const {
   return const_cast<KvStorage*>(this)->k(layer, kv_head);

@@ -25,7 +25,10 @@ int64_t parse_count(std::string_view text, int64_t min, int64_t max, std::string
 // at position m, attending to slots [0, m] with the query at m.
 void append_dense_plan(int64_t n0, int64_t count, BatchPlan& out);
 
-// Canonical option suffix (",positions=absolute,kv=f16"; empty for the defaults).
+// Slot contents of a dense cache (token m in slot m) after n_planned tokens.
+std::vector<int64_t> dense_slot_contents(int64_t n_slots, int64_t n_planned);
+
+// Canonical option suffix (",positions=absolute"; empty for the defaults).
 std::string options_suffix(const PolicyOptions& opts);
 
 // Sink + sliding window over a ring (window:W is sinks = 0). Stream token m < S lives in
@@ -37,16 +40,19 @@ class SinkWindowPolicy final : public Policy {
   std::string spec() const override;
   int64_t n_slots() const override { return sinks_ + ring_; }
   std::optional<int64_t> capacity() const override { return sinks_ + window_; }
-  void plan(int64_t n0, int64_t count, BatchPlan& out) override;
-  void reset() override { n_next_ = 0; }
   std::vector<int64_t> slot_contents() const override;
+  std::unique_ptr<Policy> clone() const override {
+    return std::make_unique<SinkWindowPolicy>(*this);
+  }
+
+ protected:
+  void plan_tokens(int64_t n0, int64_t count, BatchPlan& out) override;
 
  private:
   int32_t slot_of(int64_t m) const;
 
   std::string name_;
-  int64_t sinks_, window_, ring_, max_batch_;
-  int64_t n_next_ = 0;  // next stream index to plan
+  int64_t sinks_, window_, ring_;
 };
 
 }  // namespace spillway::kv

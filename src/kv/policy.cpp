@@ -2,6 +2,7 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <charconv>
 #include <vector>
 
@@ -17,10 +18,31 @@ int64_t BatchPlan::span_size(size_t i) const {
   return n;
 }
 
+void Policy::plan(int64_t n0, int64_t count, BatchPlan& out) {
+  if (n0 != n_next_ || count < 0 || count > max_batch_)
+    throw InvalidArgument(
+        fmt::format("policy '{}': plan({}, {}) out of order or over the batch limit (next "
+                    "token {}, max batch {})",
+                    spec(), n0, count, n_next_, max_batch_));
+  plan_tokens(n0, count, out);
+  n_next_ = n0 + count;
+}
+
+void Policy::reset() {
+  n_next_ = 0;
+  on_reset();
+}
+
+std::vector<int64_t> dense_slot_contents(int64_t n_slots, int64_t n_planned) {
+  std::vector<int64_t> slots(static_cast<size_t>(n_slots), -1);
+  for (int64_t m = 0; m < std::min(n_slots, n_planned); ++m) slots[static_cast<size_t>(m)] = m;
+  return slots;
+}
+
 std::string policy_usage() {
   std::string s = "valid forms:";
   for (const auto& k : policy_kinds()) s += fmt::format(" {} ({});", k.usage, k.help);
-  s += " options after a comma: positions=cache|absolute, kv=f32|f16";
+  s += " options after a comma: positions=cache|absolute, kv=f32|f16, local=native|policy";
   return s;
 }
 
@@ -50,15 +72,31 @@ void append_dense_plan(int64_t n0, int64_t count, BatchPlan& out) {
 }
 
 std::string options_suffix(const PolicyOptions& opts) {
-  std::string s;
-  if (opts.positions == PositionMode::kAbsolute) s += ",positions=absolute";
-  if (opts.kv_type == DType::F16) s += ",kv=f16";
-  return s;
+  return opts.positions == PositionMode::kAbsolute ? ",positions=absolute" : "";
 }
 
-std::unique_ptr<Policy> make_policy(std::string_view spec, const PolicyLimits& limits) {
-  if (limits.max_batch < 1)
-    throw InvalidArgument(fmt::format("policy '{}': max_batch must be >= 1", spec));
+namespace {
+
+const PolicyKind& find_kind(std::string_view spec, std::string_view name, bool has_args) {
+  for (const auto& k : policy_kinds()) {
+    if (k.name != name) continue;
+    if (!has_args && k.usage.find(':') != std::string::npos)
+      throw InvalidArgument(fmt::format("bad policy spec '{}': '{}' needs arguments, as in {}; {}",
+                                        spec, name, k.usage, policy_usage()));
+    if (has_args && k.usage.find(':') == std::string::npos)
+      throw InvalidArgument(fmt::format("bad policy spec '{}': '{}' takes no arguments; {}", spec,
+                                        name, policy_usage()));
+    return k;
+  }
+  throw InvalidArgument(
+      fmt::format("bad policy spec '{}': unknown policy '{}'; {}", spec, name, policy_usage()));
+}
+
+}  // namespace
+
+PolicySpec::PolicySpec() : PolicySpec(std::string_view("full")) {}
+
+PolicySpec::PolicySpec(std::string_view spec) {
   std::vector<std::string_view> parts;
   for (size_t pos = 0;;) {
     const size_t comma = spec.find(',', pos);
@@ -66,40 +104,46 @@ std::unique_ptr<Policy> make_policy(std::string_view spec, const PolicyLimits& l
     if (comma == std::string_view::npos) break;
     pos = comma + 1;
   }
-  std::string_view head = parts[0];
-  PolicyOptions opts;
-  bool saw_positions = false, saw_kv = false;
+  bool saw_positions = false, saw_kv = false, saw_local = false;
   for (size_t i = 1; i < parts.size(); ++i) {
     std::string_view opt = parts[i];
     const size_t eq = opt.find('=');
     std::string_view key = opt.substr(0, eq);
     std::string_view val = eq == std::string_view::npos ? "" : opt.substr(eq + 1);
     if (key == "positions" && !saw_positions && (val == "cache" || val == "absolute")) {
-      opts.positions = val == "cache" ? PositionMode::kCache : PositionMode::kAbsolute;
+      options_.positions = val == "cache" ? PositionMode::kCache : PositionMode::kAbsolute;
       saw_positions = true;
     } else if (key == "kv" && !saw_kv && (val == "f32" || val == "f16")) {
-      opts.kv_type = val == "f32" ? DType::F32 : DType::F16;
+      kv_type_ = val == "f32" ? DType::F32 : DType::F16;
       saw_kv = true;
+    } else if (key == "local" && !saw_local && (val == "native" || val == "policy")) {
+      local_ = val == "native" ? LocalLayers::kNative : LocalLayers::kPolicy;
+      saw_local = true;
     } else {
       throw InvalidArgument(fmt::format("bad policy spec '{}': unknown or repeated option '{}'; {}",
                                         spec, opt, policy_usage()));
     }
   }
+  std::string_view head = parts[0];
   const size_t colon = head.find(':');
-  std::string_view name = head.substr(0, colon);
-  std::string_view args = colon == std::string_view::npos ? "" : head.substr(colon + 1);
-  for (const auto& k : policy_kinds()) {
-    if (k.name != name) continue;
-    if (colon == std::string_view::npos && k.usage.find(':') != std::string::npos)
-      throw InvalidArgument(fmt::format("bad policy spec '{}': '{}' needs arguments, as in {}; {}",
-                                        spec, name, k.usage, policy_usage()));
-    if (colon != std::string_view::npos && k.usage.find(':') == std::string::npos)
-      throw InvalidArgument(fmt::format("bad policy spec '{}': '{}' takes no arguments; {}", spec,
-                                        name, policy_usage()));
-    return k.make(args, opts, limits);
-  }
+  const std::string_view name = head.substr(0, colon);
+  const bool has_args = colon != std::string_view::npos;
+  const PolicyKind& kind = find_kind(spec, name, has_args);
+  kind_ = kind.name;
+  args_ = has_args ? std::string(head.substr(colon + 1)) : std::string();
+  // The kind checks its arguments and says what its canonical form is.
+  canonical_ = kind.make(args_, options_, PolicyLimits{})->spec();
+  if (kv_type_ == DType::F16) canonical_ += ",kv=f16";
+  if (local_ == LocalLayers::kPolicy) canonical_ += ",local=policy";
+}
+
+std::unique_ptr<Policy> make_policy(const PolicySpec& spec, const PolicyLimits& limits) {
+  if (limits.max_batch < 1)
+    throw InvalidArgument(fmt::format("policy '{}': max_batch must be >= 1", spec.str()));
+  for (const auto& k : policy_kinds())
+    if (k.name == spec.kind()) return k.make(spec.args(), spec.options(), limits);
   throw InvalidArgument(
-      fmt::format("bad policy spec '{}': unknown policy '{}'; {}", spec, name, policy_usage()));
+      fmt::format("policy '{}': kind '{}' is not registered", spec.str(), spec.kind()));
 }
 
 }  // namespace spillway::kv

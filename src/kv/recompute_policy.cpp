@@ -15,7 +15,7 @@ namespace {
 class RecomputePolicy final : public Policy {
  public:
   RecomputePolicy(int64_t window, const PolicyOptions& opts, const PolicyLimits& limits)
-      : Policy(opts), window_(window), max_batch_(limits.max_batch) {}
+      : Policy(opts, limits), window_(window) {}
 
   std::string spec() const override {
     return fmt::format("recompute:{}{}", window_, options_suffix(options_));
@@ -27,30 +27,26 @@ class RecomputePolicy final : public Policy {
     return std::max<int64_t>(0, n - window_ + 1);
   }
 
-  // Plans the replayed sub-stream: its tokens sit in slots 0..W-1 at positions 0..W-1
-  // (absolute mode makes no difference: only distances enter the scores).
-  void plan(int64_t n0, int64_t count, BatchPlan& out) override {
-    if (n0 != n_next_ || count < 0 || count > max_batch_ || n0 + count > window_)
-      throw InvalidArgument(fmt::format(
-          "policy '{}': plan({}, {}) must replay at most {} tokens from an empty cache in "
-          "order, batches of at most {}",
-          spec(), n0, count, window_, max_batch_));
-    append_dense_plan(n0, count, out);
-    n_next_ = n0 + count;
+  std::vector<int64_t> slot_contents() const override {
+    return dense_slot_contents(window_, n_planned());
+  }
+  std::unique_ptr<Policy> clone() const override {
+    return std::make_unique<RecomputePolicy>(*this);
   }
 
-  void reset() override { n_next_ = 0; }
-
-  std::vector<int64_t> slot_contents() const override {
-    std::vector<int64_t> slots(static_cast<size_t>(window_), -1);
-    for (int64_t m = 0; m < n_next_; ++m) slots[static_cast<size_t>(m)] = m;
-    return slots;
+ protected:
+  // Plans the replayed sub-stream: its tokens sit in slots 0..W-1 at positions 0..W-1
+  // (absolute mode makes no difference: only distances enter the scores).
+  void plan_tokens(int64_t n0, int64_t count, BatchPlan& out) override {
+    if (n0 + count > window_)
+      throw InvalidArgument(
+          fmt::format("policy '{}': plan({}, {}) must replay at most {} tokens from an empty cache",
+                      spec(), n0, count, window_));
+    append_dense_plan(n0, count, out);
   }
 
  private:
   int64_t window_;
-  int64_t max_batch_;
-  int64_t n_next_ = 0;
 };
 
 }  // namespace

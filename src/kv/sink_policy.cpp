@@ -15,12 +15,11 @@ constexpr int64_t kMaxSlots = std::numeric_limits<int32_t>::max() / 2;
 
 SinkWindowPolicy::SinkWindowPolicy(std::string name, int64_t sinks, int64_t window,
                                    const PolicyOptions& opts, const PolicyLimits& limits)
-    : Policy(opts),
+    : Policy(opts, limits),
       name_(std::move(name)),
       sinks_(sinks),
       window_(window),
-      ring_(window + limits.max_batch - 1),
-      max_batch_(limits.max_batch) {
+      ring_(window + limits.max_batch - 1) {
   if (sinks_ + ring_ > kMaxSlots)
     throw InvalidArgument(fmt::format("policy '{}': {} slots is more than the {} supported", spec(),
                                       sinks_ + ring_, kMaxSlots));
@@ -35,12 +34,7 @@ int32_t SinkWindowPolicy::slot_of(int64_t m) const {
   return static_cast<int32_t>(m < sinks_ ? m : sinks_ + (m - sinks_) % ring_);
 }
 
-void SinkWindowPolicy::plan(int64_t n0, int64_t count, BatchPlan& out) {
-  if (n0 != n_next_ || count < 0 || count > max_batch_)
-    throw InvalidArgument(
-        fmt::format("policy '{}': plan({}, {}) out of order or over the batch "
-                    "limit (next token {}, max batch {})",
-                    spec(), n0, count, n_next_, max_batch_));
+void SinkWindowPolicy::plan_tokens(int64_t n0, int64_t count, BatchPlan& out) {
   const int64_t span_max = sinks_ + window_;
   for (int64_t n = n0; n < n0 + count; ++n) {
     TokenPlan t;
@@ -54,7 +48,7 @@ void SinkWindowPolicy::plan(int64_t n0, int64_t count, BatchPlan& out) {
     } else {
       if (sinks_ > 0) {
         const int64_t q = options_.positions == PositionMode::kCache ? span_max - 1 : n;
-        out.ranges.push_back({0, static_cast<int32_t>(sinks_), q});
+        out.ranges.push_back({0, static_cast<int32_t>(sinks_), q, true});
       }
       // Window tokens n-W+1..n: ring offsets a..a+W-1 (mod ring), query at n.
       const int64_t a = (n - window_ + 1 - sinks_) % ring_;
@@ -68,14 +62,14 @@ void SinkWindowPolicy::plan(int64_t n0, int64_t count, BatchPlan& out) {
     t.range_end = static_cast<int32_t>(out.ranges.size());
     out.tokens.push_back(t);
   }
-  n_next_ = n0 + count;
 }
 
 std::vector<int64_t> SinkWindowPolicy::slot_contents() const {
   std::vector<int64_t> slots(static_cast<size_t>(n_slots()), -1);
-  const int64_t oldest = std::max<int64_t>(sinks_, n_next_ - ring_);
-  for (int64_t m = 0; m < std::min(sinks_, n_next_); ++m) slots[slot_of(m)] = m;
-  for (int64_t m = oldest; m < n_next_; ++m) slots[slot_of(m)] = m;
+  const int64_t n = n_planned();
+  const int64_t oldest = std::max<int64_t>(sinks_, n - ring_);
+  for (int64_t m = 0; m < std::min(sinks_, n); ++m) slots[slot_of(m)] = m;
+  for (int64_t m = oldest; m < n; ++m) slots[slot_of(m)] = m;
   return slots;
 }
 

@@ -2,6 +2,7 @@
 // dispatcher picks from. Each kernel family (scalar, AVX2) fills one KernelSet.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -83,6 +84,13 @@ inline void k4_scale_min(const uint8_t* scales, int j, int& sc, int& m) {
 // exp is a range-reduced polynomial: relative error below 1e-6 against std::exp for
 // inputs in [-87, 88]; below -87.3 it returns 0, above 88.7 +inf.
 void swiglu_avx2(float* gate, const float* up, int64_t n);
+void geglu_avx2(float* gate, const float* up, int64_t n);
+
+// GELU, tanh form: 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+inline float gelu_tanh(float x) {
+  const float u2 = 1.5957691216057308f * (x + 0.044715f * x * x * x);  // 2u
+  return x / (1.0f + std::exp(-u2));
+}
 void softmax_avx2(float* x, int64_t n);
 void rmsnorm_avx2(const float* x, const float* w, float* y, int64_t n, float eps);
 

@@ -65,37 +65,50 @@ void softmax(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= s;
 }
 
+void geglu(float* gate, const float* up, int64_t n) {
+  if (use_avx2()) {
+    detail::geglu_avx2(gate, up, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) gate[i] = detail::gelu_tanh(gate[i]) * up[i];
+}
+
 namespace {
 
-// Rotates pair i of every head by theta (cos/sin in double, applied in float).
-inline void rotate_pairs(float* x, int64_t n_head, int64_t head_dim, int64_t i, double theta) {
+// Rotates pair i of every head by theta (cos/sin in double, applied in float): elements
+// (2i, 2i+1) or (i, i + half).
+inline void rotate_pair(float* x, int64_t n_head, int64_t head_dim, int64_t i, int64_t half,
+                        RopeStyle style, double theta) {
   const float c = static_cast<float>(std::cos(theta));
   const float s = static_cast<float>(std::sin(theta));
+  const int64_t a = style == RopeStyle::kAdjacent ? 2 * i : i;
+  const int64_t b = style == RopeStyle::kAdjacent ? 2 * i + 1 : i + half;
   for (int64_t h = 0; h < n_head; ++h) {
-    float* v = x + h * head_dim + 2 * i;
-    const float x0 = v[0], x1 = v[1];
-    v[0] = x0 * c - x1 * s;
-    v[1] = x0 * s + x1 * c;
+    float* v = x + h * head_dim;
+    const float x0 = v[a], x1 = v[b];
+    v[a] = x0 * c - x1 * s;
+    v[b] = x0 * s + x1 * c;
   }
 }
 
 }  // namespace
 
 void rope_with(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos,
-               const double* inv_freq) {
+               const double* inv_freq, RopeStyle style) {
   check_rope(n_head, head_dim, n_rot);
   const double p = static_cast<double>(pos);
-  for (int64_t i = 0; i < n_rot / 2; ++i) rotate_pairs(x, n_head, head_dim, i, p * inv_freq[i]);
+  for (int64_t i = 0; i < n_rot / 2; ++i)
+    rotate_pair(x, n_head, head_dim, i, n_rot / 2, style, p * inv_freq[i]);
 }
 
 void rope(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos, double freq_base,
-          double freq_scale) {
+          double freq_scale, RopeStyle style) {
   check_rope(n_head, head_dim, n_rot);
   const double p = static_cast<double>(pos);
   for (int64_t i = 0; i < n_rot / 2; ++i) {
     const double inv = freq_scale * std::pow(freq_base, -2.0 * static_cast<double>(i) /
                                                             static_cast<double>(n_rot));
-    rotate_pairs(x, n_head, head_dim, i, p * inv);
+    rotate_pair(x, n_head, head_dim, i, n_rot / 2, style, p * inv);
   }
 }
 

@@ -1,4 +1,4 @@
-// AVX2 row ops: swiglu and softmax with a vectorized exp, rmsnorm. Compiled for AVX2 by
+// AVX2 row ops: swiglu, geglu and softmax with a vectorized exp, rmsnorm. Compiled for AVX2 by
 // target attributes and called only after a CPU check (see ops.cpp).
 #include <immintrin.h>
 
@@ -29,6 +29,24 @@ void swiglu_avx2(float* gate, const float* up, int64_t n) {
     _mm256_storeu_ps(gate + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
   }
   for (; i < n; ++i) gate[i] = gate[i] / (1.0f + exp_tail(-gate[i])) * up[i];
+}
+
+void geglu_avx2(float* gate, const float* up, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 c1 = _mm256_set1_ps(-1.5957691216057308f);  // -2 sqrt(2/pi)
+  const __m256 c3 = _mm256_set1_ps(0.044715f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(gate + i);
+    const __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+    const __m256 e = exp_ps(_mm256_mul_ps(c1, _mm256_fmadd_ps(c3, x3, x)));
+    const __m256 g = _mm256_div_ps(x, _mm256_add_ps(one, e));
+    _mm256_storeu_ps(gate + i, _mm256_mul_ps(g, _mm256_loadu_ps(up + i)));
+  }
+  for (; i < n; ++i) {
+    const float x = gate[i];
+    gate[i] = x / (1.0f + exp_tail(-1.5957691216057308f * (x + 0.044715f * x * x * x))) * up[i];
+  }
 }
 
 void softmax_avx2(float* x, int64_t n) {

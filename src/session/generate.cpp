@@ -11,16 +11,17 @@ namespace spillway {
 GenerateResult generate(Session& session, std::span<const TokenId> prompt, Sampler& sampler,
                         const GenerateOptions& opts, const TokenFn& on_token) {
   if (prompt.empty()) throw InvalidArgument("generate: the prompt is empty (no tokens)");
-  const auto cap = session.policy().capacity();
-  if (cap && !session.policy().replay_from(0) &&
+  const auto cap = session.cache().capacity();
+  if (cap && !session.cache().replay_from(0) &&
       session.n_past() + static_cast<int64_t>(prompt.size()) > *cap) {
     // A streaming policy would evict part of the prompt before generation starts.
     throw InvalidArgument(fmt::format(
         "generate: the prompt has {} tokens but the cache of policy '{}' holds {}; use a larger "
         "cache or a shorter prompt",
-        session.n_past() + static_cast<int64_t>(prompt.size()), session.policy().spec(), *cap));
+        session.n_past() + static_cast<int64_t>(prompt.size()), session.cache().spec().str(),
+        *cap));
   }
-  const model::LlamaModel& model = session.model();
+  const model::Model& model = session.model();
   const Tokenizer& tok = model.tokenizer();
   const int64_t n_vocab = model.config().n_vocab;
   GenerateResult res;

@@ -18,9 +18,8 @@ double token_nll(const float* logits, int64_t n, TokenId target) {
   return std::log(sum) + mx - logits[target];
 }
 
-PerplexityResult evaluate_perplexity(const model::LlamaModel& model,
-                                     std::span<const TokenId> tokens, const PerplexityOptions& opts,
-                                     ThreadPool* pool) {
+PerplexityResult evaluate_perplexity(const model::Model& model, std::span<const TokenId> tokens,
+                                     const PerplexityOptions& opts, ThreadPool* pool) {
   if (tokens.size() < 2)
     throw InvalidArgument(fmt::format("perplexity needs at least 2 tokens, got {}", tokens.size()));
   if (opts.chunk < 1) throw InvalidArgument("perplexity: chunk must be >= 1");
@@ -36,8 +35,8 @@ PerplexityResult evaluate_perplexity(const model::LlamaModel& model,
     throw InvalidArgument(
         fmt::format("perplexity: score_from {} outside [1, {})", opts.score_from, n));
   PerplexityResult r;
-  r.spec = session.policy().spec();
-  r.capacity = session.policy().capacity();
+  r.spec = session.cache().spec().str();
+  r.capacity = session.cache().capacity();
   r.first_target = opts.score_from;
   const int64_t first_logit = opts.score_from - 1;
   r.tokens = n - 1 - first_logit;
@@ -69,7 +68,7 @@ PerplexityResult evaluate_perplexity(const model::LlamaModel& model,
   r.ppl = std::exp(r.mean_nll);
   r.tokens_per_s = r.seconds > 0 ? static_cast<double>(n - 1) / r.seconds : 0.0;
   r.kv_bytes_peak = session.kv_bytes_peak();
-  r.kv_slots = session.storage().n_slots();
+  r.kv_slots = session.policy().n_slots();
   return r;
 }
 

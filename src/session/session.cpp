@@ -9,36 +9,60 @@
 
 namespace spillway {
 
-Session::Session(const model::LlamaModel& model, const SessionOptions& opts, ThreadPool* pool)
+struct Session::Checkpoint {
+  const Session* owner = nullptr;
+  kv::Cache cache;
+  std::vector<float> last_logits;
+  bool has_logits = false;
+  int64_t n_past = 0;
+  std::deque<TokenId> history;
+};
+
+Session::Session(const model::Model& model, const SessionOptions& opts, ThreadPool* pool)
     : model_(model), pool_(pool), max_batch_(std::max<int64_t>(1, opts.max_batch)) {
   if (!pool_) {
     own_pool_ = std::make_unique<ThreadPool>(opts.threads);
     pool_ = own_pool_.get();
   }
-  policy_ = kv::make_policy(opts.policy, {max_batch_, opts.max_stream});
   const auto& c = model.config();
-  kv_ = std::make_unique<kv::KvStorage>(c.n_layer, c.n_head_kv, c.head_dim,
-                                        policy_->options().kv_type);
-  kv_->reserve(std::max<int64_t>(1, policy_->n_slots()));
-  kv_bytes_peak_ = kv_->bytes();
-  forward_ = std::make_unique<model::Forward>(model, *pool_, max_batch_);
-  forward_->reserve_span(policy_->capacity().value_or(std::max<int64_t>(opts.max_stream, 1)));
+  cache_ = std::make_unique<kv::Cache>(opts.policy, c.cache_shape(),
+                                       kv::PolicyLimits{max_batch_, opts.max_stream});
+  forward_ = model.make_forward(*pool_, max_batch_);
+  forward_->reserve_span(cache_->capacity().value_or(std::max<int64_t>(opts.max_stream, 1)));
   last_logits_.resize(static_cast<size_t>(c.n_vocab));
 }
 
 Session::~Session() = default;
 
 void Session::reset() {
-  policy_->reset();
+  cache_->reset();
   n_past_ = 0;
   has_logits_ = false;
   history_.clear();
 }
 
+void Session::set_observer(model::AttentionObserver* observer) {
+  forward_->set_observer(observer);
+}
+
+std::shared_ptr<const Session::Checkpoint> Session::checkpoint() const {
+  return std::make_shared<const Checkpoint>(
+      Checkpoint{this, *cache_, last_logits_, has_logits_, n_past_, history_});
+}
+
+void Session::restore(const Checkpoint& cp) {
+  if (cp.owner != this) throw InvalidArgument("restore: the checkpoint is of another session");
+  *cache_ = cp.cache;
+  last_logits_ = cp.last_logits;
+  has_logits_ = cp.has_logits;
+  n_past_ = cp.n_past;
+  history_ = cp.history;
+}
+
 int64_t Session::feed(std::span<const TokenId> tokens, const LogitsFn& on_logits) {
   bool stop = false;
   int64_t done = 0;
-  const bool replay = policy_->replay_from(0).has_value();
+  const bool replay = cache_->replay_from(0).has_value();
   while (done < static_cast<int64_t>(tokens.size()) && !stop) {
     if (replay) {
       feed_replay(tokens[static_cast<size_t>(done)], on_logits, &stop);
@@ -53,8 +77,8 @@ int64_t Session::feed(std::span<const TokenId> tokens, const LogitsFn& on_logits
 }
 
 void Session::advance(std::span<const TokenId> tokens) {
-  if (policy_->replay_from(0)) {
-    const int64_t window = *policy_->capacity();
+  if (cache_->replay_from(0)) {
+    const int64_t window = *cache_->capacity();
     for (TokenId t : tokens) {
       history_.push_back(t);
       if (static_cast<int64_t>(history_.size()) > window) history_.pop_front();
@@ -73,17 +97,12 @@ void Session::advance(std::span<const TokenId> tokens) {
 
 void Session::feed_batch(const TokenId* tokens, int64_t count, const LogitsFn& on_logits,
                          bool* stop) {
-  plan_.clear();
-  policy_->plan(n_past_, count, plan_);
-  if (policy_->n_slots() > kv_->n_slots()) {
-    kv_->reserve(policy_->n_slots());
-    kv_bytes_peak_ = std::max(kv_bytes_peak_, kv_->bytes());
-  }
+  const kv::StepPlan& plan = cache_->plan(n_past_, count);
   const int64_t n_vocab = model_.config().n_vocab;
   const model::Logits which = stop == nullptr ? model::Logits::kNone
                               : on_logits     ? model::Logits::kAll
                                               : model::Logits::kLast;
-  const float* logits = forward_->run(tokens, plan_, *kv_, which);
+  const float* logits = forward_->run(tokens, plan, cache_->storage(), which);
   n_past_ += count;
   if (which == model::Logits::kNone) return;
   const float* last = on_logits ? logits + (count - 1) * n_vocab : logits;
@@ -101,20 +120,19 @@ void Session::feed_batch(const TokenId* tokens, int64_t count, const LogitsFn& o
 
 void Session::feed_replay(TokenId token, const LogitsFn& on_logits, bool* stop) {
   const int64_t n = n_past_;
-  const int64_t window = *policy_->capacity();
+  const int64_t window = *cache_->capacity();
   history_.push_back(token);
   while (static_cast<int64_t>(history_.size()) > window) history_.pop_front();
-  const int64_t start = *policy_->replay_from(n);
+  const int64_t start = *cache_->replay_from(n);
   const int64_t len = n - start + 1;  // == history_.size()
   std::vector<TokenId>& replay = replay_tokens_;
   replay.assign(history_.end() - len, history_.end());
-  policy_->reset();
+  cache_->reset();
   const float* logits = nullptr;
   for (int64_t done = 0; done < len;) {
     const int64_t count = std::min<int64_t>(max_batch_, len - done);
-    plan_.clear();
-    policy_->plan(done, count, plan_);
-    logits = forward_->run(replay.data() + done, plan_, *kv_,
+    const kv::StepPlan& plan = cache_->plan(done, count);
+    logits = forward_->run(replay.data() + done, plan, cache_->storage(),
                            done + count == len ? model::Logits::kLast : model::Logits::kNone);
     done += count;
   }

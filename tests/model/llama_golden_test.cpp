@@ -12,7 +12,7 @@
 #include <numeric>
 #include <set>
 
-#include "spillway/model/llama.h"
+#include "spillway/model/model.h"
 #include "spillway/session/perplexity.h"
 #include "spillway/session/session.h"
 #include "util/paths.h"
@@ -32,20 +32,20 @@ class LlamaGolden : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (std::filesystem::exists(test::default_model_path()))
-      model_ = model::LlamaModel::load(test::default_model_path()).release();
+      model_ = model::Model::load(test::default_model_path()).release();
   }
   static void TearDownTestSuite() {
     delete model_;
     model_ = nullptr;
   }
   void SetUp() override { SPILLWAY_REQUIRE_FILE(test::default_model_path()); }
-  static model::LlamaModel* model_;
+  static model::Model* model_;
 };
-model::LlamaModel* LlamaGolden::model_ = nullptr;
+model::Model* LlamaGolden::model_ = nullptr;
 
 // Every position's logits for `ids`, fed `chunk` tokens per forward pass.
-std::vector<std::vector<float>> all_logits(const model::LlamaModel& m,
-                                           const std::vector<TokenId>& ids, int64_t chunk) {
+std::vector<std::vector<float>> all_logits(const model::Model& m, const std::vector<TokenId>& ids,
+                                           int64_t chunk) {
   SessionOptions so;
   so.policy =
       std::getenv("SPILLWAY_GOLDEN_POLICY") ? std::getenv("SPILLWAY_GOLDEN_POLICY") : "full";

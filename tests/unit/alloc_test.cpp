@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "spillway/model/llama.h"
+#include "spillway/model/model.h"
 #include "spillway/session/session.h"
 #include "util/paths.h"
 #include "util/tiny_model.h"
@@ -174,7 +174,7 @@ class DecodeAllocations : public ::testing::TestWithParam<DecodeCase> {};
 TEST_P(DecodeAllocations, NoneAfterWarmUp) {
   const DecodeCase& dc = GetParam();
   const std::string path = test::write_tiny_model(test::temp_dir());
-  auto model = model::LlamaModel::load(path);
+  auto model = model::Model::load(path);
   constexpr int64_t kWarm = 48, kCounted = 64;
   SessionOptions so;
   so.policy = dc.policy;

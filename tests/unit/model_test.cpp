@@ -7,19 +7,22 @@
 #include <map>
 #include <random>
 
+#include "model/llama/llama.h"
 #include "spillway/core/error.h"
 #include "spillway/core/quant.h"
-#include "spillway/model/llama.h"
+#include "spillway/model/model.h"
 #include "spillway/ops/ops.h"
 #include "spillway/session/perplexity.h"
 #include "spillway/session/session.h"
+#include "util/naive_reference.h"
 #include "util/paths.h"
 #include "util/tiny_model.h"
 
 namespace spillway {
 namespace {
 
-using model::LlamaModel;
+using model::Model;
+using test::NaiveReference;
 
 std::vector<TokenId> random_tokens(int64_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -29,143 +32,10 @@ std::vector<TokenId> random_tokens(int64_t n, uint64_t seed) {
   return t;
 }
 
-// Naive reference: same projections (ops::matmul), but the attention is written out
-// from the policy table in DESIGN.md: each step takes the token's span of stream
-// indices, gives them positions (rank in the span, or the stream index), rotates every
-// cached (un-rotated) key at its position in double precision, and attends.
-class NaiveRunner {
- public:
-  NaiveRunner(const LlamaModel& m, int64_t sinks, int64_t window, bool absolute)
-      : m_(m), sinks_(sinks), window_(window), absolute_(absolute), pool_(1) {
-    const auto& c = m.config();
-    k_.resize(static_cast<size_t>(c.n_layer));
-    v_.resize(static_cast<size_t>(c.n_layer));
-  }
-
-  // window_ < 0: full.
-  std::vector<int64_t> span(int64_t n) const {
-    std::vector<int64_t> s;
-    if (window_ < 0) {
-      for (int64_t m = 0; m <= n; ++m) s.push_back(m);
-      return s;
-    }
-    for (int64_t m = 0; m < std::min(sinks_, n + 1); ++m) s.push_back(m);
-    for (int64_t m = std::max(sinks_, n - window_ + 1); m <= n; ++m) s.push_back(m);
-    return s;
-  }
-
-  std::vector<float> step(TokenId token) {
-    const auto& c = m_.config();
-    const int64_t d = c.n_embd, hd = c.head_dim, nh = c.n_head, nkv = c.n_head_kv;
-    const int64_t n = n_++;
-    std::vector<float> x(static_cast<size_t>(d)), xn(static_cast<size_t>(d));
-    const auto& emb = m_.token_embd();
-    dequantize_row(emb.type, static_cast<const std::byte*>(emb.data) + emb.row_bytes * token,
-                   x.data(), d);
-    const std::vector<int64_t> sp = span(n);
-    std::vector<int64_t> pos(sp.size());
-    for (size_t i = 0; i < sp.size(); ++i) pos[i] = absolute_ ? sp[i] : static_cast<int64_t>(i);
-    const int64_t qpos = absolute_ ? n : static_cast<int64_t>(sp.size()) - 1;
-    for (int64_t l = 0; l < c.n_layer; ++l) {
-      const auto& L = m_.layer(l);
-      ops::rmsnorm(x.data(), L.attn_norm, xn.data(), d, c.rms_eps);
-      std::vector<float> q(static_cast<size_t>(nh * hd)), k(static_cast<size_t>(nkv * hd)),
-          v(static_cast<size_t>(nkv * hd));
-      mm(L.wq, xn, q);
-      mm(L.wk, xn, k);
-      mm(L.wv, xn, v);
-      k_[l][n] = k;
-      v_[l][n] = v;
-      std::vector<float> att(static_cast<size_t>(nh * hd));
-      for (int64_t h = 0; h < nh; ++h) {
-        const int64_t g = h / (nh / nkv);
-        std::vector<double> qr = rotate(q.data() + h * hd, hd, c.n_rot, qpos);
-        std::vector<double> sc(sp.size());
-        double mx = -1e300;
-        for (size_t i = 0; i < sp.size(); ++i) {
-          std::vector<double> kr = rotate(k_[l].at(sp[i]).data() + g * hd, hd, c.n_rot, pos[i]);
-          double dot = 0;
-          for (int64_t j = 0; j < hd; ++j) dot += qr[j] * kr[j];
-          sc[i] = dot / std::sqrt(static_cast<double>(hd));
-          mx = std::max(mx, sc[i]);
-        }
-        double sum = 0;
-        for (double& s : sc) sum += (s = std::exp(s - mx));
-        for (int64_t j = 0; j < hd; ++j) {
-          double acc = 0;
-          for (size_t i = 0; i < sp.size(); ++i) acc += sc[i] / sum * v_[l].at(sp[i])[g * hd + j];
-          att[h * hd + j] = static_cast<float>(acc);
-        }
-      }
-      std::vector<float> o(static_cast<size_t>(d));
-      mm(L.wo, att, o);
-      for (int64_t i = 0; i < d; ++i) x[i] += o[i];
-      ops::rmsnorm(x.data(), L.ffn_norm, xn.data(), d, c.rms_eps);
-      std::vector<float> gate(static_cast<size_t>(c.n_ff)), up(static_cast<size_t>(c.n_ff));
-      mm(L.w_gate, xn, gate);
-      mm(L.w_up, xn, up);
-      for (int64_t i = 0; i < c.n_ff; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
-      mm(L.w_down, gate, o);
-      for (int64_t i = 0; i < d; ++i) x[i] += o[i];
-      // Forget what no later span can reach.
-      if (window_ >= 0 && n - window_ >= sinks_) {
-        k_[l].erase(n - window_);
-        v_[l].erase(n - window_);
-      }
-    }
-    ops::rmsnorm(x.data(), m_.output_norm(), xn.data(), d, c.rms_eps);
-    std::vector<float> logits(static_cast<size_t>(c.n_vocab));
-    mm(m_.output(), xn, logits);
-    return logits;
-  }
-
- private:
-  void mm(const ops::WeightMatrix& w, const std::vector<float>& in, std::vector<float>& out) {
-    ops::Activations a;
-    a.set(in.data(), 1, w.cols);
-    ops::matmul(w, a, out.data(), w.rows, pool_);
-  }
-
-  // RoPE, GGUF llama convention (adjacent pairs), all in double; cos/sin tabulated per
-  // position.
-  std::vector<double> rotate(const float* x, int64_t hd, int64_t n_rot, int64_t p) {
-    std::vector<double> r(x, x + hd);
-    const double base = m_.config().rope_freq_base;
-    while (static_cast<int64_t>(cos_.size()) <= p) {
-      const auto q = static_cast<double>(cos_.size());
-      std::vector<double> c(static_cast<size_t>(n_rot / 2)), s(c.size());
-      for (int64_t i = 0; i < n_rot / 2; ++i) {
-        const double theta =
-            q * std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(n_rot));
-        c[static_cast<size_t>(i)] = std::cos(theta);
-        s[static_cast<size_t>(i)] = std::sin(theta);
-      }
-      cos_.push_back(c);
-      sin_.push_back(s);
-    }
-    const auto& c = cos_[static_cast<size_t>(p)];
-    const auto& s = sin_[static_cast<size_t>(p)];
-    for (int64_t i = 0; i < n_rot / 2; ++i) {
-      const double a = x[2 * i], b = x[2 * i + 1];
-      r[2 * i] = a * c[i] - b * s[i];
-      r[2 * i + 1] = a * s[i] + b * c[i];
-    }
-    return r;
-  }
-  std::vector<std::vector<double>> cos_, sin_;  // [position][n_rot / 2]
-
-  const LlamaModel& m_;
-  int64_t sinks_, window_;
-  bool absolute_;
-  ThreadPool pool_;
-  int64_t n_ = 0;
-  std::vector<std::map<int64_t, std::vector<float>>> k_, v_;  // [layer][stream index] -> row
-};
-
 class TinyModelTest : public ::testing::Test {
  protected:
-  void SetUp() override { model_ = LlamaModel::load(test::write_tiny_model(test::temp_dir())); }
-  std::unique_ptr<LlamaModel> model_;
+  void SetUp() override { model_ = Model::load(test::write_tiny_model(test::temp_dir())); }
+  std::unique_ptr<Model> model_;
 };
 
 // The reference comparison runs on f32 weights: with 8-bit activations, an ulp of
@@ -178,13 +48,13 @@ class TinyF32ModelTest : public ::testing::Test {
     test::TinyModelSpec spec;
     spec.matrix_type = DType::F32;
     spec.embd_type = DType::F32;
-    model_ = LlamaModel::load(test::write_tiny_model(test::temp_dir(), spec));
+    model_ = Model::load(test::write_tiny_model(test::temp_dir(), spec));
   }
-  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<Model> model_;
 };
 
 // All logits of a stream under a policy, fed `chunk` tokens at a time.
-std::vector<std::vector<float>> session_logits(const LlamaModel& m, const std::string& spec,
+std::vector<std::vector<float>> session_logits(const Model& m, const std::string& spec,
                                                const std::vector<TokenId>& tokens, int64_t chunk) {
   SessionOptions so;
   so.policy = spec;
@@ -223,7 +93,7 @@ TEST_F(TinyF32ModelTest, PoliciesMatchTheNaiveRotateEveryStepReference) {
         RefCase{"sink:4+44,positions=absolute", 4, 44, true, 3000},
         RefCase{"sink:4+44,kv=f16", 4, 44, false, 500}}) {
     const auto tokens = random_tokens(rc.tokens, 7);
-    NaiveRunner ref(*model_, rc.sinks, rc.window, rc.absolute);
+    NaiveReference ref(*model_, rc.sinks, rc.window, rc.absolute);
     const auto got = session_logits(*model_, rc.spec, tokens, 1);
     const auto got_chunked = session_logits(*model_, rc.spec, tokens, 37);
     double worst = 0, worst_chunked = 0;
@@ -245,7 +115,7 @@ TEST_F(TinyF32ModelTest, RecomputeMatchesFreshFullPassesOverTheWindow) {
   const auto got = session_logits(*model_, "recompute:24", tokens, 8);
   double worst = 0;
   for (size_t n = 0; n < tokens.size(); n += 7) {
-    NaiveRunner ref(*model_, 0, -1, false);
+    NaiveReference ref(*model_, 0, -1, false);
     std::vector<float> want;
     for (size_t m = n + 1 > static_cast<size_t>(W) ? n + 1 - W : 0; m <= n; ++m)
       want = ref.step(tokens[m]);
@@ -314,8 +184,7 @@ TEST_F(TinyModelTest, KvMemoryStaysWithinThePolicysCapacity) {
 
 TEST_F(TinyModelTest, BadInputIsRejectedWithClearErrors) {
   SessionOptions so;
-  so.policy = "sink:4";
-  EXPECT_THROW(Session(*model_, so), InvalidArgument);
+  EXPECT_THROW(so.policy = "sink:4", InvalidArgument);  // parsed where it is given
   so.policy = "full";
   Session s(*model_, so);
   const TokenId bad[1] = {static_cast<TokenId>(test::kTinyVocab)};
@@ -333,7 +202,7 @@ namespace {
 
 std::string load_error(const test::TinyModelSpec& spec) {
   try {
-    model::LlamaModel::load(test::write_tiny_model(test::temp_dir(), spec));
+    model::Model::load(test::write_tiny_model(test::temp_dir(), spec));
   } catch (const Error& e) {
     return e.what();
   }
@@ -343,7 +212,9 @@ std::string load_error(const test::TinyModelSpec& spec) {
 TEST(ModelLoad, UnsupportedOrBrokenFilesNameWhatIsWrong) {
   test::TinyModelSpec spec;
   spec.architecture = "gpt2";
-  EXPECT_NE(load_error(spec).find("architecture 'gpt2' is not supported"), std::string::npos)
+  EXPECT_NE(
+      load_error(spec).find("architecture 'gpt2' is not supported (supported: llama, gemma3)"),
+      std::string::npos)
       << load_error(spec);
   spec = {};
   spec.rope_scaling_type = "yarn";
@@ -363,9 +234,10 @@ TEST(ModelLoad, UnsupportedOrBrokenFilesNameWhatIsWrong) {
 TEST(ModelLoad, LinearRopeScalingIsApplied) {
   test::TinyModelSpec spec;
   spec.rope_scaling_type = "linear";
-  auto m = model::LlamaModel::load(test::write_tiny_model(test::temp_dir(), spec));
-  EXPECT_DOUBLE_EQ(m->config().rope_freq_scale, 0.5);
-  EXPECT_DOUBLE_EQ(m->rope_inv_freq()[0], 0.5);
+  auto m = model::Model::load(test::write_tiny_model(test::temp_dir(), spec));
+  const auto& llama = dynamic_cast<const model::llama::LlamaModel&>(*m);
+  EXPECT_DOUBLE_EQ(llama.llama_config().rope_freq_scale, 0.5);
+  EXPECT_DOUBLE_EQ(llama.rope().inv_freq[0], 0.5);
 }
 
 }  // namespace

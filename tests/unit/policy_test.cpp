@@ -9,6 +9,7 @@
 #include <set>
 
 #include "spillway/core/error.h"
+#include "spillway/kv/cache.h"
 
 namespace spillway::kv {
 namespace {
@@ -56,8 +57,17 @@ TEST(PolicySpec, ParsesCanonicalForms) {
   EXPECT_EQ(make_policy("sink:4+1020,positions=absolute")->spec(),
             "sink:4+1020,positions=absolute");
   EXPECT_EQ(make_policy("sink:4+1020,positions=cache")->spec(), "sink:4+1020");
-  EXPECT_EQ(make_policy("sink:0+8,kv=f16")->spec(), "sink:0+8,kv=f16");
-  EXPECT_EQ(make_policy("window:8,kv=f16")->options().kv_type, DType::F16);
+  // Storage and layer options belong to the spec, not to the policy.
+  EXPECT_EQ(make_policy("sink:0+8,kv=f16")->spec(), "sink:0+8");
+  EXPECT_EQ(PolicySpec("sink:0+8,kv=f16").str(), "sink:0+8,kv=f16");
+  EXPECT_EQ(PolicySpec("sink:00+8,local=native,kv=f32").str(), "sink:0+8");
+  EXPECT_EQ(PolicySpec("window:8,local=policy,kv=f16").str(), "window:8,kv=f16,local=policy");
+  EXPECT_EQ(PolicySpec("window:8,kv=f16").kv_type(), DType::F16);
+  EXPECT_EQ(PolicySpec("window:8").local(), LocalLayers::kNative);
+  EXPECT_EQ(PolicySpec("window:8,local=policy").local(), LocalLayers::kPolicy);
+  EXPECT_EQ(PolicySpec().str(), "full");
+  EXPECT_EQ(PolicySpec("sink:4+60").kind(), "sink");
+  EXPECT_EQ(PolicySpec("sink:4+60").args(), "4+60");
   EXPECT_EQ(*make_policy("sink:4+1020")->capacity(), 1024);
   EXPECT_EQ(*make_policy("window:7")->capacity(), 7);
   EXPECT_FALSE(make_policy("full")->capacity().has_value());
@@ -84,6 +94,9 @@ TEST(PolicySpec, RejectsBadSpecsWithUsage) {
                           "sink:4+8,kv=q8",
                           "sink:4+8,",
                           "sink:4+8,positions=cache,positions=absolute",
+                          "sink:4+8,local=global",
+                          "sink:4+8,local=policy,local=native",
+                          "sink:4+8,kv=f16,kv=f32",
                           "window:99999999999999999999",
                           "window:2000000000",
                           "bogus:1"}) {
@@ -247,6 +260,92 @@ TEST(Policies, OutOfOrderPlansAreRejected) {
   EXPECT_THROW(p->plan(0, 3, plan), InvalidArgument);
   p->plan(0, 2, plan);
   EXPECT_THROW(p->plan(0, 1, plan), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace spillway::kv
+
+namespace spillway::kv {
+namespace {
+
+CacheShape shape_with_windows(std::vector<int64_t> windows) {
+  CacheShape s;
+  s.n_head_kv = 2;
+  s.head_dim = 8;
+  for (int64_t w : windows) s.layers.push_back({w});
+  return s;
+}
+
+TEST(Cache, LocalLayersKeepTheirNativeWindowAndSizeTheirOwnStorage) {
+  // Layers 0, 1, 3, 4 local (window 6), layer 2 and 5 global.
+  const CacheShape shape = shape_with_windows({6, 6, 0, 6, 6, 0});
+  Cache c("sink:2+10", shape, {3, 0});
+  ASSERT_EQ(c.n_groups(), 2);
+  EXPECT_EQ(c.group_layers(0), (std::vector<int64_t>{2, 5}));
+  EXPECT_EQ(c.group_layers(1), (std::vector<int64_t>{0, 1, 3, 4}));
+  EXPECT_EQ(c.group_policy(1).spec(), "window:6");
+  // Global layers: 2 sinks + a ring of 10 + 3 - 1; local layers: a ring of 6 + 3 - 1.
+  EXPECT_EQ(c.storage().n_slots(2), 14);
+  EXPECT_EQ(c.storage().n_slots(0), 8);
+  EXPECT_EQ(c.storage().bytes(), 2u * (2 * 14 + 4 * 8) * 2 * 8 * 4);
+  const StepPlan& p = c.plan(0, 3);
+  EXPECT_EQ(p.n_tokens(), 3);
+  EXPECT_EQ(&p.layer(0), &p.groups[1]);
+  EXPECT_EQ(&p.layer(5), &p.groups[0]);
+  for (int64_t n = 3; n < 30; n += 3) c.plan(n, 3);
+  // Token 29 in a local layer attends to stream 24..29 (6 tokens), in a global one to
+  // 0, 1 and 20..29.
+  EXPECT_EQ(c.step().layer(0).span_size(2), 6);
+  EXPECT_EQ(c.step().layer(2).span_size(2), 12);
+}
+
+TEST(Cache, LocalPolicyPutsEveryLayerUnderTheSpec) {
+  Cache c("sink:2+10,local=policy", shape_with_windows({6, 0, 6}), {1, 0});
+  EXPECT_EQ(c.n_groups(), 1);
+  EXPECT_EQ(c.storage().n_slots(0), 12);
+  EXPECT_EQ(c.storage().n_slots(1), 12);
+  // A model without local layers has one group whatever local= says.
+  EXPECT_EQ(Cache("full", shape_with_windows({0, 0}), {1, 16}).n_groups(), 1);
+}
+
+TEST(Cache, FullCacheGrowsOnlyTheGlobalLayers) {
+  Cache c("full", shape_with_windows({4, 0}), {2, 0});
+  for (int64_t n = 0; n < 40; n += 2) c.plan(n, 2);
+  EXPECT_GE(c.storage().n_slots(1), 40);
+  EXPECT_EQ(c.storage().n_slots(0), 5);
+  EXPECT_EQ(c.bytes_peak(), c.storage().bytes());
+}
+
+TEST(Cache, CopiesAreIndependent) {
+  Cache a("sink:1+4", shape_with_windows({0}), {1, 0});
+  for (int64_t n = 0; n < 7; ++n) a.plan(n, 1);
+  static_cast<float*>(a.storage().k(0, 0))[0] = 1.0f;
+  Cache b(a);
+  EXPECT_EQ(b.n_planned(), 7);
+  EXPECT_EQ(b.policy().slot_contents(), a.policy().slot_contents());
+  a.plan(7, 1);
+  static_cast<float*>(a.storage().k(0, 0))[0] = 2.0f;
+  EXPECT_EQ(b.n_planned(), 7);
+  EXPECT_EQ(static_cast<const float*>(b.storage().k(0, 0))[0], 1.0f);
+  b = a;
+  EXPECT_EQ(b.n_planned(), 8);
+  EXPECT_EQ(static_cast<const float*>(b.storage().k(0, 0))[0], 2.0f);
+  b.reset();
+  EXPECT_EQ(b.n_planned(), 0);
+  EXPECT_EQ(a.n_planned(), 8);
+}
+
+TEST(Cache, SinkRangesAreMarked) {
+  auto p = make_policy("sink:2+3");
+  BatchPlan plan;
+  for (int64_t n = 0; n < 6; ++n) {
+    plan.clear();
+    p->plan(n, 1, plan);
+  }
+  // Token 5: sinks [0, 2) marked, the window not.
+  ASSERT_GE(plan.ranges.size(), 2u);
+  EXPECT_TRUE(plan.ranges[0].sink);
+  for (size_t r = 1; r < plan.ranges.size(); ++r) EXPECT_FALSE(plan.ranges[r].sink);
 }
 
 }  // namespace

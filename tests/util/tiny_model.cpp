@@ -44,22 +44,34 @@ std::vector<uint8_t> quantize(DType t, const std::vector<float>& v) {
 std::string write_tiny_model(const std::filesystem::path& dir, const TinyModelSpec& s,
                              const std::string& name) {
   GgufWriter w;
+  const std::string p = s.architecture + ".";
+  const bool gemma = s.architecture == "gemma3";
+  const int64_t hd = s.head_dim > 0 ? s.head_dim : s.n_embd / s.n_head;
   w.add_str("general.architecture", s.architecture);
   if (!s.rope_scaling_type.empty()) {
-    w.add_str("llama.rope.scaling.type", s.rope_scaling_type);
-    w.add_f32("llama.rope.scaling.factor", 2.0f);
+    w.add_str(p + "rope.scaling.type", s.rope_scaling_type);
+    w.add_f32(p + "rope.scaling.factor", 2.0f);
   }
   w.add_str("general.name", "tiny-test");
-  w.add_u32("llama.block_count", static_cast<uint32_t>(s.n_layer));
-  w.add_u32("llama.context_length", static_cast<uint32_t>(s.n_ctx));
-  w.add_u32("llama.embedding_length", static_cast<uint32_t>(s.n_embd));
-  w.add_u32("llama.feed_forward_length", static_cast<uint32_t>(s.n_ff));
-  w.add_u32("llama.attention.head_count", static_cast<uint32_t>(s.n_head));
-  w.add_u32("llama.attention.head_count_kv", static_cast<uint32_t>(s.n_head_kv));
-  w.add_f32("llama.rope.freq_base", s.rope_base);
-  w.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-  w.add_u32("llama.vocab_size", static_cast<uint32_t>(kTinyVocab));
-  w.add_u32("llama.rope.dimension_count", static_cast<uint32_t>(s.n_embd / s.n_head));
+  w.add_u32(p + "block_count", static_cast<uint32_t>(s.n_layer));
+  w.add_u32(p + "context_length", static_cast<uint32_t>(s.n_ctx));
+  w.add_u32(p + "embedding_length", static_cast<uint32_t>(s.n_embd));
+  w.add_u32(p + "feed_forward_length", static_cast<uint32_t>(s.n_ff));
+  w.add_u32(p + "attention.head_count", static_cast<uint32_t>(s.n_head));
+  w.add_u32(p + "attention.head_count_kv", static_cast<uint32_t>(s.n_head_kv));
+  w.add_f32(p + "rope.freq_base", s.rope_base);
+  w.add_f32(p + "attention.layer_norm_rms_epsilon", 1e-5f);
+  w.add_u32(p + "vocab_size", static_cast<uint32_t>(kTinyVocab));
+  w.add_u32(p + "rope.dimension_count", static_cast<uint32_t>(hd));
+  if (s.head_dim > 0) {
+    w.add_u32(p + "attention.key_length", static_cast<uint32_t>(hd));
+    w.add_u32(p + "attention.value_length", static_cast<uint32_t>(hd));
+  }
+  if (s.sliding_window > 0)
+    w.add_u32(p + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
+  if (s.swa_pattern > 0)
+    w.add_u32(p + "attention.sliding_window_pattern", static_cast<uint32_t>(s.swa_pattern));
+  if (s.rope_base_local > 0) w.add_f32(p + "rope.freq_base_swa", s.rope_base_local);
 
   std::vector<std::string> tokens;
   std::vector<int32_t> types;
@@ -107,12 +119,13 @@ std::string write_tiny_model(const std::filesystem::path& dir, const TinyModelSp
     }
     w.add_tensor(tname, t, {cols, rows}, std::move(data));
   };
-  auto norm = [&](const std::string& tname) {
-    std::vector<float> v = uniform(static_cast<size_t>(s.n_embd), 0.2f);
+  auto norm = [&](const std::string& tname, int64_t n = 0) {
+    if (n == 0) n = s.n_embd;
+    std::vector<float> v = uniform(static_cast<size_t>(n), 0.2f);
     for (float& x : v) x += 1.0f;
-    w.add_tensor(tname, {s.n_embd}, v);
+    if (tname == s.omit_tensor) return;
+    w.add_tensor(tname, {n}, v);
   };
-  const int64_t hd = s.n_embd / s.n_head;
   w.add_tensor("token_embd.weight", s.embd_type, {s.n_embd, kTinyVocab},
                quantize(s.embd_type, uniform(static_cast<size_t>(s.n_embd * kTinyVocab), 1.0f)));
   norm("output_norm.weight");
@@ -128,6 +141,12 @@ std::string write_tiny_model(const std::filesystem::path& dir, const TinyModelSp
     matrix(b + "ffn_gate.weight", s.n_embd, s.n_ff, s.matrix_type);
     matrix(b + "ffn_up.weight", s.n_embd, s.n_ff, s.matrix_type);
     matrix(b + "ffn_down.weight", s.n_ff, s.n_embd, s.matrix_type);
+    if (gemma) {
+      norm(b + "attn_q_norm.weight", hd);
+      norm(b + "attn_k_norm.weight", hd);
+      norm(b + "post_attention_norm.weight");
+      norm(b + "post_ffw_norm.weight");
+    }
   }
   const std::string path = (dir / name).string();
   w.write(path);

@@ -1,6 +1,7 @@
-// A tiny random-weight llama model, written by the tests themselves: GGUF metadata like
-// a real file (architecture, hyperparameters, a byte-level BPE vocabulary with a few
-// merges and control tokens), quantized weights. Runs in milliseconds.
+// A tiny random-weight model, written by the tests themselves: GGUF metadata like a real
+// file (architecture, hyperparameters, a byte-level BPE vocabulary with a few merges and
+// control tokens), quantized weights. Llama by default, Gemma 3 with architecture
+// "gemma3" (QK-norm and post-norm tensors, sliding-window metadata). Runs in milliseconds.
 #pragma once
 
 #include <cstdint>
@@ -24,8 +25,16 @@ struct TinyModelSpec {
   bool tied_output = true;
   float weight_scale = 0.25f;  // projections ~ U(-s, s) / sqrt(fan_in) * 4
   uint64_t seed = 1;
-  // For error tests: metadata and tensors as a broken or unsupported file would have them.
+  // Head dimension written as attention.key_length/value_length (0: n_embd / n_head, no key).
+  int64_t head_dim = 0;
+  // gemma3: attention.sliding_window (0: not written) and the pattern period written as
+  // attention.sliding_window_pattern (0: not written; the architecture's default applies).
+  int64_t sliding_window = 0;
+  int64_t swa_pattern = 0;
+  float rope_base_local = 0.0f;  // gemma3: rope.freq_base_swa when > 0
+  // "llama" or "gemma3" (or, for error tests, anything else: llama tensors under that name).
   std::string architecture = "llama";
+  // For error tests: metadata and tensors as a broken or unsupported file would have them.
   std::string rope_scaling_type;  // written as llama.rope.scaling.type when not empty
   std::string omit_tensor;        // a tensor name left out
   std::string misshape_tensor;    // a 2-D tensor written with its dimensions swapped

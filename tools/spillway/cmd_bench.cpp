@@ -20,7 +20,7 @@
 #include "command.h"
 #include "spillway/core/error.h"
 #include "spillway/kv/policy.h"
-#include "spillway/model/llama.h"
+#include "spillway/model/model.h"
 #include "spillway/ops/matmul.h"
 #include "spillway/session/session.h"
 #include "util.h"
@@ -79,8 +79,8 @@ uint64_t peak_rss_bytes() {
 
 // `count` token ids of real text (the start of `path`, its tokens repeated if the text is
 // short), or a fixed pseudo-random sequence of ordinary tokens when the file is missing.
-std::vector<TokenId> bench_tokens(const model::LlamaModel& model, const std::string& path,
-                                  int64_t count, std::string* source) {
+std::vector<TokenId> bench_tokens(const model::Model& model, const std::string& path, int64_t count,
+                                  std::string* source) {
   std::vector<TokenId> out;
   out.reserve(static_cast<size_t>(count));
   if (!path.empty() && std::filesystem::exists(path)) {
@@ -143,10 +143,11 @@ int run_bench(const BenchOptions& o) {
   if (o.stream_batch < 1)
     throw InvalidArgument(fmt::format("--stream-batch must be at least 1, got {}", o.stream_batch));
   // Check the spec before the model loads (a usage error, exit 2).
-  const std::string policy_spec = kv::make_policy(o.policy)->spec();
+  const kv::PolicySpec policy(o.policy);
+  const std::string policy_spec = policy.str();
 
   const auto load_t0 = Clock::now();
-  auto model = model::LlamaModel::load(o.model);
+  auto model = model::Model::load(o.model);
   const double load_s = seconds_since(load_t0);
   const auto& cfg = model->config();
   ThreadPool pool(o.threads);
@@ -211,7 +212,7 @@ int run_bench(const BenchOptions& o) {
   uint64_t kv_bytes_deep = 0;
   if (o.stream > 0) {
     SessionOptions so;
-    so.policy = o.policy;
+    so.policy = policy;
     so.max_batch = o.stream_batch;
     so.max_stream = n_stream_tokens;
     Session s(*model, so, &pool);

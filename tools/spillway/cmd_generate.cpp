@@ -8,7 +8,7 @@
 
 #include "command.h"
 #include "spillway/core/error.h"
-#include "spillway/model/llama.h"
+#include "spillway/model/model.h"
 #include "spillway/session/generate.h"
 #include "util.h"
 
@@ -35,14 +35,17 @@ int run_generate(const GenerateCliOptions& o) {
   if (o.prompt.empty()) throw InvalidArgument("generate: --prompt is empty");
   if (o.n < 0) throw InvalidArgument(fmt::format("generate: -n must be >= 0, found {}", o.n));
   auto sampler = make_sampler({o.temp, o.top_k, o.top_p, o.seed});
-  kv::make_policy(o.policy);  // a bad spec is a usage error before the model loads
-  auto model = model::LlamaModel::load(o.model);
+  const kv::PolicySpec policy(o.policy);  // a bad spec is a usage error before the model loads
+  auto model = model::Model::load(o.model);
   const Tokenizer& tok = model->tokenizer();
   std::vector<TokenId> prompt;
   if (o.chat) {
-    const auto tmpl = model->file().metadata().find<std::string>("tokenizer.chat_template");
+    const auto tmpl = model->chat_template();
     if (!tmpl)
-      throw UnsupportedError(fmt::format("{}: no tokenizer.chat_template; drop --chat", o.model));
+      throw UnsupportedError(fmt::format(
+          "{}: the model has no chat template (tokenizer.chat_template); it is probably a "
+          "pretrained base model: drop --chat and give a plain prompt",
+          o.model));
     std::vector<ChatMessage> msgs;
     if (!o.system.empty()) msgs.push_back({"system", o.system});
     msgs.push_back({"user", o.prompt});
@@ -53,7 +56,7 @@ int run_generate(const GenerateCliOptions& o) {
     prompt = tok.encode(o.prompt);
   }
   SessionOptions so;
-  so.policy = o.policy;
+  so.policy = policy;
   so.threads = o.threads;
   so.max_batch = 256;
   so.max_stream = static_cast<int64_t>(prompt.size()) + o.n;
@@ -79,7 +82,7 @@ int run_generate(const GenerateCliOptions& o) {
                r.prompt_tokens, r.prefill_seconds,
                r.prefill_seconds > 0 ? r.prompt_tokens / r.prefill_seconds : 0.0, r.tokens.size(),
                r.decode_seconds, r.decode_seconds > 0 ? r.tokens.size() / r.decode_seconds : 0.0,
-               r.stop_reason, session.policy().spec());
+               r.stop_reason, session.cache().spec().str());
   }
   return 0;
 }

@@ -14,7 +14,7 @@
 #include "command.h"
 #include "spillway/core/error.h"
 #include "spillway/kv/policy.h"
-#include "spillway/model/llama.h"
+#include "spillway/model/model.h"
 #include "spillway/session/perplexity.h"
 #include "util.h"
 
@@ -65,10 +65,10 @@ void write_csv(const std::string& path, const std::vector<PerplexityResult>& res
 
 int run_ppl(const PplOptions& o) {
   if (o.policies.empty()) throw InvalidArgument("ppl: give at least one --policy");
-  // Check every spec before the long work starts.
-  for (const auto& spec : o.policies) kv::make_policy(spec);
+  // Parse every spec before the long work starts (a bad one is a usage error).
+  std::vector<kv::PolicySpec> specs(o.policies.begin(), o.policies.end());
   const std::string text = read_text_file(o.file);
-  auto model = model::LlamaModel::load(o.model);
+  auto model = model::Model::load(o.model);
   const Tokenizer& tok = model->tokenizer();
   std::vector<TokenId> tokens = tok.encode(text);
   if (o.skip_tokens > 0) {
@@ -96,17 +96,16 @@ int run_ppl(const PplOptions& o) {
              pool.size());
 
   std::vector<PerplexityResult> results;
-  for (const auto& spec : o.policies) {
+  for (const auto& spec : specs) {
     PerplexityOptions po;
     po.policy = spec;
     po.chunk = o.chunk;
     po.score_from = o.score_from;
-    auto probe = kv::make_policy(spec);
-    if (!probe->capacity() && static_cast<int64_t>(tokens.size()) > n_ctx)
+    if (!kv::make_policy(spec)->capacity() && static_cast<int64_t>(tokens.size()) > n_ctx)
       fmt::print(stderr,
                  "warning: policy '{}' runs {} tokens, past the model's trained context of {}\n",
-                 probe->spec(), tokens.size(), n_ctx);
-    Progress progress(probe->spec());
+                 spec.str(), tokens.size(), n_ctx);
+    Progress progress(spec.str());
     po.progress = [&](int64_t done, int64_t total) { progress.update(done, total); };
     results.push_back(evaluate_perplexity(*model, tokens, po, &pool));
     progress.finish();

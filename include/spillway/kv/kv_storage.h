@@ -1,7 +1,8 @@
 // Preallocated per-layer K/V storage. Keys are stored already rotated (RoPE at the
-// position the policy chose); values as computed. Element type F32 or F16. Nothing is
-// allocated per token: the storage grows only when a growing policy (full) asks for
-// more slots, by doubling.
+// position the policy chose); values as computed. Element type F32 or F16. Each layer has
+// its own number of slots (a model's sliding-window layers keep fewer than its global
+// ones). Nothing is allocated per token: a layer grows only when a growing policy (full)
+// asks for more slots, by doubling.
 #pragma once
 
 #include <cstddef>
@@ -14,12 +15,15 @@ namespace spillway::kv {
 
 class KvStorage {
  public:
+  // No slots until reserve(). Throws InvalidArgument for a type other than F32/F16.
   KvStorage(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, DType type);
 
-  // Makes room for at least n slots, keeping what is stored (doubling growth).
+  // Makes room for at least n slots in `layer`, keeping what is stored (doubling growth).
+  void reserve(int64_t layer, int64_t n_slots);
+  // The same for every layer.
   void reserve(int64_t n_slots);
 
-  int64_t n_slots() const { return n_slots_; }
+  int64_t n_slots(int64_t layer) const { return n_slots_[static_cast<size_t>(layer)]; }
   int64_t n_layer() const { return n_layer_; }
   int64_t n_head_kv() const { return n_head_kv_; }
   int64_t head_dim() const { return head_dim_; }
@@ -28,8 +32,8 @@ class KvStorage {
   // Bytes held by the K and V buffers of all layers.
   uint64_t bytes() const;
 
-  // Base of one layer's keys / values for one KV head: [n_slots][head_dim] elements of
-  // type(); consecutive heads are n_slots * head_dim elements apart.
+  // Base of one layer's keys / values for one KV head: [n_slots(layer)][head_dim] elements
+  // of type(); consecutive heads are n_slots(layer) * head_dim elements apart.
   void* k(int64_t layer, int64_t kv_head);
   void* v(int64_t layer, int64_t kv_head);
   const void* k(int64_t layer, int64_t kv_head) const;
@@ -41,7 +45,7 @@ class KvStorage {
  private:
   int64_t n_layer_, n_head_kv_, head_dim_;
   DType type_;
-  int64_t n_slots_ = 0;
+  std::vector<int64_t> n_slots_;               // [n_layer]
   std::vector<std::vector<std::byte>> k_, v_;  // per layer: [n_head_kv][n_slots][head_dim]
 };
 

@@ -27,11 +27,13 @@ namespace spillway::kv {
 enum class PositionMode { kCache, kAbsolute };
 
 // A run of cache slots [begin, end) whose keys are scored against the query rotated at
-// query_pos.
+// query_pos. `sink` marks a run of tokens kept as attention sinks (not for recency):
+// analyses may leave such runs out of a head's softmax.
 struct SlotRange {
   int32_t begin = 0;
   int32_t end = 0;
   int64_t query_pos = 0;
+  bool sink = false;
 };
 
 // What one new token does: its K/V go to write_slot, its key is rotated at key_pos, and
@@ -56,10 +58,45 @@ struct BatchPlan {
   int64_t span_size(size_t i) const;
 };
 
-// Options that every policy spec accepts after a comma.
+// Options that every policy accepts after a comma and that change what the policy plans.
 struct PolicyOptions {
   PositionMode positions = PositionMode::kCache;
-  DType kv_type = DType::F32;  // element type of the KV storage: F32 or F16
+};
+
+// Which layers of a model with native sliding-window ("local") layers the policy governs.
+enum class LocalLayers {
+  kNative,  // local layers keep the window they were trained with; the policy governs
+            // the global layers
+  kPolicy,  // every layer follows the policy (an experiment: local layers lose their window)
+};
+
+// A parsed policy spec: "name[:args][,key=value...]". Parsed once, then passed around as
+// a value. Keys: positions=cache|absolute (the policy's), kv=f32|f16 (the storage's
+// element type), local=native|policy (which layers the policy governs).
+class PolicySpec {
+ public:
+  // "full".
+  PolicySpec();
+  // Parses and checks the spec (arguments included). Throws InvalidArgument naming the bad
+  // part and listing the valid forms. Implicit, so that a string can stand for a spec.
+  PolicySpec(std::string_view text);  // NOLINT(google-explicit-constructor)
+  PolicySpec(const char* text) : PolicySpec(std::string_view(text)) {}         // NOLINT
+  PolicySpec(const std::string& text) : PolicySpec(std::string_view(text)) {}  // NOLINT
+
+  const std::string& kind() const { return kind_; }  // registered name ("sink")
+  const std::string& args() const { return args_; }  // text after ':' ("4+1020")
+  const PolicyOptions& options() const { return options_; }
+  DType kv_type() const { return kv_type_; }
+  LocalLayers local() const { return local_; }
+  // Canonical text: defaults left out ("sink:4+1020,kv=f16").
+  const std::string& str() const { return canonical_; }
+
+ private:
+  std::string kind_, args_;
+  PolicyOptions options_;
+  DType kv_type_ = DType::F32;
+  LocalLayers local_ = LocalLayers::kNative;
+  std::string canonical_;
 };
 
 // Sizing of a policy instance.
@@ -76,7 +113,8 @@ class Policy {
  public:
   virtual ~Policy() = default;
 
-  // Canonical spec ("sink:4+1020", options included when not default).
+  // Canonical spec of the policy itself ("sink:4+1020", positions= included when not
+  // the default; storage and layer options belong to PolicySpec).
   virtual std::string spec() const = 0;
   const PolicyOptions& options() const { return options_; }
 
@@ -87,9 +125,14 @@ class Policy {
   virtual std::optional<int64_t> capacity() const = 0;
 
   // Plans stream tokens [n0, n0 + count), appending to `out` (not cleared). Calls must
-  // follow the stream: n0 equals the number of tokens planned since the last reset().
-  // count <= the max_batch the policy was made with. May raise n_slots() (full).
-  virtual void plan(int64_t n0, int64_t count, BatchPlan& out) = 0;
+  // follow the stream: n0 equals the number of tokens planned since the last reset(),
+  // 0 <= count <= the max_batch the policy was made with (InvalidArgument otherwise).
+  // May raise n_slots() (full).
+  void plan(int64_t n0, int64_t count, BatchPlan& out);
+
+  // Tokens planned since the last reset (the next stream index).
+  int64_t n_planned() const { return n_next_; }
+  int64_t max_batch() const { return max_batch_; }
 
   // Recompute-style policies: the first stream index whose tokens must be replayed from
   // an empty cache to give token n its output; the replay restarts the stream there
@@ -97,14 +140,29 @@ class Policy {
   virtual std::optional<int64_t> replay_from(int64_t n) const { return std::nullopt; }
 
   // Forgets every token (the stream restarts at 0).
-  virtual void reset() = 0;
+  void reset();
 
   // Stream index held by each slot (-1 when empty): for tests and inspection.
   virtual std::vector<int64_t> slot_contents() const = 0;
 
+  // An independent copy in the same state (checkpoints of a stream).
+  virtual std::unique_ptr<Policy> clone() const = 0;
+
  protected:
-  explicit Policy(PolicyOptions opts) : options_(opts) {}
+  Policy(const PolicyOptions& opts, const PolicyLimits& limits)
+      : options_(opts), max_batch_(limits.max_batch) {}
+
+  // plan() after its checks: n0 == n_planned(), 0 <= count <= max_batch(). n_planned()
+  // advances after it returns. May throw InvalidArgument for a limit of its own.
+  virtual void plan_tokens(int64_t n0, int64_t count, BatchPlan& out) = 0;
+  // reset() of the policy's own state, if any.
+  virtual void on_reset() {}
+
   PolicyOptions options_;
+
+ private:
+  int64_t max_batch_;
+  int64_t n_next_ = 0;  // next stream index to plan
 };
 
 // One registered policy kind: name, usage form, and a factory from the text after ':'.
@@ -120,9 +178,8 @@ struct PolicyKind {
 // The registered kinds (src/kv/registry.cpp: one line per policy).
 const std::vector<PolicyKind>& policy_kinds();
 
-// Parses "name[:args][,key=value...]" (keys: positions=cache|absolute, kv=f32|f16) and
-// makes the policy. Throws InvalidArgument naming the bad part and listing valid forms.
-std::unique_ptr<Policy> make_policy(std::string_view spec, const PolicyLimits& limits = {});
+// Makes the policy a spec describes.
+std::unique_ptr<Policy> make_policy(const PolicySpec& spec, const PolicyLimits& limits = {});
 
 // The valid forms, for error messages and --help.
 std::string policy_usage();

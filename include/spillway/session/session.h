@@ -1,5 +1,8 @@
 // A Session is one token stream through a model under a KV-cache policy: it owns the
-// policy, the KV storage and the forward buffers, and turns fed tokens into logits.
+// cache (policies + storage) and the forward buffers, and turns fed tokens into logits.
+//
+// Thread safety: a Session belongs to one thread at a time; many sessions (each on its
+// own thread, each with its own pool or sharing none) may use one Model at once.
 #pragma once
 
 #include <cstdint>
@@ -8,26 +11,27 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "spillway/core/thread_pool.h"
-#include "spillway/kv/kv_storage.h"
+#include "spillway/kv/cache.h"
 #include "spillway/kv/policy.h"
-#include "spillway/model/llama.h"
+#include "spillway/model/model.h"
 
 namespace spillway {
 
 struct SessionOptions {
-  std::string policy = "full";  // policy spec (kv/policy.h)
-  int64_t max_batch = 64;       // tokens per forward pass when feeding many at once
-  int64_t max_stream = 0;       // expected stream length (pre-sizes a growing cache), 0: unknown
-  int threads = 0;              // threads of the session's own pool (0: all cores)
+  kv::PolicySpec policy;   // parsed policy spec (kv/policy.h); a string converts
+  int64_t max_batch = 64;  // tokens per forward pass when feeding many at once
+  int64_t max_stream = 0;  // expected stream length (pre-sizes a growing cache), 0: unknown
+  int threads = 0;         // threads of the session's own pool (0: all cores)
 };
 
 class Session {
  public:
-  // Throws InvalidArgument for a bad policy spec. The model must outlive the session.
-  // `pool` may be shared between sessions used one at a time; nullptr makes one.
-  Session(const model::LlamaModel& model, const SessionOptions& opts, ThreadPool* pool = nullptr);
+  // Throws InvalidArgument for limits the policy rejects. The model must outlive the
+  // session. `pool` may be shared between sessions used one at a time; nullptr makes one.
+  Session(const model::Model& model, const SessionOptions& opts, ThreadPool* pool = nullptr);
   ~Session();
 
   // Called with (stream index of the token, its logits [n_vocab]); the logits predict the
@@ -47,30 +51,40 @@ class Session {
   const float* last_logits() const { return has_logits_ ? last_logits_.data() : nullptr; }
 
   int64_t n_past() const { return n_past_; }
-  const kv::Policy& policy() const { return *policy_; }
-  const kv::KvStorage& storage() const { return *kv_; }
-  model::Forward& forward() { return *forward_; }
-  const model::LlamaModel& model() const { return model_; }
-  uint64_t kv_bytes_peak() const { return kv_bytes_peak_; }
+  const kv::Cache& cache() const { return *cache_; }
+  // The spec's policy (the global layers' one).
+  const kv::Policy& policy() const { return cache_->policy(); }
+  const kv::KvStorage& storage() const { return cache_->storage(); }
+  const model::Model& model() const { return model_; }
+  uint64_t kv_bytes_peak() const { return cache_->bytes_peak(); }
   // Forgets the stream: the next token is stream index 0.
   void reset();
+
+  // Attaches an observer to every forward pass of this session (nullptr detaches); not
+  // owned (model/observer.h).
+  void set_observer(model::AttentionObserver* observer);
+
+  // A copy of the stream's state (cache contents, policies, position, last logits), to go
+  // back to later with restore(): e.g. to run several variants of the same continuation.
+  // Costs a copy of the KV storage.
+  struct Checkpoint;
+  std::shared_ptr<const Checkpoint> checkpoint() const;
+  // Returns to a checkpoint of this session (InvalidArgument for another session's).
+  void restore(const Checkpoint& cp);
 
  private:
   // One forward pass; stop == nullptr asks for no logits at all (advance).
   void feed_batch(const TokenId* tokens, int64_t count, const LogitsFn& on_logits, bool* stop);
   void feed_replay(TokenId token, const LogitsFn& on_logits, bool* stop);
 
-  const model::LlamaModel& model_;
+  const model::Model& model_;
   std::unique_ptr<ThreadPool> own_pool_;
   ThreadPool* pool_;
-  std::unique_ptr<kv::Policy> policy_;
-  std::unique_ptr<kv::KvStorage> kv_;
+  std::unique_ptr<kv::Cache> cache_;
   std::unique_ptr<model::Forward> forward_;
-  kv::BatchPlan plan_;
   std::vector<float> last_logits_;  // [n_vocab]
   bool has_logits_ = false;
   int64_t n_past_ = 0;
-  uint64_t kv_bytes_peak_ = 0;
   std::deque<TokenId> history_;         // last W tokens, for replaying policies
   std::vector<TokenId> replay_tokens_;  // [W] contiguous copy of history_ for a replay
   int64_t max_batch_;

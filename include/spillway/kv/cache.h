@@ -1,0 +1,98 @@
+// A model's KV cache: the storage of every layer plus the policies that decide, for each
+// group of layers, where a new token's K/V go and what it attends to.
+//
+// Most models attend the same way in every layer: one group, one policy. Models with
+// native sliding-window ("local") layers (Gemma 3: 5 of every 6 layers see only the last
+// 512 tokens) get one group per distinct window: with local=native (the default) those
+// layers keep the window they were trained with (a `window:W` policy of their own) and
+// the spec's policy governs the global layers; with local=policy every layer follows the
+// spec's policy. Storage is sized per layer from its group's policy, so a local layer
+// never holds more than its window plus the batch ring. The positions contract of
+// policy.h holds per group.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "spillway/kv/kv_storage.h"
+#include "spillway/kv/policy.h"
+
+namespace spillway::kv {
+
+// How one layer attends, as far as its cache is concerned.
+struct LayerAttention {
+  int64_t window = 0;  // 0: global (the policy's span); > 0: native sliding window of this
+                       // many tokens, the token itself included
+};
+
+struct CacheShape {
+  int64_t n_head_kv = 0;
+  int64_t head_dim = 0;
+  std::vector<LayerAttention> layers;  // [n_layer]
+};
+
+// The plans of one forward step, one BatchPlan per group of layers (same tokens, same
+// stream indices in each).
+struct StepPlan {
+  std::vector<BatchPlan> groups;        // [n_groups]
+  std::vector<int32_t> group_of_layer;  // [n_layer]
+  const BatchPlan& layer(int64_t l) const {
+    return groups[static_cast<size_t>(group_of_layer[static_cast<size_t>(l)])];
+  }
+  int64_t n_tokens() const {
+    return groups.empty() ? 0 : static_cast<int64_t>(groups[0].tokens.size());
+  }
+};
+
+class Cache {
+ public:
+  // Throws InvalidArgument for a shape without layers or limits the policy rejects.
+  Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits& limits);
+  // Copies are independent caches in the same state (storage copied, policies cloned).
+  Cache(const Cache& other);
+  Cache& operator=(const Cache& other);
+
+  const PolicySpec& spec() const { return spec_; }
+  // The spec's policy (group 0: the global layers, or every layer).
+  const Policy& policy() const { return *groups_[0].policy; }
+  int n_groups() const { return static_cast<int>(groups_.size()); }
+  const Policy& group_policy(int g) const { return *groups_[static_cast<size_t>(g)].policy; }
+  // Layers of group g, ascending.
+  const std::vector<int64_t>& group_layers(int g) const {
+    return groups_[static_cast<size_t>(g)].layers;
+  }
+
+  // Plans stream tokens [n0, n0 + count) in every group into step() (replacing the last
+  // step) and grows the storage of the layers whose policy grew. Same contract as
+  // Policy::plan.
+  const StepPlan& plan(int64_t n0, int64_t count);
+  const StepPlan& step() const { return step_; }
+  int64_t n_planned() const { return policy().n_planned(); }
+  std::optional<int64_t> replay_from(int64_t n) const { return policy().replay_from(n); }
+  // Tokens a query of a global layer attends to at most (nullopt: unbounded).
+  std::optional<int64_t> capacity() const { return policy().capacity(); }
+  // Forgets every token in every group.
+  void reset();
+
+  KvStorage& storage() { return storage_; }
+  const KvStorage& storage() const { return storage_; }
+  uint64_t bytes_peak() const { return bytes_peak_; }
+
+ private:
+  struct Group {
+    std::unique_ptr<Policy> policy;
+    std::vector<int64_t> layers;
+  };
+  void grow_storage();
+
+  PolicySpec spec_;
+  std::vector<Group> groups_;
+  KvStorage storage_;
+  StepPlan step_;
+  uint64_t bytes_peak_ = 0;
+};
+
+}  // namespace spillway::kv

@@ -1,0 +1,483 @@
+#include "transformer.h"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "spillway/core/error.h"
+#include "spillway/core/quant.h"
+
+namespace spillway::model::detail {
+
+// --- loading -------------------------------------------------------------------------------
+
+namespace {
+
+std::string shape_str(const gguf::TensorInfo& t) {
+  std::string s = "[";
+  for (int i = 0; i < t.n_dims; ++i) s += fmt::format("{}{}", i ? ", " : "", t.ne[i]);
+  return s + "]";
+}
+
+}  // namespace
+
+ModelConfig read_common_config(const gguf::GgufFile& file) {
+  const auto& meta = file.metadata();
+  ModelConfig c;
+  c.architecture = meta.get<std::string>("general.architecture");
+  const std::string p = c.architecture + ".";
+  c.name = meta.find<std::string>("general.name").value_or("");
+  c.n_layer = meta.get<uint32_t>(p + "block_count");
+  c.n_embd = meta.get<uint32_t>(p + "embedding_length");
+  c.n_head = meta.get<uint32_t>(p + "attention.head_count");
+  c.n_head_kv = meta.find<uint32_t>(p + "attention.head_count_kv").value_or(c.n_head);
+  c.n_ff = meta.get<uint32_t>(p + "feed_forward_length");
+  c.n_ctx_train = meta.get<uint32_t>(p + "context_length");
+  c.rms_eps = static_cast<float>(meta.get<double>(p + "attention.layer_norm_rms_epsilon"));
+
+  auto bad = [&](const std::string& what) {
+    return FormatError(fmt::format("{}: inconsistent hyperparameters: {}", file.path(), what));
+  };
+  if (c.n_layer < 1 || c.n_embd < 1 || c.n_head < 1 || c.n_head_kv < 1 || c.n_ff < 1)
+    throw bad(
+        fmt::format("block_count {}, embedding_length {}, head_count {}, head_count_kv {}, "
+                    "feed_forward_length {} must all be >= 1",
+                    c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.n_ff));
+  if (c.n_layer > 4096 || c.n_embd > (1 << 20) || c.n_head > 4096 || c.n_ff > (1 << 22))
+    throw bad(
+        fmt::format("block_count {}, embedding_length {}, head_count {} or "
+                    "feed_forward_length {} is beyond what this library supports",
+                    c.n_layer, c.n_embd, c.n_head, c.n_ff));
+  if (c.n_head % c.n_head_kv != 0)
+    throw bad(
+        fmt::format("head_count {} is not a multiple of head_count_kv {}", c.n_head, c.n_head_kv));
+  const auto key_len = meta.find<uint32_t>(p + "attention.key_length");
+  const auto value_len = meta.find<uint32_t>(p + "attention.value_length");
+  if (key_len) {
+    c.head_dim = *key_len;
+  } else {
+    if (c.n_embd % c.n_head != 0)
+      throw bad(fmt::format("embedding_length {} is not a multiple of head_count {}", c.n_embd,
+                            c.n_head));
+    c.head_dim = c.n_embd / c.n_head;
+  }
+  if (c.head_dim < 2 || c.head_dim > 4096)
+    throw bad(fmt::format("head dimension {} outside [2, 4096]", c.head_dim));
+  if (value_len && *value_len != c.head_dim)
+    throw UnsupportedError(fmt::format(
+        "{}: {}attention.value_length = {} differs from the key length {}; not supported",
+        file.path(), p, *value_len, c.head_dim));
+  if (!(c.rms_eps > 0)) throw bad(fmt::format("layer_norm_rms_epsilon {} <= 0", c.rms_eps));
+  if (auto v = meta.find<uint32_t>(p + "vocab_size")) {
+    c.n_vocab = *v;
+  } else if (meta.contains("tokenizer.ggml.tokens")) {
+    const gguf::Value* tokens = meta.value("tokenizer.ggml.tokens");
+    c.n_vocab = tokens->array() ? static_cast<int64_t>(tokens->array()->items.size()) : 0;
+  }
+  if (c.n_vocab < 1) throw bad("vocabulary size unknown (no vocab_size, no tokenizer tokens)");
+  c.tied_output = file.find_tensor("output.weight") == nullptr;
+  c.layers.assign(static_cast<size_t>(c.n_layer), kv::LayerAttention{});
+  return c;
+}
+
+ops::WeightMatrix bind_matrix(const gguf::GgufFile& f, const std::string& name, int64_t cols,
+                              int64_t rows) {
+  const gguf::TensorInfo& t = f.tensor(name);
+  if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows)
+    throw FormatError(fmt::format("{}: tensor '{}' has shape {}, expected [{}, {}]", f.path(), name,
+                                  shape_str(t), cols, rows));
+  ops::WeightMatrix w;
+  w.type = t.type;
+  w.data = t.data;
+  w.rows = rows;
+  w.cols = cols;
+  w.row_bytes = t.row_bytes();
+  return w;
+}
+
+const float* bind_vector(const gguf::GgufFile& f, const std::string& name, int64_t n) {
+  const gguf::TensorInfo& t = f.tensor(name);
+  if (t.n_elements() != n || t.ne[0] != n)
+    throw FormatError(fmt::format("{}: tensor '{}' has shape {}, expected [{}]", f.path(), name,
+                                  shape_str(t), n));
+  if (t.type != DType::F32)
+    throw UnsupportedError(fmt::format("{}: tensor '{}' is {}; norm weights must be F32", f.path(),
+                                       name, dtype_name(t.type)));
+  return reinterpret_cast<const float*>(t.data);
+}
+
+RopeTable make_rope(ops::RopeStyle style, int64_t n_rot, double base, double freq_scale,
+                    const float* factors) {
+  RopeTable r;
+  r.style = style;
+  r.n_rot = n_rot;
+  r.inv_freq.resize(static_cast<size_t>(n_rot / 2));
+  for (int64_t i = 0; i < n_rot / 2; ++i) {
+    double v =
+        freq_scale * std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(n_rot));
+    if (factors) v /= factors[i];
+    r.inv_freq[static_cast<size_t>(i)] = v;
+  }
+  return r;
+}
+
+// --- the forward pass ------------------------------------------------------------------------
+
+namespace {
+constexpr int kMaxRunsPerToken = 8;
+
+// Attention work items of a step: one token's pieces are spread over threads (and merged
+// after) when tokens x KV heads alone cannot keep the threads busy (decode); otherwise a
+// thread takes whole (token, KV head) items. Either way the pieces and their merge are
+// the same, so the results are too.
+bool split_pieces(int64_t T, int64_t n_head_kv, int n_threads) {
+  return n_threads > 1 && T * n_head_kv < 4 * int64_t{n_threads};
+}
+}  // namespace
+
+TransformerForward::TransformerForward(const ModelConfig& c, ThreadPool& pool, int64_t max_batch,
+                                       float attn_scale)
+    : config_(c), pool_(pool), max_batch_(max_batch), attn_scale_(attn_scale) {
+  if (max_batch < 1) throw InvalidArgument("forward: max_batch must be >= 1");
+  const auto B = static_cast<size_t>(max_batch);
+  const size_t qdim = static_cast<size_t>(c.n_head * c.head_dim);
+  const size_t kvdim = static_cast<size_t>(c.n_head_kv * c.head_dim);
+  x_.resize(B * c.n_embd);
+  xn_.resize(B * std::max<size_t>(c.n_embd, qdim));
+  q_.resize(B * qdim);
+  qr_.resize(B * 2 * qdim);
+  k_.resize(B * kvdim);
+  v_.resize(B * kvdim);
+  attn_.resize(B * qdim);
+  gate_.resize(B * c.n_ff);
+  up_.resize(B * c.n_ff);
+  edit_out_.resize(qdim);
+  prob_offset_.resize(B + 1);
+}
+
+void TransformerForward::reserve_span(int64_t max_span) {
+  const ModelConfig& c = config_;
+  const ops::AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim, 0, DType::F32, 1.0f};
+  // Split items: fewer than 4 * n_threads (token, KV head) pairs, each with its pieces;
+  // whole items: one token's pieces per thread.
+  const size_t need = static_cast<size_t>(4 * int64_t{pool_.size()} *
+                                          ops::attention_pieces(std::max<int64_t>(1, max_span)) *
+                                          ops::attention_part_floats(shape));
+  if (attn_parts_.size() < need) attn_parts_.resize(need);
+}
+
+void TransformerForward::prepare_group(const kv::BatchPlan& plan, int64_t n_slots, Group& g) {
+  const int64_t T = T_;
+  const int64_t qdim = config_.n_head * config_.head_dim;
+  if (static_cast<int64_t>(plan.tokens.size()) != T)
+    throw InvalidArgument(fmt::format("forward: a layer group's plan has {} tokens, another {}",
+                                      plan.tokens.size(), T));
+  g.q_index.resize(plan.ranges.size());
+  g.key_runs.resize(plan.ranges.size());
+  g.first_item.resize(static_cast<size_t>(T + 1));
+  g.max_span = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
+    if (tp.write_slot < 0 || tp.write_slot >= n_slots ||
+        tp.range_end - tp.range_begin > kMaxRunsPerToken || tp.range_end <= tp.range_begin ||
+        tp.range_begin < 0 || tp.range_end > static_cast<int32_t>(plan.ranges.size()))
+      throw InvalidArgument(
+          fmt::format("forward: bad plan for token {} (slot {}, {} ranges, storage {} slots)",
+                      tp.stream_index, tp.write_slot, tp.range_end - tp.range_begin, n_slots));
+    int64_t span = 0;
+    int64_t qpos[2] = {tp.key_pos, tp.key_pos};
+    int n_q = 0;
+    for (int32_t r = tp.range_begin; r < tp.range_end; ++r) {
+      const auto ri = static_cast<size_t>(r);
+      const kv::SlotRange& sr = plan.ranges[ri];
+      if (sr.begin < 0 || sr.end > n_slots || sr.begin >= sr.end)
+        throw InvalidArgument(fmt::format("forward: bad slot range [{}, {}) for token {}", sr.begin,
+                                          sr.end, tp.stream_index));
+      span += sr.end - sr.begin;
+      int idx = -1;
+      for (int i = 0; i < n_q; ++i)
+        if (qpos[i] == sr.query_pos) idx = i;
+      if (idx < 0) {
+        if (n_q == 2)
+          throw InvalidArgument(
+              fmt::format("forward: token {} uses more than two query positions", tp.stream_index));
+        qpos[n_q] = sr.query_pos;
+        idx = n_q++;
+      }
+      g.q_index[ri] = static_cast<int8_t>(idx);
+      g.key_runs[ri] = {sr.begin, sr.end, qr_.data() + (t * 2 + idx) * qdim};
+    }
+    g.max_span = std::max(g.max_span, span);
+  }
+  g.split = split_pieces(T, config_.n_head_kv, pool_.size());
+  g.n_items = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    g.first_item[static_cast<size_t>(t)] = g.n_items;
+    g.n_items +=
+        g.split ? config_.n_head_kv * ops::attention_pieces(plan.span_size(static_cast<size_t>(t)))
+                : config_.n_head_kv;
+  }
+  g.first_item[static_cast<size_t>(T)] = g.n_items;
+  reserve_span(g.max_span);
+}
+
+int64_t TransformerForward::begin(const kv::StepPlan& plan, const kv::KvStorage& kv) {
+  const int64_t T = plan.n_tokens();
+  if (T < 1 || T > max_batch_)
+    throw InvalidArgument(
+        fmt::format("forward: batch of {} tokens (1..{} allowed)", T, max_batch_));
+  if (static_cast<int64_t>(plan.group_of_layer.size()) != config_.n_layer ||
+      kv.n_layer() != config_.n_layer)
+    throw InvalidArgument(fmt::format("forward: plan for {} layers, storage {}, model {}",
+                                      plan.group_of_layer.size(), kv.n_layer(), config_.n_layer));
+  T_ = T;
+  plan_ = &plan;
+  groups_.resize(plan.groups.size());
+  for (size_t g = 0; g < plan.groups.size(); ++g) {
+    // Every layer of a group has the group's slots; the first one tells.
+    int64_t n_slots = -1;
+    for (int64_t l = 0; l < config_.n_layer; ++l) {
+      const int32_t gl = plan.group_of_layer[static_cast<size_t>(l)];
+      if (gl < 0 || gl >= static_cast<int32_t>(plan.groups.size()))
+        throw InvalidArgument(
+            fmt::format("forward: layer {} in group {} of {}", l, gl, plan.groups.size()));
+      if (static_cast<size_t>(gl) == g) {
+        n_slots = n_slots < 0 ? kv.n_slots(l) : std::min(n_slots, kv.n_slots(l));
+      }
+    }
+    if (n_slots >= 0) prepare_group(plan.groups[g], n_slots, groups_[g]);
+  }
+  if (observer_) observer_->on_step(plan);
+  return T;
+}
+
+void TransformerForward::embed(const TokenId* tokens, const ops::WeightMatrix& embd, float scale) {
+  const int64_t d = config_.n_embd;
+  for (int64_t t = 0; t < T_; ++t) {
+    const TokenId id = tokens[t];
+    if (id < 0 || id >= config_.n_vocab)
+      throw InvalidArgument(fmt::format("token id {} out of range [0, {})", id, config_.n_vocab));
+    float* row = x_.data() + t * d;
+    dequantize_row(embd.type, static_cast<const std::byte*>(embd.data) + embd.row_bytes * id, row,
+                   d);
+    if (scale != 1.0f)
+      for (int64_t i = 0; i < d; ++i) row[i] *= scale;
+  }
+  if (observer_) observer_->on_hidden(-1, x_.data(), T_, d);
+}
+
+void TransformerForward::norm_rows(const float* in, const float* w, float* out, int64_t n) const {
+  for (int64_t t = 0; t < T_; ++t) ops::rmsnorm(in + t * n, w, out + t * n, n, config_.rms_eps);
+}
+
+void TransformerForward::norm_heads(float* x, const float* w, int64_t heads) const {
+  const int64_t hd = config_.head_dim;
+  for (int64_t i = 0; i < T_ * heads; ++i)
+    ops::rmsnorm(x + i * hd, w, x + i * hd, hd, config_.rms_eps);
+}
+
+void TransformerForward::add_residual(const float* y) {
+  const int64_t n = T_ * config_.n_embd;
+  for (int64_t i = 0; i < n; ++i) x_[static_cast<size_t>(i)] += y[i];
+}
+
+void TransformerForward::end_layer(int64_t l) {
+  if (observer_) observer_->on_hidden(l, x_.data(), T_, config_.n_embd);
+}
+
+void TransformerForward::rotate_and_store(int64_t l, const kv::BatchPlan& plan, const Group& g,
+                                          const RopeTable& rope, kv::KvStorage& kv) {
+  const ModelConfig& c = config_;
+  const int64_t hd = c.head_dim, qdim = c.n_head * hd, kvdim = c.n_head_kv * hd;
+  // Keys rotated once at the plan's key position and stored; queries rotated at each
+  // distinct query position their ranges ask for.
+  pool_.parallel_for(T_, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
+      float* kt = k_.data() + t * kvdim;
+      ops::rope_with(kt, c.n_head_kv, hd, rope.n_rot, tp.key_pos, rope.inv_freq.data(), rope.style);
+      kv.store(l, tp.write_slot, kt, v_.data() + t * kvdim);
+      bool done[2] = {false, false};
+      for (int32_t r = tp.range_begin; r < tp.range_end; ++r) {
+        const int qi = g.q_index[static_cast<size_t>(r)];
+        if (done[qi]) continue;
+        done[qi] = true;
+        float* dst = qr_.data() + (t * 2 + qi) * qdim;
+        std::memcpy(dst, q_.data() + t * qdim, static_cast<size_t>(qdim) * sizeof(float));
+        ops::rope_with(dst, c.n_head, hd, rope.n_rot, plan.ranges[static_cast<size_t>(r)].query_pos,
+                       rope.inv_freq.data(), rope.style);
+      }
+    }
+  });
+}
+
+void TransformerForward::attend(const kv::BatchPlan& plan, const Group& g,
+                                const ops::AttentionShape& shape, const void* kbase,
+                                const void* vbase) {
+  const int64_t nkv = config_.n_head_kv, qdim = config_.n_head * config_.head_dim;
+  const int64_t part_floats = ops::attention_part_floats(shape);
+  const auto token_runs = [&](int64_t t, int& n_runs) {
+    const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
+    n_runs = tp.range_end - tp.range_begin;
+    return g.key_runs.data() + tp.range_begin;
+  };
+  if (g.split) {
+    // Items (token, KV head, piece), pieces of one (token, KV head) consecutive.
+    pool_.parallel_for(g.n_items, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t item = i0; item < i1; ++item) {
+        int64_t t = 0;
+        while (g.first_item[static_cast<size_t>(t + 1)] <= item) ++t;
+        const int64_t span = plan.span_size(static_cast<size_t>(t));
+        const int64_t local = item - g.first_item[static_cast<size_t>(t)];
+        const int64_t n_pieces = ops::attention_pieces(span);
+        const int64_t kvh = local / n_pieces, p = local % n_pieces;
+        int n_runs = 0;
+        const ops::KeyRun* runs = token_runs(t, n_runs);
+        ops::attend_piece(shape, kvh, runs, n_runs, p * ops::kAttnPiece,
+                          std::min(span, (p + 1) * ops::kAttnPiece), kbase, vbase,
+                          attn_parts_.data() + item * part_floats);
+      }
+    });
+    for (int64_t t = 0; t < T_; ++t) {
+      const int64_t n_pieces = ops::attention_pieces(plan.span_size(static_cast<size_t>(t)));
+      for (int64_t kvh = 0; kvh < nkv; ++kvh) {
+        const int64_t first = g.first_item[static_cast<size_t>(t)] + kvh * n_pieces;
+        ops::attend_merge(shape, kvh, attn_parts_.data() + first * part_floats, n_pieces,
+                          attn_.data() + t * qdim);
+      }
+    }
+  } else {
+    // Items (token, KV head), a static share per thread, each with its own partials.
+    const int64_t parts_per_thread = ops::attention_pieces(g.max_span) * part_floats;
+    pool_.run([&](int ith, int nth) {
+      float* parts = attn_parts_.data() + static_cast<size_t>(ith) * parts_per_thread;
+      const int64_t i0 = g.n_items * ith / nth, i1 = g.n_items * (ith + 1) / nth;
+      for (int64_t item = i0; item < i1; ++item) {
+        const int64_t t = item / nkv, kvh = item % nkv;
+        int n_runs = 0;
+        const ops::KeyRun* runs = token_runs(t, n_runs);
+        ops::attend_group(shape, kvh, runs, n_runs, kbase, vbase, attn_.data() + t * qdim, parts);
+      }
+    });
+  }
+}
+
+void TransformerForward::apply_edit(const AttentionEdit& edit, const kv::BatchPlan& plan,
+                                    const Group& g, const ops::AttentionShape& shape,
+                                    const void* kbase, const void* vbase) {
+  const int64_t nh = config_.n_head, nkv = config_.n_head_kv, hd = config_.head_dim;
+  const int64_t G = nh / nkv;
+  if (!edit.drop_sinks.empty() && static_cast<int64_t>(edit.drop_sinks.size()) != nh)
+    throw InvalidArgument(
+        fmt::format("attention edit for {} heads; the model has {}", edit.drop_sinks.size(), nh));
+  // The group of an edited head is attended again over the runs it keeps, with the same
+  // kernel, and the edited heads take their rows from that result.
+  for (int64_t kvh = 0; kvh < nkv && !edit.drop_sinks.empty(); ++kvh) {
+    bool any = false;
+    for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h) any |= edit.drop_sinks[h] != 0;
+    if (!any) continue;
+    for (int64_t t = 0; t < T_; ++t) {
+      const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
+      ops::KeyRun kept[kMaxRunsPerToken];
+      int n_kept = 0;
+      for (int32_t r = tp.range_begin; r < tp.range_end; ++r)
+        if (!plan.ranges[static_cast<size_t>(r)].sink)
+          kept[n_kept++] = g.key_runs[static_cast<size_t>(r)];
+      if (n_kept == tp.range_end - tp.range_begin) continue;  // no sink run for this token
+      if (n_kept == 0) continue;  // nothing would remain: leave the head as it is
+      int64_t span = 0;
+      for (int i = 0; i < n_kept; ++i) span += kept[i].end - kept[i].begin;
+      const size_t need =
+          static_cast<size_t>(ops::attention_pieces(span) * ops::attention_part_floats(shape));
+      if (attn_parts_.size() < need) attn_parts_.resize(need);
+      // attend_group writes the group's rows of a [n_head][hd] row; the edited heads take
+      // theirs from it.
+      std::vector<float>& row = edit_out_;
+      ops::attend_group(shape, kvh, kept, n_kept, kbase, vbase, row.data(), attn_parts_.data());
+      float* dst = attn_.data() + t * nh * hd;
+      for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h)
+        if (edit.drop_sinks[h])
+          std::memcpy(dst + h * hd, row.data() + h * hd, static_cast<size_t>(hd) * sizeof(float));
+    }
+  }
+}
+
+void TransformerForward::record(int64_t l, const kv::BatchPlan& plan, const Group& g,
+                                const ops::AttentionShape& shape, const void* kbase) {
+  const ModelConfig& c = config_;
+  AttentionRecord rec;
+  rec.layer = l;
+  rec.plan = &plan;
+  rec.n_tokens = T_;
+  rec.n_head = c.n_head;
+  rec.n_head_kv = c.n_head_kv;
+  rec.head_dim = c.head_dim;
+  rec.k_rows = k_.data();
+  rec.v_rows = v_.data();
+  if (observer_->wants_probs(l)) {
+    const int64_t G = c.n_head / c.n_head_kv;
+    int64_t total = 0;
+    for (int64_t t = 0; t < T_; ++t) {
+      prob_offset_[static_cast<size_t>(t)] = total;
+      total += c.n_head * plan.span_size(static_cast<size_t>(t));
+    }
+    prob_offset_[static_cast<size_t>(T_)] = total;
+    if (probs_.size() < static_cast<size_t>(total)) probs_.resize(static_cast<size_t>(total));
+    pool_.parallel_for(T_ * c.n_head_kv, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t t = i / c.n_head_kv, kvh = i % c.n_head_kv;
+        const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
+        const int64_t span = plan.span_size(static_cast<size_t>(t));
+        ops::attention_probs(shape, kvh, g.key_runs.data() + tp.range_begin,
+                             tp.range_end - tp.range_begin, kbase,
+                             probs_.data() + prob_offset_[static_cast<size_t>(t)] + kvh * G * span);
+      }
+    });
+    rec.probs = probs_.data();
+    rec.prob_offset = prob_offset_.data();
+  }
+  observer_->on_attention(rec);
+}
+
+void TransformerForward::attention(int64_t l, const RopeTable& rope, kv::KvStorage& kv) {
+  const int32_t gi = plan_->group_of_layer[static_cast<size_t>(l)];
+  const kv::BatchPlan& plan = plan_->groups[static_cast<size_t>(gi)];
+  const Group& g = groups_[static_cast<size_t>(gi)];
+  rotate_and_store(l, plan, g, rope, kv);
+  const ops::AttentionShape shape{config_.n_head,   config_.n_head_kv,
+                                  config_.head_dim, kv.n_slots(l) * config_.head_dim,
+                                  kv.type(),        attn_scale_};
+  const void* kbase = kv.k(l, 0);
+  const void* vbase = kv.v(l, 0);
+  attend(plan, g, shape, kbase, vbase);
+  if (observer_) {
+    if (const AttentionEdit* e = observer_->edit(l)) apply_edit(*e, plan, g, shape, kbase, vbase);
+    record(l, plan, g, shape, kbase);
+  }
+}
+
+const float* TransformerForward::logits(Logits which, const float* output_norm,
+                                        const ops::WeightMatrix& output, float softcap) {
+  if (which == Logits::kNone) return nullptr;
+  const ModelConfig& c = config_;
+  const int64_t d = c.n_embd;
+  const int64_t first = which == Logits::kAll ? 0 : T_ - 1;
+  const int64_t rows = T_ - first;
+  for (int64_t t = first; t < T_; ++t)
+    ops::rmsnorm(x_.data() + t * d, output_norm, xn_.data() + (t - first) * d, d, c.rms_eps);
+  if (logits_.size() < static_cast<size_t>(rows * c.n_vocab))
+    logits_.resize(static_cast<size_t>(rows * c.n_vocab));
+  act_.set(xn_.data(), rows, d);
+  ops::matmul(output, act_, logits_.data(), c.n_vocab, pool_);
+  if (softcap > 0) {
+    for (int64_t i = 0; i < rows * c.n_vocab; ++i) {
+      float& z = logits_[static_cast<size_t>(i)];
+      z = softcap * std::tanh(z / softcap);
+    }
+  }
+  return logits_.data();
+}
+
+}  // namespace spillway::model::detail

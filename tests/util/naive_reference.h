@@ -1,0 +1,51 @@
+// A naive reference decoder for tests: the same weights and matrix products as the
+// library, but attention written out from the policy table of DESIGN.md. Each step takes
+// the token's span of stream indices per layer, gives them positions (rank in the span, or
+// the stream index), rotates every cached un-rotated key at its position in double
+// precision and attends in double. Llama and Gemma 3 (QK-norm, post-norms, GELU, NeoX
+// RoPE with per-layer bases, local layers with their own window).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "spillway/core/thread_pool.h"
+#include "spillway/model/model.h"
+#include "spillway/ops/matmul.h"
+
+namespace spillway::test {
+
+class NaiveReference {
+ public:
+  // The span of a policy-governed layer: sinks 0..S-1 plus the last `window` tokens
+  // (window < 0: every token). Local layers keep their native window unless
+  // local_native is false. Positions: ranks in the span, or stream indices (absolute).
+  NaiveReference(const model::Model& m, int64_t sinks, int64_t window, bool absolute,
+                 bool local_native = true);
+
+  // Logits [n_vocab] after feeding `token` at the next stream index.
+  std::vector<float> step(TokenId token);
+
+ private:
+  struct Rope {
+    bool halves = false;
+    int64_t n_rot = 0;
+    std::vector<double> inv_freq;
+  };
+  std::vector<int64_t> span(int64_t n, int64_t layer) const;
+  std::vector<double> rotate(const float* x, int64_t hd, const Rope& r, int64_t pos) const;
+  void mm(const ops::WeightMatrix& w, const std::vector<float>& in, std::vector<float>& out);
+  // Attention of one layer for the new token n: q [n_head*hd] (un-rotated), into out.
+  void attend(int64_t l, int64_t n, const std::vector<float>& q, const Rope& rope, double scale,
+              std::vector<float>& out);
+
+  const model::Model& m_;
+  int64_t sinks_, window_;
+  bool absolute_, local_native_;
+  ThreadPool pool_;
+  int64_t n_ = 0;
+  std::vector<std::map<int64_t, std::vector<float>>> k_, v_;  // [layer][stream index] -> row
+};
+
+}  // namespace spillway::test
