@@ -22,28 +22,8 @@ import math
 import os
 import sys
 
-kSystemPython = "/usr/bin/python3"
-
-
-def import_pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        return plt
-    except ImportError:
-        pass
-    here = os.path.realpath(sys.executable)
-    if os.path.exists(kSystemPython) and os.path.realpath(kSystemPython) != here:
-        if os.environ.get("SPILLWAY_PLOT_REEXEC") != "1":
-            os.environ["SPILLWAY_PLOT_REEXEC"] = "1"
-            os.execv(kSystemPython, [kSystemPython, os.path.abspath(__file__)] + sys.argv[1:])
-    sys.exit(
-        "plot-ppl.py: matplotlib is not installed for %s (nor for %s); "
-        "install python3-matplotlib" % (sys.executable, kSystemPython)
-    )
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plotting import import_pyplot  # noqa: E402
 
 
 def read_csv(path):
@@ -119,7 +99,7 @@ def main():
         sys.exit("plot-ppl.py: --window must be at least 1, got %d" % args.window)
 
     policies, columns = read_csv(args.csv)
-    plt = import_pyplot()
+    plt = import_pyplot(__file__)
 
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
     x_min, x_max = None, None

@@ -414,7 +414,7 @@ void TransformerForward::record(int64_t l, const kv::BatchPlan& plan, const Grou
   rec.n_head = c.n_head;
   rec.n_head_kv = c.n_head_kv;
   rec.head_dim = c.head_dim;
-  rec.k_rows = k_.data();
+  rec.k_rows = k_raw_.data();
   rec.v_rows = v_.data();
   if (observer_->wants_probs(l)) {
     const int64_t G = c.n_head / c.n_head_kv;
@@ -445,6 +445,7 @@ void TransformerForward::attention(int64_t l, const RopeTable& rope, kv::KvStora
   const int32_t gi = plan_->group_of_layer[static_cast<size_t>(l)];
   const kv::BatchPlan& plan = plan_->groups[static_cast<size_t>(gi)];
   const Group& g = groups_[static_cast<size_t>(gi)];
+  if (observer_) k_raw_.assign(k_.begin(), k_.begin() + T_ * config_.n_head_kv * config_.head_dim);
   rotate_and_store(l, plan, g, rope, kv);
   const ops::AttentionShape shape{config_.n_head,   config_.n_head_kv,
                                   config_.head_dim, kv.n_slots(l) * config_.head_dim,

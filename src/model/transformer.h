@@ -127,6 +127,7 @@ class TransformerForward : public Forward {
   std::vector<float> attn_parts_;     // [items][attention_part_floats]
   std::vector<float> probs_;          // observer records: probabilities of the step's tokens
   std::vector<int64_t> prob_offset_;  // [T + 1]
+  std::vector<float> k_raw_;          // [T][n_head_kv*hd] keys before RoPE (only with an observer)
   std::vector<float> edit_out_;       // [n_head][head_dim] an edited group's attention output
 };
 

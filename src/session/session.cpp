@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "spillway/core/error.h"
+#include "spillway/model/observer.h"
 
 namespace spillway {
 
@@ -42,6 +43,7 @@ void Session::reset() {
 }
 
 void Session::set_observer(model::AttentionObserver* observer) {
+  if (observer) observer->on_attach(*cache_);
   forward_->set_observer(observer);
 }
 

@@ -80,6 +80,8 @@ void NaiveReference::attend(int64_t l, int64_t n, const std::vector<float>& q, c
   for (int64_t h = 0; h < nh; ++h) {
     const int64_t g = h / (nh / nkv);
     const std::vector<double> qr = rotate(q.data() + h * hd, hd, rope, qpos);
+    // A dropped head leaves out the sinks once the window no longer reaches them.
+    const bool drop = dropped_.count({l, h}) > 0 && window_ >= 0 && n >= sinks_ + window_;
     std::vector<double> sc(sp.size());
     double mx = -1e300;
     for (size_t i = 0; i < sp.size(); ++i) {
@@ -87,11 +89,14 @@ void NaiveReference::attend(int64_t l, int64_t n, const std::vector<float>& q, c
       const std::vector<double> kr = rotate(k_[l].at(sp[i]).data() + g * hd, hd, rope, pos);
       double dot = 0;
       for (int64_t j = 0; j < hd; ++j) dot += qr[j] * kr[j];
-      sc[i] = dot * scale;
+      sc[i] = drop && sp[i] < sinks_ ? -INFINITY : dot * scale;
       mx = std::max(mx, sc[i]);
     }
     double sum = 0;
     for (double& s : sc) sum += (s = std::exp(s - mx));
+    std::map<int64_t, double>& probs = probs_[{l, h}];
+    probs.clear();
+    for (size_t i = 0; i < sp.size(); ++i) probs[sp[i]] = sc[i] / sum;
     for (int64_t j = 0; j < hd; ++j) {
       double acc = 0;
       for (size_t i = 0; i < sp.size(); ++i) acc += sc[i] / sum * v_[l].at(sp[i])[g * hd + j];

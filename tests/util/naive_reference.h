@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
+#include <utility>
 #include <vector>
 
 #include "spillway/core/thread_pool.h"
@@ -26,6 +28,15 @@ class NaiveReference {
 
   // Logits [n_vocab] after feeding `token` at the next stream index.
   std::vector<float> step(TokenId token);
+
+  // From the next step on, head `head` of `layer` leaves the sink tokens (0..S-1) out of
+  // its softmax once they are no longer part of the window (a head's sink logits at -inf).
+  void drop_sinks(int64_t layer, int64_t head) { dropped_.insert({layer, head}); }
+
+  // The last step's attention probabilities of (layer, head) by key stream index.
+  const std::map<int64_t, double>& last_probs(int64_t layer, int64_t head) const {
+    return probs_.at({layer, head});
+  }
 
  private:
   struct Rope {
@@ -46,6 +57,8 @@ class NaiveReference {
   ThreadPool pool_;
   int64_t n_ = 0;
   std::vector<std::map<int64_t, std::vector<float>>> k_, v_;  // [layer][stream index] -> row
+  std::set<std::pair<int64_t, int64_t>> dropped_;             // (layer, head) without sinks
+  std::map<std::pair<int64_t, int64_t>, std::map<int64_t, double>> probs_;  // last step
 };
 
 }  // namespace spillway::test

@@ -123,6 +123,8 @@ class Policy {
   // Tokens a single query attends to at most (the paper's cache size); nullopt when
   // unbounded (full).
   virtual std::optional<int64_t> capacity() const = 0;
+  // Tokens kept as attention sinks once the window has moved on (0: none).
+  virtual int64_t n_sinks() const { return 0; }
 
   // Plans stream tokens [n0, n0 + count), appending to `out` (not cleared). Calls must
   // follow the stream: n0 equals the number of tokens planned since the last reset(),

@@ -31,7 +31,8 @@ struct AttentionRecord {
   // stored keys, before any edit. nullptr otherwise.
   const float* probs = nullptr;
   const int64_t* prob_offset = nullptr;
-  // The new tokens' keys (rotated at their key position) and values, [T][n_head_kv][head_dim].
+  // The new tokens' keys before RoPE (after any key norm) and values,
+  // [T][n_head_kv][head_dim].
   const float* k_rows = nullptr;
   const float* v_rows = nullptr;
 };
@@ -47,6 +48,9 @@ class AttentionObserver {
  public:
   virtual ~AttentionObserver() = default;
 
+  // Attached to a session whose cache holds what `cache` holds (Session::set_observer
+  // calls it; a Forward alone does not).
+  virtual void on_attach(const kv::Cache& cache) {}
   // A forward step begins: the plans of all layer groups.
   virtual void on_step(const kv::StepPlan& plan) {}
   // Whether the record of `layer` should carry probabilities (they cost a pass over the keys).

@@ -1,0 +1,83 @@
+// Sink analyses on top of AttentionStats: the sink score and sink rate of Gu et al. (ICLR
+// 2025, "When Attention Sink Emerges"), where the surplus goes, massive activations, the
+// sink key's direction, and causal sink dependence per head (ablation: a head's softmax
+// without its sink slots).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "spillway/analysis/attention_stats.h"
+#include "spillway/kv/policy.h"
+#include "spillway/model/model.h"
+
+namespace spillway::analysis {
+
+// alpha_k(l, h) for every layer and head: [n_layer * n_head], row-major by layer.
+std::vector<double> sink_scores(const AttentionStats& stats, int64_t k);
+
+// Percentage of (layer, head) pairs whose score exceeds eps (NaN scores count as not).
+// Throws InvalidArgument for eps outside (0, 1].
+double sink_rate(std::span<const double> scores, double eps);
+
+// Indices of the `n` largest values, largest first (ties: lower index first).
+std::vector<int64_t> top_indices(std::span<const double> values, int64_t n);
+
+// Ranks 1..n (ties get their average rank), and Spearman's rank correlation (Pearson's
+// correlation of the ranks over the pairs without a NaN; NaN when fewer than two remain,
+// either side is constant, or the sizes differ).
+std::vector<double> ranks(std::span<const double> values);
+double spearman(std::span<const double> a, std::span<const double> b);
+
+// Median of the values (NaN for none).
+double median(std::vector<double> values);
+
+// Cosine of the angle between two vectors of the same length (NaN for a zero vector).
+double cosine(std::span<const float> a, std::span<const float> b);
+
+// Causal sink dependence: the stream runs under a sink policy up to score_from, then the
+// scored targets (stream indices score_from .. n-1) are predicted once as they are
+// (baseline) and once per ablation, each from a copy of the cache at score_from: a head
+// (or every head of a layer, or every head) whose softmax leaves out the sink slots and
+// renormalizes over its window, all other heads unchanged.
+struct AblationOptions {
+  kv::PolicySpec policy = "sink:4+252";  // must keep sinks (a sink:S+W with S >= 1)
+  int64_t score_from = 0;  // first scored target; must leave the window full before it
+  int64_t chunk = 64;      // tokens per forward pass
+  int threads = 0;
+  bool per_layer = true;  // every head of one layer at a time
+  bool per_head = true;   // one head at a time
+  // Restrict the per-layer / per-head runs to these layers / (layer, head) pairs (empty:
+  // all). InvalidArgument for one out of range.
+  std::vector<int64_t> layers;
+  std::vector<std::pair<int64_t, int64_t>> heads;
+  // Called after each ablation run with (runs done, runs in all).
+  std::function<void(int64_t, int64_t)> progress;
+};
+
+struct AblationResult {
+  int64_t n_layer = 0, n_head = 0;
+  int64_t scored = 0;                 // targets per run
+  double base_nll = 0;                // mean NLL of the scored targets, nothing ablated
+  std::vector<float> base_token_nll;  // [scored]
+  double all_heads_delta = 0;         // every head at once: mean NLL change
+  std::vector<double> layer_delta;    // [n_layer] (empty unless per_layer; NaN: not run)
+  std::vector<double> head_delta;     // [n_layer * n_head] (empty unless per_head; NaN: not run)
+  // From the baseline run: mean probability each head puts on the sink slots over the
+  // scored queries, [n_layer * n_head]; and, per layer, the first sink token's hidden
+  // norm entering the layer over the median token's, [n_layer].
+  std::vector<double> sink_mass;
+  std::vector<double> sink_hidden_ratio;
+  double seconds = 0;
+};
+
+// Throws InvalidArgument for a policy without sinks, or a score_from that leaves fewer
+// than S + W tokens before the scored range or no target after it.
+AblationResult ablate_sinks(const model::Model& model, std::span<const TokenId> tokens,
+                            const AblationOptions& opts);
+
+}  // namespace spillway::analysis
