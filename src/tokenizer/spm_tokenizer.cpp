@@ -55,9 +55,12 @@ struct Bigram {
 };
 
 // Heap order: the highest score on top; on equal scores the leftmost pair.
-bool lower_priority(const Bigram& a, const Bigram& b) {
-  return a.score < b.score || (a.score == b.score && a.left > b.left);
-}
+struct LowerPriority {
+  bool operator()(const Bigram& a, const Bigram& b) const {
+    return a.score < b.score || (a.score == b.score && a.left > b.left);
+  }
+};
+constexpr LowerPriority lower_priority;
 
 }  // namespace
 

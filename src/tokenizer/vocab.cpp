@@ -85,27 +85,50 @@ std::vector<float> read_scores(const gguf::Metadata& meta, const std::string& ke
   return scores;
 }
 
-// A fast, well-mixing hash of a short byte string (not cryptographic).
-uint64_t hash_bytes(std::string_view s) {
-  constexpr uint64_t kMul1 = 0xBF58476D1CE4E5B9ULL;
-  constexpr uint64_t kMul2 = 0x94D049BB133111EBULL;
-  uint64_t h = 0x9E3779B97F4A7C15ULL ^ (s.size() * kMul2);
-  size_t i = 0;
-  for (; i + 8 <= s.size(); i += 8) {
-    uint64_t w;
-    std::memcpy(&w, s.data() + i, 8);
-    h = (h ^ w) * kMul1;
-    h ^= h >> 29;
-  }
-  if (i < s.size()) {
-    uint64_t w = 0;
-    std::memcpy(&w, s.data() + i, s.size() - i);
-    h = (h ^ w) * kMul2;
-    h ^= h >> 32;
-  }
+uint64_t load64(const char* p) {
+  uint64_t w;
+  std::memcpy(&w, p, 8);
+  return w;
+}
+
+uint32_t load32(const char* p) {
+  uint32_t w;
+  std::memcpy(&w, p, 4);
+  return w;
+}
+
+// The bytes of a text of at most 8 bytes packed into one word; for a given length this
+// is one-to-one (reads overlap instead of running past the end). For longer texts:
+// their first 8 bytes.
+uint64_t head_of(std::string_view s) {
+  const size_t n = s.size();
+  const char* p = s.data();
+  if (n >= 8) return load64(p);
+  if (n >= 4) return load32(p) | (uint64_t{load32(p + n - 4)} << 32);
+  if (n == 0) return 0;
+  return static_cast<uint8_t>(p[0]) | (uint64_t{static_cast<uint8_t>(p[n / 2])} << 8) |
+         (uint64_t{static_cast<uint8_t>(p[n - 1])} << 16);
+}
+
+uint64_t mix(uint64_t h) {
   h ^= h >> 31;
-  h *= kMul1;
+  h *= 0xBF58476D1CE4E5B9ULL;
   h ^= h >> 29;
+  return h;
+}
+
+// A fast, well-mixing hash of a short byte string (not cryptographic); `head` is
+// head_of(s).
+uint64_t hash_bytes(std::string_view s, uint64_t head) {
+  constexpr uint64_t kMul = 0x94D049BB133111EBULL;
+  uint64_t h = (0x9E3779B97F4A7C15ULL ^ (s.size() * kMul)) + head;
+  h = mix(h * kMul);
+  if (s.size() > 8) {
+    const char* p = s.data();
+    size_t i = 8;
+    for (; i + 8 < s.size(); i += 8) h = mix((h ^ load64(p + i)) * kMul);
+    h = mix((h ^ load64(p + s.size() - 8)) * kMul);  // the last 8 bytes (may overlap)
+  }
   return h;
 }
 
@@ -154,23 +177,30 @@ VocabData VocabData::from_metadata(const gguf::Metadata& meta) {
   return d;
 }
 
+namespace {
+
+uint16_t len_field(size_t n) {
+  return static_cast<uint16_t>(std::min<size_t>(n, 0xFFFF));
+}
+
+}  // namespace
+
 void TokenIndex::build(const std::vector<std::string>& texts) {
   size_t cap = 16;
   while (cap < texts.size() * 2) cap *= 2;
-  slots_.assign(cap, 0);
+  slots_.assign(cap, Slot{});
   mask_ = cap - 1;
   for (size_t id = 0; id < texts.size(); ++id) {
-    const uint64_t h = hash_bytes(texts[id]);
-    const uint64_t tag = h & 0xFFFFFFFF00000000ULL;
+    const std::string& t = texts[id];
+    const uint64_t head = head_of(t);
+    const uint64_t h = hash_bytes(t, head);
+    const Slot mine{head, static_cast<uint32_t>(id + 1), len_field(t.size()),
+                    static_cast<uint16_t>(h >> 48)};
     for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
-      const uint64_t s = slots_[i];
-      if (s == 0) {
-        slots_[i] = tag | (id + 1);
-        break;
-      }
-      const size_t other = (s & 0xFFFFFFFFULL) - 1;
-      if ((s & 0xFFFFFFFF00000000ULL) == tag && texts[other] == texts[id]) {
-        slots_[i] = tag | (id + 1);  // a later duplicate replaces the earlier id
+      Slot& s = slots_[i];
+      if (s.id1 == 0 || (s.tag == mine.tag && s.head == mine.head && s.len == mine.len &&
+                         texts[s.id1 - 1] == t)) {
+        s = mine;  // a later duplicate replaces the earlier id
         break;
       }
     }
@@ -179,14 +209,16 @@ void TokenIndex::build(const std::vector<std::string>& texts) {
 
 TokenId TokenIndex::find(std::string_view s, const std::vector<std::string>& texts) const {
   if (slots_.empty()) return -1;
-  const uint64_t h = hash_bytes(s);
-  const uint64_t tag = h & 0xFFFFFFFF00000000ULL;
+  const uint64_t head = head_of(s);
+  const uint64_t h = hash_bytes(s, head);
+  const auto tag = static_cast<uint16_t>(h >> 48);
+  const uint16_t len = len_field(s.size());
   for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
-    const uint64_t slot = slots_[i];
-    if (slot == 0) return -1;
-    if ((slot & 0xFFFFFFFF00000000ULL) == tag) {
-      const auto id = static_cast<TokenId>((slot & 0xFFFFFFFFULL) - 1);
-      if (texts[id] == s) return id;
+    const Slot& slot = slots_[i];
+    if (slot.id1 == 0) return -1;
+    if (slot.tag == tag && slot.head == head && slot.len == len) {
+      const auto id = static_cast<TokenId>(slot.id1 - 1);
+      if (s.size() <= 8 || std::string_view(texts[id]).substr(8) == s.substr(8)) return id;
     }
   }
 }

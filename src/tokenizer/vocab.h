@@ -36,7 +36,8 @@ struct VocabData {
 };
 
 // Hash index from token text to id over texts held elsewhere (the vocabulary's token
-// list, passed to every call). Open addressing; built once, read-only afterwards, so
+// list, passed to every call). Open addressing; a slot holds the first 8 bytes of its
+// text, so most lookups touch one cache line. Built once, read-only afterwards, so
 // concurrent lookups are safe.
 class TokenIndex {
  public:
@@ -47,8 +48,14 @@ class TokenIndex {
   TokenId find(std::string_view s, const std::vector<std::string>& texts) const;
 
  private:
-  std::vector<uint64_t> slots_;  // [capacity] (hash high 32 bits << 32) | (id + 1); 0 = empty
-  uint64_t mask_ = 0;            // capacity - 1 (capacity a power of two)
+  struct Slot {
+    uint64_t head = 0;  // first 8 bytes of the text, zero-padded
+    uint32_t id1 = 0;   // id + 1; 0 = empty
+    uint16_t len = 0;   // text length, 0xFFFF for 0xFFFF and longer
+    uint16_t tag = 0;   // top 16 bits of the hash
+  };
+  std::vector<Slot> slots_;  // [capacity]
+  uint64_t mask_ = 0;        // capacity - 1 (capacity a power of two)
 };
 
 // A piece of input text: either text still to tokenize or an already recognized token.
