@@ -229,7 +229,7 @@ class TokenizerGoldenGemma3 : public ::testing::Test {
 
 TEST_F(TokenizerGoldenGemma3, Metadata) {
   std::printf("[ tokens ] gemma3 tokenizer built from the opened file in %.1f ms\n", load_s_ * 1e3);
-  EXPECT_LT(load_s_, 2.0);  // about 0.1 s in a release build
+  EXPECT_LT(load_s_, 5.0);  // about 0.05 s in a release build, 0.9 s with sanitizers
   EXPECT_EQ(tok_->model_name(), "llama");
   EXPECT_EQ(tok_->vocab_size(), 262144);
   EXPECT_TRUE(tok_->add_bos());
@@ -310,7 +310,7 @@ TEST_F(TokenizerGoldenGemma3, LongTextWithoutSpaces) {
   std::printf("[ tokens ] gemma3: %zu bytes without spaces -> %zu tokens in %.1f ms\n", text.size(),
               ids.size(), s * 1e3);
   EXPECT_EQ(tok_->decode(ids), text);
-  EXPECT_LT(s, 1.0);
+  EXPECT_LT(s, 5.0);  // about 30 ms in a release build, 1.3 s with sanitizers
 }
 
 TEST_F(TokenizerGoldenGemma3, CorpusMatchesLlamaCpp) {
