@@ -18,7 +18,8 @@
 //      the <0xXX> tokens of its bytes (or the one-character tokens of those bytes);
 //      when some byte has neither, the character becomes the unknown token (nothing
 //      when there is none).
-// Cost: O(n log n) in the fragment length.
+// Cost: O(n log n) in the fragment length. A fragment over 512 MiB throws
+// InvalidArgument.
 #pragma once
 
 #include <array>
@@ -42,7 +43,7 @@ class SpmTokenizer final : public VocabTokenizer {
 
   // As llama.cpp's detokenizer. Without keep_control, a leading BOS (when the
   // vocabulary adds BOS) and a trailing EOS (when it adds EOS) are dropped and control
-  // tokens print nothing; with it, every token prints. With add_space_prefix, one space
+  // and unknown tokens print nothing; with it, every token prints. With add_space_prefix, one space
   // is removed from the start of the first token's text, unless a BOS was dropped in
   // front of it (so decode(encode(s)) == s without BOS, " " + s after a dropped BOS).
   std::string decode(std::span<const TokenId> ids, bool keep_control) const override;
