@@ -247,8 +247,8 @@ void BpeTokenizer::emit(int32_t sym, std::vector<TokenId>& out) const {
   const auto& b2c = byte_to_piece_char();
   for (char b : virtual_bytes_[sym - n_vocab_]) {
     for (char c : b2c[static_cast<uint8_t>(b)]) {
-      auto it = by_text_.find(std::string(1, c));
-      if (it != by_text_.end()) out.push_back(it->second);
+      const TokenId id = lookup(std::string_view(&c, 1));
+      if (id >= 0) out.push_back(id);
     }
   }
 }
@@ -306,7 +306,8 @@ void BpeTokenizer::encode_piece(std::string_view bytes, std::vector<TokenId>& ou
   for (int32_t i = 0; i >= 0; i = syms[i].next) emit(syms[i].id, out);
 }
 
-void BpeTokenizer::encode_text(std::string_view text, std::vector<TokenId>& out) const {
+void BpeTokenizer::encode_text(std::string_view text, bool /*after_special*/,
+                               std::vector<TokenId>& out) const {
   if (text.empty()) return;
   Workspace ws;
   std::string norm, subject;

@@ -41,7 +41,8 @@ class BpeTokenizer final : public VocabTokenizer {
   std::vector<std::string> pretokenize(std::string_view text) const;
 
  protected:
-  void encode_text(std::string_view text, std::vector<TokenId>& out) const override;
+  void encode_text(std::string_view text, bool after_special,
+                   std::vector<TokenId>& out) const override;
 
  private:
   // A merge candidate: ranks order the merges; `result` is the merged symbol.

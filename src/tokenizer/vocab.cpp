@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <cstring>
+#include <map>
 #include <numeric>
 
 #include "spillway/core/error.h"
@@ -11,12 +14,32 @@ namespace spillway::tokenizer_detail {
 
 namespace {
 
-// Token texts that end generation whatever their declared type (llama.cpp treats them
-// as control tokens too).
-constexpr std::array<std::string_view, 12> kEogTexts = {
-    "<|eot_id|>",      "<|im_end|>",         "<|end|>", "<end_of_turn>",
-    "<|endoftext|>",   "<|eom_id|>",         "<EOT>",   "_<EOT>",
-    "<|end_of_text|>", "<end_of_utterance>", "[EOT]",   "[EOS]",
+// Token texts that end generation whatever their declared type; llama.cpp makes them
+// control tokens too (two exceptions below).
+constexpr std::array<std::string_view, 22> kEogTexts = {
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<\xEF\xBD\x9C"
+    "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>",  // <｜end▁of▁sentence｜>
+    "[e~[",
 };
 
 std::optional<TokenId> read_id(const gguf::Metadata& meta, const std::string& key, size_t n_vocab,
@@ -32,6 +55,81 @@ std::optional<TokenId> read_id(const gguf::Metadata& meta, const std::string& ke
     return std::nullopt;  // llama.cpp disables such ids too
   }
   return static_cast<TokenId>(*v);
+}
+
+// Scores may be stored as floats or (as llama.cpp also accepts) integers.
+std::vector<float> read_scores(const gguf::Metadata& meta, const std::string& key, size_t n) {
+  const gguf::Value* v = meta.value(key);
+  const gguf::Array* a = v ? v->array() : nullptr;
+  std::vector<float> scores;
+  if (a && (a->elem_type == gguf::ValueType::FLOAT32 || a->elem_type == gguf::ValueType::FLOAT64)) {
+    scores = meta.get_floats(key);
+  } else if (a && a->elem_type != gguf::ValueType::STRING &&
+             a->elem_type != gguf::ValueType::BOOL && a->elem_type != gguf::ValueType::ARRAY) {
+    const auto ints = meta.get_ints(key);
+    scores.assign(ints.begin(), ints.end());
+  } else {
+    throw FormatError(meta.source + ": " + key + " holds " + (v ? v->describe() : "nothing") +
+                      " (expected an array of floats, one per token)");
+  }
+  if (scores.size() != n) {
+    throw FormatError(meta.source + ": " + key + " has " + std::to_string(scores.size()) +
+                      " entries, expected " + std::to_string(n) + " (one per token)");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (std::isnan(scores[i])) {
+      throw FormatError(meta.source + ": " + key + "[" + std::to_string(i) +
+                        "] is NaN (expected a number)");
+    }
+  }
+  return scores;
+}
+
+uint64_t load64(const char* p) {
+  uint64_t w;
+  std::memcpy(&w, p, 8);
+  return w;
+}
+
+uint32_t load32(const char* p) {
+  uint32_t w;
+  std::memcpy(&w, p, 4);
+  return w;
+}
+
+// The bytes of a text of at most 8 bytes packed into one word; for a given length this
+// is one-to-one (reads overlap instead of running past the end). For longer texts:
+// their first 8 bytes.
+uint64_t head_of(std::string_view s) {
+  const size_t n = s.size();
+  const char* p = s.data();
+  if (n >= 8) return load64(p);
+  if (n >= 4) return load32(p) | (uint64_t{load32(p + n - 4)} << 32);
+  if (n == 0) return 0;
+  return static_cast<uint8_t>(p[0]) | (uint64_t{static_cast<uint8_t>(p[n / 2])} << 8) |
+         (uint64_t{static_cast<uint8_t>(p[n - 1])} << 16);
+}
+
+uint64_t mix(uint64_t h) {
+  h ^= h >> 31;
+  h *= 0xBF58476D1CE4E5B9ULL;
+  h ^= h >> 29;
+  return h;
+}
+
+// A fast, well-mixing hash of a short byte string (not cryptographic); `head` is
+// head_of(s).
+uint64_t hash_bytes(std::string_view s, uint64_t head) {
+  constexpr uint64_t kMul = 0x94D049BB133111EBULL;
+  uint64_t h = (0x9E3779B97F4A7C15ULL ^ (s.size() * kMul)) + head;
+  h = mix(h * kMul);
+  if (s.size() > 8) {
+    const char* p = s.data();
+    size_t i = 8;
+    for (; i + 8 < s.size(); i += 8) h = mix((h ^ load64(p + i)) * kMul);
+    h = mix((h ^ load64(p + s.size() - 8)) * kMul);  // the last 8 bytes (may overlap)
+  }
+  return h;
 }
 
 }  // namespace
@@ -62,6 +160,9 @@ VocabData VocabData::from_metadata(const gguf::Metadata& meta) {
       d.types[i] = (t[i] >= 0 && t[i] <= 6) ? static_cast<TokenType>(t[i]) : TokenType::Undefined;
     }
   }
+  if (meta.contains("tokenizer.ggml.scores")) {
+    d.scores = read_scores(meta, "tokenizer.ggml.scores", d.tokens.size());
+  }
   if (meta.contains("tokenizer.ggml.merges")) d.merges = meta.get_strings("tokenizer.ggml.merges");
   const size_t n = d.tokens.size();
   d.bos = read_id(meta, "tokenizer.ggml.bos_token_id", n, true);
@@ -72,23 +173,87 @@ VocabData VocabData::from_metadata(const gguf::Metadata& meta) {
   d.pad = read_id(meta, "tokenizer.ggml.padding_token_id", n, false);
   d.add_bos = meta.find<bool>("tokenizer.ggml.add_bos_token");
   d.add_eos = meta.find<bool>("tokenizer.ggml.add_eos_token");
+  d.add_space_prefix = meta.find<bool>("tokenizer.ggml.add_space_prefix");
   return d;
+}
+
+namespace {
+
+uint16_t len_field(size_t n) {
+  return static_cast<uint16_t>(std::min<size_t>(n, 0xFFFF));
+}
+
+}  // namespace
+
+void TokenIndex::build(const std::vector<std::string>& texts) {
+  size_t cap = 16;
+  while (cap < texts.size() * 2) cap *= 2;
+  slots_.assign(cap, Slot{});
+  mask_ = cap - 1;
+  for (size_t id = 0; id < texts.size(); ++id) {
+    const std::string& t = texts[id];
+    const uint64_t head = head_of(t);
+    const uint64_t h = hash_bytes(t, head);
+    const Slot mine{head, static_cast<uint32_t>(id + 1), len_field(t.size()),
+                    static_cast<uint16_t>(h >> 48)};
+    for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
+      Slot& s = slots_[i];
+      if (s.id1 == 0 || (s.tag == mine.tag && s.head == mine.head && s.len == mine.len &&
+                         texts[s.id1 - 1] == t)) {
+        s = mine;  // a later duplicate replaces the earlier id
+        break;
+      }
+    }
+  }
+}
+
+TokenId TokenIndex::find(std::string_view s, const std::vector<std::string>& texts) const {
+  if (slots_.empty()) return -1;
+  const uint64_t head = head_of(s);
+  const uint64_t h = hash_bytes(s, head);
+  const auto tag = static_cast<uint16_t>(h >> 48);
+  const uint16_t len = len_field(s.size());
+  for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
+    const Slot& slot = slots_[i];
+    if (slot.id1 == 0) return -1;
+    if (slot.tag == tag && slot.head == head && slot.len == len) {
+      const auto id = static_cast<TokenId>(slot.id1 - 1);
+      if (s.size() <= 8 || std::string_view(texts[id]).substr(8) == s.substr(8)) return id;
+    }
+  }
 }
 
 VocabTokenizer::VocabTokenizer(VocabData data) : data_(std::move(data)) {
   const size_t n = data_.tokens.size();
-  by_text_.reserve(n * 2);
-  for (size_t i = 0; i < n; ++i) by_text_[data_.tokens[i]] = static_cast<TokenId>(i);
+  index_.build(data_.tokens);
 
   eog_.assign(n, false);
   for (auto id : {data_.eos, data_.eot, data_.eom}) {
     if (id) eog_[*id] = true;
   }
   for (auto t : kEogTexts) {
-    auto it = by_text_.find(std::string(t));
-    if (it == by_text_.end()) continue;
-    eog_[it->second] = true;
-    data_.types[it->second] = TokenType::Control;
+    const TokenId id = lookup(t);
+    if (id < 0) continue;
+    eog_[id] = true;
+    data_.types[id] = TokenType::Control;
+  }
+  // llama.cpp's two exceptions: with <|return|> and <|call|> (or <|calls|> and
+  // <|flush|>) present, <|end|> is an ordinary user-defined token; with <|tool_response>
+  // (or <|plamo:eos|>) among the end tokens, </s> is a normal token.
+  auto is_eog_text = [&](std::string_view t) {
+    const TokenId id = lookup(t);
+    return id >= 0 && eog_[id];
+  };
+  if (is_eog_text("<|end|>") && ((is_eog_text("<|return|>") && is_eog_text("<|call|>")) ||
+                                 (is_eog_text("<|calls|>") && is_eog_text("<|flush|>")))) {
+    const TokenId id = lookup("<|end|>");
+    eog_[id] = false;
+    data_.types[id] = TokenType::UserDefined;
+  }
+  if (is_eog_text("</s>") && (is_eog_text("<|tool_response>") || is_eog_text("<|plamo:eos|>"))) {
+    const TokenId id = lookup("</s>");
+    eog_[id] = false;
+    data_.types[id] = TokenType::Normal;
   }
 
   for (size_t i = 0; i < n; ++i) {
@@ -98,11 +263,50 @@ VocabTokenizer::VocabTokenizer(VocabData data) : data_(std::move(data)) {
       specials_.push_back(static_cast<TokenId>(i));
     }
   }
-  std::stable_sort(specials_.begin(), specials_.end(), [&](TokenId a, TokenId b) {
-    return data_.tokens[a].size() > data_.tokens[b].size();
-  });
+  // Not a stable sort, on purpose: llama.cpp orders its special tokens with std::sort
+  // from the same starting order, so equal lengths end up in the same order here.
+  std::sort(specials_.begin(), specials_.end(),
+            [&](TokenId a, TokenId b) { return data_.tokens[a].size() > data_.tokens[b].size(); });
+  build_special_trie();
   add_bos_ = data_.add_bos.value_or(false);
   add_eos_ = data_.add_eos.value_or(false);
+}
+
+void VocabTokenizer::build_special_trie() {
+  // Built with ordered maps, then flattened into sorted edge lists.
+  std::vector<std::map<uint8_t, int32_t>> children(1);
+  std::vector<TrieNode> nodes(1);
+  for (size_t rank = 0; rank < specials_.size(); ++rank) {
+    const TokenId id = specials_[rank];
+    int32_t node = 0;
+    for (char c : data_.tokens[id]) {
+      const auto b = static_cast<uint8_t>(c);
+      auto it = children[node].find(b);
+      if (it == children[node].end()) {
+        const auto child = static_cast<int32_t>(nodes.size());
+        children[node].emplace(b, child);
+        children.emplace_back();
+        nodes.emplace_back();
+        node = child;
+      } else {
+        node = it->second;
+      }
+    }
+    // The first rank wins: a later token with the same text never finds anything left.
+    if (nodes[node].rank_any < 0) nodes[node].rank_any = static_cast<int32_t>(rank);
+    if (data_.types[id] == TokenType::UserDefined && nodes[node].rank_user < 0) {
+      nodes[node].rank_user = static_cast<int32_t>(rank);
+    }
+  }
+  trie_edges_.clear();
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    nodes[i].first_edge = static_cast<int32_t>(trie_edges_.size());
+    nodes[i].n_edges = static_cast<int32_t>(children[i].size());
+    for (const auto& [b, child] : children[i]) trie_edges_.push_back({b, child});
+  }
+  trie_nodes_ = std::move(nodes);
+  trie_root_.fill(-1);
+  for (const auto& [b, child] : children[0]) trie_root_[b] = child;
 }
 
 void VocabTokenizer::check_id(TokenId id) const {
@@ -127,45 +331,77 @@ bool VocabTokenizer::is_eog(TokenId id) const {
 }
 
 std::optional<TokenId> VocabTokenizer::find(std::string_view text) const {
-  auto it = by_text_.find(std::string(text));
-  if (it == by_text_.end()) return std::nullopt;
-  return it->second;
+  const TokenId id = lookup(text);
+  if (id < 0) return std::nullopt;
+  return id;
 }
 
 std::vector<Fragment> VocabTokenizer::partition(std::string_view text, bool parse_special) const {
   std::vector<Fragment> frags;
   if (text.empty()) return frags;
-  frags.push_back({text, -1});
-  std::vector<Fragment> next;
-  for (TokenId sid : specials_) {
-    if (!parse_special && data_.types[sid] != TokenType::UserDefined) continue;
-    const std::string& st = data_.tokens[sid];
-    bool any = false;
-    for (const Fragment& f : frags) {
-      if (f.id < 0 && f.text.find(st) != std::string_view::npos) {
-        any = true;
-        break;
-      }
+  const size_t n = text.size();
+
+  // Every occurrence of every special token that may take part: (rank, position).
+  struct Occurrence {
+    int32_t rank;
+    size_t pos;
+  };
+  std::vector<Occurrence> occ;
+  for (size_t p = 0; p < n; ++p) {
+    int32_t node = trie_root_[static_cast<uint8_t>(text[p])];
+    size_t q = p + 1;
+    while (node >= 0) {
+      const TrieNode& nd = trie_nodes_[node];
+      const int32_t rank = parse_special ? nd.rank_any : nd.rank_user;
+      if (rank >= 0) occ.push_back({rank, p});
+      if (q >= n || nd.n_edges == 0) break;
+      const auto b = static_cast<uint8_t>(text[q]);
+      const TrieEdge* first = trie_edges_.data() + nd.first_edge;
+      const TrieEdge* last = first + nd.n_edges;
+      const TrieEdge* e =
+          std::lower_bound(first, last, b, [](const TrieEdge& x, uint8_t v) { return x.byte < v; });
+      node = (e != last && e->byte == b) ? e->child : -1;
+      ++q;
     }
-    if (!any) continue;
-    next.clear();
-    for (const Fragment& f : frags) {
-      if (f.id >= 0) {
-        next.push_back(f);
-        continue;
-      }
-      std::string_view rest = f.text;
-      for (;;) {
-        const size_t at = rest.find(st);
-        if (at == std::string_view::npos) break;
-        if (at > 0) next.push_back({rest.substr(0, at), -1});
-        next.push_back({{}, sid});
-        rest.remove_prefix(at + st.size());
-      }
-      if (!rest.empty()) next.push_back({rest, -1});
-    }
-    frags.swap(next);
   }
+  if (occ.empty()) {
+    frags.push_back({text, -1});
+    return frags;
+  }
+
+  // By rank (a counting sort keeps positions increasing within a rank), then claimed in
+  // rank order. Ranks run by decreasing length, so a claimed span overlapping the
+  // candidate [p, p + len) is at least as long and holds its first or its last byte.
+  std::vector<uint32_t> start(specials_.size() + 1, 0);
+  for (const Occurrence& o : occ) ++start[o.rank + 1];
+  std::partial_sum(start.begin(), start.end(), start.begin());
+  std::vector<size_t> by_rank(occ.size());  // [n_occurrence] positions grouped by rank
+  {
+    std::vector<uint32_t> fill(start.begin(), start.end() - 1);
+    for (const Occurrence& o : occ) by_rank[fill[o.rank]++] = o.pos;
+  }
+  std::vector<uint8_t> claimed(n, 0);  // [n] byte belongs to a claimed special token
+  std::vector<std::pair<size_t, TokenId>> matches;
+  for (size_t rank = 0; rank < specials_.size(); ++rank) {
+    if (start[rank] == start[rank + 1]) continue;
+    const TokenId id = specials_[rank];
+    const size_t len = data_.tokens[id].size();
+    for (uint32_t k = start[rank]; k < start[rank + 1]; ++k) {
+      const size_t p = by_rank[k];
+      if (claimed[p] || claimed[p + len - 1]) continue;
+      std::fill(claimed.begin() + static_cast<std::ptrdiff_t>(p),
+                claimed.begin() + static_cast<std::ptrdiff_t>(p + len), 1);
+      matches.emplace_back(p, id);
+    }
+  }
+  std::sort(matches.begin(), matches.end());
+  size_t at = 0;
+  for (const auto& [p, id] : matches) {
+    if (p > at) frags.push_back({text.substr(at, p - at), -1});
+    frags.push_back({{}, id});
+    at = p + data_.tokens[id].size();
+  }
+  if (at < n) frags.push_back({text.substr(at), -1});
   return frags;
 }
 
@@ -180,11 +416,15 @@ std::vector<TokenId> VocabTokenizer::encode(std::string_view text,
     }
     out.push_back(*data_.bos);
   }
+  bool after_special = true;
   for (const Fragment& f : partition(text, opts.parse_special)) {
-    if (f.id >= 0)
+    if (f.id >= 0) {
       out.push_back(f.id);
-    else
-      encode_text(f.text, out);
+      after_special = true;
+    } else {
+      encode_text(f.text, after_special, out);
+      after_special = false;
+    }
   }
   if (opts.add_eos.value_or(add_eos_)) {
     if (!data_.eos) {

@@ -20,6 +20,12 @@ inline std::string default_model_path() {
   return source_path("models/SmolLM2-135M-Instruct.Q4_1.gguf");
 }
 
+// Gemma 3 270M: $SPILLWAY_GEMMA3_MODEL or models/gemma-3-270m-q4_k_m.gguf.
+inline std::string gemma3_model_path() {
+  if (const char* p = std::getenv("SPILLWAY_GEMMA3_MODEL")) return p;
+  return source_path("models/gemma-3-270m-q4_k_m.gguf");
+}
+
 inline std::string corpus_path() {
   return source_path("data/austen.txt");
 }

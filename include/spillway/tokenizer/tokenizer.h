@@ -1,6 +1,6 @@
-// Tokenizers built from GGUF metadata (tokenizer.ggml.*). Byte-level BPE ("gpt2") with
-// the pre-tokenizer named by tokenizer.ggml.pre; the interface admits SentencePiece-style
-// ("llama") vocabularies as another implementation.
+// Tokenizers built from GGUF metadata (tokenizer.ggml.*): byte-level BPE ("gpt2") with
+// the pre-tokenizer named by tokenizer.ggml.pre, and SentencePiece-style vocabularies
+// with scores and byte-fallback tokens ("llama": Llama 2, Gemma 3). Ids match llama.cpp's.
 #pragma once
 
 #include <cstdint>
@@ -44,13 +44,16 @@ class Tokenizer {
   virtual ~Tokenizer() = default;
 
   // Builds the tokenizer the metadata describes. Throws UnsupportedError for an unknown
-  // tokenizer.ggml.model or pre-tokenizer, FormatError for inconsistent metadata.
+  // tokenizer.ggml.model (supported: gpt2, llama) or pre-tokenizer, FormatError for
+  // inconsistent metadata.
   static std::unique_ptr<Tokenizer> from_gguf(const gguf::GgufFile& file);
 
   virtual std::vector<TokenId> encode(std::string_view text,
                                       const EncodeOptions& opts = {}) const = 0;
   // Concatenated bytes of the tokens' text (special tokens as their text; BOS/EOS and
   // other control tokens are skipped unless keep_control). May end in partial UTF-8.
+  // SentencePiece vocabularies with add_space_prefix drop the space that encode put in
+  // front of the first token, as llama.cpp does (see spm_tokenizer.h).
   virtual std::string decode(std::span<const TokenId> ids, bool keep_control = false) const = 0;
   // The raw bytes one token stands for (control tokens: their text).
   virtual std::string token_bytes(TokenId id) const = 0;
@@ -71,7 +74,8 @@ class Tokenizer {
 };
 
 // Turns a stream of token ids into UTF-8 text, holding back an incomplete trailing UTF-8
-// sequence until the bytes that complete it arrive.
+// sequence until the bytes that complete it arrive. Each token contributes its
+// token_bytes (control and unknown tokens nothing); no leading space is removed.
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tok) : tok_(tok) {}
