@@ -65,6 +65,17 @@ std::vector<double> NaiveReference::rotate(const float* x, int64_t hd, const Rop
 void NaiveReference::mm(const ops::WeightMatrix& w, const std::vector<float>& in,
                         std::vector<float>& out) {
   out.resize(static_cast<size_t>(w.rows));
+  if (exact_) {
+    std::vector<float> row(static_cast<size_t>(w.cols));
+    for (int64_t r = 0; r < w.rows; ++r) {
+      dequantize_row(w.type, static_cast<const std::byte*>(w.data) + w.row_bytes * r, row.data(),
+                     w.cols);
+      double acc = 0;
+      for (int64_t c = 0; c < w.cols; ++c) acc += static_cast<double>(row[c]) * in[c];
+      out[static_cast<size_t>(r)] = static_cast<float>(acc);
+    }
+    return;
+  }
   ops::Activations a;
   a.set(in.data(), 1, w.cols);
   ops::matmul(w, a, out.data(), w.rows, pool_);

@@ -29,6 +29,10 @@ class NaiveReference {
   // Logits [n_vocab] after feeding `token` at the next stream index.
   std::vector<float> step(TokenId token);
 
+  // Matrix products in double from the dequantized weights, without the library's 8-bit
+  // activation rounding (slow: a reference for measuring rounding noise).
+  void set_exact_products(bool on) { exact_ = on; }
+
   // From the next step on, head `head` of `layer` leaves the sink tokens (0..S-1) out of
   // its softmax once they are no longer part of the window (a head's sink logits at -inf).
   void drop_sinks(int64_t layer, int64_t head) { dropped_.insert({layer, head}); }
@@ -54,6 +58,7 @@ class NaiveReference {
   const model::Model& m_;
   int64_t sinks_, window_;
   bool absolute_, local_native_;
+  bool exact_ = false;
   ThreadPool pool_;
   int64_t n_ = 0;
   std::vector<std::map<int64_t, std::vector<float>>> k_, v_;  // [layer][stream index] -> row
