@@ -65,6 +65,17 @@ const void* KvStorage::v(int64_t layer, int64_t kv_head) const {
   return const_cast<KvStorage*>(this)->v(layer, kv_head);
 }
 
+void KvStorage::copy_slot(int64_t layer, int64_t from, int64_t to) {
+  if (from == to) return;
+  const size_t row = static_cast<size_t>(head_dim_) * element_size();
+  for (int64_t h = 0; h < n_head_kv_; ++h) {
+    std::memcpy(static_cast<std::byte*>(k(layer, h)) + to * row,
+                static_cast<const std::byte*>(k(layer, h)) + from * row, row);
+    std::memcpy(static_cast<std::byte*>(v(layer, h)) + to * row,
+                static_cast<const std::byte*>(v(layer, h)) + from * row, row);
+  }
+}
+
 void KvStorage::store(int64_t layer, int64_t slot, const float* k_row, const float* v_row) {
   for (int64_t h = 0; h < n_head_kv_; ++h) {
     const float* ks = k_row + h * head_dim_;

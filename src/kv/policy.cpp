@@ -18,6 +18,12 @@ int64_t BatchPlan::span_size(size_t i) const {
   return n;
 }
 
+std::optional<std::string> PolicyOptions::find(std::string_view key) const {
+  for (const auto& [k, v] : kind_options)
+    if (k == key) return v;
+  return std::nullopt;
+}
+
 void Policy::plan(int64_t n0, int64_t count, BatchPlan& out) {
   if (n0 != n_next_ || count < 0 || count > max_batch_)
     throw InvalidArgument(
@@ -41,7 +47,11 @@ std::vector<int64_t> dense_slot_contents(int64_t n_slots, int64_t n_planned) {
 
 std::string policy_usage() {
   std::string s = "valid forms:";
-  for (const auto& k : policy_kinds()) s += fmt::format(" {} ({});", k.usage, k.help);
+  for (const auto& k : policy_kinds()) {
+    s += fmt::format(" {} ({}", k.usage, k.help);
+    for (const auto& o : k.option_keys) s += fmt::format("; option {}=", o);
+    s += ");";
+  }
   s += " options after a comma: positions=cache|absolute, kv=f32|f16, local=native|policy";
   return s;
 }
@@ -104,12 +114,19 @@ PolicySpec::PolicySpec(std::string_view spec) {
     if (comma == std::string_view::npos) break;
     pos = comma + 1;
   }
+  std::string_view head = parts[0];
+  const size_t colon = head.find(':');
+  const std::string_view name = head.substr(0, colon);
+  const bool has_args = colon != std::string_view::npos;
+  const PolicyKind& kind = find_kind(spec, name, has_args);
   bool saw_positions = false, saw_kv = false, saw_local = false;
   for (size_t i = 1; i < parts.size(); ++i) {
     std::string_view opt = parts[i];
     const size_t eq = opt.find('=');
     std::string_view key = opt.substr(0, eq);
     std::string_view val = eq == std::string_view::npos ? "" : opt.substr(eq + 1);
+    const bool kind_key =
+        std::find(kind.option_keys.begin(), kind.option_keys.end(), key) != kind.option_keys.end();
     if (key == "positions" && !saw_positions && (val == "cache" || val == "absolute")) {
       options_.positions = val == "cache" ? PositionMode::kCache : PositionMode::kAbsolute;
       saw_positions = true;
@@ -119,16 +136,13 @@ PolicySpec::PolicySpec(std::string_view spec) {
     } else if (key == "local" && !saw_local && (val == "native" || val == "policy")) {
       local_ = val == "native" ? LocalLayers::kNative : LocalLayers::kPolicy;
       saw_local = true;
+    } else if (kind_key && eq != std::string_view::npos && !options_.find(key)) {
+      options_.kind_options.emplace_back(std::string(key), std::string(val));
     } else {
       throw InvalidArgument(fmt::format("bad policy spec '{}': unknown or repeated option '{}'; {}",
                                         spec, opt, policy_usage()));
     }
   }
-  std::string_view head = parts[0];
-  const size_t colon = head.find(':');
-  const std::string_view name = head.substr(0, colon);
-  const bool has_args = colon != std::string_view::npos;
-  const PolicyKind& kind = find_kind(spec, name, has_args);
   kind_ = kind.name;
   args_ = has_args ? std::string(head.substr(colon + 1)) : std::string();
   // The kind checks its arguments and says what its canonical form is.

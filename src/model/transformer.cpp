@@ -126,7 +126,8 @@ RopeTable make_rope(ops::RopeStyle style, int64_t n_rot, double base, double fre
 // --- the forward pass ------------------------------------------------------------------------
 
 namespace {
-constexpr int kMaxRunsPerToken = 8;
+// Ranges one token may attend to: scattered caches (score-based policies) have many.
+constexpr int64_t kMaxRunsPerToken = 1 << 20;
 
 // Attention work items of a step: one token's pieces are spread over threads (and merged
 // after) when tokens x KV heads alone cannot keep the threads busy (decode); otherwise a
@@ -147,7 +148,7 @@ TransformerForward::TransformerForward(const ModelConfig& c, ThreadPool& pool, i
   x_.resize(B * c.n_embd);
   xn_.resize(B * std::max<size_t>(c.n_embd, qdim));
   q_.resize(B * qdim);
-  qr_.resize(B * 2 * qdim);
+  qr_.resize(B * 2 * qdim);  // grows with the step's query rotations
   k_.resize(B * kvdim);
   v_.resize(B * kvdim);
   attn_.resize(B * qdim);
@@ -170,13 +171,22 @@ void TransformerForward::reserve_span(int64_t max_span) {
 
 void TransformerForward::prepare_group(const kv::BatchPlan& plan, int64_t n_slots, Group& g) {
   const int64_t T = T_;
-  const int64_t qdim = config_.n_head * config_.head_dim;
   if (static_cast<int64_t>(plan.tokens.size()) != T)
     throw InvalidArgument(fmt::format("forward: a layer group's plan has {} tokens, another {}",
                                       plan.tokens.size(), T));
+  for (const kv::SlotMove& mv : plan.moves)
+    if (mv.from < 0 || mv.from >= n_slots || mv.to < 0 || mv.to >= n_slots)
+      throw InvalidArgument(
+          fmt::format("forward: slot move {} -> {} outside the {} slots", mv.from, mv.to, n_slots));
+  if (plan.sink_logits.size() > 1 &&
+      static_cast<int64_t>(plan.sink_logits.size()) != config_.n_head)
+    throw InvalidArgument(fmt::format("forward: {} virtual sink logits for {} heads",
+                                      plan.sink_logits.size(), config_.n_head));
   g.q_index.resize(plan.ranges.size());
   g.key_runs.resize(plan.ranges.size());
   g.first_item.resize(static_cast<size_t>(T + 1));
+  g.q_first.resize(static_cast<size_t>(T + 1));
+  g.qpos.clear();
   g.max_span = 0;
   for (int64_t t = 0; t < T; ++t) {
     const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
@@ -186,9 +196,9 @@ void TransformerForward::prepare_group(const kv::BatchPlan& plan, int64_t n_slot
       throw InvalidArgument(
           fmt::format("forward: bad plan for token {} (slot {}, {} ranges, storage {} slots)",
                       tp.stream_index, tp.write_slot, tp.range_end - tp.range_begin, n_slots));
+    const auto first = static_cast<int32_t>(g.qpos.size());
+    g.q_first[static_cast<size_t>(t)] = first;
     int64_t span = 0;
-    int64_t qpos[2] = {tp.key_pos, tp.key_pos};
-    int n_q = 0;
     for (int32_t r = tp.range_begin; r < tp.range_end; ++r) {
       const auto ri = static_cast<size_t>(r);
       const kv::SlotRange& sr = plan.ranges[ri];
@@ -196,21 +206,22 @@ void TransformerForward::prepare_group(const kv::BatchPlan& plan, int64_t n_slot
         throw InvalidArgument(fmt::format("forward: bad slot range [{}, {}) for token {}", sr.begin,
                                           sr.end, tp.stream_index));
       span += sr.end - sr.begin;
-      int idx = -1;
-      for (int i = 0; i < n_q; ++i)
-        if (qpos[i] == sr.query_pos) idx = i;
+      // Ranges of a token usually share one or two query positions; search from the end.
+      int32_t idx = -1;
+      for (auto i = static_cast<int32_t>(g.qpos.size()) - 1; i >= first; --i)
+        if (g.qpos[static_cast<size_t>(i)] == sr.query_pos) {
+          idx = i;
+          break;
+        }
       if (idx < 0) {
-        if (n_q == 2)
-          throw InvalidArgument(
-              fmt::format("forward: token {} uses more than two query positions", tp.stream_index));
-        qpos[n_q] = sr.query_pos;
-        idx = n_q++;
+        idx = static_cast<int32_t>(g.qpos.size());
+        g.qpos.push_back(sr.query_pos);
       }
-      g.q_index[ri] = static_cast<int8_t>(idx);
-      g.key_runs[ri] = {sr.begin, sr.end, qr_.data() + (t * 2 + idx) * qdim};
+      g.q_index[ri] = idx;
     }
     g.max_span = std::max(g.max_span, span);
   }
+  g.q_first[static_cast<size_t>(T)] = static_cast<int32_t>(g.qpos.size());
   g.split = split_pieces(T, config_.n_head_kv, pool_.size());
   g.n_items = 0;
   for (int64_t t = 0; t < T; ++t) {
@@ -220,7 +231,16 @@ void TransformerForward::prepare_group(const kv::BatchPlan& plan, int64_t n_slot
                 : config_.n_head_kv;
   }
   g.first_item[static_cast<size_t>(T)] = g.n_items;
+  g.trig_table[0] = g.trig_table[1] = nullptr;
   reserve_span(g.max_span);
+}
+
+void TransformerForward::point_runs(const kv::BatchPlan& plan, Group& g) {
+  const int64_t qdim = config_.n_head * config_.head_dim;
+  for (size_t r = 0; r < plan.ranges.size(); ++r) {
+    const kv::SlotRange& sr = plan.ranges[r];
+    g.key_runs[r] = {sr.begin, sr.end, qr_.data() + g.q_index[r] * qdim};
+  }
 }
 
 int64_t TransformerForward::begin(const kv::StepPlan& plan, const kv::KvStorage& kv) {
@@ -235,20 +255,26 @@ int64_t TransformerForward::begin(const kv::StepPlan& plan, const kv::KvStorage&
   T_ = T;
   plan_ = &plan;
   groups_.resize(plan.groups.size());
+  size_t rotations = 0;
   for (size_t g = 0; g < plan.groups.size(); ++g) {
-    // Every layer of a group has the group's slots; the first one tells.
+    // Every layer of a group has the group's slots; the smallest tells.
     int64_t n_slots = -1;
     for (int64_t l = 0; l < config_.n_layer; ++l) {
       const int32_t gl = plan.group_of_layer[static_cast<size_t>(l)];
       if (gl < 0 || gl >= static_cast<int32_t>(plan.groups.size()))
         throw InvalidArgument(
             fmt::format("forward: layer {} in group {} of {}", l, gl, plan.groups.size()));
-      if (static_cast<size_t>(gl) == g) {
+      if (static_cast<size_t>(gl) == g)
         n_slots = n_slots < 0 ? kv.n_slots(l) : std::min(n_slots, kv.n_slots(l));
-      }
     }
-    if (n_slots >= 0) prepare_group(plan.groups[g], n_slots, groups_[g]);
+    if (n_slots < 0) continue;  // a group no layer follows
+    prepare_group(plan.groups[g], n_slots, groups_[g]);
+    rotations = std::max(rotations, groups_[g].qpos.size());
   }
+  const size_t qdim = static_cast<size_t>(config_.n_head * config_.head_dim);
+  if (qr_.size() < rotations * qdim) qr_.resize(rotations * qdim);
+  for (size_t g = 0; g < plan.groups.size(); ++g)
+    if (!groups_[g].q_first.empty()) point_runs(plan.groups[g], groups_[g]);
   if (observer_) observer_->on_step(plan);
   return T;
 }
@@ -287,35 +313,61 @@ void TransformerForward::end_layer(int64_t l) {
   if (observer_) observer_->on_hidden(l, x_.data(), T_, config_.n_embd);
 }
 
-void TransformerForward::rotate_and_store(int64_t l, const kv::BatchPlan& plan, const Group& g,
+const float* TransformerForward::trig_for(Group& g, const kv::BatchPlan& plan,
+                                          const RopeTable& rope) {
+  int slot = g.trig_table[0] == &rope ? 0 : g.trig_table[1] == &rope ? 1 : -1;
+  if (slot >= 0) return g.trig[slot].data();
+  slot = g.trig_table[0] == nullptr ? 0 : 1;
+  const int64_t nr = rope.n_rot;
+  std::vector<float>& trig = g.trig[slot];
+  trig.resize(static_cast<size_t>((T_ + static_cast<int64_t>(g.qpos.size())) * nr));
+  for (int64_t t = 0; t < T_; ++t)
+    ops::rope_angles(plan.tokens[static_cast<size_t>(t)].key_pos, rope.inv_freq.data(), nr,
+                     trig.data() + t * nr);
+  for (size_t i = 0; i < g.qpos.size(); ++i)
+    ops::rope_angles(g.qpos[i], rope.inv_freq.data(), nr,
+                     trig.data() + (T_ + static_cast<int64_t>(i)) * nr);
+  g.trig_table[slot] = &rope;
+  return trig.data();
+}
+
+void TransformerForward::rotate_and_store(int64_t l, const kv::BatchPlan& plan, Group& g,
                                           const RopeTable& rope, kv::KvStorage& kv) {
   const ModelConfig& c = config_;
   const int64_t hd = c.head_dim, qdim = c.n_head * hd, kvdim = c.n_head_kv * hd;
+  const int64_t nr = rope.n_rot;
+  for (const kv::SlotMove& mv : plan.moves) kv.copy_slot(l, mv.from, mv.to);
+  const float* trig = trig_for(g, plan, rope);
   // Keys rotated once at the plan's key position and stored; queries rotated at each
   // distinct query position their ranges ask for.
   pool_.parallel_for(T_, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
       float* kt = k_.data() + t * kvdim;
-      ops::rope_with(kt, c.n_head_kv, hd, rope.n_rot, tp.key_pos, rope.inv_freq.data(), rope.style);
+      ops::rope_apply(kt, c.n_head_kv, hd, nr, trig + t * nr, rope.style);
       kv.store(l, tp.write_slot, kt, v_.data() + t * kvdim);
-      bool done[2] = {false, false};
-      for (int32_t r = tp.range_begin; r < tp.range_end; ++r) {
-        const int qi = g.q_index[static_cast<size_t>(r)];
-        if (done[qi]) continue;
-        done[qi] = true;
-        float* dst = qr_.data() + (t * 2 + qi) * qdim;
+      for (int32_t i = g.q_first[static_cast<size_t>(t)]; i < g.q_first[static_cast<size_t>(t + 1)];
+           ++i) {
+        float* dst = qr_.data() + i * qdim;
         std::memcpy(dst, q_.data() + t * qdim, static_cast<size_t>(qdim) * sizeof(float));
-        ops::rope_with(dst, c.n_head, hd, rope.n_rot, plan.ranges[static_cast<size_t>(r)].query_pos,
-                       rope.inv_freq.data(), rope.style);
+        ops::rope_apply(dst, c.n_head, hd, nr, trig + (T_ + i) * nr, rope.style);
       }
     }
   });
 }
 
+const float* TransformerForward::sink_logits(const kv::BatchPlan& plan) {
+  if (plan.sink_logits.empty()) return nullptr;
+  if (plan.sink_logits.size() == 1) {
+    sinks_.assign(static_cast<size_t>(config_.n_head), plan.sink_logits[0]);
+    return sinks_.data();
+  }
+  return plan.sink_logits.data();
+}
+
 void TransformerForward::attend(const kv::BatchPlan& plan, const Group& g,
                                 const ops::AttentionShape& shape, const void* kbase,
-                                const void* vbase) {
+                                const void* vbase, const float* sinks) {
   const int64_t nkv = config_.n_head_kv, qdim = config_.n_head * config_.head_dim;
   const int64_t part_floats = ops::attention_part_floats(shape);
   const auto token_runs = [&](int64_t t, int& n_runs) {
@@ -345,7 +397,7 @@ void TransformerForward::attend(const kv::BatchPlan& plan, const Group& g,
       for (int64_t kvh = 0; kvh < nkv; ++kvh) {
         const int64_t first = g.first_item[static_cast<size_t>(t)] + kvh * n_pieces;
         ops::attend_merge(shape, kvh, attn_parts_.data() + first * part_floats, n_pieces,
-                          attn_.data() + t * qdim);
+                          attn_.data() + t * qdim, sinks);
       }
     }
   } else {
@@ -358,7 +410,8 @@ void TransformerForward::attend(const kv::BatchPlan& plan, const Group& g,
         const int64_t t = item / nkv, kvh = item % nkv;
         int n_runs = 0;
         const ops::KeyRun* runs = token_runs(t, n_runs);
-        ops::attend_group(shape, kvh, runs, n_runs, kbase, vbase, attn_.data() + t * qdim, parts);
+        ops::attend_group(shape, kvh, runs, n_runs, kbase, vbase, attn_.data() + t * qdim, parts,
+                          nullptr, sinks);
       }
     });
   }
@@ -366,7 +419,7 @@ void TransformerForward::attend(const kv::BatchPlan& plan, const Group& g,
 
 void TransformerForward::apply_edit(const AttentionEdit& edit, const kv::BatchPlan& plan,
                                     const Group& g, const ops::AttentionShape& shape,
-                                    const void* kbase, const void* vbase) {
+                                    const void* kbase, const void* vbase, const float* sinks) {
   const int64_t nh = config_.n_head, nkv = config_.n_head_kv, hd = config_.head_dim;
   const int64_t G = nh / nkv;
   if (!edit.drop_sinks.empty() && static_cast<int64_t>(edit.drop_sinks.size()) != nh)
@@ -380,11 +433,12 @@ void TransformerForward::apply_edit(const AttentionEdit& edit, const kv::BatchPl
     if (!any) continue;
     for (int64_t t = 0; t < T_; ++t) {
       const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
-      ops::KeyRun kept[kMaxRunsPerToken];
-      int n_kept = 0;
+      std::vector<ops::KeyRun>& kept = kept_runs_;
+      kept.clear();
       for (int32_t r = tp.range_begin; r < tp.range_end; ++r)
         if (!plan.ranges[static_cast<size_t>(r)].sink)
-          kept[n_kept++] = g.key_runs[static_cast<size_t>(r)];
+          kept.push_back(g.key_runs[static_cast<size_t>(r)]);
+      const int n_kept = static_cast<int>(kept.size());
       if (n_kept == tp.range_end - tp.range_begin) continue;  // no sink run for this token
       if (n_kept == 0) continue;  // nothing would remain: leave the head as it is
       int64_t span = 0;
@@ -395,7 +449,8 @@ void TransformerForward::apply_edit(const AttentionEdit& edit, const kv::BatchPl
       // attend_group writes the group's rows of a [n_head][hd] row; the edited heads take
       // theirs from it.
       std::vector<float>& row = edit_out_;
-      ops::attend_group(shape, kvh, kept, n_kept, kbase, vbase, row.data(), attn_parts_.data());
+      ops::attend_group(shape, kvh, kept.data(), n_kept, kbase, vbase, row.data(),
+                        attn_parts_.data(), nullptr, sinks);
       float* dst = attn_.data() + t * nh * hd;
       for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h)
         if (edit.drop_sinks[h])
@@ -425,6 +480,8 @@ void TransformerForward::record(int64_t l, const kv::BatchPlan& plan, const Grou
     }
     prob_offset_[static_cast<size_t>(T_)] = total;
     if (probs_.size() < static_cast<size_t>(total)) probs_.resize(static_cast<size_t>(total));
+    if (lse_.size() < static_cast<size_t>(T_ * c.n_head))
+      lse_.resize(static_cast<size_t>(T_ * c.n_head));
     pool_.parallel_for(T_ * c.n_head_kv, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t t = i / c.n_head_kv, kvh = i % c.n_head_kv;
@@ -432,11 +489,13 @@ void TransformerForward::record(int64_t l, const kv::BatchPlan& plan, const Grou
         const int64_t span = plan.span_size(static_cast<size_t>(t));
         ops::attention_probs(shape, kvh, g.key_runs.data() + tp.range_begin,
                              tp.range_end - tp.range_begin, kbase,
-                             probs_.data() + prob_offset_[static_cast<size_t>(t)] + kvh * G * span);
+                             probs_.data() + prob_offset_[static_cast<size_t>(t)] + kvh * G * span,
+                             lse_.data() + t * c.n_head + kvh * G);
       }
     });
     rec.probs = probs_.data();
     rec.prob_offset = prob_offset_.data();
+    rec.lse = lse_.data();
   }
   observer_->on_attention(rec);
 }
@@ -444,7 +503,7 @@ void TransformerForward::record(int64_t l, const kv::BatchPlan& plan, const Grou
 void TransformerForward::attention(int64_t l, const RopeTable& rope, kv::KvStorage& kv) {
   const int32_t gi = plan_->group_of_layer[static_cast<size_t>(l)];
   const kv::BatchPlan& plan = plan_->groups[static_cast<size_t>(gi)];
-  const Group& g = groups_[static_cast<size_t>(gi)];
+  Group& g = groups_[static_cast<size_t>(gi)];
   if (observer_) k_raw_.assign(k_.begin(), k_.begin() + T_ * config_.n_head_kv * config_.head_dim);
   rotate_and_store(l, plan, g, rope, kv);
   const ops::AttentionShape shape{config_.n_head,   config_.n_head_kv,
@@ -452,9 +511,11 @@ void TransformerForward::attention(int64_t l, const RopeTable& rope, kv::KvStora
                                   kv.type(),        attn_scale_};
   const void* kbase = kv.k(l, 0);
   const void* vbase = kv.v(l, 0);
-  attend(plan, g, shape, kbase, vbase);
+  const float* sinks = sink_logits(plan);
+  attend(plan, g, shape, kbase, vbase, sinks);
   if (observer_) {
-    if (const AttentionEdit* e = observer_->edit(l)) apply_edit(*e, plan, g, shape, kbase, vbase);
+    if (const AttentionEdit* e = observer_->edit(l))
+      apply_edit(*e, plan, g, shape, kbase, vbase, sinks);
     record(l, plan, g, shape, kbase);
   }
 }

@@ -104,22 +104,34 @@ class TransformerForward : public Forward {
  private:
   // What begin() prepares for one layer group's plan.
   struct Group {
-    std::vector<int8_t> q_index;        // per plan range: which rotated query (0 or 1)
+    std::vector<int32_t> q_index;       // per plan range: its query rotation in qpos
+    std::vector<int64_t> qpos;          // the distinct query positions of each token, in
+                                        // token order (token t's from q_first[t])
+    std::vector<int32_t> q_first;       // [T + 1]
     std::vector<ops::KeyRun> key_runs;  // per plan range: its slots and rotated query
     std::vector<int64_t> first_item;    // [T + 1] first attention item of each token
     int64_t n_items = 0;
     int64_t max_span = 0;
     bool split = false;  // one token's pieces spread over threads (decode)
+    // Cosines and sines of the step's key positions (T) then query positions (qpos), per
+    // RoPE table in use: [T + qpos.size()][n_rot]; filled on first use in the step.
+    const RopeTable* trig_table[2] = {nullptr, nullptr};
+    std::vector<float> trig[2];
   };
   void prepare_group(const kv::BatchPlan& plan, int64_t n_slots, Group& g);
-  void rotate_and_store(int64_t l, const kv::BatchPlan& plan, const Group& g, const RopeTable& rope,
+  void point_runs(const kv::BatchPlan& plan, Group& g);
+  const float* trig_for(Group& g, const kv::BatchPlan& plan, const RopeTable& rope);
+  void rotate_and_store(int64_t l, const kv::BatchPlan& plan, Group& g, const RopeTable& rope,
                         kv::KvStorage& kv);
   void attend(const kv::BatchPlan& plan, const Group& g, const ops::AttentionShape& shape,
-              const void* kbase, const void* vbase);
+              const void* kbase, const void* vbase, const float* sink_logits);
   void apply_edit(const AttentionEdit& edit, const kv::BatchPlan& plan, const Group& g,
-                  const ops::AttentionShape& shape, const void* kbase, const void* vbase);
+                  const ops::AttentionShape& shape, const void* kbase, const void* vbase,
+                  const float* sink_logits);
   void record(int64_t l, const kv::BatchPlan& plan, const Group& g,
               const ops::AttentionShape& shape, const void* kbase);
+  // The plan's virtual sink logits as [n_head] (nullptr for none).
+  const float* sink_logits(const kv::BatchPlan& plan);
 
   std::vector<Group> groups_;
   std::vector<float> qr_;             // [max_batch][2][n_head*hd] queries per query position
@@ -127,8 +139,11 @@ class TransformerForward : public Forward {
   std::vector<float> attn_parts_;     // [items][attention_part_floats]
   std::vector<float> probs_;          // observer records: probabilities of the step's tokens
   std::vector<int64_t> prob_offset_;  // [T + 1]
+  std::vector<double> lse_;           // [T][n_head] observer records: log-sum-exp
+  std::vector<float> sinks_;          // [n_head] a plan's virtual sink logits, broadcast
   std::vector<float> k_raw_;          // [T][n_head_kv*hd] keys before RoPE (only with an observer)
   std::vector<float> edit_out_;       // [n_head][head_dim] an edited group's attention output
+  std::vector<ops::KeyRun> kept_runs_;  // an edited token's runs without the sink ranges
 };
 
 }  // namespace spillway::model::detail

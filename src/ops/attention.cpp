@@ -100,14 +100,19 @@ void attend_piece(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, 
 }
 
 void attend_merge(const AttentionShape& s, int64_t kv_head, const float* parts, int64_t n_pieces,
-                  float* out) {
+                  float* out, const float* sink_logit) {
   const int64_t d = s.head_dim;
   const int64_t G = s.n_head / s.n_head_kv;
   const int64_t pf = attention_part_floats(s);
   for (int64_t g = 0; g < G; ++g) {
     float m = -INFINITY;
     for (int64_t p = 0; p < n_pieces; ++p) m = std::max(m, parts[p * pf + g]);
-    double l = 0.0;
+    // A virtual sink joins the softmax with its logit and no value: it raises the max
+    // (when larger) and adds exp(z - max) to the sum.
+    const float z = sink_logit ? sink_logit[kv_head * G + g] : -INFINITY;
+    const bool sink = z > -INFINITY;
+    if (sink) m = std::max(m, z);
+    double l = sink ? static_cast<double>(std::exp(z - m)) : 0.0;
     for (int64_t p = 0; p < n_pieces; ++p) {
       l += static_cast<double>(parts[p * pf + G + g]) * std::exp(parts[p * pf + g] - m);
     }
@@ -122,7 +127,8 @@ void attend_merge(const AttentionShape& s, int64_t kv_head, const float* parts, 
 }
 
 void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
-                  const void* k, const void* v, float* out, float* scratch, float* probs_out) {
+                  const void* k, const void* v, float* out, float* scratch, float* probs_out,
+                  const float* sink_logit) {
   int64_t total = 0;
   for (int r = 0; r < n_runs; ++r) total += runs[r].end - runs[r].begin;
   if (total <= 0) throw InvalidArgument("attend_group: no keys to attend to");
@@ -132,12 +138,12 @@ void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, 
     attend_piece(s, kv_head, runs, n_runs, p * kAttnPiece, std::min(total, (p + 1) * kAttnPiece), k,
                  v, scratch + p * pf);
   }
-  attend_merge(s, kv_head, scratch, n_pieces, out);
+  attend_merge(s, kv_head, scratch, n_pieces, out, sink_logit);
   if (probs_out != nullptr) attention_probs(s, kv_head, runs, n_runs, k, probs_out);
 }
 
 void attention_probs(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
-                     const void* k, float* probs) {
+                     const void* k, float* probs, double* lse) {
   const int64_t d = s.head_dim;
   const int64_t G = s.n_head / s.n_head_kv;
   int64_t total = 0;
@@ -164,6 +170,7 @@ void attention_probs(const AttentionShape& s, int64_t kv_head, const KeyRun* run
     for (int64_t i = 0; i < total; ++i) {
       pg[i] = static_cast<float>(std::exp(static_cast<double>(pg[i]) - m) / sum);
     }
+    if (lse) lse[g] = m + std::log(sum);
   }
 }
 

@@ -73,43 +73,49 @@ void geglu(float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) gate[i] = detail::gelu_tanh(gate[i]) * up[i];
 }
 
-namespace {
-
-// Rotates pair i of every head by theta (cos/sin in double, applied in float): elements
-// (2i, 2i+1) or (i, i + half).
-inline void rotate_pair(float* x, int64_t n_head, int64_t head_dim, int64_t i, int64_t half,
-                        RopeStyle style, double theta) {
-  const float c = static_cast<float>(std::cos(theta));
-  const float s = static_cast<float>(std::sin(theta));
-  const int64_t a = style == RopeStyle::kAdjacent ? 2 * i : i;
-  const int64_t b = style == RopeStyle::kAdjacent ? 2 * i + 1 : i + half;
-  for (int64_t h = 0; h < n_head; ++h) {
-    float* v = x + h * head_dim;
-    const float x0 = v[a], x1 = v[b];
-    v[a] = x0 * c - x1 * s;
-    v[b] = x0 * s + x1 * c;
+void rope_angles(int64_t pos, const double* inv_freq, int64_t n_rot, float* angles) {
+  const double p = static_cast<double>(pos);
+  const int64_t half = n_rot / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const double theta = p * inv_freq[i];
+    angles[i] = static_cast<float>(std::cos(theta));
+    angles[half + i] = static_cast<float>(std::sin(theta));
   }
 }
 
-}  // namespace
+void rope_apply(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, const float* angles,
+                RopeStyle style) {
+  check_rope(n_head, head_dim, n_rot);
+  const int64_t half = n_rot / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float c = angles[i], s = angles[half + i];
+    const int64_t a = style == RopeStyle::kAdjacent ? 2 * i : i;
+    const int64_t b = style == RopeStyle::kAdjacent ? 2 * i + 1 : i + half;
+    for (int64_t h = 0; h < n_head; ++h) {
+      float* v = x + h * head_dim;
+      const float x0 = v[a], x1 = v[b];
+      v[a] = x0 * c - x1 * s;
+      v[b] = x0 * s + x1 * c;
+    }
+  }
+}
 
 void rope_with(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos,
                const double* inv_freq, RopeStyle style) {
   check_rope(n_head, head_dim, n_rot);
-  const double p = static_cast<double>(pos);
-  for (int64_t i = 0; i < n_rot / 2; ++i)
-    rotate_pair(x, n_head, head_dim, i, n_rot / 2, style, p * inv_freq[i]);
+  std::vector<float> angles(static_cast<size_t>(n_rot));
+  rope_angles(pos, inv_freq, n_rot, angles.data());
+  rope_apply(x, n_head, head_dim, n_rot, angles.data(), style);
 }
 
 void rope(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos, double freq_base,
           double freq_scale, RopeStyle style) {
   check_rope(n_head, head_dim, n_rot);
-  const double p = static_cast<double>(pos);
-  for (int64_t i = 0; i < n_rot / 2; ++i) {
-    const double inv = freq_scale * std::pow(freq_base, -2.0 * static_cast<double>(i) /
-                                                            static_cast<double>(n_rot));
-    rotate_pair(x, n_head, head_dim, i, n_rot / 2, style, p * inv);
-  }
+  std::vector<double> inv(static_cast<size_t>(n_rot / 2));
+  for (int64_t i = 0; i < n_rot / 2; ++i)
+    inv[static_cast<size_t>(i)] = freq_scale * std::pow(freq_base, -2.0 * static_cast<double>(i) /
+                                                                       static_cast<double>(n_rot));
+  rope_with(x, n_head, head_dim, n_rot, pos, inv.data(), style);
 }
 
 }  // namespace spillway::ops

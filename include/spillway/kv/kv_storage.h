@@ -39,6 +39,9 @@ class KvStorage {
   const void* k(int64_t layer, int64_t kv_head) const;
   const void* v(int64_t layer, int64_t kv_head) const;
 
+  // Copies the K and V of slot `from` to slot `to` in `layer` (every KV head).
+  void copy_slot(int64_t layer, int64_t from, int64_t to);
+
   // Stores one token's rotated key and value rows ([n_head_kv][head_dim] f32 each) at slot.
   void store(int64_t layer, int64_t slot, const float* k_row, const float* v_row);
 

@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "spillway/core/types.h"
@@ -47,20 +48,53 @@ struct TokenPlan {
   int32_t range_end = 0;
 };
 
+// Before a step, the K/V of slot `from` are copied to slot `to` (every layer the plan
+// governs): a kept token leaves the slot a new token needs. A copy, not a re-rotation.
+struct SlotMove {
+  int32_t from = 0;
+  int32_t to = 0;
+};
+
 struct BatchPlan {
   std::vector<TokenPlan> tokens;
   std::vector<SlotRange> ranges;
+  std::vector<SlotMove> moves;  // applied in order before the step's tokens are stored
+  // A virtual sink in every query head's softmax for this step: a logit with no value
+  // ([n_head], or one value for every head; empty: none; -inf: none for that head).
+  std::vector<float> sink_logits;
   void clear() {
     tokens.clear();
     ranges.clear();
+    moves.clear();
+    sink_logits.clear();
   }
   // Number of slots token i attends to.
   int64_t span_size(size_t i) const;
 };
 
-// Options that every policy accepts after a comma and that change what the policy plans.
+// Options after a comma that change what a policy plans: positions= (every policy), and
+// options of the policy's own kind (PolicyKind::option_keys, e.g. calib= of nullsink), in
+// the order given.
 struct PolicyOptions {
   PositionMode positions = PositionMode::kCache;
+  std::vector<std::pair<std::string, std::string>> kind_options;
+  // The value of a kind option, or nullopt.
+  std::optional<std::string> find(std::string_view key) const;
+};
+
+// What one layer's attention did for the tokens of a step, handed to a policy that asked
+// for it (Policy::wants_attention).
+struct AttentionFeedback {
+  int64_t layer = 0;
+  const BatchPlan* plan = nullptr;  // the policy's plan of the step
+  int64_t n_tokens = 0;
+  int64_t n_head = 0;
+  // Token t's probabilities over its ranges concatenated in plan order:
+  // probs + offset[t], [n_head][span(t)]; offset has n_tokens + 1 entries.
+  const float* probs = nullptr;
+  const int64_t* offset = nullptr;
+  // [n_tokens][n_head] log-sum-exp of each head's scaled scores (no virtual sink).
+  const double* lse = nullptr;
 };
 
 // Which layers of a model with native sliding-window ("local") layers the policy governs.
@@ -126,6 +160,16 @@ class Policy {
   // Tokens kept as attention sinks once the window has moved on (0: none).
   virtual int64_t n_sinks() const { return 0; }
 
+  // Policies that decide from attention. While this is true, the session feeds one token
+  // per forward step (a token's plan may depend on the attention of the token before) and
+  // hands the attention of every layer the policy governs to observe(), after the
+  // layer's attention of the step. Policies that never ask pay nothing.
+  virtual bool wants_attention() const { return false; }
+  virtual void observe(const AttentionFeedback& feedback) {}
+  // Whether the policy keeps a cache of its own per layer (the cache then makes one
+  // instance per layer it governs, each seeing only its layer's attention).
+  virtual bool per_layer() const { return false; }
+
   // Plans stream tokens [n0, n0 + count), appending to `out` (not cleared). Calls must
   // follow the stream: n0 equals the number of tokens planned since the last reset(),
   // 0 <= count <= the max_batch the policy was made with (InvalidArgument otherwise).
@@ -175,6 +219,7 @@ struct PolicyKind {
   std::function<std::unique_ptr<Policy>(std::string_view args, const PolicyOptions&,
                                         const PolicyLimits&)>
       make;
+  std::vector<std::string> option_keys = {};  // options of this kind ("calib")
 };
 
 // The registered kinds (src/kv/registry.cpp: one line per policy).

@@ -31,6 +31,8 @@ struct AttentionRecord {
   // stored keys, before any edit. nullptr otherwise.
   const float* probs = nullptr;
   const int64_t* prob_offset = nullptr;
+  // With probs: [T][n_head] each head's log-sum-exp of the scaled scores (no virtual sink).
+  const double* lse = nullptr;
   // The new tokens' keys before RoPE (after any key norm) and values,
   // [T][n_head_kv][head_dim].
   const float* k_rows = nullptr;

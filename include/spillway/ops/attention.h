@@ -55,21 +55,25 @@ void attend_piece(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, 
 
 // Merges the partials of n_pieces consecutive pieces (parts: [n_pieces][part floats]) into
 // out[h][head_dim] for the group's heads h = kv_head * G .. kv_head * G + G - 1 (out is
-// [n_head][head_dim]).
+// [n_head][head_dim]). sink_logit, if not null ([n_head], -inf for none), adds a virtual
+// sink to each head's softmax: a logit with no value (it takes its share of the
+// probability and gives nothing back; gpt-oss's learned sinks do the same).
 void attend_merge(const AttentionShape& s, int64_t kv_head, const float* parts, int64_t n_pieces,
-                  float* out);
+                  float* out, const float* sink_logit = nullptr);
 
 // The whole group in one call: every piece into `scratch` (attention_pieces(total run
-// length) * attention_part_floats(s) floats), then merged into out. probs_out, if not null,
-// gets the attention probabilities [G][total run length] (computed separately, in double).
+// length) * attention_part_floats(s) floats), then merged into out (with sink_logit as in
+// attend_merge). probs_out, if not null, gets the attention probabilities [G][total run
+// length] (computed separately, in double, without any virtual sink).
 void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
                   const void* k, const void* v, float* out, float* scratch,
-                  float* probs_out = nullptr);
+                  float* probs_out = nullptr, const float* sink_logit = nullptr);
 
 // Attention probabilities of the group's heads over all runs ([G][total run length]):
-// softmax of the scaled scores, computed in double.
+// softmax of the scaled scores, computed in double. lse, if not null, gets each head's
+// log-sum-exp of the scaled scores ([G]).
 void attention_probs(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
-                     const void* k, float* probs);
+                     const void* k, float* probs, double* lse = nullptr);
 
 // Reference for one query head (plain loops, double accumulation) for tests.
 void attend_head_ref(const AttentionShape& s, int64_t head, const KeyRun* runs, int n_runs,

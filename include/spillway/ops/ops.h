@@ -31,6 +31,14 @@ enum class RopeStyle {
 void rope_with(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos,
                const double* inv_freq, RopeStyle style = RopeStyle::kAdjacent);
 
+// The two halves of rope_with, for rotating many rows at the same position: the cosines
+// and sines of pos * inv_freq[i] (computed in double, stored as float) into
+// angles[0 .. n_rot/2) and angles[n_rot/2 .. n_rot), then the rotation with them. The
+// result is rope_with's, bit for bit.
+void rope_angles(int64_t pos, const double* inv_freq, int64_t n_rot, float* angles);
+void rope_apply(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, const float* angles,
+                RopeStyle style = RopeStyle::kAdjacent);
+
 // The same with the frequencies computed here (base^(-2i/n_rot) * freq_scale).
 void rope(float* x, int64_t n_head, int64_t head_dim, int64_t n_rot, int64_t pos, double freq_base,
           double freq_scale, RopeStyle style = RopeStyle::kAdjacent);
