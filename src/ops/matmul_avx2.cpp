@@ -296,10 +296,10 @@ inline void micro_q4_k(const uint8_t* row, const BlockQ8_K* const* x, int64_t nb
   }
   const __m256i mask = _mm256_set1_epi8(0x0F);
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* p = row + b * 144;
+    const uint8_t* p = row + b * sizeof(BlockQ4_K);
     const float d = f16(p), dmin = f16(p + 2);
     int sc[8], mn[8];
-    for (int j = 0; j < 8; ++j) k4_scale_min(p + 4, j, sc[j], mn[j]);
+    for (int j = 0; j < 8; ++j) q4_k_scale_min(p + 4, j, sc[j], mn[j]);
     __m256i iacc[C];
     for (int c = 0; c < C; ++c) iacc[c] = _mm256_setzero_si256();
     for (int k = 0; k < 4; ++k) {
@@ -340,7 +340,7 @@ inline void micro_q6_k(const uint8_t* row, const BlockQ8_K* const* x, int64_t nb
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   const __m256i m2 = _mm256_set1_epi8(0x03);
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* p = row + b * 210;
+    const uint8_t* p = row + b * sizeof(BlockQ6_K);
     const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
     const float d = f16(p + 208);
     __m256i iacc[C];

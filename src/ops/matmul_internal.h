@@ -68,17 +68,6 @@ const KernelSet& scalar_kernels();
 // Only valid when the CPU supports AVX2, FMA and F16C.
 const KernelSet& avx2_kernels();
 
-// Unpacks the 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block.
-inline void k4_scale_min(const uint8_t* scales, int j, int& sc, int& m) {
-  if (j < 4) {
-    sc = scales[j] & 63;
-    m = scales[j + 4] & 63;
-  } else {
-    sc = (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4);
-    m = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
-  }
-}
-
 // AVX2 versions of the exp-heavy row ops (ops_avx2.cpp); same contracts as in ops.h.
 // exp is a range-reduced polynomial: relative error below 1e-6 against std::exp for
 // inputs in [-87, 88]; below -87.3 it returns 0, above 88.7 +inf.

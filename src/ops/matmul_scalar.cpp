@@ -80,8 +80,8 @@ float dot_q4_k(const uint8_t* p, const BlockQ8_K* x, int64_t nb) {
     int32_t isum = 0, msum = 0;
     for (int c = 0; c < 4; ++c) {
       int sc_lo, m_lo, sc_hi, m_hi;
-      k4_scale_min(scales, 2 * c, sc_lo, m_lo);
-      k4_scale_min(scales, 2 * c + 1, sc_hi, m_hi);
+      q4_k_scale_min(scales, 2 * c, sc_lo, m_lo);
+      q4_k_scale_min(scales, 2 * c + 1, sc_hi, m_hi);
       int32_t s_lo = 0, s_hi = 0;
       for (int l = 0; l < 32; ++l) {
         s_lo += (qs[32 * c + l] & 0x0F) * xb.qs[64 * c + l];
