@@ -38,7 +38,8 @@ inline int64_t q8k_row_bytes(int64_t cols) {
 }
 
 // Computes y[t * ldy + r] for r in [r0, r1), t in [t0, t1). `xq` is the activation form
-// the kernel's weight type needs (Q8A rows for Q4_0/Q4_1/Q8_0, Q8_K rows for Q4_K/Q6_K).
+// the kernel's weight type needs (Q8A rows for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K rows for
+// Q4_K/Q6_K).
 using TileFn = void (*)(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
                         int64_t t1, float* y, int64_t ldy);
 // f32 dot product of n elements.
@@ -47,6 +48,8 @@ using DotF32Fn = float (*)(const float* a, const float* b, int64_t n);
 struct KernelSet {
   TileFn q4_0 = nullptr;
   TileFn q4_1 = nullptr;
+  TileFn q5_0 = nullptr;
+  TileFn q5_1 = nullptr;
   TileFn q8_0 = nullptr;
   TileFn q4_k = nullptr;
   TileFn q6_k = nullptr;
