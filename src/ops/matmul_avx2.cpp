@@ -160,37 +160,11 @@ struct Q4_1W {
 // and row i + 4 in its high lane (as Nibbles8), and so do the blocks' first 16 bytes,
 // loaded once: their f16 fields give the scales, their qh bytes the high bits.
 struct Fivebit8 {
-  Nibbles8 q;    // 5-bit values 0..31
-  __m256i h[4];  // bytes 0..15 of the blocks of rows i (low lane) and i + 4 (high lane)
+  Nibbles8 q;   // 5-bit values 0..31
+  __m256 d, m;  // rows 0..7: d, and m for blocks with a min (Q5_1)
 };
 
-// Loads the block heads and the nibbles of 8 rows (qs at byte qs_off of a block) and
-// or-s bit 4 in: byte shuffles spread qh bytes kQh .. kQh + 3 over the 16 + 16 elements of
-// each lane (byte k tests bit k % 8 of its qh byte), then a compare turns set bits into 0x10.
-template <int kQh>
-inline void unpack_fivebit8(const uint8_t* const* p, int64_t off, int qs_off, Fivebit8& u) {
-  constexpr int64_t kOnes = 0x0101010101010101;
-  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201));
-  const __m256i b4 = _mm256_set1_epi8(0x10);
-  const __m256i idx_lo =
-      _mm256_setr_epi64x(kOnes * kQh, kOnes * (kQh + 1), kOnes * kQh, kOnes * (kQh + 1));
-  const __m256i idx_hi = _mm256_setr_epi64x(kOnes * (kQh + 2), kOnes * (kQh + 3), kOnes * (kQh + 2),
-                                            kOnes * (kQh + 3));
-  unpack_nibbles8(p, off + qs_off, u.q);
-  SPW_UNROLL for (int i = 0; i < 4; ++i) {
-    const __m256i h = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p[i + 4] + off),
-                                          reinterpret_cast<const __m128i*>(p[i] + off));
-    u.h[i] = h;
-    const __m256i set_lo =
-        _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h, idx_lo), bit), bit);
-    const __m256i set_hi =
-        _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h, idx_hi), bit), bit);
-    u.q.lo[i] = _mm256_or_si256(u.q.lo[i], _mm256_and_si256(set_lo, b4));
-    u.q.hi[i] = _mm256_or_si256(u.q.hi[i], _mm256_and_si256(set_hi, b4));
-  }
-}
-
-// The f16 at byte 0 of the 8 block heads, rows 0..7 as f32.
+// The f16 at byte 0 of the 8 block heads (register i: rows i and i + 4), rows 0..7 as f32.
 inline __m256 head_f16x8(const __m256i* h) {
   const __m256i a = _mm256_unpacklo_epi16(h[0], h[1]);  // lane: words d_i, d_i+1, ...
   const __m256i b = _mm256_unpacklo_epi16(h[2], h[3]);
@@ -209,6 +183,40 @@ inline void head_f16_pairs8(const __m256i* h, __m256& d, __m256& m) {
   const __m256i dm = _mm256_permute4x64_epi64(sep, 0xD8);  // d0..d7 | m0..m7
   d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
   m = _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1));
+}
+
+// Loads the block heads and the nibbles of 8 rows: qh at byte kQh of a block, qs at kQs,
+// {f16 d, f16 m} at byte 0 when kMin (else f16 d). Bit 4 is or-ed into the nibbles: byte
+// shuffles spread qh bytes 0..3 over the 16 + 16 elements of each lane (byte k tests bit
+// k % 8 of its qh byte), and a compare turns set bits into 0x10.
+template <int kQh, int kQs, bool kMin>
+inline void unpack_fivebit8(const uint8_t* const* p, int64_t off, Fivebit8& u) {
+  constexpr int64_t kOnes = 0x0101010101010101;
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201));
+  const __m256i b4 = _mm256_set1_epi8(0x10);
+  const __m256i idx_lo =
+      _mm256_setr_epi64x(kOnes * kQh, kOnes * (kQh + 1), kOnes * kQh, kOnes * (kQh + 1));
+  const __m256i idx_hi = _mm256_setr_epi64x(kOnes * (kQh + 2), kOnes * (kQh + 3), kOnes * (kQh + 2),
+                                            kOnes * (kQh + 3));
+  __m256i h[4];
+  SPW_UNROLL for (int i = 0; i < 4; ++i) {
+    h[i] = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p[i + 4] + off),
+                               reinterpret_cast<const __m128i*>(p[i] + off));
+  }
+  if constexpr (kMin) {
+    head_f16_pairs8(h, u.d, u.m);
+  } else {
+    u.d = head_f16x8(h);
+  }
+  unpack_nibbles8(p, off + kQs, u.q);
+  SPW_UNROLL for (int i = 0; i < 4; ++i) {
+    const __m256i set_lo =
+        _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h[i], idx_lo), bit), bit);
+    const __m256i set_hi =
+        _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h[i], idx_hi), bit), bit);
+    u.q.lo[i] = _mm256_or_si256(u.q.lo[i], _mm256_and_si256(set_lo, b4));
+    u.q.hi[i] = _mm256_or_si256(u.q.hi[i], _mm256_and_si256(set_hi, b4));
+  }
 }
 
 // Row sums of 8 unpacked 5-bit rows . one activation block. A vpmaddubsw pair reaches
@@ -238,12 +246,12 @@ struct Q5_0W {
   static constexpr int kC = 4;
   using Unpacked = Fivebit8;
   static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
-    unpack_fivebit8<2>(p, off, 6, u);
+    unpack_fivebit8<2, 6, false>(p, off, u);
   }
   static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return fivebit_dot8(u.q, xq); }
   static inline void scales(const uint8_t* const*, int64_t, const Unpacked& u, __m256& d,
                             __m256& m) {
-    d = head_f16x8(u.h);
+    d = u.d;
     m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
   }
 };
@@ -255,12 +263,13 @@ struct Q5_1W {
   static constexpr int kC = 4;
   using Unpacked = Fivebit8;
   static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
-    unpack_fivebit8<4>(p, off, 8, u);
+    unpack_fivebit8<4, 8, true>(p, off, u);
   }
   static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return fivebit_dot8(u.q, xq); }
   static inline void scales(const uint8_t* const*, int64_t, const Unpacked& u, __m256& d,
                             __m256& m) {
-    head_f16_pairs8(u.h, d, m);
+    d = u.d;
+    m = u.m;
   }
 };
 
