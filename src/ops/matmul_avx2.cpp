@@ -532,7 +532,8 @@ struct Q6KGroups {
         SPW_UNROLL for (int n = 0; n < 2; ++n) {
           // Half n: elements 128 n + 32 k + l, k = 0..3, l = 0..31; lane 0 holds group
           // 8 n + 2 k, lane 1 group 8 n + 2 k + 1.
-          const __m256i scn = _mm256_permute2x128_si256(sc, sc, n == 0 ? 0x00 : 0x11);
+          const __m256i scn = n == 0 ? _mm256_permute2x128_si256(sc, sc, 0x00)
+                                     : _mm256_permute2x128_si256(sc, sc, 0x11);
           const uint8_t* ql = blk + 64 * n;
           const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
           const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
