@@ -462,15 +462,20 @@ struct Q4KGroups {
           const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * k));
           const __m256i lo = _mm256_and_si256(raw, m4);
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-          const __m256i s_lo = _mm256_shuffle_epi8(sc, word_of_byte(2 * k));
-          const __m256i s_hi = _mm256_shuffle_epi8(sc, word_of_byte(2 * k + 1));
+          // Words 0..3 of each lane: scale of sub-block 2k; words 4..7: of 2k + 1.
+          const __m256i s_pair = _mm256_shuffle_epi8(
+              sc, _mm256_setr_epi8(2 * k, -1, 2 * k, -1, 2 * k, -1, 2 * k, -1, 2 * k + 1, -1,
+                                   2 * k + 1, -1, 2 * k + 1, -1, 2 * k + 1, -1, 2 * k, -1, 2 * k,
+                                   -1, 2 * k, -1, 2 * k, -1, 2 * k + 1, -1, 2 * k + 1, -1,
+                                   2 * k + 1, -1, 2 * k + 1, -1));
           SPW_UNROLL for (int c = 0; c < C; ++c) {
             const int8_t* xq = x[c][b].qs + 64 * k;
             const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
             const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
-            iacc[c] = _mm256_add_epi32(
-                iacc[c], _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), s_lo),
-                                          _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), s_hi)));
+            // vpmaddubsw pairs reach 2 * 15 * 127: two of them still fit int16.
+            const __m256i pairs =
+                _mm256_hadd_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1));
+            iacc[c] = _mm256_add_epi32(iacc[c], _mm256_madd_epi16(pairs, s_pair));
           }
         }
         SPW_UNROLL for (int c = 0; c < C; ++c) rs[c][r] = iacc[c];
@@ -548,23 +553,28 @@ struct Q6KGroups {
                                  _mm256_and_si256(qh, m30));
           q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                  _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
-          __m256i sv[4];
-          SPW_UNROLL for (int k = 0; k < 4; ++k) {
-            // Word 2k of the lane's scales in lane 0, word 2k + 1 in lane 1.
-            const __m256i pat =
-                _mm256_setr_epi8(4 * k, 4 * k + 1, 4 * k, 4 * k + 1, 4 * k, 4 * k + 1, 4 * k,
-                                 4 * k + 1, 4 * k, 4 * k + 1, 4 * k, 4 * k + 1, 4 * k, 4 * k + 1,
-                                 4 * k, 4 * k + 1, 4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3,
-                                 4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3,
-                                 4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3);
-            sv[k] = _mm256_shuffle_epi8(scn, pat);
+          // Pairs of vpmaddubsw results (each word at most 2 * 63 * 127) are combined with
+          // one vphaddw (two words still fit int16): for q[2j] and q[2j + 1], words 0..3 of
+          // lane 0 belong to group 8n + 4j, words 4..7 to 8n + 4j + 2; lane 1 to the next
+          // groups (+1). sv[j] holds those groups' scales.
+          __m256i sv[2];
+          SPW_UNROLL for (int j = 0; j < 2; ++j) {
+            const int wa = 8 * j, wb = 8 * j + 4;  // bytes of words 4j, 4j + 2
+            sv[j] = _mm256_shuffle_epi8(
+                scn, _mm256_setr_epi8(wa, wa + 1, wa, wa + 1, wa, wa + 1, wa, wa + 1, wb, wb + 1,
+                                      wb, wb + 1, wb, wb + 1, wb, wb + 1, wa + 2, wa + 3, wa + 2,
+                                      wa + 3, wa + 2, wa + 3, wa + 2, wa + 3, wb + 2, wb + 3,
+                                      wb + 2, wb + 3, wb + 2, wb + 3, wb + 2, wb + 3));
           }
           SPW_UNROLL for (int c = 0; c < C; ++c) {
             const int8_t* xq = x[c][b].qs + 128 * n;
-            SPW_UNROLL for (int k = 0; k < 4; ++k) {
-              const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * k));
-              iacc[c] = _mm256_add_epi32(iacc[c],
-                                         _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], xv), sv[k]));
+            SPW_UNROLL for (int j = 0; j < 2; ++j) {
+              const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * j));
+              const __m256i x1 =
+                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * j + 32));
+              const __m256i pairs = _mm256_hadd_epi16(_mm256_maddubs_epi16(q[2 * j], x0),
+                                                      _mm256_maddubs_epi16(q[2 * j + 1], x1));
+              iacc[c] = _mm256_add_epi32(iacc[c], _mm256_madd_epi16(pairs, sv[j]));
             }
           }
         }
