@@ -1,11 +1,17 @@
-// Kernel benchmarks: quantized matvec / matmul at the model's shapes (SmolLM2-135M: Q4_1
-// projections 576x1536 and 1536x576, the Q8_0 tied output matrix 49152x576) for T = 1
-// (decode: reported as weight GB/s) and T = 64, 512 (prefill: GFLOP/s), per kernel family
-// and for 1 and 2 threads; T = 1 again with the weights coming from memory instead of the
-// cache (matvec_cold: what decode sees); plus a single-thread streaming read of a 512 MB
-// buffer (the memory bandwidth bound of decode).
+// Kernel benchmarks: quantized matvec / matmul at the models' shapes (rows x cols) for
+// T = 1 (decode: reported as weight GB/s) and T = 64, 512 (prefill: GFLOP/s), per kernel
+// family and for 1 and 2 threads; T = 1 again with the weights coming from memory instead
+// of the cache (matvec_cold: what decode sees); plus a single-thread streaming read of a
+// 512 MB buffer (the memory bandwidth bound of decode).
+//   SmolLM2-135M: Q4_1 projections 1536x576 and 576x1536, the Q8_0 tied output matrix
+//   49152x576.
+//   Gemma 3 270M: Q5_0 attn_q / ffn_gate / ffn_up 1024x640 and 2048x640 (Q5_1 at the same
+//   shape for comparison), Q4_K attn_output 640x1024 and ffn_down 640x2048, Q6_K ffn_down
+//   640x2048, the Q8_0 tied output matrix 262144x640 (178 MB; T = 1 and 64: decode, and
+//   chunked evaluation where one pass over the matrix serves many tokens).
 //
 //   bench_kernels --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//   bench_kernels --benchmark_filter='/(Q4_K|Q6_K)/.*/T1/'     # one family of rows
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -28,17 +34,35 @@ namespace {
 using spillway::DType;
 using spillway::ops::KernelIsa;
 
-// Random blocks with realistic f16 scales (offsets of the scale fields of Q4_1, Q8_0).
+// Byte offsets of a block's f16 scale {d, second field (m, dmin) or -1}.
+struct ScaleFields {
+  int d, m;
+};
+ScaleFields scale_fields(DType t) {
+  switch (t) {
+    case DType::Q4_1:
+    case DType::Q5_1:
+    case DType::Q4_K:
+      return {0, 2};
+    case DType::Q6_K:
+      return {208, -1};
+    default:
+      return {0, -1};
+  }
+}
+
+// Random blocks with realistic f16 scales (random bits could be NaN or subnormal).
 std::vector<uint8_t> random_weights(DType t, int64_t rows, int64_t cols) {
   const uint64_t rb = *spillway::row_bytes(t, static_cast<uint64_t>(cols));
-  std::vector<uint8_t> w(rb * static_cast<uint64_t>(rows));
+  std::vector<uint8_t> w(rb * static_cast<uint64_t>(rows));  // [rows][rb]
   std::mt19937 rng(42);
   for (auto& b : w) b = static_cast<uint8_t>(rng());
   const auto& info = spillway::dtype_info(t);
+  const ScaleFields f = scale_fields(t);
   const uint16_t d = spillway::f32_to_f16(0.01f), m = spillway::f32_to_f16(-0.08f);
   for (uint64_t off = 0; off < w.size(); off += static_cast<uint64_t>(info.type_size)) {
-    std::memcpy(&w[off], &d, 2);
-    if (t == DType::Q4_1) std::memcpy(&w[off + 2], &m, 2);
+    std::memcpy(&w[off + static_cast<uint64_t>(f.d)], &d, 2);
+    if (f.m >= 0) std::memcpy(&w[off + static_cast<uint64_t>(f.m)], &m, 2);
   }
   return w;
 }
@@ -164,10 +188,23 @@ int main(int argc, char** argv) {
     int64_t rows, cols;
   };
   const Shape shapes[] = {
-      {DType::Q4_1, 1536, 576}, {DType::Q4_1, 576, 1536}, {DType::Q8_0, 49152, 576}};
+      // SmolLM2-135M
+      {DType::Q4_1, 1536, 576},
+      {DType::Q4_1, 576, 1536},
+      {DType::Q8_0, 49152, 576},
+      // Gemma 3 270M
+      {DType::Q5_0, 1024, 640},
+      {DType::Q5_0, 2048, 640},
+      {DType::Q5_1, 2048, 640},
+      {DType::Q4_K, 640, 1024},
+      {DType::Q4_K, 640, 2048},
+      {DType::Q6_K, 640, 2048},
+      {DType::Q8_0, 262144, 640},
+  };
   for (KernelIsa isa : spillway::ops::available_isas()) {
     for (const Shape& s : shapes) {
       for (int64_t T : {1, 64, 512}) {
+        if (s.rows > 100000 && T > 64) continue;  // the Gemma output matrix
         for (int threads : {1, 2}) {
           const std::string name =
               fmt::format("matmul/{}/{}/{}x{}/T{}/threads:{}", spillway::ops::isa_name(isa),
@@ -176,7 +213,7 @@ int main(int argc, char** argv) {
             bench_matmul(st, isa, s.type, s.rows, s.cols, T, threads);
           });
           b->Unit(benchmark::kMicrosecond)->UseRealTime();
-          if (T == 512 && s.rows == 49152) b->Iterations(2);
+          if ((T == 512 && s.rows == 49152) || (T == 64 && s.rows > 100000)) b->Iterations(2);
         }
       }
     }

@@ -167,12 +167,7 @@ void dequant_q3_k(const uint8_t* p, float* y) {
 
 // The 8 6-bit scales and mins of a Q4_K/Q5_K block.
 void unpack_q4_k_scales(const uint8_t (&sc)[12], int* scale, int* min) {
-  for (int j = 0; j < 4; ++j) {
-    scale[j] = sc[j] & 63;
-    min[j] = sc[j + 4] & 63;
-    scale[j + 4] = (sc[j + 8] & 0x0f) | ((sc[j] >> 6) << 4);
-    min[j + 4] = (sc[j + 8] >> 4) | ((sc[j + 4] >> 6) << 4);
-  }
+  for (int j = 0; j < 8; ++j) q4_k_scale_min(sc, j, scale[j], min[j]);
 }
 
 void dequant_q4_k(const uint8_t* p, float* y) {

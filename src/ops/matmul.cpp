@@ -108,6 +108,10 @@ TileFn tile_for(const KernelSet& ks, DType t) {
       return ks.q4_0;
     case DType::Q4_1:
       return ks.q4_1;
+    case DType::Q5_0:
+      return ks.q5_0;
+    case DType::Q5_1:
+      return ks.q5_1;
     case DType::Q8_0:
       return ks.q8_0;
     case DType::Q4_K:

@@ -2,15 +2,15 @@
 // integer products with vpmaddubsw / vpmaddwd, f32 accumulation per block. Compiled for
 // AVX2 by target attributes whatever the build flags, and called only after a CPU check.
 //
-// Legacy types (Q4_0, Q4_1, Q8_0) run groups of 8 weight rows x C tokens, each weight
-// block unpacked once per tile and reused for C tokens, with integer row sums per block
-// (see "legacy types" below). K types (Q4_K, Q6_K) unpack one row's super-block (values
-// and scales) once for C tokens.
+// Every type runs groups of 8 weight rows x C tokens, each weight block unpacked once per
+// tile and reused for C tokens, with the 8 rows' integer sums per block reduced into one
+// vector (see "legacy types" and "K types" below).
 //
 // Everything here sits in an anonymous namespace and uses no standard-library templates:
 // code compiled for AVX2 must not leak into inline functions shared with other files.
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -43,21 +43,18 @@ inline uint16_t load_u16(const uint8_t* p) {
   std::memcpy(&v, p, 2);
   return v;
 }
-inline float f16(const uint8_t* p) {
-  return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(load_u16(p))));
-}
 
-// ---- legacy types (Q4_0, Q4_1, Q8_0): groups of 8 weight rows ----
+// ---- legacy types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): groups of 8 weight rows ----
 //
 // Every product runs in groups of 8 consecutive weight rows. Per 32-element block, the
 // integer dot products of the 8 rows with one activation block are reduced (with
 // horizontal adds) into one int32 vector holding the 8 row sums, then converted and
-// accumulated with one FMA: acc[r] += isum[r] * (d_w[r] * d_x); the min terms of Q4_0 and
-// Q4_1 go to a second vector, macc[r] += m_w[r] * s_x, added at the end. A tile of C
-// tokens unpacks each weight block once and repeats exactly that per-token arithmetic, so
-// results do not depend on the tile shape: decode (T = 1) and prefill (T > 1) give
-// bit-identical outputs. Groups at the end of a range that hold fewer than 8 rows repeat
-// their last row and store only the rows that exist.
+// accumulated with one FMA: acc[r] += isum[r] * (d_w[r] * d_x); the min terms of the
+// 4- and 5-bit types go to a second vector, macc[r] += m_w[r] * s_x, added at the end. A
+// tile of C tokens unpacks each weight block once and repeats exactly that per-token
+// arithmetic, so results do not depend on the tile shape: decode (T = 1) and prefill
+// (T > 1) give bit-identical outputs. Groups at the end of a range that hold fewer than 8 rows
+// repeat their last row and store only the rows that exist.
 
 // f16 at p[r] + off for rows r = 0..7, as 8 f32 lanes.
 inline __m256 f16x8(const uint8_t* const* p, int64_t off) {
@@ -114,10 +111,12 @@ inline __m256i nibble_dot8(const Nibbles8& u, const int8_t* xq) {
 }
 
 // Weight block types. unpack() prepares the blocks at p[r] + off of 8 rows, dot() gives
-// their 8 integer row sums against one activation block, scales() the 8 scales d and
-// (types with a min) the 8 terms m per unit of activation sum (Q4_1: m; Q4_0: -8 d).
+// their 8 integer row sums against one activation block, scales() (from the blocks or what
+// unpack() loaded) the 8 scales d and
+// (types with a min) the 8 terms m per unit of activation sum (Q4_1, Q5_1: m; Q4_0: -8 d;
+// Q5_0: -16 d).
 struct Q4_0W {
-  static constexpr int kBytes = 18;
+  static constexpr int kBytes = sizeof(BlockQ4_0);
   static constexpr bool kHasMin = true;
   static constexpr int kC = 4;  // tokens per tile
   using Unpacked = Nibbles8;
@@ -125,14 +124,15 @@ struct Q4_0W {
     unpack_nibbles8(p, off + 2, u);
   }
   static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return nibble_dot8(u, xq); }
-  static inline void scales(const uint8_t* const* p, int64_t off, __m256& d, __m256& m) {
+  static inline void scales(const uint8_t* const* p, int64_t off, const Unpacked&, __m256& d,
+                            __m256& m) {
     d = f16x8(p, off);
     m = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
   }
 };
 
 struct Q4_1W {
-  static constexpr int kBytes = 20;
+  static constexpr int kBytes = sizeof(BlockQ4_1);
   static constexpr bool kHasMin = true;
   static constexpr int kC = 4;
   using Unpacked = Nibbles8;
@@ -142,7 +142,8 @@ struct Q4_1W {
   static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return nibble_dot8(u, xq); }
   // {d, m} pairs of rows (0, 1, 4, 5) and (2, 3, 6, 7) as f32, so that the even / odd
   // lanes of the two interleave into rows 0..7 in order.
-  static inline void scales(const uint8_t* const* p, int64_t off, __m256& d, __m256& m) {
+  static inline void scales(const uint8_t* const* p, int64_t off, const Unpacked&, __m256& d,
+                            __m256& m) {
     const __m256 a = _mm256_cvtph_ps(_mm_setr_epi32(
         static_cast<int>(load_u32(p[0] + off)), static_cast<int>(load_u32(p[1] + off)),
         static_cast<int>(load_u32(p[4] + off)), static_cast<int>(load_u32(p[5] + off))));
@@ -154,8 +155,126 @@ struct Q4_1W {
   }
 };
 
+// 5-bit blocks: the nibbles as for Q4_0/Q4_1, plus bit 4 of element j in bit j of the
+// little-endian 32-bit word qh. Register i of the unpacked rows holds row i in its low lane
+// and row i + 4 in its high lane (as Nibbles8), and so do the blocks' first 16 bytes,
+// loaded once: their f16 fields give the scales, their qh bytes the high bits.
+struct Fivebit8 {
+  Nibbles8 q;   // 5-bit values 0..31
+  __m256 d, m;  // rows 0..7: d, and m for blocks with a min (Q5_1)
+};
+
+// The f16 at byte 0 of the 8 block heads (register i: rows i and i + 4), rows 0..7 as f32.
+inline __m256 head_f16x8(const __m256i* h) {
+  const __m256i a = _mm256_unpacklo_epi16(h[0], h[1]);  // lane: words d_i, d_i+1, ...
+  const __m256i b = _mm256_unpacklo_epi16(h[2], h[3]);
+  const __m256i c = _mm256_unpacklo_epi32(a, b);  // d0..d3 in qword 0, d4..d7 in qword 2
+  return _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(c, 0x08)));
+}
+
+// The f16 pairs {d, m} at byte 0 of the 8 block heads, rows 0..7 as f32.
+inline void head_f16_pairs8(const __m256i* h, __m256& d, __m256& m) {
+  const __m256i a = _mm256_unpacklo_epi32(h[0], h[1]);  // lane: {d,m}_i, {d,m}_i+1, ...
+  const __m256i b = _mm256_unpacklo_epi32(h[2], h[3]);
+  const __m256i c = _mm256_unpacklo_epi64(a, b);  // lane: {d,m} of rows 0..3 (4..7)
+  const __m256i sep = _mm256_shuffle_epi8(
+      c, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9,
+                          12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+  const __m256i dm = _mm256_permute4x64_epi64(sep, 0xD8);  // d0..d7 | m0..m7
+  d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
+  m = _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1));
+}
+
+// Loads the block heads and the nibbles of 8 rows: qh at byte kQh of a block, qs at kQs,
+// {f16 d, f16 m} at byte 0 when kMin (else f16 d). Bit 4 is or-ed into the nibbles: byte
+// shuffles spread qh bytes 0..3 over the 16 + 16 elements of each lane (byte k tests bit
+// k % 8 of its qh byte), and a compare turns set bits into 0x10.
+template <int kQh, int kQs, bool kMin>
+inline void unpack_fivebit8(const uint8_t* const* p, int64_t off, Fivebit8& u) {
+  constexpr int64_t kOnes = 0x0101010101010101;
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201));
+  const __m256i b4 = _mm256_set1_epi8(0x10);
+  const __m256i idx_lo =
+      _mm256_setr_epi64x(kOnes * kQh, kOnes * (kQh + 1), kOnes * kQh, kOnes * (kQh + 1));
+  const __m256i idx_hi = _mm256_setr_epi64x(kOnes * (kQh + 2), kOnes * (kQh + 3), kOnes * (kQh + 2),
+                                            kOnes * (kQh + 3));
+  __m256i h[4];
+  SPW_UNROLL for (int i = 0; i < 4; ++i) {
+    h[i] = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p[i + 4] + off),
+                               reinterpret_cast<const __m128i*>(p[i] + off));
+  }
+  if constexpr (kMin) {
+    head_f16_pairs8(h, u.d, u.m);
+  } else {
+    u.d = head_f16x8(h);
+  }
+  unpack_nibbles8(p, off + kQs, u.q);
+  SPW_UNROLL for (int i = 0; i < 4; ++i) {
+    const __m256i set_lo =
+        _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h[i], idx_lo), bit), bit);
+    const __m256i set_hi =
+        _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h[i], idx_hi), bit), bit);
+    u.q.lo[i] = _mm256_or_si256(u.q.lo[i], _mm256_and_si256(set_lo, b4));
+    u.q.hi[i] = _mm256_or_si256(u.q.hi[i], _mm256_and_si256(set_hi, b4));
+  }
+}
+
+// Row sums of 8 unpacked 5-bit rows . one activation block. A vpmaddubsw pair reaches
+// 2 * 31 * 127, so 8 products (31496) still fit int16 but 16 do not: one round of vphaddw,
+// then vpmaddwd widens before the last round of horizontal adds.
+inline __m256i fivebit_dot8(const Nibbles8& u, const int8_t* xq) {
+  const __m256i x_lo =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq)));
+  const __m256i x_hi =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16)));
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i s[4];
+  SPW_UNROLL for (int i = 0; i < 4; ++i) {
+    s[i] =
+        _mm256_add_epi16(_mm256_maddubs_epi16(u.lo[i], x_lo), _mm256_maddubs_epi16(u.hi[i], x_hi));
+  }
+  const __m256i a = _mm256_madd_epi16(_mm256_hadd_epi16(s[0], s[1]), ones);
+  const __m256i b = _mm256_madd_epi16(_mm256_hadd_epi16(s[2], s[3]), ones);
+  // Low half: rows 0..3, high half: rows 4..7.
+  return _mm256_hadd_epi32(a, b);
+}
+
+// Q5_0: {f16 d, qh[4], qs[16]}.
+struct Q5_0W {
+  static constexpr int kBytes = sizeof(BlockQ5_0);
+  static constexpr bool kHasMin = true;
+  static constexpr int kC = 4;
+  using Unpacked = Fivebit8;
+  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+    unpack_fivebit8<2, 6, false>(p, off, u);
+  }
+  static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return fivebit_dot8(u.q, xq); }
+  static inline void scales(const uint8_t* const*, int64_t, const Unpacked& u, __m256& d,
+                            __m256& m) {
+    d = u.d;
+    m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+  }
+};
+
+// Q5_1: {f16 d, f16 m, qh[4], qs[16]}.
+struct Q5_1W {
+  static constexpr int kBytes = sizeof(BlockQ5_1);
+  static constexpr bool kHasMin = true;
+  static constexpr int kC = 4;
+  using Unpacked = Fivebit8;
+  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+    unpack_fivebit8<4, 8, true>(p, off, u);
+  }
+  static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return fivebit_dot8(u.q, xq); }
+  static inline void scales(const uint8_t* const*, int64_t, const Unpacked& u, __m256& d,
+                            __m256& m) {
+    d = u.d;
+    m = u.m;
+  }
+};
+
 struct Q8_0W {
-  static constexpr int kBytes = 34;
+  static constexpr int kBytes = sizeof(BlockQ8_0);
   static constexpr bool kHasMin = false;
   static constexpr int kC = 4;
   struct Unpacked {
@@ -176,10 +295,30 @@ struct Q8_0W {
     }
     return rows8_epi32(s);
   }
-  static inline void scales(const uint8_t* const* p, int64_t off, __m256& d, __m256&) {
+  static inline void scales(const uint8_t* const* p, int64_t off, const Unpacked&, __m256& d,
+                            __m256&) {
     d = f16x8(p, off);
   }
 };
+
+// Prefetches kBytes from p on (cache lines of 64 bytes).
+template <int kBytes>
+inline void prefetch_step(const uint8_t* p) {
+  SPW_UNROLL for (int i = 0; i < kBytes; i += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
+  }
+}
+
+// Stores lanes 0 .. n_rows - 1 of v (n_rows <= 8) to y.
+inline void store_rows8(__m256 v, float* y, int n_rows) {
+  if (n_rows == 8) {
+    _mm256_storeu_ps(y, v);
+  } else {
+    alignas(32) float tmp[8];
+    _mm256_store_ps(tmp, v);
+    for (int r = 0; r < n_rows; ++r) y[r] = tmp[r];
+  }
+}
 
 // y[c * ldy + r] = row p[r] . token c for r < n_rows (<= 8) and C tokens. When `pf` is set
 // (matrix-vector products), the next group of 8 rows (8 * kBytes per block, contiguous)
@@ -192,16 +331,12 @@ inline void group8(const uint8_t* const* p, const Q8ARow* x, int64_t nb, float* 
   __m256 acc[C], macc[C];
   SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = macc[c] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    if (pf != nullptr) {
-      SPW_UNROLL for (int i = 0; i < kStep; i += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(pf + b * kStep + i), _MM_HINT_T0);
-      }
-    }
+    if (pf != nullptr) prefetch_step<kStep>(pf + b * kStep);
     const int64_t off = b * W::kBytes;
     typename W::Unpacked u;
     W::unpack(p, off, u);
     __m256 d, m = _mm256_setzero_ps();
-    W::scales(p, off, d, m);
+    W::scales(p, off, u, d, m);
     SPW_UNROLL for (int c = 0; c < C; ++c) {
       const __m256i isum = W::dot(u, x[c].qs + b * kQK);
       acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
@@ -212,32 +347,266 @@ inline void group8(const uint8_t* const* p, const Q8ARow* x, int64_t nb, float* 
     }
   }
   SPW_UNROLL for (int c = 0; c < C; ++c) {
-    const __m256 v = W::kHasMin ? _mm256_add_ps(acc[c], macc[c]) : acc[c];
-    if (n_rows == 8) {
-      _mm256_storeu_ps(y + c * ldy, v);
-    } else {
-      alignas(32) float tmp[8];
-      _mm256_store_ps(tmp, v);
-      for (int r = 0; r < n_rows; ++r) y[c * ldy + r] = tmp[r];
-    }
+    store_rows8(W::kHasMin ? _mm256_add_ps(acc[c], macc[c]) : acc[c], y + c * ldy, n_rows);
   }
 }
 
+// The legacy types as a group family of tile_groups: Q8A activation rows, blocks of 32.
+template <class W>
+struct LegacyGroups {
+  static constexpr int kBytes = W::kBytes;
+  static constexpr int kElems = kQK;
+  static constexpr int kC = W::kC;
+  using X = Q8ARow;
+  static X x_row(const void* xq, int64_t cols, int64_t t) { return q8a_row(xq, cols, t); }
+  template <int C>
+  static void run(const uint8_t* const* p, const X* x, int64_t nb, float* y, int64_t ldy,
+                  int n_rows, const uint8_t* pf) {
+    group8<W, C>(p, x, nb, y, ldy, n_rows, pf);
+  }
+};
+
+// ---- K types (Q4_K, Q6_K): groups of 8 weight rows ----
+//
+// Per 256-element super-block, each of the 8 rows' integer dot products with one Q8_K
+// activation block, sub-block scales applied in integer arithmetic (vpmaddwd), is one
+// vector of 8 int32 partial sums; the 8 rows' vectors are reduced with horizontal adds
+// into one vector of 8 row sums, converted and accumulated with one FMA:
+// acc[r] += isum[r] * (d_w[r] * d_x). The sub-block mins of Q4_K (against the
+// activations' 16-element sums) are summed the same way, 8 rows at once, into a second
+// vector subtracted at the end; Q6_K's offset of -32 is folded into the integer sums. A
+// tile of C tokens reads each row's super-block once and repeats exactly the per-token
+// arithmetic, so, as for the legacy types, a token's outputs do not depend on the tile
+// shape, the row range or the thread count.
+
+// Sums of the activations over sub-blocks of 32 (pairs of Q8_K bsums), as 8 int16 in both
+// lanes.
+inline __m256i bsums32(const BlockQ8_K& x) {
+  const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums));
+  const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums + 8));
+  return _mm256_broadcastsi128_si256(_mm_hadd_epi16(lo, hi));
+}
+
+// Byte pattern for vpshufb: in both lanes, word w takes (unsigned) byte j.
+inline __m256i word_of_byte(int j) {
+  return _mm256_set1_epi16(static_cast<int16_t>(0x8000 | j));
+}
+
+// The first 16 bytes of Q4_K blocks {f16 d, f16 dmin, scales[12]} of two rows (one per
+// lane) -> per lane the 8 sub-block scales (bytes 0..7) and mins (bytes 8..15), 6 bits
+// each (see q4_k_scale_min).
+inline __m256i q4_k_scales_mins(__m256i h) {
+  // b[j] = byte 4 + j of the lane. Low bits: sc 0..3 = b0..3 & 63, sc 4..7 = b8..11 & 15,
+  // m 0..3 = b4..7 & 63, m 4..7 = b8..11 >> 4; high bits of sc / m 4..7: top 2 bits of
+  // b0..3 / b4..7, moved to bits 4..5.
+  const __m256i pick = _mm256_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15, 4,
+                                        5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m256i mask_a =
+      _mm256_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0, 63, 63, 63, 63,
+                       15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
+  const __m256i mask_b = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15, 0, 0,
+                                          0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
+  const __m256i pick_hi =
+      _mm256_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11, -1, -1, -1, -1, 4,
+                       5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11);
+  const __m256i p = _mm256_shuffle_epi8(h, pick);
+  const __m256i low = _mm256_or_si256(_mm256_and_si256(p, mask_a),
+                                      _mm256_and_si256(_mm256_srli_epi16(p, 4), mask_b));
+  const __m256i top = _mm256_and_si256(_mm256_srli_epi16(_mm256_shuffle_epi8(h, pick_hi), 2),
+                                       _mm256_set1_epi8(0x30));
+  return _mm256_or_si256(low, top);
+}
+
+struct Q4KGroups {
+  static constexpr int kBytes = sizeof(BlockQ4_K);
+  static constexpr int kElems = kQKK;
+  static constexpr int kC = 4;
+  using X = const BlockQ8_K*;
+  static X x_row(const void* xq, int64_t cols, int64_t t) {
+    return reinterpret_cast<X>(static_cast<const uint8_t*>(xq) + t * q8k_row_bytes(cols));
+  }
+  template <int C>
+  static void run(const uint8_t* const* p, const X* x, int64_t nb, float* y, int64_t ldy,
+                  int n_rows, const uint8_t* pf) {
+    constexpr int kStep = 8 * kBytes;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[C], macc[C];
+    SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = macc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      if (pf != nullptr) prefetch_step<kStep>(pf + b * kStep);
+      const int64_t off = b * kBytes;
+      // Register i: row i in the low lane, row i + 4 in the high lane.
+      __m256i h[4], sm[4];
+      SPW_UNROLL for (int i = 0; i < 4; ++i) {
+        h[i] = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p[i + 4] + off),
+                                   reinterpret_cast<const __m128i*>(p[i] + off));
+        sm[i] = q4_k_scales_mins(h[i]);
+      }
+      __m256 d, dmin;
+      head_f16_pairs8(h, d, dmin);
+      // Mins as int16 (words 0..7 of each lane) . sub-block sums of the activations.
+      const __m256i min_words =
+          _mm256_setr_epi8(8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1, 8, -1, 9,
+                           -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1);
+      __m256i mins[4];
+      SPW_UNROLL for (int i = 0; i < 4; ++i) mins[i] = _mm256_shuffle_epi8(sm[i], min_words);
+      __m256i rs[C][8];  // [token][row] partial sums
+      SPW_UNROLL for (int r = 0; r < 8; ++r) {
+        const __m256i sc = r < 4 ? _mm256_permute2x128_si256(sm[r], sm[r], 0x00)
+                                 : _mm256_permute2x128_si256(sm[r - 4], sm[r - 4], 0x11);
+        const uint8_t* qs = p[r] + off + 16;
+        __m256i iacc[C];
+        SPW_UNROLL for (int c = 0; c < C; ++c) iacc[c] = _mm256_setzero_si256();
+        SPW_UNROLL for (int k = 0; k < 4; ++k) {
+          // 32 bytes: sub-block 2k in the low nibbles, 2k + 1 in the high ones.
+          const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * k));
+          const __m256i lo = _mm256_and_si256(raw, m4);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+          // Words 0..3 of each lane: scale of sub-block 2k; words 4..7: of 2k + 1.
+          const __m256i s_pair = _mm256_shuffle_epi8(
+              sc, _mm256_setr_epi8(2 * k, -1, 2 * k, -1, 2 * k, -1, 2 * k, -1, 2 * k + 1, -1,
+                                   2 * k + 1, -1, 2 * k + 1, -1, 2 * k + 1, -1, 2 * k, -1, 2 * k,
+                                   -1, 2 * k, -1, 2 * k, -1, 2 * k + 1, -1, 2 * k + 1, -1,
+                                   2 * k + 1, -1, 2 * k + 1, -1));
+          SPW_UNROLL for (int c = 0; c < C; ++c) {
+            const int8_t* xq = x[c][b].qs + 64 * k;
+            const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+            const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
+            // vpmaddubsw pairs reach 2 * 15 * 127: two of them still fit int16.
+            const __m256i pairs =
+                _mm256_hadd_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1));
+            iacc[c] = _mm256_add_epi32(iacc[c], _mm256_madd_epi16(pairs, s_pair));
+          }
+        }
+        SPW_UNROLL for (int c = 0; c < C; ++c) rs[c][r] = iacc[c];
+      }
+      SPW_UNROLL for (int c = 0; c < C; ++c) {
+        const BlockQ8_K& xb = x[c][b];
+        const __m256i bs = bsums32(xb);
+        const __m256i msum = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(_mm256_madd_epi16(mins[0], bs), _mm256_madd_epi16(mins[1], bs)),
+            _mm256_hadd_epi32(_mm256_madd_epi16(mins[2], bs), _mm256_madd_epi16(mins[3], bs)));
+        const __m256 dx = _mm256_set1_ps(xb.d);
+        acc[c] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows8_epi32(rs[c])), _mm256_mul_ps(d, dx), acc[c]);
+        macc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), macc[c]);
+      }
+    }
+    SPW_UNROLL for (int c = 0; c < C; ++c) {
+      store_rows8(_mm256_sub_ps(acc[c], macc[c]), y + c * ldy, n_rows);
+    }
+  }
+};
+
+struct Q6KGroups {
+  static constexpr int kBytes = sizeof(BlockQ6_K);
+  static constexpr int kElems = kQKK;
+  static constexpr int kC = 4;
+  using X = const BlockQ8_K*;
+  static X x_row(const void* xq, int64_t cols, int64_t t) {
+    return reinterpret_cast<X>(static_cast<const uint8_t*>(xq) + t * q8k_row_bytes(cols));
+  }
+  template <int C>
+  static void run(const uint8_t* const* p, const X* x, int64_t nb, float* y, int64_t ldy,
+                  int n_rows, const uint8_t* pf) {
+    constexpr int kStep = 8 * kBytes;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m30 = _mm256_set1_epi8(0x30);
+    __m256 acc[C];
+    SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      if (pf != nullptr) prefetch_step<kStep>(pf + b * kStep);
+      const int64_t off = b * kBytes;
+      const __m256 d = f16x8(p, off + offsetof(BlockQ6_K, d));
+      __m256i bs[C];  // the activations' 16 sums of 16
+      SPW_UNROLL for (int c = 0; c < C; ++c) {
+        bs[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[c][b].bsums));
+      }
+      __m256i rs[C][8];  // [token][row] partial sums
+      SPW_UNROLL for (int r = 0; r < 8; ++r) {
+        const uint8_t* blk = p[r] + off;
+        // Scales as int16: groups 0..7 in the low lane, 8..15 in the high lane.
+        const __m256i sc = _mm256_cvtepi8_epi16(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + offsetof(BlockQ6_K, scales))));
+        __m256i iacc[C];
+        // q - 32: the offset against the activations' group sums, subtracted up front.
+        SPW_UNROLL for (int c = 0; c < C; ++c) {
+          iacc[c] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                     _mm256_slli_epi32(_mm256_madd_epi16(sc, bs[c]), 5));
+        }
+        SPW_UNROLL for (int n = 0; n < 2; ++n) {
+          // Half n: elements 128 n + 32 k + l, k = 0..3, l = 0..31; lane 0 holds group
+          // 8 n + 2 k, lane 1 group 8 n + 2 k + 1.
+          const __m256i scn = n == 0 ? _mm256_permute2x128_si256(sc, sc, 0x00)
+                                     : _mm256_permute2x128_si256(sc, sc, 0x11);
+          const uint8_t* ql = blk + 64 * n;
+          const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+          const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+          const __m256i qh =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * n));
+          __m256i q[4];
+          q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                 _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+          q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                 _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+          q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                 _mm256_and_si256(qh, m30));
+          q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                 _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+          // Pairs of vpmaddubsw results (each word at most 2 * 63 * 127) are combined with
+          // one vphaddw (two words still fit int16): for q[2j] and q[2j + 1], words 0..3 of
+          // lane 0 belong to group 8n + 4j, words 4..7 to 8n + 4j + 2; lane 1 to the next
+          // groups (+1). sv[j] holds those groups' scales.
+          __m256i sv[2];
+          SPW_UNROLL for (int j = 0; j < 2; ++j) {
+            const int wa = 8 * j, wb = 8 * j + 4;  // bytes of words 4j, 4j + 2
+            sv[j] = _mm256_shuffle_epi8(
+                scn, _mm256_setr_epi8(wa, wa + 1, wa, wa + 1, wa, wa + 1, wa, wa + 1, wb, wb + 1,
+                                      wb, wb + 1, wb, wb + 1, wb, wb + 1, wa + 2, wa + 3, wa + 2,
+                                      wa + 3, wa + 2, wa + 3, wa + 2, wa + 3, wb + 2, wb + 3,
+                                      wb + 2, wb + 3, wb + 2, wb + 3, wb + 2, wb + 3));
+          }
+          SPW_UNROLL for (int c = 0; c < C; ++c) {
+            const int8_t* xq = x[c][b].qs + 128 * n;
+            SPW_UNROLL for (int j = 0; j < 2; ++j) {
+              const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * j));
+              const __m256i x1 =
+                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * j + 32));
+              const __m256i pairs = _mm256_hadd_epi16(_mm256_maddubs_epi16(q[2 * j], x0),
+                                                      _mm256_maddubs_epi16(q[2 * j + 1], x1));
+              iacc[c] = _mm256_add_epi32(iacc[c], _mm256_madd_epi16(pairs, sv[j]));
+            }
+          }
+        }
+        SPW_UNROLL for (int c = 0; c < C; ++c) rs[c][r] = iacc[c];
+      }
+      SPW_UNROLL for (int c = 0; c < C; ++c) {
+        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows8_epi32(rs[c])),
+                                 _mm256_mul_ps(d, _mm256_set1_ps(x[c][b].d)), acc[c]);
+      }
+    }
+    SPW_UNROLL for (int c = 0; c < C; ++c) store_rows8(acc[c], y + c * ldy, n_rows);
+  }
+};
+
 constexpr int64_t kPanel = 64;  // weight rows kept hot in cache while tokens stream by
 
-template <class W>
-void tile_legacy(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
+// y[t * ldy + r] for r in [r0, r1), t in [t0, t1) with the group kernels of G: 64-row
+// panels, within a panel kC tokens at a time over groups of 8 rows. A group at the end of
+// the range with fewer than 8 rows repeats its last row and stores only the rows that exist.
+template <class G>
+void tile_groups(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
                  int64_t t1, float* y, int64_t ldy) {
-  const int64_t nb = w.cols / kQK;
+  const int64_t nb = w.cols / G::kElems;
   const auto* base = static_cast<const uint8_t*>(w.data);
   const uint64_t rb = w.row_bytes;
   const bool stream = t1 - t0 == 1;  // matrix-vector: prefetch the next group
   for (int64_t p0 = r0; p0 < r1; p0 += kPanel) {
     const int64_t p1 = min64(r1, p0 + kPanel);
-    for (int64_t t = t0; t < t1; t += W::kC) {
-      const int c = static_cast<int>(min64(W::kC, t1 - t));
-      Q8ARow x[W::kC];
-      for (int i = 0; i < c; ++i) x[i] = q8a_row(xq, w.cols, t + i);
+    for (int64_t t = t0; t < t1; t += G::kC) {
+      const int c = static_cast<int>(min64(G::kC, t1 - t));
+      typename G::X x[G::kC];
+      for (int i = 0; i < c; ++i) x[i] = G::x_row(xq, w.cols, t + i);
       for (int64_t r = p0; r < p1; r += 8) {
         const int n = static_cast<int>(min64(8, p1 - r));
         const uint8_t* p[8];
@@ -246,16 +615,16 @@ void tile_legacy(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
         float* yo = y + t * ldy + r;
         switch (c) {
           case 1:
-            group8<W, 1>(p, x, nb, yo, ldy, n, pf);
+            G::template run<1>(p, x, nb, yo, ldy, n, pf);
             break;
           case 2:
-            group8<W, 2>(p, x, nb, yo, ldy, n, nullptr);
+            G::template run<2>(p, x, nb, yo, ldy, n, nullptr);
             break;
           case 3:
-            group8<W, 3>(p, x, nb, yo, ldy, n, nullptr);
+            G::template run<3>(p, x, nb, yo, ldy, n, nullptr);
             break;
           default:
-            group8<W, 4>(p, x, nb, yo, ldy, n, nullptr);
+            G::template run<4>(p, x, nb, yo, ldy, n, nullptr);
             break;
         }
       }
@@ -265,183 +634,31 @@ void tile_legacy(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
 
 void tile_q4_0(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
                int64_t t1, float* y, int64_t ldy) {
-  tile_legacy<Q4_0W>(w, xq, r0, r1, t0, t1, y, ldy);
+  tile_groups<LegacyGroups<Q4_0W>>(w, xq, r0, r1, t0, t1, y, ldy);
 }
 void tile_q4_1(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
                int64_t t1, float* y, int64_t ldy) {
-  tile_legacy<Q4_1W>(w, xq, r0, r1, t0, t1, y, ldy);
+  tile_groups<LegacyGroups<Q4_1W>>(w, xq, r0, r1, t0, t1, y, ldy);
+}
+void tile_q5_0(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
+               int64_t t1, float* y, int64_t ldy) {
+  tile_groups<LegacyGroups<Q5_0W>>(w, xq, r0, r1, t0, t1, y, ldy);
+}
+void tile_q5_1(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
+               int64_t t1, float* y, int64_t ldy) {
+  tile_groups<LegacyGroups<Q5_1W>>(w, xq, r0, r1, t0, t1, y, ldy);
 }
 void tile_q8_0(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
                int64_t t1, float* y, int64_t ldy) {
-  tile_legacy<Q8_0W>(w, xq, r0, r1, t0, t1, y, ldy);
+  tile_groups<LegacyGroups<Q8_0W>>(w, xq, r0, r1, t0, t1, y, ldy);
 }
-
-// ---- K types: one weight row x C tokens per micro-kernel ----
-
-constexpr int kKTokTile = 4;
-
-inline __m256i scale_pair(int lo, int hi) {
-  return _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(hi)),
-                          _mm_set1_epi16(static_cast<int16_t>(lo)));
-}
-
-template <int C>
-inline void micro_q4_k(const uint8_t* row, const BlockQ8_K* const* x, int64_t nb, float* y,
-                       int64_t ldy) {
-  __m256 acc[C];
-  float macc[C];
-  for (int c = 0; c < C; ++c) {
-    acc[c] = _mm256_setzero_ps();
-    macc[c] = 0.0f;
-  }
-  const __m256i mask = _mm256_set1_epi8(0x0F);
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* p = row + b * 144;
-    const float d = f16(p), dmin = f16(p + 2);
-    int sc[8], mn[8];
-    for (int j = 0; j < 8; ++j) k4_scale_min(p + 4, j, sc[j], mn[j]);
-    __m256i iacc[C];
-    for (int c = 0; c < C; ++c) iacc[c] = _mm256_setzero_si256();
-    for (int k = 0; k < 4; ++k) {
-      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16 + 32 * k));
-      const __m256i lo = _mm256_and_si256(raw, mask);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-      const __m256i s_lo = _mm256_set1_epi16(static_cast<int16_t>(sc[2 * k]));
-      const __m256i s_hi = _mm256_set1_epi16(static_cast<int16_t>(sc[2 * k + 1]));
-      for (int c = 0; c < C; ++c) {
-        const int8_t* xq = x[c][b].qs + 64 * k;
-        const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
-        const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
-        const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), s_lo);
-        const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), s_hi);
-        iacc[c] = _mm256_add_epi32(iacc[c], _mm256_add_epi32(p0, p1));
-      }
-    }
-    for (int c = 0; c < C; ++c) {
-      const BlockQ8_K& xb = x[c][b];
-      int32_t msum = 0;
-      for (int j = 0; j < 8; ++j) msum += mn[j] * (xb.bsums[2 * j] + xb.bsums[2 * j + 1]);
-      acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[c]), _mm256_set1_ps(d * xb.d), acc[c]);
-      macc[c] -= dmin * xb.d * static_cast<float>(msum);
-    }
-  }
-  for (int c = 0; c < C; ++c) y[c * ldy] = hsum(acc[c]) + macc[c];
-}
-
-template <int C>
-inline void micro_q6_k(const uint8_t* row, const BlockQ8_K* const* x, int64_t nb, float* y,
-                       int64_t ldy) {
-  __m256 acc[C];
-  float macc[C];
-  for (int c = 0; c < C; ++c) {
-    acc[c] = _mm256_setzero_ps();
-    macc[c] = 0.0f;
-  }
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  const __m256i m2 = _mm256_set1_epi8(0x03);
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* p = row + b * 210;
-    const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
-    const float d = f16(p + 208);
-    __m256i iacc[C];
-    for (int c = 0; c < C; ++c) iacc[c] = _mm256_setzero_si256();
-    for (int n = 0; n < 2; ++n) {
-      const auto* ql = reinterpret_cast<const __m256i*>(p + 64 * n);
-      const __m256i l0 = _mm256_loadu_si256(ql);
-      const __m256i l1 = _mm256_loadu_si256(ql + 1);
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 128 + 32 * n));
-      __m256i q[4];
-      q[0] =
-          _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
-      q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4));
-      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4));
-      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4));
-      const int8_t* s = sc + 8 * n;
-      __m256i sv[4];
-      for (int k = 0; k < 4; ++k) sv[k] = scale_pair(s[2 * k], s[2 * k + 1]);
-      for (int c = 0; c < C; ++c) {
-        const int8_t* xq = x[c][b].qs + 128 * n;
-        __m256i sum = iacc[c];
-        for (int k = 0; k < 4; ++k) {
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * k));
-          sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], xv), sv[k]));
-        }
-        iacc[c] = sum;
-      }
-    }
-    for (int c = 0; c < C; ++c) {
-      const BlockQ8_K& xb = x[c][b];
-      int32_t off = 0;
-      for (int g = 0; g < 16; ++g) off += sc[g] * xb.bsums[g];
-      const float dd = d * xb.d;
-      acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[c]), _mm256_set1_ps(dd), acc[c]);
-      macc[c] -= 32.0f * dd * static_cast<float>(off);
-    }
-  }
-  for (int c = 0; c < C; ++c) y[c * ldy] = hsum(acc[c]) + macc[c];
-}
-
-template <template <int> class Micro>
-void tile_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0, int64_t t1,
-            float* y, int64_t ldy) {
-  const int64_t nb = w.cols / kQKK;
-  const auto* base = static_cast<const uint8_t*>(w.data);
-  const int64_t xrb = q8k_row_bytes(w.cols);
-  for (int64_t p0 = r0; p0 < r1; p0 += kPanel) {
-    const int64_t p1 = min64(r1, p0 + kPanel);
-    for (int64_t t = t0; t < t1; t += kKTokTile) {
-      const int c = static_cast<int>(min64(kKTokTile, t1 - t));
-      const BlockQ8_K* x[kKTokTile];
-      for (int i = 0; i < c; ++i) {
-        x[i] = reinterpret_cast<const BlockQ8_K*>(static_cast<const uint8_t*>(xq) + (t + i) * xrb);
-      }
-      for (int64_t r = p0; r < p1; ++r) {
-        const uint8_t* row = base + r * w.row_bytes;
-        float* yo = y + t * ldy + r;
-        switch (c) {
-          case 1:
-            Micro<1>::run(row, x, nb, yo, ldy);
-            break;
-          case 2:
-            Micro<2>::run(row, x, nb, yo, ldy);
-            break;
-          case 3:
-            Micro<3>::run(row, x, nb, yo, ldy);
-            break;
-          default:
-            Micro<4>::run(row, x, nb, yo, ldy);
-            break;
-        }
-      }
-    }
-  }
-}
-
-template <int C>
-struct MicroQ4K {
-  static void run(const uint8_t* row, const BlockQ8_K* const* x, int64_t nb, float* y,
-                  int64_t ldy) {
-    micro_q4_k<C>(row, x, nb, y, ldy);
-  }
-};
-template <int C>
-struct MicroQ6K {
-  static void run(const uint8_t* row, const BlockQ8_K* const* x, int64_t nb, float* y,
-                  int64_t ldy) {
-    micro_q6_k<C>(row, x, nb, y, ldy);
-  }
-};
-
 void tile_q4_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
                int64_t t1, float* y, int64_t ldy) {
-  tile_k<MicroQ4K>(w, xq, r0, r1, t0, t1, y, ldy);
+  tile_groups<Q4KGroups>(w, xq, r0, r1, t0, t1, y, ldy);
 }
 void tile_q6_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
                int64_t t1, float* y, int64_t ldy) {
-  tile_k<MicroQ6K>(w, xq, r0, r1, t0, t1, y, ldy);
+  tile_groups<Q6KGroups>(w, xq, r0, r1, t0, t1, y, ldy);
 }
 
 float dot_f32(const float* a, const float* b, int64_t n) {
@@ -459,7 +676,8 @@ float dot_f32(const float* a, const float* b, int64_t n) {
 }  // namespace
 
 const KernelSet& avx2_kernels() {
-  static const KernelSet k = {tile_q4_0, tile_q4_1, tile_q8_0, tile_q4_k, tile_q6_k, dot_f32};
+  static const KernelSet k = {tile_q4_0, tile_q4_1, tile_q5_0, tile_q5_1,
+                              tile_q8_0, tile_q4_k, tile_q6_k, dot_f32};
   return k;
 }
 

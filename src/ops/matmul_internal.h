@@ -39,7 +39,8 @@ inline int64_t q8k_row_bytes(int64_t cols) {
 }
 
 // Computes y[t * ldy + r] for r in [r0, r1), t in [t0, t1). `xq` is the activation form
-// the kernel's weight type needs (Q8A rows for Q4_0/Q4_1/Q8_0, Q8_K rows for Q4_K/Q6_K).
+// the kernel's weight type needs (Q8A rows for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K rows for
+// Q4_K/Q6_K).
 using TileFn = void (*)(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
                         int64_t t1, float* y, int64_t ldy);
 // f32 dot product of n elements.
@@ -48,6 +49,8 @@ using DotF32Fn = float (*)(const float* a, const float* b, int64_t n);
 struct KernelSet {
   TileFn q4_0 = nullptr;
   TileFn q4_1 = nullptr;
+  TileFn q5_0 = nullptr;
+  TileFn q5_1 = nullptr;
   TileFn q8_0 = nullptr;
   TileFn q4_k = nullptr;
   TileFn q6_k = nullptr;
@@ -68,17 +71,6 @@ inline bool cpu_has_avx2() {
 const KernelSet& scalar_kernels();
 // Only valid when the CPU supports AVX2, FMA and F16C.
 const KernelSet& avx2_kernels();
-
-// Unpacks the 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block.
-inline void k4_scale_min(const uint8_t* scales, int j, int& sc, int& m) {
-  if (j < 4) {
-    sc = scales[j] & 63;
-    m = scales[j + 4] & 63;
-  } else {
-    sc = (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4);
-    m = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
-  }
-}
 
 // AVX2 versions of the exp-heavy row ops (ops_avx2.cpp); same contracts as in ops.h.
 // exp is a range-reduced polynomial: relative error below 1e-6 against std::exp for

@@ -26,7 +26,7 @@ const uint8_t* row_ptr(const WeightMatrix& w, int64_t r) {
 // is the low nibble of qs[j], element j + 16 the high nibble.
 float dot_q4_0(const uint8_t* p, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += 18) {
+  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ4_0)) {
     const float d = load_f16(p);
     const uint8_t* qs = p + 2;
     const int8_t* xq = x.qs + b * kQK;
@@ -42,7 +42,7 @@ float dot_q4_0(const uint8_t* p, const Q8ARow& x, int64_t nb) {
 // Q4_1: 20-byte blocks {f16 d, f16 m, 16 bytes of nibbles}; value = d * q + m.
 float dot_q4_1(const uint8_t* p, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += 20) {
+  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ4_1)) {
     const float d = load_f16(p), m = load_f16(p + 2);
     const uint8_t* qs = p + 4;
     const int8_t* xq = x.qs + b * kQK;
@@ -53,10 +53,57 @@ float dot_q4_1(const uint8_t* p, const Q8ARow& x, int64_t nb) {
   return sum;
 }
 
+uint32_t load_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// The 5-bit value of element j < 16 and j + 16 of a Q5 block: the nibbles as in Q4_0/Q4_1,
+// bit 4 of element j in bit j of the little-endian qh word.
+int q5_lo(const uint8_t* qs, uint32_t qh, int j) {
+  return (qs[j] & 0x0F) | static_cast<int>(((qh >> j) & 1u) << 4);
+}
+int q5_hi(const uint8_t* qs, uint32_t qh, int j) {
+  return (qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1u) << 4);
+}
+
+// Q5_0: 22-byte blocks {f16 d, qh[4], qs[16]}; value = d * (q - 16).
+float dot_q5_0(const uint8_t* p, const Q8ARow& x, int64_t nb) {
+  float sum = 0.0f;
+  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ5_0)) {
+    const float d = load_f16(p);
+    const uint32_t qh = load_u32(p + 2);
+    const uint8_t* qs = p + 6;
+    const int8_t* xq = x.qs + b * kQK;
+    int32_t isum = 0;
+    for (int j = 0; j < 16; ++j) {
+      isum += (q5_lo(qs, qh, j) - 16) * xq[j] + (q5_hi(qs, qh, j) - 16) * xq[j + 16];
+    }
+    sum += d * x.d[b] * static_cast<float>(isum);
+  }
+  return sum;
+}
+
+// Q5_1: 24-byte blocks {f16 d, f16 m, qh[4], qs[16]}; value = d * q + m.
+float dot_q5_1(const uint8_t* p, const Q8ARow& x, int64_t nb) {
+  float sum = 0.0f;
+  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ5_1)) {
+    const float d = load_f16(p), m = load_f16(p + 2);
+    const uint32_t qh = load_u32(p + 4);
+    const uint8_t* qs = p + 8;
+    const int8_t* xq = x.qs + b * kQK;
+    int32_t isum = 0;
+    for (int j = 0; j < 16; ++j) isum += q5_lo(qs, qh, j) * xq[j] + q5_hi(qs, qh, j) * xq[j + 16];
+    sum += d * x.d[b] * static_cast<float>(isum) + m * x.s[b];
+  }
+  return sum;
+}
+
 // Q8_0: 34-byte blocks {f16 d, int8 qs[32]}.
 float dot_q8_0(const uint8_t* p, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += 34) {
+  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ8_0)) {
     const float d = load_f16(p);
     const auto* qs = reinterpret_cast<const int8_t*>(p + 2);
     const int8_t* xq = x.qs + b * kQK;
@@ -72,7 +119,7 @@ float dot_q8_0(const uint8_t* p, const Q8ARow& x, int64_t nb) {
 // and 64 c + 32 + l (high nibble).
 float dot_q4_k(const uint8_t* p, const BlockQ8_K* x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += 144) {
+  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ4_K)) {
     const float d = load_f16(p), dmin = load_f16(p + 2);
     const uint8_t* scales = p + 4;
     const uint8_t* qs = p + 16;
@@ -80,8 +127,8 @@ float dot_q4_k(const uint8_t* p, const BlockQ8_K* x, int64_t nb) {
     int32_t isum = 0, msum = 0;
     for (int c = 0; c < 4; ++c) {
       int sc_lo, m_lo, sc_hi, m_hi;
-      k4_scale_min(scales, 2 * c, sc_lo, m_lo);
-      k4_scale_min(scales, 2 * c + 1, sc_hi, m_hi);
+      q4_k_scale_min(scales, 2 * c, sc_lo, m_lo);
+      q4_k_scale_min(scales, 2 * c + 1, sc_hi, m_hi);
       int32_t s_lo = 0, s_hi = 0;
       for (int l = 0; l < 32; ++l) {
         s_lo += (qs[32 * c + l] & 0x0F) * xb.qs[64 * c + l];
@@ -100,7 +147,7 @@ float dot_q4_k(const uint8_t* p, const BlockQ8_K* x, int64_t nb) {
 // d * scales[g] * (q - 32) for group g of 16 elements, q the 6-bit value.
 float dot_q6_k(const uint8_t* p, const BlockQ8_K* x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += 210) {
+  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ6_K)) {
     const uint8_t* ql = p;
     const uint8_t* qh = p + 128;
     const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
@@ -162,6 +209,14 @@ void tile_q4_1(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, in
                int64_t t1, float* y, int64_t ldy) {
   tile_legacy(w, xq, r0, r1, t0, t1, y, ldy, dot_q4_1);
 }
+void tile_q5_0(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
+               int64_t t1, float* y, int64_t ldy) {
+  tile_legacy(w, xq, r0, r1, t0, t1, y, ldy, dot_q5_0);
+}
+void tile_q5_1(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
+               int64_t t1, float* y, int64_t ldy) {
+  tile_legacy(w, xq, r0, r1, t0, t1, y, ldy, dot_q5_1);
+}
 void tile_q8_0(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
                int64_t t1, float* y, int64_t ldy) {
   tile_legacy(w, xq, r0, r1, t0, t1, y, ldy, dot_q8_0);
@@ -188,7 +243,8 @@ float dot_f32(const float* a, const float* b, int64_t n) {
 }  // namespace
 
 const KernelSet& scalar_kernels() {
-  static const KernelSet k = {tile_q4_0, tile_q4_1, tile_q8_0, tile_q4_k, tile_q6_k, dot_f32};
+  static const KernelSet k = {tile_q4_0, tile_q4_1, tile_q5_0, tile_q5_1,
+                              tile_q8_0, tile_q4_k, tile_q6_k, dot_f32};
   return k;
 }
 

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -249,6 +250,115 @@ TEST_P(MatmulTypes, MatchesF32ReferenceWithinActivationQuantizationError) {
 INSTANTIATE_TEST_SUITE_P(AllTypes, MatmulTypes, ::testing::ValuesIn(kAllTypes),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
+// The types with integer kernels (Gemma 3 uses Q5_0, Q8_0, Q4_K, Q6_K; SmolLM2 Q4_1, Q8_0).
+constexpr DType kIntegerTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1,
+                                   DType::Q8_0, DType::Q4_K, DType::Q6_K};
+
+TEST(Matmul, EveryTypeWithAnIntegerKernelHasOne) {
+  for (DType t : kIntegerTypes) EXPECT_TRUE(has_integer_kernel(t)) << dtype_name(t);
+}
+
+// Kernels work in groups of 8 rows (the last group of a range repeating its last row),
+// 64-row panels and tiles of up to 4 tokens: every family against the scalar reference and
+// against the f32 dequantized reference, with row counts around those edges, T = 1 .. 9
+// tokens, 1 .. 3 threads, one and several blocks per row, and weights, activations and
+// outputs at misaligned addresses (outputs with a stride wider than the rows).
+TEST(Matmul, GroupAndTileEdgesMatchTheReferences) {
+  ThreadPool pools[3] = {ThreadPool(1), ThreadPool(2), ThreadPool(3)};
+  uint32_t seed = 500;
+  for (DType t : kIntegerTypes) {
+    const bool k_type = dtype_info(t).block_size == kQKK;
+    for (int64_t cols : k_type ? std::vector<int64_t>{256, 1024} : std::vector<int64_t>{32, 640}) {
+      for (int64_t rows : {1, 7, 8, 9, 15, 23, 67}) {
+        const TestMatrix m = make_matrix(t, rows, cols, seed++);
+        for (int64_t T = 1; T <= 9; ++T) {
+          SCOPED_TRACE(::testing::Message()
+                       << dtype_name(t) << " " << rows << "x" << cols << " T " << T);
+          const TestActs a = make_acts(T, cols, seed++);
+          Activations acts;
+          acts.set(a.x, T, cols);
+          std::vector<float> ref(static_cast<size_t>(T * rows));  // [T][rows]
+          matmul_with(KernelIsa::kScalar, m.w, acts, ref.data(), rows, pools[0]);
+          for (int64_t tt = 0; tt < T; ++tt) {
+            const float* x = a.x + tt * cols;
+            for (int64_t r = 0; r < rows; ++r) {
+              const double exact = dot_row_ref(
+                  t, static_cast<const uint8_t*>(m.w.data) + r * m.w.row_bytes, x, cols);
+              const double bound =
+                  quantization_bound(m, x, r, k_type ? kQKK : kQK) + 1e-5 * magnitude(m, x, r);
+              ASSERT_NEAR(ref[tt * rows + r], exact, bound)
+                  << "scalar at (" << tt << ", " << r << ")";
+            }
+          }
+          const int64_t ldy = rows + 3;
+          for (KernelIsa isa : available_isas()) {
+            for (ThreadPool& pool : pools) {
+              std::vector<float> storage(static_cast<size_t>(T * ldy + 1), -7.0f);
+              float* y = storage.data() + 1;  // [T][ldy], 4 bytes off alignment
+              Activations fresh;
+              fresh.set(a.x, T, cols);
+              matmul_with(isa, m.w, fresh, y, ldy, pool);
+              for (int64_t tt = 0; tt < T; ++tt) {
+                for (int64_t r = 0; r < ldy; ++r) {
+                  if (r >= rows) {
+                    ASSERT_EQ(y[tt * ldy + r], -7.0f)
+                        << "padding written at (" << tt << ", " << r << ")";
+                    continue;
+                  }
+                  const double mag = magnitude(m, a.x + tt * cols, r);
+                  ASSERT_NEAR(y[tt * ldy + r], ref[tt * rows + r], 1e-5 * mag + 1e-30)
+                      << isa_name(isa) << " threads " << pool.size() << " at (" << tt << ", " << r
+                      << ")";
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// prefill == decode and chunked == per-token evaluation rest on this: for T = 1 .. 9 (every
+// tile remainder), each token of a batch, and of any split of the batch into chunks, gets
+// exactly the bits of a single-token product, in every family and with 1 .. 3 threads.
+TEST(Matmul, EveryTokenOfAnyBatchOrChunkGetsItsSingleTokenBits) {
+  ThreadPool pools[3] = {ThreadPool(1), ThreadPool(2), ThreadPool(3)};
+  uint32_t seed = 700;
+  for (DType t : kIntegerTypes) {
+    const int64_t cols = dtype_info(t).block_size == kQKK ? 512 : 160;
+    for (int64_t rows : {9, 67}) {
+      const TestMatrix m = make_matrix(t, rows, cols, seed++);
+      const TestActs a = make_acts(9, cols, seed++);
+      for (KernelIsa isa : available_isas()) {
+        // Single-token products of the 9 tokens (1 thread).
+        std::vector<float> single(static_cast<size_t>(9 * rows));  // [9][rows]
+        for (int64_t tt = 0; tt < 9; ++tt) {
+          Activations one;
+          one.set(a.x + tt * cols, 1, cols);
+          matmul_with(isa, m.w, one, single.data() + tt * rows, rows, pools[0]);
+        }
+        for (ThreadPool& pool : pools) {
+          for (int64_t T = 1; T <= 9; ++T) {
+            for (int64_t chunk : {T, int64_t{2}, int64_t{3}, int64_t{5}}) {
+              std::vector<float> y(static_cast<size_t>(T * rows));  // [T][rows]
+              for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+                const int64_t n = std::min(chunk, T - t0);
+                Activations batch;
+                batch.set(a.x + t0 * cols, n, cols);
+                matmul_with(isa, m.w, batch, y.data() + t0 * rows, rows, pool);
+              }
+              ASSERT_EQ(std::memcmp(y.data(), single.data(), y.size() * sizeof(float)), 0)
+                  << dtype_name(t) << " " << isa_name(isa) << " rows " << rows << " T " << T
+                  << " chunks of " << chunk << " threads " << pool.size();
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(Matmul, TheQuantizationBoundIsTight) {
   // The bound above must not be vacuous: the integer path's error is a sizeable fraction
   // of it, so a kernel that skipped activation quantization or mis-scaled would show.
@@ -356,6 +466,47 @@ TEST(Matmul, FusedProductsEqualSeparateOnes) {
   EXPECT_THROW(matmul_many(no_matrix, 1, acts, pool), InvalidArgument);
   EXPECT_THROW(matmul_many(nullptr, -1, acts, pool), InvalidArgument);
   matmul_many(nullptr, 0, acts, pool);  // nothing to do
+}
+
+// Gemma 3's mix of types in the fused single-token jobs: Q, K (Q5_0) and V (Q8_0 or Q5_0)
+// as one job, gate and up (Q5_0) with SwiGLU as one; K types beside them.
+TEST(Matmul, FusedProductsOfGemmaTypesEqualSeparateOnes) {
+  const int64_t cols = 512;
+  const TestMatrix q = make_matrix(DType::Q5_0, 40, cols, 41);
+  const TestMatrix k = make_matrix(DType::Q5_0, 9, cols, 42);
+  const TestMatrix v = make_matrix(DType::Q8_0, 9, cols, 43);
+  const TestMatrix o = make_matrix(DType::Q4_K, 13, cols, 44);
+  const TestMatrix d = make_matrix(DType::Q6_K, 11, cols, 45);
+  const TestMatrix gate = make_matrix(DType::Q5_0, 37, cols, 46);
+  const TestMatrix up = make_matrix(DType::Q5_1, 37, cols, 47);
+  const TestActs x = make_acts(1, cols, 48);
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    const TestMatrix* ms[5] = {&q, &k, &v, &o, &d};
+    std::vector<std::vector<float>> fused(5), apart(5);
+    MatmulOut outs[5];
+    Activations acts;
+    acts.set(x.x, 1, cols);
+    for (int i = 0; i < 5; ++i) {
+      fused[i].assign(static_cast<size_t>(ms[i]->w.rows), NAN);
+      apart[i].assign(fused[i].size(), NAN);
+      outs[i] = {&ms[i]->w, fused[i].data(), ms[i]->w.rows};
+      matmul(ms[i]->w, acts, apart[i].data(), ms[i]->w.rows, pool);
+    }
+    Activations acts2;
+    acts2.set(x.x, 1, cols);
+    matmul_many(outs, 5, acts2, pool);
+    for (int i = 0; i < 5; ++i) EXPECT_EQ(fused[i], apart[i]) << "product " << i;
+    std::vector<float> g1(37), u1(37), g2(37), u2(37);
+    matmul(gate.w, acts, g1.data(), 37, pool);
+    matmul(up.w, acts, u1.data(), 37, pool);
+    swiglu(g1.data(), u1.data(), 37);
+    Activations acts3;
+    acts3.set(x.x, 1, cols);
+    matmul_swiglu(gate.w, up.w, acts3, g2.data(), u2.data(), 37, pool);
+    EXPECT_EQ(g1, g2) << "threads " << threads;
+    EXPECT_EQ(u1, u2) << "threads " << threads;
+  }
 }
 
 TEST(Matmul, ActivationsAreQuantizedOnceAndRefreshedBySet) {

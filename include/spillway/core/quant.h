@@ -84,6 +84,20 @@ static_assert(sizeof(BlockQ5_1) == 24 && sizeof(BlockQ8_0) == 34 && sizeof(Block
 static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144);
 static_assert(sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210 && sizeof(BlockQ8_K) == 292);
 
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K block, from its 12 packed
+// scale bytes: sub-blocks 0..3 keep theirs in the low 6 bits of bytes j (scale) and
+// j + 4 (min); sub-blocks 4..7 in the nibbles of byte j + 4, with their top 2 bits in
+// the top bits of bytes j - 4 (scale) and j (min).
+inline void q4_k_scale_min(const uint8_t* scales, int j, int& scale, int& min) {
+  if (j < 4) {
+    scale = scales[j] & 63;
+    min = scales[j + 4] & 63;
+  } else {
+    scale = (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4);
+    min = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+  }
+}
+
 // Dequantizes n elements of a row of type t (n a multiple of the block size; src needs
 // no alignment). Throws UnsupportedError for a type without a dequantizer.
 void dequantize_row(DType t, const void* src, float* dst, int64_t n);

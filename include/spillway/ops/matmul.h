@@ -3,10 +3,10 @@
 // GGUF blocks; activations are quantized once per call into 8-bit blocks where the
 // weight type has an integer dot product.
 //
-// Integer kernels (weights x 8-bit activations): Q4_0, Q4_1, Q8_0 against blocks of 32
-// (int8 + f32 scale + scaled sum), Q4_K and Q6_K against Q8_K blocks of 256. Every other
-// type (F32, F16, BF16, Q5_*, Q2_K, Q3_K, Q5_K, Q8_1) dequantizes each weight row to f32
-// and takes f32 dot products with the unquantized activations. Kernel families are
+// Integer kernels (weights x 8-bit activations): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 against
+// blocks of 32 (int8 + f32 scale + scaled sum), Q4_K and Q6_K against Q8_K blocks of 256.
+// Every other type (F32, F16, BF16, Q2_K, Q3_K, Q5_K, Q8_1) dequantizes each weight row
+// to f32 and takes f32 dot products with the unquantized activations. Kernel families are
 // chosen at run time from what the CPU supports; the scalar family computes exactly the
 // same quantized math and is the reference the SIMD kernels are tested against.
 #pragma once
@@ -57,7 +57,9 @@ class Activations {
 
 // y[t * ldy + r] = sum_c W[r][c] * x[t][c] for t < x.n_rows(), r < w.rows.
 // Requires x.cols() == w.cols (InvalidArgument otherwise) and ldy >= w.rows when T > 1.
-// Work is split over the pool's threads. Throws UnsupportedError for a weight type
+// Work is split over the pool's threads. A token's outputs do not depend on T, on the
+// other tokens or on the thread count: in a batch it gets the bits it gets alone (prefill
+// and chunked evaluation equal decoding token by token). Throws UnsupportedError for a weight type
 // without a dequantizer.
 void matmul(const WeightMatrix& w, Activations& x, float* y, int64_t ldy, ThreadPool& pool);
 
