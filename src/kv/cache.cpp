@@ -10,31 +10,79 @@ namespace spillway::kv {
 
 Cache::Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits& limits)
     : spec_(spec),
+      max_batch_(limits.max_batch),
       storage_(static_cast<int64_t>(shape.layers.size()), shape.n_head_kv, shape.head_dim,
                spec.kv_type()) {
   if (shape.layers.empty()) throw InvalidArgument("KV cache: the model has no layers");
-  groups_.push_back({make_policy(spec, limits), {}});
-  std::map<int64_t, int32_t> group_of_window;  // native window -> group
-  step_.group_of_layer.resize(shape.layers.size());
+  std::unique_ptr<Policy> proto = make_policy(spec, limits);
+  if (proto->wants_attention() || proto->per_layer()) {
+    // Plans follow the attention token by token: no batch ring.
+    max_batch_ = 1;
+    proto = make_policy(spec, PolicyLimits{1, limits.max_stream});
+  }
+  // The layers the spec's policy governs, and those that keep a native window.
+  std::vector<int64_t> governed;
+  std::map<int64_t, std::vector<int64_t>> native;  // window -> layers
   for (size_t l = 0; l < shape.layers.size(); ++l) {
     const int64_t w = shape.layers[l].window;
     if (w < 0) throw InvalidArgument(fmt::format("KV cache: layer {} has window {} < 0", l, w));
-    int32_t g = 0;
-    if (w > 0 && spec.local() == LocalLayers::kNative) {
-      auto [it, fresh] = group_of_window.try_emplace(w, static_cast<int32_t>(groups_.size()));
-      if (fresh)
-        groups_.push_back({make_policy(PolicySpec(fmt::format("window:{}", w)), limits), {}});
-      g = it->second;
-    }
-    groups_[static_cast<size_t>(g)].layers.push_back(static_cast<int64_t>(l));
-    step_.group_of_layer[l] = g;
+    if (w > 0 && spec.local() == LocalLayers::kNative)
+      native[w].push_back(static_cast<int64_t>(l));
+    else
+      governed.push_back(static_cast<int64_t>(l));
   }
+  // Group 0 is the spec's policy (its first instance when there is one per layer).
+  if (proto->per_layer() && governed.size() > 1) {
+    groups_.push_back({std::move(proto), {governed[0]}});
+    for (size_t i = 1; i < governed.size(); ++i)
+      groups_.push_back({groups_[0].policy->clone(), {governed[i]}});
+  } else {
+    groups_.push_back({std::move(proto), governed});
+  }
+  for (auto& [w, layers] : native)
+    groups_.push_back({make_policy(PolicySpec(fmt::format("window:{}", w)),
+                                   PolicyLimits{max_batch_, limits.max_stream}),
+                       layers});
+  step_.group_of_layer.assign(shape.layers.size(), 0);
+  for (size_t g = 0; g < groups_.size(); ++g)
+    for (int64_t l : groups_[g].layers)
+      step_.group_of_layer[static_cast<size_t>(l)] = static_cast<int32_t>(g);
   step_.groups.resize(groups_.size());
+  if (max_batch_ == 1) {
+    // One token per step: a scattered cache has at most a run per slot and a move per step;
+    // room for both up front, so that a decoded token allocates nothing.
+    for (size_t g = 0; g < groups_.size(); ++g) {
+      step_.groups[g].ranges.reserve(static_cast<size_t>(groups_[g].policy->n_slots() + 2));
+      step_.groups[g].moves.reserve(2);
+      step_.groups[g].tokens.reserve(1);
+    }
+  }
   grow_storage();
 }
 
+bool Cache::wants_attention() const {
+  for (const Group& g : groups_)
+    if (g.policy->wants_attention()) return true;
+  return false;
+}
+
+bool Cache::layer_wants_attention(int64_t layer) const {
+  return groups_[static_cast<size_t>(step_.group_of_layer[static_cast<size_t>(layer)])]
+      .policy->wants_attention();
+}
+
+void Cache::observe(const AttentionFeedback& f) {
+  Policy& p =
+      *groups_[static_cast<size_t>(step_.group_of_layer[static_cast<size_t>(f.layer)])].policy;
+  if (p.wants_attention()) p.observe(f);
+}
+
 Cache::Cache(const Cache& o)
-    : spec_(o.spec_), storage_(o.storage_), step_(o.step_), bytes_peak_(o.bytes_peak_) {
+    : spec_(o.spec_),
+      max_batch_(o.max_batch_),
+      storage_(o.storage_),
+      step_(o.step_),
+      bytes_peak_(o.bytes_peak_) {
   for (const Group& g : o.groups_) groups_.push_back({g.policy->clone(), g.layers});
 }
 
@@ -42,6 +90,7 @@ Cache& Cache::operator=(const Cache& o) {
   if (this == &o) return *this;
   Cache copy(o);
   spec_ = std::move(copy.spec_);
+  max_batch_ = copy.max_batch_;
   groups_ = std::move(copy.groups_);
   storage_ = std::move(copy.storage_);
   step_ = std::move(copy.step_);

@@ -17,6 +17,25 @@ std::unique_ptr<Policy> make_sink_policy(std::string_view args, const PolicyOpti
 std::unique_ptr<Policy> make_recompute_policy(std::string_view args, const PolicyOptions& opts,
                                               const PolicyLimits& limits);
 
+std::unique_ptr<Policy> make_h2o_policy(std::string_view args, const PolicyOptions& opts,
+                                        const PolicyLimits& limits);
+std::unique_ptr<Policy> make_tova_policy(std::string_view args, const PolicyOptions& opts,
+                                         const PolicyLimits& limits);
+std::unique_ptr<Policy> make_detected_policy(std::string_view args, const PolicyOptions& opts,
+                                             const PolicyLimits& limits);
+std::unique_ptr<Policy> make_nullsink_policy(std::string_view args, const PolicyOptions& opts,
+                                             const PolicyLimits& limits);
+
+// Adds to mass[slot] the probability token t of the feedback's plan put on each slot,
+// summed over heads (mass must have a slot count's entries).
+void add_slot_mass(const AttentionFeedback& f, int64_t t, std::vector<double>& mass);
+
+// Parses "A+B" of a spec into two counts (InvalidArgument naming the parts).
+std::pair<int64_t, int64_t> parse_pair(std::string_view args, std::string_view form,
+                                       std::string_view what_a, int64_t min_a,
+                                       std::string_view what_b, int64_t min_b,
+                                       std::string_view spec);
+
 // Shared by the factories: a whole number in [min, max] or InvalidArgument naming `what`
 // in `spec`.
 int64_t parse_count(std::string_view text, int64_t min, int64_t max, std::string_view what,

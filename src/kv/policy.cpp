@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <limits>
 #include <vector>
 
 #include "policies.h"
@@ -66,6 +67,34 @@ int64_t parse_count(std::string_view text, int64_t min, int64_t max, std::string
                     spec, what, min, max, text, policy_usage()));
   }
   return v;
+}
+
+void add_slot_mass(const AttentionFeedback& f, int64_t t, std::vector<double>& mass) {
+  const TokenPlan& tp = f.plan->tokens[static_cast<size_t>(t)];
+  const int64_t span = f.plan->span_size(static_cast<size_t>(t));
+  const float* p = f.probs + f.offset[t];
+  int64_t k = 0;
+  for (int32_t r = tp.range_begin; r < tp.range_end; ++r) {
+    const SlotRange& sr = f.plan->ranges[static_cast<size_t>(r)];
+    for (int32_t s = sr.begin; s < sr.end; ++s, ++k) {
+      double sum = 0;
+      for (int64_t h = 0; h < f.n_head; ++h) sum += p[h * span + k];
+      mass[static_cast<size_t>(s)] += sum;
+    }
+  }
+}
+
+std::pair<int64_t, int64_t> parse_pair(std::string_view args, std::string_view form,
+                                       std::string_view what_a, int64_t min_a,
+                                       std::string_view what_b, int64_t min_b,
+                                       std::string_view spec) {
+  const size_t plus = args.find('+');
+  if (plus == std::string_view::npos)
+    throw InvalidArgument(
+        fmt::format("bad policy spec '{}': expected {}; {}", spec, form, policy_usage()));
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max() / 2;
+  return {parse_count(args.substr(0, plus), min_a, kMax, what_a, spec),
+          parse_count(args.substr(plus + 1), min_b, kMax, what_b, spec)};
 }
 
 void append_dense_plan(int64_t n0, int64_t count, BatchPlan& out) {

@@ -10,6 +10,20 @@ const std::vector<PolicyKind>& policy_kinds() {
       {"sink", "sink:S+W", "the first S tokens plus the last W", make_sink_policy},
       {"recompute", "recompute:W", "the last W tokens re-encoded from scratch per token",
        make_recompute_policy},
+      {"detected",
+       "detected:S+W",
+       "the S tokens that received the most attention plus the last W",
+       make_detected_policy,
+       {"pick"}},
+      {"nullsink",
+       "nullsink:W",
+       "the last W tokens plus a virtual sink logit per head, no value",
+       make_nullsink_policy,
+       {"calib"}},
+      {"h2o", "h2o:H+W", "the H tokens with the most accumulated attention plus the last W",
+       make_h2o_policy},
+      {"tova", "tova:C", "C tokens; a new one evicts the least attended by the latest query",
+       make_tova_policy},
   };
   return kinds;
 }

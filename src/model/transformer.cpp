@@ -167,6 +167,15 @@ void TransformerForward::reserve_span(int64_t max_span) {
                                           ops::attention_pieces(std::max<int64_t>(1, max_span)) *
                                           ops::attention_part_floats(shape));
   if (attn_parts_.size() < need) attn_parts_.resize(need);
+  // Decoding one token at a time over a scattered cache, a token may have a run and a
+  // query rotation per key: room for that up front.
+  if (max_batch_ == 1 && max_span > span_reserved_) {
+    span_reserved_ = max_span;
+    const auto runs = static_cast<size_t>(max_span + 2);
+    if (qr_.size() < runs * static_cast<size_t>(c.n_head * c.head_dim))
+      qr_.resize(runs * static_cast<size_t>(c.n_head * c.head_dim));
+    run_reserve_ = runs;
+  }
 }
 
 void TransformerForward::prepare_group(const kv::BatchPlan& plan, int64_t n_slots, Group& g) {
@@ -182,6 +191,13 @@ void TransformerForward::prepare_group(const kv::BatchPlan& plan, int64_t n_slot
       static_cast<int64_t>(plan.sink_logits.size()) != config_.n_head)
     throw InvalidArgument(fmt::format("forward: {} virtual sink logits for {} heads",
                                       plan.sink_logits.size(), config_.n_head));
+  if (g.qpos.capacity() < run_reserve_) {
+    g.qpos.reserve(run_reserve_);
+    g.q_index.reserve(run_reserve_);
+    g.key_runs.reserve(run_reserve_);
+    for (auto& trig : g.trig)
+      trig.reserve((run_reserve_ + 1) * static_cast<size_t>(config_.head_dim));
+  }
   g.q_index.resize(plan.ranges.size());
   g.key_runs.resize(plan.ranges.size());
   g.first_item.resize(static_cast<size_t>(T + 1));
@@ -397,7 +413,8 @@ void TransformerForward::attend(const kv::BatchPlan& plan, const Group& g,
       for (int64_t kvh = 0; kvh < nkv; ++kvh) {
         const int64_t first = g.first_item[static_cast<size_t>(t)] + kvh * n_pieces;
         ops::attend_merge(shape, kvh, attn_parts_.data() + first * part_floats, n_pieces,
-                          attn_.data() + t * qdim, sinks);
+                          attn_.data() + t * qdim,
+                          plan.tokens[static_cast<size_t>(t)].virtual_sink ? sinks : nullptr);
       }
     }
   } else {
@@ -411,7 +428,8 @@ void TransformerForward::attend(const kv::BatchPlan& plan, const Group& g,
         int n_runs = 0;
         const ops::KeyRun* runs = token_runs(t, n_runs);
         ops::attend_group(shape, kvh, runs, n_runs, kbase, vbase, attn_.data() + t * qdim, parts,
-                          nullptr, sinks);
+                          nullptr,
+                          plan.tokens[static_cast<size_t>(t)].virtual_sink ? sinks : nullptr);
       }
     });
   }
@@ -450,7 +468,7 @@ void TransformerForward::apply_edit(const AttentionEdit& edit, const kv::BatchPl
       // theirs from it.
       std::vector<float>& row = edit_out_;
       ops::attend_group(shape, kvh, kept.data(), n_kept, kbase, vbase, row.data(),
-                        attn_parts_.data(), nullptr, sinks);
+                        attn_parts_.data(), nullptr, tp.virtual_sink ? sinks : nullptr);
       float* dst = attn_.data() + t * nh * hd;
       for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h)
         if (edit.drop_sinks[h])

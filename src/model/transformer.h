@@ -134,6 +134,8 @@ class TransformerForward : public Forward {
   const float* sink_logits(const kv::BatchPlan& plan);
 
   std::vector<Group> groups_;
+  int64_t span_reserved_ = 0;         // reserve_span's largest span so far (max_batch 1)
+  size_t run_reserve_ = 0;            // runs per group reserved for one-token steps
   std::vector<float> qr_;             // [max_batch][2][n_head*hd] queries per query position
   std::vector<float> logits_;         // [rows][n_vocab], grown to the most rows asked for
   std::vector<float> attn_parts_;     // [items][attention_part_floats]

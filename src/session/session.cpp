@@ -10,6 +10,46 @@
 
 namespace spillway {
 
+class Session::Observers final : public model::AttentionObserver {
+ public:
+  explicit Observers(kv::Cache* cache) : cache_(cache) {}
+  model::AttentionObserver* user = nullptr;
+
+  void on_attach(const kv::Cache& cache) override {
+    if (user) user->on_attach(cache);
+  }
+  void on_step(const kv::StepPlan& plan) override {
+    if (user) user->on_step(plan);
+  }
+  bool wants_probs(int64_t layer) override {
+    const bool mine = cache_->layer_wants_attention(layer);
+    return (user && user->wants_probs(layer)) || mine;
+  }
+  void on_attention(const model::AttentionRecord& r) override {
+    if (r.probs && cache_->layer_wants_attention(r.layer)) {
+      kv::AttentionFeedback f;
+      f.layer = r.layer;
+      f.plan = r.plan;
+      f.n_tokens = r.n_tokens;
+      f.n_head = r.n_head;
+      f.probs = r.probs;
+      f.offset = r.prob_offset;
+      f.lse = r.lse;
+      cache_->observe(f);
+    }
+    if (user) user->on_attention(r);
+  }
+  void on_hidden(int64_t layer, const float* x, int64_t n, int64_t d) override {
+    if (user) user->on_hidden(layer, x, n, d);
+  }
+  const model::AttentionEdit* edit(int64_t layer) override {
+    return user ? user->edit(layer) : nullptr;
+  }
+
+ private:
+  kv::Cache* cache_;
+};
+
 struct Session::Checkpoint {
   const Session* owner = nullptr;
   kv::Cache cache;
@@ -28,6 +68,8 @@ Session::Session(const model::Model& model, const SessionOptions& opts, ThreadPo
   const auto& c = model.config();
   cache_ = std::make_unique<kv::Cache>(opts.policy, c.cache_shape(),
                                        kv::PolicyLimits{max_batch_, opts.max_stream});
+  observers_ = std::make_unique<Observers>(cache_.get());
+  max_batch_ = cache_->max_batch();
   forward_ = model.make_forward(*pool_, max_batch_);
   forward_->reserve_span(cache_->capacity().value_or(std::max<int64_t>(opts.max_stream, 1)));
   last_logits_.resize(static_cast<size_t>(c.n_vocab));
@@ -44,7 +86,11 @@ void Session::reset() {
 
 void Session::set_observer(model::AttentionObserver* observer) {
   if (observer) observer->on_attach(*cache_);
-  forward_->set_observer(observer);
+  observers_->user = observer;
+}
+
+model::AttentionObserver* Session::observer_for_step() {
+  return observers_->user || cache_->wants_attention() ? observers_.get() : nullptr;
 }
 
 std::shared_ptr<const Session::Checkpoint> Session::checkpoint() const {
@@ -70,7 +116,7 @@ int64_t Session::feed(std::span<const TokenId> tokens, const LogitsFn& on_logits
       feed_replay(tokens[static_cast<size_t>(done)], on_logits, &stop);
       ++done;
     } else {
-      const int64_t count = std::min<int64_t>(max_batch_, tokens.size() - done);
+      const int64_t count = std::min<int64_t>(cache_->max_step(), tokens.size() - done);
       feed_batch(tokens.data() + done, count, on_logits, &stop);
       done += count;
     }
@@ -90,7 +136,8 @@ void Session::advance(std::span<const TokenId> tokens) {
     return;
   }
   for (size_t done = 0; done < tokens.size();) {
-    const int64_t count = std::min<int64_t>(max_batch_, static_cast<int64_t>(tokens.size() - done));
+    const int64_t count =
+        std::min<int64_t>(cache_->max_step(), static_cast<int64_t>(tokens.size() - done));
     feed_batch(tokens.data() + done, count, {}, nullptr);
     done += static_cast<size_t>(count);
   }
@@ -100,6 +147,7 @@ void Session::advance(std::span<const TokenId> tokens) {
 void Session::feed_batch(const TokenId* tokens, int64_t count, const LogitsFn& on_logits,
                          bool* stop) {
   const kv::StepPlan& plan = cache_->plan(n_past_, count);
+  forward_->set_observer(observer_for_step());
   const int64_t n_vocab = model_.config().n_vocab;
   const model::Logits which = stop == nullptr ? model::Logits::kNone
                               : on_logits     ? model::Logits::kAll
@@ -134,6 +182,7 @@ void Session::feed_replay(TokenId token, const LogitsFn& on_logits, bool* stop) 
   for (int64_t done = 0; done < len;) {
     const int64_t count = std::min<int64_t>(max_batch_, len - done);
     const kv::StepPlan& plan = cache_->plan(done, count);
+    forward_->set_observer(observer_for_step());
     logits = forward_->run(replay.data() + done, plan, cache_->storage(),
                            done + count == len ? model::Logits::kLast : model::Logits::kNone);
     done += count;

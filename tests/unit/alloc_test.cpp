@@ -204,7 +204,10 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(DecodeCase{"full", 128, 1}, DecodeCase{"window:16", 0, 1},
                       DecodeCase{"sink:4+12", 0, 1}, DecodeCase{"full", 128, 2},
                       DecodeCase{"window:16", 0, 2}, DecodeCase{"sink:4+12", 0, 2},
-                      DecodeCase{"sink:4+12,kv=f16", 0, 2}),
+                      DecodeCase{"sink:4+12,kv=f16", 0, 2}, DecodeCase{"h2o:4+12", 0, 2},
+                      DecodeCase{"tova:16", 0, 2}, DecodeCase{"detected:2+14", 0, 2},
+                      DecodeCase{"nullsink:16", 0, 2},
+                      DecodeCase{"nullsink:16,calib=const:1", 0, 1}),
     [](const ::testing::TestParamInfo<DecodeCase>& info) {
       std::string name = info.param.policy;
       for (char& ch : name)

@@ -40,6 +40,11 @@ std::vector<int64_t> NaiveReference::span(int64_t n, int64_t layer) const {
     for (int64_t m = std::max<int64_t>(0, n - local + 1); m <= n; ++m) s.push_back(m);
     return s;
   }
+  if (span_fn_) {
+    s = span_fn_(n, layer);
+    std::sort(s.begin(), s.end());
+    return s;
+  }
   if (window_ < 0) {
     for (int64_t m = 0; m <= n; ++m) s.push_back(m);
     return s;
@@ -103,7 +108,22 @@ void NaiveReference::attend(int64_t l, int64_t n, const std::vector<float>& q, c
       sc[i] = drop && sp[i] < sinks_ ? -INFINITY : dot * scale;
       mx = std::max(mx, sc[i]);
     }
-    double sum = 0;
+    // The null sink: calibrate on the first tokens, then join the softmax without a value.
+    double z = -INFINITY;
+    const bool native = local_native_ && m_.config().layers[static_cast<size_t>(l)].window > 0;
+    if (null_calib_ > 0 && !native) {
+      auto& [zsum, zcount] = null_lse_[{l, h}];
+      if (n >= null_calib_ && n < window_) {
+        double m0 = -1e300, s0 = 0;
+        for (size_t i = 0; i < static_cast<size_t>(null_calib_); ++i) m0 = std::max(m0, sc[i]);
+        for (size_t i = 0; i < static_cast<size_t>(null_calib_); ++i) s0 += std::exp(sc[i] - m0);
+        zsum += m0 + std::log(s0);
+        ++zcount;
+      }
+      if (n >= window_ && zcount > 0) z = zsum / static_cast<double>(zcount);
+    }
+    mx = std::max(mx, z);
+    double sum = z > -INFINITY ? std::exp(z - mx) : 0.0;
     for (double& s : sc) sum += (s = std::exp(s - mx));
     std::map<int64_t, double>& probs = probs_[{l, h}];
     probs.clear();
@@ -182,7 +202,9 @@ std::vector<float> NaiveReference::step(TokenId token) {
       rms(o.data(), L.post_ffn_norm, o.data(), d, c.rms_eps);
       for (int64_t i = 0; i < d; ++i) x[i] += o[i];
     }
-    // Forget what no later span of this layer can reach (spans only move forward).
+    // Forget what no later span of this layer can reach (spans only move forward); with
+    // spans from outside, keep everything.
+    if (span_fn_) continue;
     const std::vector<int64_t> next = span(n + 1, l);
     for (auto it = k_[l].begin(); it != k_[l].end();) {
       if (std::find(next.begin(), next.end(), it->first) == next.end()) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <set>
 #include <utility>
@@ -32,6 +33,17 @@ class NaiveReference {
   // Matrix products in double from the dequantized weights, without the library's 8-bit
   // activation rounding (slow: a reference for measuring rounding noise).
   void set_exact_products(bool on) { exact_ = on; }
+
+  // Spans given from outside (e.g. what a score-based policy decided): the stream indices
+  // layer `layer` attends to at token n, in any order. Replaces the sinks/window rule for
+  // the layers the policy governs.
+  using SpanFn = std::function<std::vector<int64_t>(int64_t n, int64_t layer)>;
+  void set_span_fn(SpanFn fn) { span_fn_ = std::move(fn); }
+
+  // nullsink:W,calib=first:S done the plain way: while S <= n < W each head's log-sum-exp of
+  // its scores on tokens 0..S-1 is averaged; from n >= W that average joins the head's
+  // softmax as a logit without a value (the span must then be the window).
+  void set_null_sink(int64_t calib_tokens) { null_calib_ = calib_tokens; }
 
   // From the next step on, head `head` of `layer` leaves the sink tokens (0..S-1) out of
   // its softmax once they are no longer part of the window (a head's sink logits at -inf).
@@ -62,7 +74,10 @@ class NaiveReference {
   ThreadPool pool_;
   int64_t n_ = 0;
   std::vector<std::map<int64_t, std::vector<float>>> k_, v_;  // [layer][stream index] -> row
-  std::set<std::pair<int64_t, int64_t>> dropped_;             // (layer, head) without sinks
+  SpanFn span_fn_;
+  int64_t null_calib_ = 0;
+  std::map<std::pair<int64_t, int64_t>, std::pair<double, int64_t>> null_lse_;  // sum, count
+  std::set<std::pair<int64_t, int64_t>> dropped_;  // (layer, head) without sinks
   std::map<std::pair<int64_t, int64_t>, std::map<int64_t, double>> probs_;  // last step
 };
 

@@ -1,7 +1,8 @@
 // A model's KV cache: the storage of every layer plus the policies that decide, for each
 // group of layers, where a new token's K/V go and what it attends to.
 //
-// Most models attend the same way in every layer: one group, one policy. Models with
+// Most models attend the same way in every layer: one group, one policy (one per layer
+// for policies that keep a cache of their own per layer, Policy::per_layer). Models with
 // native sliding-window ("local") layers (Gemma 3: 5 of every 6 layers see only the last
 // 512 tokens) get one group per distinct window: with local=native (the default) those
 // layers keep the window they were trained with (a `window:W` policy of their own) and
@@ -77,6 +78,17 @@ class Cache {
   // Forgets every token in every group.
   void reset();
 
+  // Policies that decide from attention (Policy::wants_attention): whether any does now,
+  // whether the policy of `layer` does, and the feedback of one layer's attention, handed
+  // to that layer's policy. While any does, a step holds one token (max_step() == 1).
+  bool wants_attention() const;
+  bool layer_wants_attention(int64_t layer) const;
+  void observe(const AttentionFeedback& feedback);
+  // Most tokens the next plan() may hold, and the most any plan() will (1 for policies
+  // that decide from attention or keep a cache per layer, else the limits' max_batch).
+  int64_t max_step() const { return wants_attention() ? 1 : max_batch_; }
+  int64_t max_batch() const { return max_batch_; }
+
   KvStorage& storage() { return storage_; }
   const KvStorage& storage() const { return storage_; }
   uint64_t bytes_peak() const { return bytes_peak_; }
@@ -89,6 +101,7 @@ class Cache {
   void grow_storage();
 
   PolicySpec spec_;
+  int64_t max_batch_ = 1;
   std::vector<Group> groups_;
   KvStorage storage_;
   StepPlan step_;

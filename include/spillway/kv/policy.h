@@ -46,6 +46,7 @@ struct TokenPlan {
   int64_t key_pos = 0;
   int32_t range_begin = 0;
   int32_t range_end = 0;
+  bool virtual_sink = false;  // the plan's sink_logits join this token's softmax
 };
 
 // Before a step, the K/V of slot `from` are copied to slot `to` (every layer the plan
@@ -59,8 +60,9 @@ struct BatchPlan {
   std::vector<TokenPlan> tokens;
   std::vector<SlotRange> ranges;
   std::vector<SlotMove> moves;  // applied in order before the step's tokens are stored
-  // A virtual sink in every query head's softmax for this step: a logit with no value
-  // ([n_head], or one value for every head; empty: none; -inf: none for that head).
+  // A virtual sink in the softmax of every query head of the tokens that ask for it
+  // (TokenPlan::virtual_sink): a logit with no value ([n_head], or one value for every
+  // head; -inf: none for that head).
   std::vector<float> sink_logits;
   void clear() {
     tokens.clear();

@@ -77,7 +77,13 @@ class Session {
   void feed_batch(const TokenId* tokens, int64_t count, const LogitsFn& on_logits, bool* stop);
   void feed_replay(TokenId token, const LogitsFn& on_logits, bool* stop);
 
+  // What the forward pass reports goes to the attached observer and, for policies that
+  // decide from attention, to the cache.
+  class Observers;
+  model::AttentionObserver* observer_for_step();
+
   const model::Model& model_;
+  std::unique_ptr<Observers> observers_;
   std::unique_ptr<ThreadPool> own_pool_;
   ThreadPool* pool_;
   std::unique_ptr<kv::Cache> cache_;
