@@ -8,17 +8,24 @@
 
 namespace spillway::kv {
 
-Cache::Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits& limits)
+Cache::Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits& limits,
+             const PolicyFactory& factory)
     : spec_(spec),
       max_batch_(limits.max_batch),
       storage_(static_cast<int64_t>(shape.layers.size()), shape.n_head_kv, shape.head_dim,
                spec.kv_type()) {
   if (shape.layers.empty()) throw InvalidArgument("KV cache: the model has no layers");
-  std::unique_ptr<Policy> proto = make_policy(spec, limits);
+  const auto make = [&](const PolicyLimits& l) {
+    std::unique_ptr<Policy> p = factory ? factory(l) : make_policy(spec, l);
+    if (!p) throw InvalidArgument("KV cache: the policy factory made no policy");
+    return p;
+  };
+  custom_ = static_cast<bool>(factory);
+  std::unique_ptr<Policy> proto = make(limits);
   if (proto->wants_attention() || proto->per_layer()) {
     // Plans follow the attention token by token: no batch ring.
     max_batch_ = 1;
-    proto = make_policy(spec, PolicyLimits{1, limits.max_stream});
+    proto = make(PolicyLimits{1, limits.max_stream});
   }
   // The layers the spec's policy governs, and those that keep a native window.
   std::vector<int64_t> governed;
@@ -60,6 +67,14 @@ Cache::Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits
   grow_storage();
 }
 
+std::string Cache::describe() const {
+  if (!custom_) return spec_.str();
+  std::string s = policy().spec();
+  if (spec_.kv_type() == DType::F16) s += ",kv=f16";
+  if (spec_.local() == LocalLayers::kPolicy) s += ",local=policy";
+  return s;
+}
+
 bool Cache::wants_attention() const {
   for (const Group& g : groups_)
     if (g.policy->wants_attention()) return true;
@@ -79,6 +94,7 @@ void Cache::observe(const AttentionFeedback& f) {
 
 Cache::Cache(const Cache& o)
     : spec_(o.spec_),
+      custom_(o.custom_),
       max_batch_(o.max_batch_),
       storage_(o.storage_),
       step_(o.step_),
@@ -91,6 +107,7 @@ Cache& Cache::operator=(const Cache& o) {
   Cache copy(o);
   spec_ = std::move(copy.spec_);
   max_batch_ = copy.max_batch_;
+  custom_ = copy.custom_;
   groups_ = std::move(copy.groups_);
   storage_ = std::move(copy.storage_);
   step_ = std::move(copy.step_);

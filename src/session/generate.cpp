@@ -18,8 +18,7 @@ GenerateResult generate(Session& session, std::span<const TokenId> prompt, Sampl
     throw InvalidArgument(fmt::format(
         "generate: the prompt has {} tokens but the cache of policy '{}' holds {}; use a larger "
         "cache or a shorter prompt",
-        session.n_past() + static_cast<int64_t>(prompt.size()), session.cache().spec().str(),
-        *cap));
+        session.n_past() + static_cast<int64_t>(prompt.size()), session.cache().describe(), *cap));
   }
   const model::Model& model = session.model();
   const Tokenizer& tok = model.tokenizer();

@@ -25,6 +25,7 @@ PerplexityResult evaluate_perplexity(const model::Model& model, std::span<const 
   if (opts.chunk < 1) throw InvalidArgument("perplexity: chunk must be >= 1");
   SessionOptions so;
   so.policy = opts.policy;
+  so.policy_factory = opts.policy_factory;
   so.max_batch = opts.chunk;
   so.max_stream = static_cast<int64_t>(tokens.size());
   so.threads = opts.threads;
@@ -35,7 +36,7 @@ PerplexityResult evaluate_perplexity(const model::Model& model, std::span<const 
     throw InvalidArgument(
         fmt::format("perplexity: score_from {} outside [1, {})", opts.score_from, n));
   PerplexityResult r;
-  r.spec = session.cache().spec().str();
+  r.spec = session.cache().describe();
   r.capacity = session.cache().capacity();
   r.first_target = opts.score_from;
   const int64_t first_logit = opts.score_from - 1;

@@ -67,7 +67,8 @@ Session::Session(const model::Model& model, const SessionOptions& opts, ThreadPo
   }
   const auto& c = model.config();
   cache_ = std::make_unique<kv::Cache>(opts.policy, c.cache_shape(),
-                                       kv::PolicyLimits{max_batch_, opts.max_stream});
+                                       kv::PolicyLimits{max_batch_, opts.max_stream},
+                                       opts.policy_factory);
   observers_ = std::make_unique<Observers>(cache_.get());
   max_batch_ = cache_->max_batch();
   forward_ = model.make_forward(*pool_, max_batch_);

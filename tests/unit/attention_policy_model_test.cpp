@@ -200,3 +200,64 @@ TEST(VirtualSink, EqualsASoftmaxWithAnExtraZeroValueKey) {
 
 }  // namespace
 }  // namespace spillway
+
+namespace spillway {
+namespace {
+
+// sink:S+W written outside the library, through the public policy interface only.
+class OutsideSinkPolicy final : public kv::Policy {
+ public:
+  OutsideSinkPolicy(int64_t s, int64_t w, const kv::PolicyLimits& l)
+      : Policy({}, l), s_(s), w_(w), ring_(w + l.max_batch - 1) {}
+  std::string spec() const override { return "outside-sink"; }
+  int64_t n_slots() const override { return s_ + ring_; }
+  std::optional<int64_t> capacity() const override { return s_ + w_; }
+  std::vector<int64_t> slot_contents() const override { return {}; }
+  std::unique_ptr<Policy> clone() const override {
+    return std::make_unique<OutsideSinkPolicy>(*this);
+  }
+
+ protected:
+  void plan_tokens(int64_t n0, int64_t count, kv::BatchPlan& out) override {
+    for (int64_t n = n0; n < n0 + count; ++n) {
+      kv::TokenPlan t;
+      t.stream_index = n;
+      t.write_slot = static_cast<int32_t>(n < s_ ? n : s_ + (n - s_) % ring_);
+      t.key_pos = n;
+      t.range_begin = static_cast<int32_t>(out.ranges.size());
+      if (n < s_ + w_) {
+        out.ranges.push_back({0, static_cast<int32_t>(n + 1), n});
+      } else {
+        out.ranges.push_back({0, static_cast<int32_t>(s_), s_ + w_ - 1, true});
+        for (int64_t m = n - w_ + 1; m <= n; ++m) {  // one range per token: slow but plain
+          const auto slot = static_cast<int32_t>(s_ + (m - s_) % ring_);
+          out.ranges.push_back({slot, slot + 1, n});
+        }
+      }
+      t.range_end = static_cast<int32_t>(out.ranges.size());
+      out.tokens.push_back(t);
+    }
+  }
+
+ private:
+  int64_t s_, w_, ring_;
+};
+
+TEST(CustomPolicy, APolicyFromOutsideTheRegistryRunsLikeTheBuiltIn) {
+  auto m = tiny(DType::Q8_0);
+  const auto tokens = random_tokens(120, 8);
+  PerplexityOptions o;
+  o.chunk = 7;
+  o.policy = "sink:3+20";
+  const auto want = evaluate_perplexity(*m, tokens, o);
+  o.policy = "full,kv=f32";
+  o.policy_factory = [](const kv::PolicyLimits& l) {
+    return std::make_unique<OutsideSinkPolicy>(3, 20, l);
+  };
+  const auto got = evaluate_perplexity(*m, tokens, o);
+  EXPECT_EQ(got.nll, want.nll);
+  EXPECT_EQ(got.spec, "outside-sink");
+}
+
+}  // namespace
+}  // namespace spillway

@@ -82,7 +82,7 @@ int run_generate(const GenerateCliOptions& o) {
                r.prompt_tokens, r.prefill_seconds,
                r.prefill_seconds > 0 ? r.prompt_tokens / r.prefill_seconds : 0.0, r.tokens.size(),
                r.decode_seconds, r.decode_seconds > 0 ? r.tokens.size() / r.decode_seconds : 0.0,
-               r.stop_reason, session.cache().spec().str());
+               r.stop_reason, session.cache().describe());
   }
   return 0;
 }

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -50,13 +51,21 @@ struct StepPlan {
 
 class Cache {
  public:
-  // Throws InvalidArgument for a shape without layers or limits the policy rejects.
-  Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits& limits);
+  // Makes the policy of a spec (or, with a factory, a policy of the caller's: a policy
+  // written outside the registry; the spec then gives only its kv= and local= options and
+  // its text). Throws InvalidArgument for a shape without layers or limits the policy
+  // rejects.
+  using PolicyFactory = std::function<std::unique_ptr<Policy>(const PolicyLimits&)>;
+  Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits& limits,
+        const PolicyFactory& factory = {});
   // Copies are independent caches in the same state (storage copied, policies cloned).
   Cache(const Cache& other);
   Cache& operator=(const Cache& other);
 
   const PolicySpec& spec() const { return spec_; }
+  // The cache's policy in words: the spec's text, or for a policy of the caller's its own
+  // spec() with the spec's storage and layer options.
+  std::string describe() const;
   // The spec's policy (group 0: the global layers, or every layer).
   const Policy& policy() const { return *groups_[0].policy; }
   int n_groups() const { return static_cast<int>(groups_.size()); }
@@ -101,6 +110,7 @@ class Cache {
   void grow_storage();
 
   PolicySpec spec_;
+  bool custom_ = false;  // made by a factory
   int64_t max_batch_ = 1;
   std::vector<Group> groups_;
   KvStorage storage_;

@@ -16,6 +16,8 @@ namespace spillway {
 
 struct PerplexityOptions {
   kv::PolicySpec policy;  // "full" by default; a string converts
+  // A policy of the caller's instead of the spec's kind (see SessionOptions).
+  kv::Cache::PolicyFactory policy_factory;
   // Tokens per forward pass. 1 is the per-token decode path (the reference); larger
   // chunks run prefill-style matrix work with the span each token would have had, and
   // give the same NLLs (tests/unit/model_test.cpp checks it).
@@ -29,7 +31,7 @@ struct PerplexityOptions {
 };
 
 struct PerplexityResult {
-  std::string spec;          // canonical policy spec (PolicySpec::str)
+  std::string spec;          // the policy in words (kv::Cache::describe)
   int64_t tokens = 0;        // tokens scored
   int64_t first_target = 1;  // stream index of the first scored token
   double mean_nll = 0;       // nats

@@ -25,6 +25,9 @@ struct SessionOptions {
   int64_t max_batch = 64;  // tokens per forward pass when feeding many at once
   int64_t max_stream = 0;  // expected stream length (pre-sizes a growing cache), 0: unknown
   int threads = 0;         // threads of the session's own pool (0: all cores)
+  // A policy of the caller's instead of the spec's kind (kv::Cache::PolicyFactory); the
+  // spec still gives kv= and local=. Policies must follow the contract of kv/policy.h.
+  kv::Cache::PolicyFactory policy_factory;
 };
 
 class Session {
