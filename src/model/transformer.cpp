@@ -178,8 +178,9 @@ void TransformerForward::reserve_span(int64_t max_span) {
   }
 }
 
-void TransformerForward::prepare_group(const kv::BatchPlan& plan, int64_t n_slots, Group& g) {
-  const int64_t T = T_;
+void TransformerForward::prepare_group(const Seq& s, const kv::BatchPlan& plan, int64_t n_slots,
+                                       Group& g) {
+  const int64_t T = s.T;
   if (static_cast<int64_t>(plan.tokens.size()) != T)
     throw InvalidArgument(fmt::format("forward: a layer group's plan has {} tokens, another {}",
                                       plan.tokens.size(), T));
@@ -259,55 +260,81 @@ void TransformerForward::point_runs(const kv::BatchPlan& plan, Group& g) {
   }
 }
 
-int64_t TransformerForward::begin(const kv::StepPlan& plan, const kv::KvStorage& kv) {
-  const int64_t T = plan.n_tokens();
-  if (T < 1 || T > max_batch_)
-    throw InvalidArgument(
-        fmt::format("forward: batch of {} tokens (1..{} allowed)", T, max_batch_));
-  if (static_cast<int64_t>(plan.group_of_layer.size()) != config_.n_layer ||
-      kv.n_layer() != config_.n_layer)
-    throw InvalidArgument(fmt::format("forward: plan for {} layers, storage {}, model {}",
-                                      plan.group_of_layer.size(), kv.n_layer(), config_.n_layer));
-  T_ = T;
-  plan_ = &plan;
-  groups_.resize(plan.groups.size());
+void TransformerForward::begin(std::span<const SequenceStep> steps) {
+  if (steps.empty()) throw InvalidArgument("forward: no stream to run");
+  seqs_.resize(steps.size());
+  int64_t total = 0;
   size_t rotations = 0;
-  for (size_t g = 0; g < plan.groups.size(); ++g) {
-    // Every layer of a group has the group's slots; the smallest tells.
-    int64_t n_slots = -1;
-    for (int64_t l = 0; l < config_.n_layer; ++l) {
-      const int32_t gl = plan.group_of_layer[static_cast<size_t>(l)];
-      if (gl < 0 || gl >= static_cast<int32_t>(plan.groups.size()))
-        throw InvalidArgument(
-            fmt::format("forward: layer {} in group {} of {}", l, gl, plan.groups.size()));
-      if (static_cast<size_t>(gl) == g)
-        n_slots = n_slots < 0 ? kv.n_slots(l) : std::min(n_slots, kv.n_slots(l));
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const SequenceStep& st = steps[i];
+    if (!st.plan || !st.kv || !st.tokens)
+      throw InvalidArgument(
+          fmt::format("forward: stream {} of the batch lacks its plan, "
+                      "storage or tokens",
+                      i));
+    const kv::StepPlan& plan = *st.plan;
+    const kv::KvStorage& kv = *st.kv;
+    const int64_t T = plan.n_tokens();
+    if (T < 1)
+      throw InvalidArgument(fmt::format("forward: stream {} of the batch has no token", i));
+    if (static_cast<int64_t>(plan.group_of_layer.size()) != config_.n_layer ||
+        kv.n_layer() != config_.n_layer)
+      throw InvalidArgument(fmt::format("forward: plan for {} layers, storage {}, model {}",
+                                        plan.group_of_layer.size(), kv.n_layer(), config_.n_layer));
+    Seq& s = seqs_[i];
+    s.step = st;
+    s.t0 = total;
+    s.T = T;
+    total += T;
+    if (total > max_batch_)
+      throw InvalidArgument(
+          fmt::format("forward: batch of {} tokens or more (1..{} allowed)", total, max_batch_));
+    s.groups.resize(plan.groups.size());
+    for (size_t g = 0; g < plan.groups.size(); ++g) {
+      // Every layer of a group has the group's slots; the smallest tells.
+      int64_t n_slots = -1;
+      for (int64_t l = 0; l < config_.n_layer; ++l) {
+        const int32_t gl = plan.group_of_layer[static_cast<size_t>(l)];
+        if (gl < 0 || gl >= static_cast<int32_t>(plan.groups.size()))
+          throw InvalidArgument(
+              fmt::format("forward: layer {} in group {} of {}", l, gl, plan.groups.size()));
+        if (static_cast<size_t>(gl) == g)
+          n_slots = n_slots < 0 ? kv.n_slots(l) : std::min(n_slots, kv.n_slots(l));
+      }
+      s.groups[g].q_first.clear();
+      if (n_slots < 0) continue;  // a group no layer follows
+      prepare_group(s, plan.groups[g], n_slots, s.groups[g]);
+      rotations = std::max(rotations, s.groups[g].qpos.size());
     }
-    if (n_slots < 0) continue;  // a group no layer follows
-    prepare_group(plan.groups[g], n_slots, groups_[g]);
-    rotations = std::max(rotations, groups_[g].qpos.size());
   }
+  T_ = total;
+  // Streams attend one after the other, each rotating its queries into qr_ from the start.
   const size_t qdim = static_cast<size_t>(config_.n_head * config_.head_dim);
   if (qr_.size() < rotations * qdim) qr_.resize(rotations * qdim);
-  for (size_t g = 0; g < plan.groups.size(); ++g)
-    if (!groups_[g].q_first.empty()) point_runs(plan.groups[g], groups_[g]);
-  if (observer_) observer_->on_step(plan);
-  return T;
+  for (Seq& s : seqs_) {
+    for (size_t g = 0; g < s.groups.size(); ++g)
+      if (!s.groups[g].q_first.empty()) point_runs(s.step.plan->groups[g], s.groups[g]);
+    if (s.step.observer) s.step.observer->on_step(*s.step.plan);
+  }
 }
 
-void TransformerForward::embed(const TokenId* tokens, const ops::WeightMatrix& embd, float scale) {
+void TransformerForward::embed() {
   const int64_t d = config_.n_embd;
-  for (int64_t t = 0; t < T_; ++t) {
-    const TokenId id = tokens[t];
-    if (id < 0 || id >= config_.n_vocab)
-      throw InvalidArgument(fmt::format("token id {} out of range [0, {})", id, config_.n_vocab));
-    float* row = x_.data() + t * d;
-    dequantize_row(embd.type, static_cast<const std::byte*>(embd.data) + embd.row_bytes * id, row,
-                   d);
-    if (scale != 1.0f)
-      for (int64_t i = 0; i < d; ++i) row[i] *= scale;
+  const ops::WeightMatrix& embd = embedding();
+  const float scale = embedding_scale();
+  for (const Seq& s : seqs_) {
+    for (int64_t t = 0; t < s.T; ++t) {
+      const TokenId id = s.step.tokens[t];
+      if (id < 0 || id >= config_.n_vocab)
+        throw InvalidArgument(fmt::format("token id {} out of range [0, {})", id, config_.n_vocab));
+      float* row = x_.data() + (s.t0 + t) * d;
+      dequantize_row(embd.type, static_cast<const std::byte*>(embd.data) + embd.row_bytes * id, row,
+                     d);
+      if (scale != 1.0f)
+        for (int64_t i = 0; i < d; ++i) row[i] *= scale;
+    }
+    if (s.step.observer) s.step.observer->on_hidden(-1, x_.data() + s.t0 * d, s.T, d);
   }
-  if (observer_) observer_->on_hidden(-1, x_.data(), T_, d);
 }
 
 void TransformerForward::norm_rows(const float* in, const float* w, float* out, int64_t n) const {
@@ -326,47 +353,50 @@ void TransformerForward::add_residual(const float* y) {
 }
 
 void TransformerForward::end_layer(int64_t l) {
-  if (observer_) observer_->on_hidden(l, x_.data(), T_, config_.n_embd);
+  for (const Seq& s : seqs_)
+    if (s.step.observer)
+      s.step.observer->on_hidden(l, x_.data() + s.t0 * config_.n_embd, s.T, config_.n_embd);
 }
 
-const float* TransformerForward::trig_for(Group& g, const kv::BatchPlan& plan,
+const float* TransformerForward::trig_for(const Seq& s, Group& g, const kv::BatchPlan& plan,
                                           const RopeTable& rope) {
   int slot = g.trig_table[0] == &rope ? 0 : g.trig_table[1] == &rope ? 1 : -1;
   if (slot >= 0) return g.trig[slot].data();
   slot = g.trig_table[0] == nullptr ? 0 : 1;
   const int64_t nr = rope.n_rot;
   std::vector<float>& trig = g.trig[slot];
-  trig.resize(static_cast<size_t>((T_ + static_cast<int64_t>(g.qpos.size())) * nr));
-  for (int64_t t = 0; t < T_; ++t)
+  trig.resize(static_cast<size_t>((s.T + static_cast<int64_t>(g.qpos.size())) * nr));
+  for (int64_t t = 0; t < s.T; ++t)
     ops::rope_angles(plan.tokens[static_cast<size_t>(t)].key_pos, rope.inv_freq.data(), nr,
                      trig.data() + t * nr);
   for (size_t i = 0; i < g.qpos.size(); ++i)
     ops::rope_angles(g.qpos[i], rope.inv_freq.data(), nr,
-                     trig.data() + (T_ + static_cast<int64_t>(i)) * nr);
+                     trig.data() + (s.T + static_cast<int64_t>(i)) * nr);
   g.trig_table[slot] = &rope;
   return trig.data();
 }
 
-void TransformerForward::rotate_and_store(int64_t l, const kv::BatchPlan& plan, Group& g,
-                                          const RopeTable& rope, kv::KvStorage& kv) {
+void TransformerForward::rotate_and_store(int64_t l, const Seq& s, const kv::BatchPlan& plan,
+                                          Group& g, const RopeTable& rope) {
   const ModelConfig& c = config_;
   const int64_t hd = c.head_dim, qdim = c.n_head * hd, kvdim = c.n_head_kv * hd;
   const int64_t nr = rope.n_rot;
+  kv::KvStorage& kv = *s.step.kv;
   for (const kv::SlotMove& mv : plan.moves) kv.copy_slot(l, mv.from, mv.to);
-  const float* trig = trig_for(g, plan, rope);
+  const float* trig = trig_for(s, g, plan, rope);
   // Keys rotated once at the plan's key position and stored; queries rotated at each
   // distinct query position their ranges ask for.
-  pool_.parallel_for(T_, 1, [&](int64_t t0, int64_t t1) {
+  pool_.parallel_for(s.T, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
-      float* kt = k_.data() + t * kvdim;
+      float* kt = k_.data() + (s.t0 + t) * kvdim;
       ops::rope_apply(kt, c.n_head_kv, hd, nr, trig + t * nr, rope.style);
-      kv.store(l, tp.write_slot, kt, v_.data() + t * kvdim);
+      kv.store(l, tp.write_slot, kt, v_.data() + (s.t0 + t) * kvdim);
       for (int32_t i = g.q_first[static_cast<size_t>(t)]; i < g.q_first[static_cast<size_t>(t + 1)];
            ++i) {
         float* dst = qr_.data() + i * qdim;
-        std::memcpy(dst, q_.data() + t * qdim, static_cast<size_t>(qdim) * sizeof(float));
-        ops::rope_apply(dst, c.n_head, hd, nr, trig + (T_ + i) * nr, rope.style);
+        std::memcpy(dst, q_.data() + (s.t0 + t) * qdim, static_cast<size_t>(qdim) * sizeof(float));
+        ops::rope_apply(dst, c.n_head, hd, nr, trig + (s.T + i) * nr, rope.style);
       }
     }
   });
@@ -381,11 +411,12 @@ const float* TransformerForward::sink_logits(const kv::BatchPlan& plan) {
   return plan.sink_logits.data();
 }
 
-void TransformerForward::attend(const kv::BatchPlan& plan, const Group& g,
+void TransformerForward::attend(const Seq& s, const kv::BatchPlan& plan, const Group& g,
                                 const ops::AttentionShape& shape, const void* kbase,
                                 const void* vbase, const float* sinks) {
   const int64_t nkv = config_.n_head_kv, qdim = config_.n_head * config_.head_dim;
   const int64_t part_floats = ops::attention_part_floats(shape);
+  float* out = attn_.data() + s.t0 * qdim;
   const auto token_runs = [&](int64_t t, int& n_runs) {
     const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
     n_runs = tp.range_end - tp.range_begin;
@@ -408,12 +439,12 @@ void TransformerForward::attend(const kv::BatchPlan& plan, const Group& g,
                           attn_parts_.data() + item * part_floats);
       }
     });
-    for (int64_t t = 0; t < T_; ++t) {
+    for (int64_t t = 0; t < s.T; ++t) {
       const int64_t n_pieces = ops::attention_pieces(plan.span_size(static_cast<size_t>(t)));
       for (int64_t kvh = 0; kvh < nkv; ++kvh) {
         const int64_t first = g.first_item[static_cast<size_t>(t)] + kvh * n_pieces;
         ops::attend_merge(shape, kvh, attn_parts_.data() + first * part_floats, n_pieces,
-                          attn_.data() + t * qdim,
+                          out + t * qdim,
                           plan.tokens[static_cast<size_t>(t)].virtual_sink ? sinks : nullptr);
       }
     }
@@ -427,17 +458,17 @@ void TransformerForward::attend(const kv::BatchPlan& plan, const Group& g,
         const int64_t t = item / nkv, kvh = item % nkv;
         int n_runs = 0;
         const ops::KeyRun* runs = token_runs(t, n_runs);
-        ops::attend_group(shape, kvh, runs, n_runs, kbase, vbase, attn_.data() + t * qdim, parts,
-                          nullptr,
+        ops::attend_group(shape, kvh, runs, n_runs, kbase, vbase, out + t * qdim, parts, nullptr,
                           plan.tokens[static_cast<size_t>(t)].virtual_sink ? sinks : nullptr);
       }
     });
   }
 }
 
-void TransformerForward::apply_edit(const AttentionEdit& edit, const kv::BatchPlan& plan,
-                                    const Group& g, const ops::AttentionShape& shape,
-                                    const void* kbase, const void* vbase, const float* sinks) {
+void TransformerForward::apply_edit(const Seq& s, const AttentionEdit& edit,
+                                    const kv::BatchPlan& plan, const Group& g,
+                                    const ops::AttentionShape& shape, const void* kbase,
+                                    const void* vbase, const float* sinks) {
   const int64_t nh = config_.n_head, nkv = config_.n_head_kv, hd = config_.head_dim;
   const int64_t G = nh / nkv;
   if (!edit.drop_sinks.empty() && static_cast<int64_t>(edit.drop_sinks.size()) != nh)
@@ -449,7 +480,7 @@ void TransformerForward::apply_edit(const AttentionEdit& edit, const kv::BatchPl
     bool any = false;
     for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h) any |= edit.drop_sinks[h] != 0;
     if (!any) continue;
-    for (int64_t t = 0; t < T_; ++t) {
+    for (int64_t t = 0; t < s.T; ++t) {
       const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
       std::vector<ops::KeyRun>& kept = kept_runs_;
       kept.clear();
@@ -469,7 +500,7 @@ void TransformerForward::apply_edit(const AttentionEdit& edit, const kv::BatchPl
       std::vector<float>& row = edit_out_;
       ops::attend_group(shape, kvh, kept.data(), n_kept, kbase, vbase, row.data(),
                         attn_parts_.data(), nullptr, tp.virtual_sink ? sinks : nullptr);
-      float* dst = attn_.data() + t * nh * hd;
+      float* dst = attn_.data() + (s.t0 + t) * nh * hd;
       for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h)
         if (edit.drop_sinks[h])
           std::memcpy(dst + h * hd, row.data() + h * hd, static_cast<size_t>(hd) * sizeof(float));
@@ -477,30 +508,34 @@ void TransformerForward::apply_edit(const AttentionEdit& edit, const kv::BatchPl
   }
 }
 
-void TransformerForward::record(int64_t l, const kv::BatchPlan& plan, const Group& g,
+void TransformerForward::record(int64_t l, const Seq& s, const kv::BatchPlan& plan, const Group& g,
                                 const ops::AttentionShape& shape, const void* kbase) {
   const ModelConfig& c = config_;
+  AttentionObserver& obs = *s.step.observer;
+  const int64_t kvdim = c.n_head_kv * c.head_dim;
   AttentionRecord rec;
   rec.layer = l;
   rec.plan = &plan;
-  rec.n_tokens = T_;
+  rec.n_tokens = s.T;
   rec.n_head = c.n_head;
   rec.n_head_kv = c.n_head_kv;
   rec.head_dim = c.head_dim;
   rec.k_rows = k_raw_.data();
-  rec.v_rows = v_.data();
-  if (observer_->wants_probs(l)) {
+  rec.v_rows = v_.data() + s.t0 * kvdim;
+  if (obs.wants_probs(l)) {
     const int64_t G = c.n_head / c.n_head_kv;
     int64_t total = 0;
-    for (int64_t t = 0; t < T_; ++t) {
+    if (prob_offset_.size() < static_cast<size_t>(s.T + 1))
+      prob_offset_.resize(static_cast<size_t>(s.T + 1));
+    for (int64_t t = 0; t < s.T; ++t) {
       prob_offset_[static_cast<size_t>(t)] = total;
       total += c.n_head * plan.span_size(static_cast<size_t>(t));
     }
-    prob_offset_[static_cast<size_t>(T_)] = total;
+    prob_offset_[static_cast<size_t>(s.T)] = total;
     if (probs_.size() < static_cast<size_t>(total)) probs_.resize(static_cast<size_t>(total));
-    if (lse_.size() < static_cast<size_t>(T_ * c.n_head))
-      lse_.resize(static_cast<size_t>(T_ * c.n_head));
-    pool_.parallel_for(T_ * c.n_head_kv, 1, [&](int64_t i0, int64_t i1) {
+    if (lse_.size() < static_cast<size_t>(s.T * c.n_head))
+      lse_.resize(static_cast<size_t>(s.T * c.n_head));
+    pool_.parallel_for(s.T * c.n_head_kv, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t t = i / c.n_head_kv, kvh = i % c.n_head_kv;
         const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
@@ -515,49 +550,73 @@ void TransformerForward::record(int64_t l, const kv::BatchPlan& plan, const Grou
     rec.prob_offset = prob_offset_.data();
     rec.lse = lse_.data();
   }
-  observer_->on_attention(rec);
+  obs.on_attention(rec);
 }
 
-void TransformerForward::attention(int64_t l, const RopeTable& rope, kv::KvStorage& kv) {
-  const int32_t gi = plan_->group_of_layer[static_cast<size_t>(l)];
-  const kv::BatchPlan& plan = plan_->groups[static_cast<size_t>(gi)];
-  Group& g = groups_[static_cast<size_t>(gi)];
-  if (observer_) k_raw_.assign(k_.begin(), k_.begin() + T_ * config_.n_head_kv * config_.head_dim);
-  rotate_and_store(l, plan, g, rope, kv);
-  const ops::AttentionShape shape{config_.n_head,   config_.n_head_kv,
-                                  config_.head_dim, kv.n_slots(l) * config_.head_dim,
-                                  kv.type(),        attn_scale_};
-  const void* kbase = kv.k(l, 0);
-  const void* vbase = kv.v(l, 0);
-  const float* sinks = sink_logits(plan);
-  attend(plan, g, shape, kbase, vbase, sinks);
-  if (observer_) {
-    if (const AttentionEdit* e = observer_->edit(l))
-      apply_edit(*e, plan, g, shape, kbase, vbase, sinks);
-    record(l, plan, g, shape, kbase);
+void TransformerForward::attention(int64_t l, const RopeTable& rope) {
+  const int64_t kvdim = config_.n_head_kv * config_.head_dim;
+  for (Seq& s : seqs_) {
+    const int32_t gi = s.step.plan->group_of_layer[static_cast<size_t>(l)];
+    const kv::BatchPlan& plan = s.step.plan->groups[static_cast<size_t>(gi)];
+    Group& g = s.groups[static_cast<size_t>(gi)];
+    kv::KvStorage& kv = *s.step.kv;
+    AttentionObserver* obs = s.step.observer;
+    if (obs) k_raw_.assign(k_.begin() + s.t0 * kvdim, k_.begin() + (s.t0 + s.T) * kvdim);
+    rotate_and_store(l, s, plan, g, rope);
+    const ops::AttentionShape shape{config_.n_head,   config_.n_head_kv,
+                                    config_.head_dim, kv.n_slots(l) * config_.head_dim,
+                                    kv.type(),        attn_scale_};
+    const void* kbase = kv.k(l, 0);
+    const void* vbase = kv.v(l, 0);
+    const float* sinks = sink_logits(plan);
+    attend(s, plan, g, shape, kbase, vbase, sinks);
+    if (obs) {
+      if (const AttentionEdit* e = obs->edit(l))
+        apply_edit(s, *e, plan, g, shape, kbase, vbase, sinks);
+      record(l, s, plan, g, shape, kbase);
+    }
   }
 }
 
-const float* TransformerForward::logits(Logits which, const float* output_norm,
-                                        const ops::WeightMatrix& output, float softcap) {
-  if (which == Logits::kNone) return nullptr;
+const float* TransformerForward::logits() {
   const ModelConfig& c = config_;
   const int64_t d = c.n_embd;
-  const int64_t first = which == Logits::kAll ? 0 : T_ - 1;
-  const int64_t rows = T_ - first;
-  for (int64_t t = first; t < T_; ++t)
-    ops::rmsnorm(x_.data() + t * d, output_norm, xn_.data() + (t - first) * d, d, c.rms_eps);
+  // The rows asked for, normed and gathered in step order.
+  int64_t rows = 0;
+  for (const Seq& s : seqs_) {
+    const Logits which = s.step.logits;
+    if (which == Logits::kNone) continue;
+    for (int64_t t = which == Logits::kAll ? 0 : s.T - 1; t < s.T; ++t, ++rows)
+      ops::rmsnorm(x_.data() + (s.t0 + t) * d, output_norm(), xn_.data() + rows * d, d, c.rms_eps);
+  }
+  if (rows == 0) return nullptr;
   if (logits_.size() < static_cast<size_t>(rows * c.n_vocab))
     logits_.resize(static_cast<size_t>(rows * c.n_vocab));
   act_.set(xn_.data(), rows, d);
-  ops::matmul(output, act_, logits_.data(), c.n_vocab, pool_);
-  if (softcap > 0) {
+  ops::matmul(output_matrix(), act_, logits_.data(), c.n_vocab, pool_);
+  if (const float cap = logit_softcap(); cap > 0) {
     for (int64_t i = 0; i < rows * c.n_vocab; ++i) {
       float& z = logits_[static_cast<size_t>(i)];
-      z = softcap * std::tanh(z / softcap);
+      z = cap * std::tanh(z / cap);
     }
   }
   return logits_.data();
+}
+
+const float* TransformerForward::run_batch(std::span<const SequenceStep> steps) {
+  begin(steps);
+  embed();
+  for (int64_t l = 0; l < config_.n_layer; ++l) {
+    layer(l);
+    end_layer(l);
+  }
+  return logits();
+}
+
+const float* TransformerForward::run(const TokenId* tokens, const kv::StepPlan& plan,
+                                     kv::KvStorage& kv, Logits which) {
+  const SequenceStep one{tokens, &plan, &kv, which, observer_};
+  return run_batch(std::span(&one, 1));
 }
 
 }  // namespace spillway::model::detail

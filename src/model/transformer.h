@@ -47,53 +47,52 @@ inline uint64_t matrix_bytes(const ops::WeightMatrix& w) {
 
 // --- the forward pass ------------------------------------------------------------------------
 
-// Buffers and steps shared by the architectures' forward passes. An architecture's run()
-// calls begin(), embed(), then per layer its own projections around attention() and
-// end_layer(), then logits().
+// Buffers and steps shared by the architectures' forward passes. run()/run_batch() check
+// the steps, embed the tokens, call the architecture's layer() for every layer, and
+// compute the logits; layer(l) works on the rows of every stream at once with the shared
+// steps below (its own projections around attention()).
 class TransformerForward : public Forward {
  public:
   // attn_scale multiplies the query-key dot products (usually 1/sqrt(head_dim)).
   TransformerForward(const ModelConfig& config, ThreadPool& pool, int64_t max_batch,
                      float attn_scale);
 
+  const float* run(const TokenId* tokens, const kv::StepPlan& plan, kv::KvStorage& kv,
+                   Logits which) override;
+  const float* run_batch(std::span<const SequenceStep> steps) override;
   int64_t max_batch() const override { return max_batch_; }
   void reserve_span(int64_t max_span) override;
   void set_observer(AttentionObserver* observer) override { observer_ = observer; }
 
  protected:
-  // Checks the step's plans against the batch size and the storage, and prepares the key
-  // runs and attention work items of every layer group. Returns T, the step's token count.
-  int64_t begin(const kv::StepPlan& plan, const kv::KvStorage& kv);
-  // x_[t] = scale * embedding row of tokens[t] (InvalidArgument for an id out of range).
-  void embed(const TokenId* tokens, const ops::WeightMatrix& embd, float scale);
-  // out[t] = RMSNorm(in[t]) * w for the step's T rows of n floats (rows contiguous).
+  // What an architecture supplies.
+  virtual void layer(int64_t l) = 0;                       // one block over rows [0, T_)
+  virtual const ops::WeightMatrix& embedding() const = 0;  // token embedding
+  virtual float embedding_scale() const { return 1.0f; }
+  virtual const float* output_norm() const = 0;  // [n_embd]
+  virtual const ops::WeightMatrix& output_matrix() const = 0;
+  virtual float logit_softcap() const { return 0.0f; }  // > 0: z -> c tanh(z / c)
+
+  // out[t] = RMSNorm(in[t]) * w for the step's T_ rows of n floats (rows contiguous).
   void norm_rows(const float* in, const float* w, float* out, int64_t n) const;
   // The same over every head_dim-long piece of each row: per-head norms (QK-norm);
   // in place, `heads` pieces per row.
   void norm_heads(float* x, const float* w, int64_t heads) const;
-  // Attention of layer l: rotates k_ (stored at the plan's slots with v_) and q_ with
-  // `rope`, attends over the layer's plan into attn_ ([T][n_head * head_dim]).
-  void attention(int64_t l, const RopeTable& rope, kv::KvStorage& kv);
-  // x_ += y over the step's T rows of n_embd.
+  // Attention of layer l for every stream: rotates k_ (stored at the plan's slots with v_)
+  // and q_ with `rope`, attends over the stream's plan into attn_ ([T_][n_head*head_dim]).
+  void attention(int64_t l, const RopeTable& rope);
+  // x_ += y over the T_ rows of n_embd.
   void add_residual(const float* y);
-  // Reports x_ as the output of layer l to the observer, if any.
-  void end_layer(int64_t l);
-  // Final norm and output matrix over the last row (kLast) or all rows (kAll); with
-  // softcap > 0 each logit z becomes softcap * tanh(z / softcap).
-  const float* logits(Logits which, const float* output_norm, const ops::WeightMatrix& output,
-                      float softcap = 0.0f);
 
   const ModelConfig& config_;
   ThreadPool& pool_;
   const int64_t max_batch_;
   const float attn_scale_;
-  AttentionObserver* observer_ = nullptr;
-  int64_t T_ = 0;  // tokens of the current step
-  const kv::StepPlan* plan_ = nullptr;
+  int64_t T_ = 0;  // tokens of the current pass, all streams
 
   ops::Activations act_;
   std::vector<float> x_;     // [max_batch][n_embd] residual stream
-  std::vector<float> xn_;    // [max_batch][n_embd] normed / block outputs
+  std::vector<float> xn_;    // [max_batch][max(n_embd, n_head*hd)] normed / block outputs
   std::vector<float> q_;     // [max_batch][n_head*hd] queries before rotation
   std::vector<float> k_;     // [max_batch][n_head_kv*hd]
   std::vector<float> v_;     // [max_batch][n_head_kv*hd]
@@ -102,7 +101,7 @@ class TransformerForward : public Forward {
   std::vector<float> up_;    // [max_batch][n_ff]
 
  private:
-  // What begin() prepares for one layer group's plan.
+  // What begin() prepares for one layer group's plan of one stream.
   struct Group {
     std::vector<int32_t> q_index;       // per plan range: its query rotation in qpos
     std::vector<int64_t> qpos;          // the distinct query positions of each token, in
@@ -118,25 +117,38 @@ class TransformerForward : public Forward {
     const RopeTable* trig_table[2] = {nullptr, nullptr};
     std::vector<float> trig[2];
   };
-  void prepare_group(const kv::BatchPlan& plan, int64_t n_slots, Group& g);
+  // One stream of the pass: its rows [t0, t0 + T) of the buffers.
+  struct Seq {
+    SequenceStep step;
+    int64_t t0 = 0, T = 0;
+    std::vector<Group> groups;  // per layer group of its plan
+  };
+
+  void begin(std::span<const SequenceStep> steps);
+  void prepare_group(const Seq& s, const kv::BatchPlan& plan, int64_t n_slots, Group& g);
   void point_runs(const kv::BatchPlan& plan, Group& g);
-  const float* trig_for(Group& g, const kv::BatchPlan& plan, const RopeTable& rope);
-  void rotate_and_store(int64_t l, const kv::BatchPlan& plan, Group& g, const RopeTable& rope,
-                        kv::KvStorage& kv);
-  void attend(const kv::BatchPlan& plan, const Group& g, const ops::AttentionShape& shape,
-              const void* kbase, const void* vbase, const float* sink_logits);
-  void apply_edit(const AttentionEdit& edit, const kv::BatchPlan& plan, const Group& g,
-                  const ops::AttentionShape& shape, const void* kbase, const void* vbase,
-                  const float* sink_logits);
-  void record(int64_t l, const kv::BatchPlan& plan, const Group& g,
+  void embed();
+  void end_layer(int64_t l);
+  const float* logits();
+  const float* trig_for(const Seq& s, Group& g, const kv::BatchPlan& plan, const RopeTable& rope);
+  void rotate_and_store(int64_t l, const Seq& s, const kv::BatchPlan& plan, Group& g,
+                        const RopeTable& rope);
+  void attend(const Seq& s, const kv::BatchPlan& plan, const Group& g,
+              const ops::AttentionShape& shape, const void* kbase, const void* vbase,
+              const float* sink_logits);
+  void apply_edit(const Seq& s, const AttentionEdit& edit, const kv::BatchPlan& plan,
+                  const Group& g, const ops::AttentionShape& shape, const void* kbase,
+                  const void* vbase, const float* sink_logits);
+  void record(int64_t l, const Seq& s, const kv::BatchPlan& plan, const Group& g,
               const ops::AttentionShape& shape, const void* kbase);
   // The plan's virtual sink logits as [n_head] (nullptr for none).
   const float* sink_logits(const kv::BatchPlan& plan);
 
-  std::vector<Group> groups_;
+  AttentionObserver* observer_ = nullptr;  // of run()
+  std::vector<Seq> seqs_;
   int64_t span_reserved_ = 0;         // reserve_span's largest span so far (max_batch 1)
   size_t run_reserve_ = 0;            // runs per group reserved for one-token steps
-  std::vector<float> qr_;             // [max_batch][2][n_head*hd] queries per query position
+  std::vector<float> qr_;             // [query rotations][n_head*hd] (most of any group)
   std::vector<float> logits_;         // [rows][n_vocab], grown to the most rows asked for
   std::vector<float> attn_parts_;     // [items][attention_part_floats]
   std::vector<float> probs_;          // observer records: probabilities of the step's tokens

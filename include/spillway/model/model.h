@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -51,8 +52,17 @@ struct ModelConfig {
 // Which logits a forward call produces.
 enum class Logits { kNone, kLast, kAll };
 
+// One stream's part of a batched forward pass (Forward::run_batch).
+struct SequenceStep {
+  const TokenId* tokens = nullptr;        // plan->n_tokens() tokens
+  const kv::StepPlan* plan = nullptr;     // the stream's plans for them
+  kv::KvStorage* kv = nullptr;            // the stream's storage
+  Logits logits = Logits::kLast;          // which logits of this stream
+  AttentionObserver* observer = nullptr;  // this stream's observer, if any
+};
+
 // Working buffers and the forward pass of one architecture, for batches of up to
-// max_batch() tokens; allocated once. One stream at a time.
+// max_batch() tokens; allocated once. Used by one thread at a time.
 class Forward {
  public:
   virtual ~Forward() = default;
@@ -64,6 +74,14 @@ class Forward {
   // not fit the storage or the batch size, or a token id outside the vocabulary.
   virtual const float* run(const TokenId* tokens, const kv::StepPlan& plan, kv::KvStorage& kv,
                            Logits which) = 0;
+
+  // Several streams in one forward pass (continuous batching): the matrix products see
+  // every token of every step at once (the weights are read once for all), attention runs
+  // per stream over its own plan and storage. Each token gets exactly the bits it gets in
+  // a pass of its own. The steps' tokens together are at most max_batch(). Returns the
+  // logit rows of every step in step order ([1] for kLast, [T] for kAll, none for kNone;
+  // valid until the next call). Throws as run() does, naming the step.
+  virtual const float* run_batch(std::span<const SequenceStep> steps) = 0;
 
   virtual int64_t max_batch() const = 0;
 

@@ -76,6 +76,7 @@ class Session {
   void restore(const Checkpoint& cp);
 
  private:
+  friend class BatchDecoder;  // session/batch.h: plans, then commits, a shared pass
   // One forward pass; stop == nullptr asks for no logits at all (advance).
   void feed_batch(const TokenId* tokens, int64_t count, const LogitsFn& on_logits, bool* stop);
   void feed_replay(TokenId token, const LogitsFn& on_logits, bool* stop);

@@ -4,8 +4,6 @@
 //   x += n_pf(W_down (GELU(W_gate n_f(x)) * W_up n_f(x)))
 // RoPE_l: the local or global table of layer l; logits = W_out n_out(x), optionally
 // soft-capped (c tanh(logit / c)).
-#include <cmath>
-
 #include "gemma3.h"
 
 namespace spillway::model::gemma3 {
@@ -17,41 +15,40 @@ class Gemma3Forward final : public detail::TransformerForward {
   Gemma3Forward(const Gemma3Model& m, ThreadPool& pool, int64_t max_batch)
       : TransformerForward(m.config(), pool, max_batch, m.gemma_config().attn_scale), m_(m) {}
 
-  const float* run(const TokenId* tokens, const kv::StepPlan& plan, kv::KvStorage& kv,
-                   Logits which) override {
+ protected:
+  void layer(int64_t l) override {
     const ModelConfig& c = config_;
-    const int64_t T = begin(plan, kv);
     const int64_t d = c.n_embd, qdim = c.n_head * c.head_dim, kvdim = c.n_head_kv * c.head_dim;
-    embed(tokens, m_.token_embd(), m_.gemma_config().embd_scale);
-    for (int64_t l = 0; l < c.n_layer; ++l) {
-      const Gemma3Layer& L = m_.layer(l);
-      norm_rows(x_.data(), L.attn_norm, xn_.data(), d);
-      act_.set(xn_.data(), T, d);
-      const ops::MatmulOut qkv[3] = {
-          {&L.wq, q_.data(), qdim}, {&L.wk, k_.data(), kvdim}, {&L.wv, v_.data(), kvdim}};
-      ops::matmul_many(qkv, 3, act_, pool_);
-      norm_heads(q_.data(), L.q_norm, c.n_head);
-      norm_heads(k_.data(), L.k_norm, c.n_head_kv);
-      attention(l, m_.rope(l), kv);
-      act_.set(attn_.data(), T, qdim);
-      ops::matmul(L.wo, act_, xn_.data(), d, pool_);
-      norm_rows(xn_.data(), L.post_attn_norm, xn_.data(), d);
-      add_residual(xn_.data());
+    const Gemma3Layer& L = m_.layer(l);
+    norm_rows(x_.data(), L.attn_norm, xn_.data(), d);
+    act_.set(xn_.data(), T_, d);
+    const ops::MatmulOut qkv[3] = {
+        {&L.wq, q_.data(), qdim}, {&L.wk, k_.data(), kvdim}, {&L.wv, v_.data(), kvdim}};
+    ops::matmul_many(qkv, 3, act_, pool_);
+    norm_heads(q_.data(), L.q_norm, c.n_head);
+    norm_heads(k_.data(), L.k_norm, c.n_head_kv);
+    attention(l, m_.rope(l));
+    act_.set(attn_.data(), T_, qdim);
+    ops::matmul(L.wo, act_, xn_.data(), d, pool_);
+    norm_rows(xn_.data(), L.post_attn_norm, xn_.data(), d);
+    add_residual(xn_.data());
 
-      norm_rows(x_.data(), L.ffn_norm, xn_.data(), d);
-      act_.set(xn_.data(), T, d);
-      const ops::MatmulOut gate_up[2] = {{&L.w_gate, gate_.data(), c.n_ff},
-                                         {&L.w_up, up_.data(), c.n_ff}};
-      ops::matmul_many(gate_up, 2, act_, pool_);
-      ops::geglu(gate_.data(), up_.data(), T * c.n_ff);
-      act_.set(gate_.data(), T, c.n_ff);
-      ops::matmul(L.w_down, act_, xn_.data(), d, pool_);
-      norm_rows(xn_.data(), L.post_ffn_norm, xn_.data(), d);
-      add_residual(xn_.data());
-      end_layer(l);
-    }
-    return logits(which, m_.output_norm(), m_.output(), m_.gemma_config().final_logit_softcap);
+    norm_rows(x_.data(), L.ffn_norm, xn_.data(), d);
+    act_.set(xn_.data(), T_, d);
+    const ops::MatmulOut gate_up[2] = {{&L.w_gate, gate_.data(), c.n_ff},
+                                       {&L.w_up, up_.data(), c.n_ff}};
+    ops::matmul_many(gate_up, 2, act_, pool_);
+    ops::geglu(gate_.data(), up_.data(), T_ * c.n_ff);
+    act_.set(gate_.data(), T_, c.n_ff);
+    ops::matmul(L.w_down, act_, xn_.data(), d, pool_);
+    norm_rows(xn_.data(), L.post_ffn_norm, xn_.data(), d);
+    add_residual(xn_.data());
   }
+  const ops::WeightMatrix& embedding() const override { return m_.token_embd(); }
+  float embedding_scale() const override { return m_.gemma_config().embd_scale; }
+  const float* output_norm() const override { return m_.output_norm(); }
+  const ops::WeightMatrix& output_matrix() const override { return m_.output(); }
+  float logit_softcap() const override { return m_.gemma_config().final_logit_softcap; }
 
  private:
   const Gemma3Model& m_;

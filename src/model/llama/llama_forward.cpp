@@ -16,34 +16,31 @@ class LlamaForward final : public detail::TransformerForward {
             static_cast<float>(1.0 / std::sqrt(static_cast<double>(m.config().head_dim)))),
         m_(m) {}
 
-  const float* run(const TokenId* tokens, const kv::StepPlan& plan, kv::KvStorage& kv,
-                   Logits which) override {
+ protected:
+  void layer(int64_t l) override {
     const ModelConfig& c = config_;
-    const int64_t T = begin(plan, kv);
     const int64_t d = c.n_embd, qdim = c.n_head * c.head_dim, kvdim = c.n_head_kv * c.head_dim;
-    embed(tokens, m_.token_embd(), 1.0f);
-    for (int64_t l = 0; l < c.n_layer; ++l) {
-      const LlamaLayer& L = m_.layer(l);
-      norm_rows(x_.data(), L.attn_norm, xn_.data(), d);
-      act_.set(xn_.data(), T, d);
-      const ops::MatmulOut qkv[3] = {
-          {&L.wq, q_.data(), qdim}, {&L.wk, k_.data(), kvdim}, {&L.wv, v_.data(), kvdim}};
-      ops::matmul_many(qkv, 3, act_, pool_);
-      attention(l, m_.rope(), kv);
-      act_.set(attn_.data(), T, qdim);
-      ops::matmul(L.wo, act_, xn_.data(), d, pool_);
-      add_residual(xn_.data());
+    const LlamaLayer& L = m_.layer(l);
+    norm_rows(x_.data(), L.attn_norm, xn_.data(), d);
+    act_.set(xn_.data(), T_, d);
+    const ops::MatmulOut qkv[3] = {
+        {&L.wq, q_.data(), qdim}, {&L.wk, k_.data(), kvdim}, {&L.wv, v_.data(), kvdim}};
+    ops::matmul_many(qkv, 3, act_, pool_);
+    attention(l, m_.rope());
+    act_.set(attn_.data(), T_, qdim);
+    ops::matmul(L.wo, act_, xn_.data(), d, pool_);
+    add_residual(xn_.data());
 
-      norm_rows(x_.data(), L.ffn_norm, xn_.data(), d);
-      act_.set(xn_.data(), T, d);
-      ops::matmul_swiglu(L.w_gate, L.w_up, act_, gate_.data(), up_.data(), c.n_ff, pool_);
-      act_.set(gate_.data(), T, c.n_ff);
-      ops::matmul(L.w_down, act_, xn_.data(), d, pool_);
-      add_residual(xn_.data());
-      end_layer(l);
-    }
-    return logits(which, m_.output_norm(), m_.output());
+    norm_rows(x_.data(), L.ffn_norm, xn_.data(), d);
+    act_.set(xn_.data(), T_, d);
+    ops::matmul_swiglu(L.w_gate, L.w_up, act_, gate_.data(), up_.data(), c.n_ff, pool_);
+    act_.set(gate_.data(), T_, c.n_ff);
+    ops::matmul(L.w_down, act_, xn_.data(), d, pool_);
+    add_residual(xn_.data());
   }
+  const ops::WeightMatrix& embedding() const override { return m_.token_embd(); }
+  const float* output_norm() const override { return m_.output_norm(); }
+  const ops::WeightMatrix& output_matrix() const override { return m_.output(); }
 
  private:
   const LlamaModel& m_;
