@@ -54,15 +54,22 @@ struct Bigram {
   uint32_t len;
 };
 
-// Heap order: the highest score on top; on equal scores the leftmost pair.
+// Heap order: the highest score on top; on equal scores the leftmost pair. Counts its
+// calls (the merge loop's work) for spm_comparisons().
+thread_local uint64_t t_comparisons = 0;
 struct LowerPriority {
   bool operator()(const Bigram& a, const Bigram& b) const {
+    ++t_comparisons;
     return a.score < b.score || (a.score == b.score && a.left > b.left);
   }
 };
 constexpr LowerPriority lower_priority;
 
 }  // namespace
+
+uint64_t spm_comparisons() {
+  return t_comparisons;
+}
 
 SpmTokenizer::SpmTokenizer(VocabData data) : VocabTokenizer(std::move(data)) {
   set_add_bos_default(true);

@@ -62,4 +62,8 @@ class SpmTokenizer final : public VocabTokenizer {
   std::array<TokenId, 256> byte_token_{};  // [256] id a raw byte falls back to, or -1
 };
 
+// Heap comparisons the merge loops of this thread have made so far: a machine-independent
+// measure of encoding work, for tests of its growth with the input.
+uint64_t spm_comparisons();
+
 }  // namespace spillway::tokenizer_detail
