@@ -22,6 +22,7 @@
 #include "spillway/kv/policy.h"
 #include "spillway/model/model.h"
 #include "spillway/ops/matmul.h"
+#include "spillway/session/batch.h"
 #include "spillway/session/session.h"
 #include "util.h"
 
@@ -36,10 +37,11 @@ struct BenchOptions {
   std::string text = "data/austen.txt";
   int threads = 0;
   int reps = 5;
-  int64_t prompt = 512;       // pp tokens
-  int64_t gen = 128;          // tg tokens
-  int64_t stream = 16384;     // stream position of the deep decode (0: skip)
-  int64_t stream_batch = 64;  // tokens per forward pass while advancing the stream
+  int64_t prompt = 512;          // pp tokens
+  int64_t gen = 128;             // tg tokens
+  int64_t stream = 16384;        // stream position of the deep decode (0: skip)
+  int64_t stream_batch = 64;     // tokens per forward pass while advancing the stream
+  std::vector<int64_t> streams;  // concurrent streams of the batched decode test (empty: skip)
   bool json = false;
 };
 
@@ -132,6 +134,54 @@ nlohmann::ordered_json series_json(const Series& s, bool latency) {
         s.latency_ms.empty() ? 0.0 : *std::max_element(s.latency_ms.begin(), s.latency_ms.end());
   }
   return j;
+}
+
+// Continuous batching: n sessions under the policy, each given its own 64-token prompt,
+// then `gen` steps that decode one token of every session in one forward pass.
+struct BatchedResult {
+  int64_t streams = 0;
+  Series agg;  // tokens_per_s: all streams together; latency_ms: per step
+};
+
+BatchedResult bench_batched(const model::Model& model, const kv::PolicySpec& policy,
+                            std::span<const TokenId> tokens, int64_t n, int64_t gen, int reps,
+                            ThreadPool& pool) {
+  constexpr int64_t kPrompt = 64;
+  BatchedResult r;
+  r.streams = n;
+  std::vector<std::unique_ptr<Session>> sessions;
+  SessionOptions so;
+  so.policy = policy;
+  so.max_batch = kPrompt;
+  so.max_stream = kPrompt + gen * (reps + 1);
+  for (int64_t i = 0; i < n; ++i) sessions.push_back(std::make_unique<Session>(model, so, &pool));
+  BatchDecoder dec(model, n, &pool);
+  std::vector<BatchDecoder::Entry> entries(static_cast<size_t>(n));
+  // Stream i reads the tokens from offset i * 7 (different streams, one token source).
+  auto token = [&](int64_t i, int64_t k) {
+    return &tokens[static_cast<size_t>((i * 7 + k) % static_cast<int64_t>(tokens.size()))];
+  };
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < kPrompt; ++k) sessions[i]->advance(std::span(token(i, k), 1));
+  int64_t at = kPrompt;
+  auto step = [&] {
+    for (int64_t i = 0; i < n; ++i)
+      entries[static_cast<size_t>(i)] = {sessions[static_cast<size_t>(i)].get(),
+                                         std::span(token(i, at), 1)};
+    dec.step(entries);
+    ++at;
+  };
+  for (int64_t k = 0; k < std::min<int64_t>(gen, 8); ++k) step();  // warm-up
+  for (int rep = 0; rep < reps; ++rep) {
+    const auto t0 = Clock::now();
+    for (int64_t k = 0; k < gen; ++k) {
+      const auto ts = Clock::now();
+      step();
+      r.agg.latency_ms.push_back(seconds_since(ts) * 1e3);
+    }
+    r.agg.tokens_per_s.push_back(static_cast<double>(n * gen) / seconds_since(t0));
+  }
+  return r;
 }
 
 int run_bench(const BenchOptions& o) {
@@ -242,6 +292,13 @@ int run_bench(const BenchOptions& o) {
     kv_bytes_deep = s.storage().bytes();
   }
 
+  // Many streams decoded together.
+  std::vector<BatchedResult> batched;
+  for (int64_t n : o.streams) {
+    note(fmt::format("{} streams decoded together", n));
+    batched.push_back(bench_batched(*model, policy, all, n, o.gen, o.reps, pool));
+  }
+
   const uint64_t rss = peak_rss_bytes();
   const uint64_t wbytes = model->weight_bytes_per_token();
   const double tg_med = median(tg.tokens_per_s);
@@ -274,6 +331,15 @@ int run_bench(const BenchOptions& o) {
     } else {
       j["stream"] = nullptr;
     }
+    j["batched"] = nlohmann::ordered_json::array();
+    for (const BatchedResult& b : batched) {
+      nlohmann::ordered_json jb = series_json(b.agg, true);
+      jb["streams"] = b.streams;
+      jb["policy"] = policy_spec;
+      jb["tokens_per_stream"] = o.gen;
+      jb["tokens_per_s_per_stream"] = median(b.agg.tokens_per_s) / static_cast<double>(b.streams);
+      j["batched"].push_back(jb);
+    }
     j["peak_rss_bytes"] = rss;
     fmt::print("{}\n", j.dump(2));
     return 0;
@@ -295,6 +361,15 @@ int run_bench(const BenchOptions& o) {
                fmt::format("tg{} @ {} {}", o.gen, o.stream, policy_spec), median(deep.tokens_per_s),
                median(deep.latency_ms), percentile(deep.latency_ms, 99.0),
                human_bytes(kv_bytes_deep));
+  for (const BatchedResult& b : batched)
+    fmt::print("{:<32} {:>10.1f} {:>12.3f} {:>10.3f} {:>12}\n",
+               fmt::format("{} streams x tg{} {}", b.streams, o.gen, policy_spec),
+               median(b.agg.tokens_per_s), median(b.agg.latency_ms),
+               percentile(b.agg.latency_ms, 99.0), "-");
+  if (!batched.empty())
+    fmt::print(
+        "({} streams: tokens/s of all streams together; ms per step, every stream one token)\n",
+        "N");
   fmt::print("\nweights read per token  {} ({:.2f} GB/s at the tg{} median)\n", human_bytes(wbytes),
              tg_med * static_cast<double>(wbytes) / 1e9, o.gen);
   if (o.stream > 0)
@@ -326,6 +401,11 @@ Registrar reg("bench", [](CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--text", o->text, "Text whose tokens are fed (a fixed sequence if missing)")
       ->capture_default_str();
+  sub->add_option("--streams", o->streams,
+                  "Also decode N streams together, one forward pass per step (continuous "
+                  "batching), for each N given (e.g. --streams 1,2,4,8,16)")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
   sub->add_flag("--json", o->json, "Print the results as JSON on stdout");
   return [o] { return run_bench(*o); };
 });
