@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -38,26 +39,36 @@ struct Golden {
   std::string (*model_path)();
   std::string dir;  // golden files
   double logit_tol, mean_logit_tol, lse_tol, nll_tol;
+  double tie_margin;  // top-1 may differ where llama.cpp's own top two are this close
 };
 
 // Tolerances. Both engines quantize activations to 8-bit blocks before every product, so
 // each carries its own rounding noise through the layers: logits of magnitude ~20-40
-// differ by a few tenths. SmolLM2: against an f64 forward pass of the dequantized weights
-// (no activation rounding) at position 0 of the prose prompt, this engine is 0.22 off on
-// the top-64 logits and llama.cpp 0.43: the gap is noise on both sides, not a bias.
-// Measured for SmolLM2: max |diff| 1.06, mean 0.18, max |logsumexp diff| 0.59, top-1
-// equal at 29 of 30 positions, top-10 overlap >= 9 at 29 of 30 (8 at one, where ranks
-// 9-11 are within the noise), per-token |NLL diff| 0.058 on average. Gemma 3 270M reacts
-// more to the rounding: measured max |diff| 1.55, mean 0.35, max |logsumexp diff| 0.88,
-// top-1 equal at 30 of 30, per-token |NLL diff| 0.080 on average; against the unrounded
-// reference (DistanceOfBothEnginesFromAnUnroundedReference, 10 positions of the prose
-// prompt) the top-64 logits of this engine are 0.27 off on average and llama.cpp's 0.32
-// (1.26 at its worst position): noise on both sides again. Top-1 may differ where
-// llama.cpp's own top two are closer than kTieMargin ("prose" position 8 of SmolLM2:
-// 16.8038 vs 16.8018; a change of summation order flips it).
+// differ by a few tenths, and a change of summation order in either engine (a new kernel)
+// moves them by as much. The yardstick is DistanceOfBothEnginesFromAnUnroundedReference
+// (an f64 forward pass of the dequantized weights, no activation rounding), which checks
+// that this engine is no farther from it than llama.cpp is.
+//
+// SmolLM2: max |diff| 0.97, mean 0.18, max |logsumexp diff| 0.43, top-1 equal at 30 of
+// 30, top-10 overlap >= 9 at 29 of 30 (8 at one, where ranks 9-11 are within the noise);
+// from the unrounded pass (10 positions of the prose prompt) this engine is 0.15 off on
+// average and llama.cpp 0.20. Top-1 may differ where llama.cpp's own top two are closer
+// than the tie margin ("prose" position 8: 16.8038 vs 16.8018).
+//
+// Gemma 3 270M reacts far more to the rounding: max |diff| 2.40, mean 0.38, max
+// |logsumexp diff| 1.37, top-1 equal at 29 of 30. From the unrounded pass this engine is
+// 0.21 off on average and llama.cpp 0.32; at "prose" position 17 llama.cpp is 1.26 off
+// (this engine 0.21), and there its top-1 leads our top-1 by 0.42: a flip inside
+// llama.cpp's own error, hence the wider tie margin.
+//
+// Over the first 512 corpus tokens (SPILLWAY_GOLDEN_F64_TOKENS=512), perplexity unrounded /
+// this engine / llama.cpp: SmolLM2 21.893 / 22.095 / 22.140, Gemma 3 21.387 / 21.795 /
+// 21.554; mean per-token |NLL diff| from the unrounded pass, this engine vs llama.cpp:
+// SmolLM2 0.058 vs 0.056, Gemma 3 0.079 vs 0.074. Both engines' activation rounding raises
+// perplexity; on Gemma 3 this engine's more (+1.9 % against +0.8 %).
 const Golden kGoldens[] = {
-    {"smollm2", test::default_model_path, "tests/golden", 1.5, 0.35, 0.8, 0.1},
-    {"gemma3", test::gemma3_model_path, "tests/golden/gemma3", 2.5, 0.5, 1.2, 0.12},
+    {"smollm2", test::default_model_path, "tests/golden", 1.5, 0.35, 0.8, 0.1, 0.05},
+    {"gemma3", test::gemma3_model_path, "tests/golden/gemma3", 3.0, 0.5, 1.7, 0.12, 0.5},
 };
 
 class GoldenTest : public ::testing::TestWithParam<Golden> {
@@ -90,8 +101,6 @@ std::vector<std::vector<float>> all_logits(const model::Model& m, const std::vec
   });
   return out;
 }
-
-constexpr double kTieMargin = 0.05;
 
 TEST_P(GoldenTest, LogitsMatchLlamaCpp) {
   const Golden& gp = GetParam();
@@ -131,7 +140,7 @@ TEST_P(GoldenTest, LogitsMatchLlamaCpp) {
       if (order[0] != top[0]) {
         const auto it = std::find(top.begin(), top.end(), order[0]);
         ASSERT_NE(it, top.end()) << p["name"] << " pos " << i;
-        EXPECT_LE(want[0] - want[static_cast<size_t>(it - top.begin())], kTieMargin)
+        EXPECT_LE(want[0] - want[static_cast<size_t>(it - top.begin())], gp.tie_margin)
             << p["name"] << " pos " << i << ": top-1 " << order[0] << " vs " << top[0];
         ++top1_ties;
       }
@@ -211,8 +220,11 @@ TEST_P(GoldenTest, ChunkedPerplexityEqualsPerToken) {
 }
 
 // How far each engine is from products without activation rounding (double precision
-// from the dequantized weights), at the first positions of the prose prompt: the yardstick
-// for the tolerances above. Slow (minutes); runs with SPILLWAY_GOLDEN_F64=1.
+// from the dequantized weights): the yardstick for the tolerances above. At the first
+// positions of the prose prompt, the mean top-64 logit distance of this engine from the
+// unrounded pass must not exceed llama.cpp's by more than a fifth; over the first
+// SPILLWAY_GOLDEN_F64_TOKENS corpus tokens (default 128) the same for the per-token NLLs.
+// Slow (minutes); runs with SPILLWAY_GOLDEN_F64=1.
 TEST_P(GoldenTest, DistanceOfBothEnginesFromAnUnroundedReference) {
   if (!std::getenv("SPILLWAY_GOLDEN_F64")) GTEST_SKIP() << "set SPILLWAY_GOLDEN_F64=1 to run";
   const json g = golden("logits.json");
@@ -224,6 +236,8 @@ TEST_P(GoldenTest, DistanceOfBothEnginesFromAnUnroundedReference) {
   std::vector<std::vector<float>> exact;
   const size_t upto = p["positions"].back()["pos"].get<size_t>();
   for (size_t i = 0; i <= upto; ++i) exact.push_back(ref.step(ids[i]));
+  double sum_ours = 0, sum_lcpp = 0;
+  int n = 0;
   for (const auto& pos : p["positions"]) {
     const size_t i = pos["pos"].get<size_t>();
     if (i > upto) break;
@@ -240,7 +254,47 @@ TEST_P(GoldenTest, DistanceOfBothEnginesFromAnUnroundedReference) {
         "%s pos %zu, top-64 mean |diff|: spillway-exact %.3f, llama.cpp-exact %.3f, "
         "spillway-llama.cpp %.3f\n",
         GetParam().name.c_str(), i, d_ours, d_lcpp, d_both);
+    sum_ours += d_ours;
+    sum_lcpp += d_lcpp;
+    ++n;
   }
+  ASSERT_GT(n, 0);
+  std::printf("%s mean over %d positions: spillway-exact %.3f, llama.cpp-exact %.3f\n",
+              GetParam().name.c_str(), n, sum_ours / n, sum_lcpp / n);
+  EXPECT_LE(sum_ours, 1.2 * sum_lcpp);
+
+  // Per-token NLLs of the corpus tokens.
+  const json pg = golden("ppl.json");
+  auto cids = pg["ids"].get<std::vector<TokenId>>();
+  const auto lcpp_nll = pg["nll"].get<std::vector<double>>();
+  const char* env = std::getenv("SPILLWAY_GOLDEN_F64_TOKENS");
+  const size_t nt = std::min<size_t>(env ? std::strtoul(env, nullptr, 10) : 128, cids.size());
+  cids.resize(nt);
+  PerplexityOptions o;
+  o.policy = "full";
+  o.chunk = 256;
+  const PerplexityResult r = evaluate_perplexity(*model_, cids, o);
+  test::NaiveReference cref(*model_, 0, -1, false);
+  cref.set_exact_products(true);
+  double e_ours = 0, e_lcpp = 0, nll_exact = 0, nll_ours = 0, nll_lcpp = 0;
+  for (size_t i = 0; i + 1 < nt; ++i) {
+    const std::vector<float> l = cref.step(cids[i]);
+    double mx = *std::max_element(l.begin(), l.end()), sum = 0;
+    for (float x : l) sum += std::exp(x - mx);
+    const double nll = mx + std::log(sum) - l[static_cast<size_t>(cids[i + 1])];
+    e_ours += std::abs(r.nll[i] - nll);
+    e_lcpp += std::abs(lcpp_nll[i] - nll);
+    nll_exact += nll;
+    nll_ours += r.nll[i];
+    nll_lcpp += lcpp_nll[i];
+  }
+  const double m = static_cast<double>(nt - 1);
+  std::printf(
+      "%s first %zu corpus tokens: ppl unrounded %.4f, spillway %.4f, llama.cpp %.4f; mean "
+      "|NLL diff| from unrounded: spillway %.4f, llama.cpp %.4f\n",
+      GetParam().name.c_str(), nt, std::exp(nll_exact / m), std::exp(nll_ours / m),
+      std::exp(nll_lcpp / m), e_ours / m, e_lcpp / m);
+  EXPECT_LE(e_ours, 1.2 * e_lcpp);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, GoldenTest, ::testing::ValuesIn(kGoldens),
