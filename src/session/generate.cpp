@@ -28,6 +28,7 @@ GenerateResult generate(Session& session, std::span<const TokenId> prompt, Sampl
   using clock = std::chrono::steady_clock;
   auto t0 = clock::now();
   session.feed(prompt);
+  for (TokenId t : prompt) sampler.accept(t);
   res.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   StreamDecoder dec(tok);
   res.stop_reason = "length";
@@ -38,6 +39,7 @@ GenerateResult generate(Session& session, std::span<const TokenId> prompt, Sampl
       res.stop_reason = "eog";
       break;
     }
+    sampler.accept(next);
     res.tokens.push_back(next);
     const std::string piece = dec.push(next);
     res.text += piece;
