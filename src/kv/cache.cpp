@@ -133,6 +133,10 @@ const StepPlan& Cache::plan(int64_t n0, int64_t count) {
   return step_;
 }
 
+void Cache::mark_turn_start(int64_t n) {
+  for (Group& g : groups_) g.policy->mark_turn_start(n);
+}
+
 void Cache::reset() {
   for (Group& g : groups_) g.policy->reset();
   for (BatchPlan& p : step_.groups) p.clear();

@@ -14,6 +14,10 @@ std::unique_ptr<Policy> make_window_policy(std::string_view args, const PolicyOp
                                            const PolicyLimits& limits);
 std::unique_ptr<Policy> make_sink_policy(std::string_view args, const PolicyOptions& opts,
                                          const PolicyLimits& limits);
+// sink:S+W,evict=turn (turn_policy.cpp): S and W already checked.
+std::unique_ptr<Policy> make_turn_sink_policy(int64_t sinks, int64_t window,
+                                              const PolicyOptions& opts,
+                                              const PolicyLimits& limits);
 std::unique_ptr<Policy> make_recompute_policy(std::string_view args, const PolicyOptions& opts,
                                               const PolicyLimits& limits);
 

@@ -37,7 +37,19 @@ void Policy::plan(int64_t n0, int64_t count, BatchPlan& out) {
 
 void Policy::reset() {
   n_next_ = 0;
+  last_mark_ = 0;
   on_reset();
+}
+
+void Policy::mark_turn_start(int64_t n) {
+  if (n < n_next_ || n < last_mark_)
+    throw InvalidArgument(
+        fmt::format("policy '{}': turn mark at stream index {} is behind the stream (next token "
+                    "{}, last mark {})",
+                    spec(), n, n_next_, last_mark_));
+  if (n == last_mark_) return;
+  last_mark_ = n;
+  on_turn_start(n);
 }
 
 std::vector<int64_t> dense_slot_contents(int64_t n_slots, int64_t n_planned) {

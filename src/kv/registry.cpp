@@ -7,7 +7,12 @@ const std::vector<PolicyKind>& policy_kinds() {
   static const std::vector<PolicyKind> kinds = {
       {"full", "full", "every token kept; the cache grows", make_full_policy},
       {"window", "window:W", "the last W tokens", make_window_policy},
-      {"sink", "sink:S+W", "the first S tokens plus the last W", make_sink_policy},
+      {"sink",
+       "sink:S+W",
+       "the first S tokens plus the last W; evict=turn: the conversation's start plus the "
+       "latest whole chat turns",
+       make_sink_policy,
+       {"evict"}},
       {"recompute", "recompute:W", "the last W tokens re-encoded from scratch per token",
        make_recompute_policy},
       {"detected",

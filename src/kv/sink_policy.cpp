@@ -84,6 +84,18 @@ std::unique_ptr<Policy> make_sink_policy(std::string_view args, const PolicyOpti
                     spec, policy_usage()));
   const int64_t s = parse_count(args.substr(0, plus), 0, kMaxSlots, "S (sink tokens)", spec);
   const int64_t w = parse_count(args.substr(plus + 1), 1, kMaxSlots, "W (window)", spec);
+  const auto evict = opts.find("evict").value_or("token");
+  if (evict != "token" && evict != "turn")
+    throw InvalidArgument(
+        fmt::format("bad policy spec '{}': evict={} (expected evict=token, the oldest token "
+                    "leaves, or evict=turn, the oldest whole chat turns leave); {}",
+                    spec, evict, policy_usage()));
+  if (evict == "turn") {
+    if (s + w + limits.max_batch - 1 > kMaxSlots)
+      throw InvalidArgument(fmt::format("policy '{}': {} slots is more than the {} supported", spec,
+                                        s + w + limits.max_batch - 1, kMaxSlots));
+    return make_turn_sink_policy(s, w, opts, limits);
+  }
   return std::make_unique<SinkWindowPolicy>("sink", s, w, opts, limits);
 }
 

@@ -1,9 +1,11 @@
 #include <fmt/core.h>
 
 #include <chrono>
+#include <optional>
 #include <regex>
 
 #include "spillway/core/error.h"
+#include "spillway/session/chat.h"
 #include "spillway/session/generate.h"
 
 namespace spillway {
@@ -28,6 +30,7 @@ GenerateResult generate(Session& session, std::span<const TokenId> prompt, Sampl
   using clock = std::chrono::steady_clock;
   auto t0 = clock::now();
   session.feed(prompt);
+  for (TokenId t : prompt) sampler.accept(t);
   res.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   StreamDecoder dec(tok);
   res.stop_reason = "length";
@@ -38,6 +41,7 @@ GenerateResult generate(Session& session, std::span<const TokenId> prompt, Sampl
       res.stop_reason = "eog";
       break;
     }
+    sampler.accept(next);
     res.tokens.push_back(next);
     const std::string piece = dec.push(next);
     res.text += piece;
@@ -57,19 +61,38 @@ GenerateResult generate(Session& session, std::span<const TokenId> prompt, Sampl
   return res;
 }
 
+namespace {
+
+// ChatML templates may insert a default system message when the first message is not a
+// system one (SmolLM2 does): its text, taken from the template itself.
+std::optional<std::string> chatml_default_system(const std::string& tmpl) {
+  std::smatch m;
+  static const std::regex kDefaultSystem(R"(<\|im_start\|>system\n([^<]*)<\|im_end\|>)");
+  if (tmpl.find("!= 'system'") != std::string::npos && std::regex_search(tmpl, m, kDefaultSystem))
+    return m[1].str();
+  return std::nullopt;
+}
+
+const char* template_family(const std::string& tmpl) {
+  if (tmpl.empty()) throw FormatError("the model has no chat template (tokenizer.chat_template)");
+  if (tmpl.find("<|im_start|>") != std::string::npos) return "chatml";
+  if (tmpl.find("<|start_header_id|>") != std::string::npos) return "llama3";
+  if (tmpl.find("<|user|>") != std::string::npos) return "zephyr";
+  if (tmpl.find("[INST]") != std::string::npos) return "llama2";
+  throw UnsupportedError(
+      "chat template not recognized (supported families: ChatML, Llama 3, Llama 2, Zephyr)");
+}
+
+}  // namespace
+
 std::string apply_chat_template(const std::string& tmpl, const std::vector<ChatMessage>& messages,
                                 bool add_generation_prompt) {
   if (tmpl.empty()) throw FormatError("the model has no chat template (tokenizer.chat_template)");
   std::string out;
   if (tmpl.find("<|im_start|>") != std::string::npos) {
-    // ChatML. A template may insert a default system message when the first message is
-    // not a system one (SmolLM2 does): take its text from the template itself.
-    std::smatch m;
-    static const std::regex kDefaultSystem(R"(<\|im_start\|>system\n([^<]*)<\|im_end\|>)");
-    const bool has_default =
-        tmpl.find("!= 'system'") != std::string::npos && std::regex_search(tmpl, m, kDefaultSystem);
-    if (has_default && (messages.empty() || messages[0].role != "system"))
-      out += "<|im_start|>system\n" + m[1].str() + "<|im_end|>\n";
+    const auto default_system = chatml_default_system(tmpl);
+    if (default_system && (messages.empty() || messages[0].role != "system"))
+      out += "<|im_start|>system\n" + *default_system + "<|im_end|>\n";
     for (const auto& msg : messages)
       out += "<|im_start|>" + msg.role + "\n" + msg.content + "<|im_end|>\n";
     if (add_generation_prompt) out += "<|im_start|>assistant\n";
@@ -104,6 +127,50 @@ std::string apply_chat_template(const std::string& tmpl, const std::vector<ChatM
   }
   throw UnsupportedError(
       "chat template not recognized (supported families: ChatML, Llama 3, Llama 2, Zephyr)");
+}
+
+ChatFormat::ChatFormat(const std::string& tmpl, std::string system)
+    : family_(template_family(tmpl)), system_(std::move(system)) {
+  if (family_ == "chatml") {
+    if (system_.empty()) system_ = chatml_default_system(tmpl).value_or("");
+    user_suffix_ = "<|im_end|>\n";
+    assistant_header_ = "<|im_start|>assistant\n";
+    assistant_end_ = "<|im_end|>\n";
+  } else if (family_ == "llama3") {
+    user_suffix_ = "<|eot_id|>";
+    assistant_header_ = "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    assistant_end_ = "<|eot_id|>";
+  } else if (family_ == "zephyr") {
+    user_suffix_ = "</s>\n";
+    assistant_header_ = "<|assistant|>\n";
+    assistant_end_ = "</s>\n";
+  } else {  // llama2
+    user_suffix_ = " [/INST]";
+    assistant_end_ = " </s>";
+  }
+}
+
+std::string ChatFormat::start() const {
+  if (family_ == "chatml")
+    return system_.empty() ? "" : "<|im_start|>system\n" + system_ + "<|im_end|>\n";
+  if (family_ == "llama3")
+    return "<|begin_of_text|>" +
+           (system_.empty()
+                ? ""
+                : "<|start_header_id|>system<|end_header_id|>\n\n" + system_ + "<|eot_id|>");
+  if (family_ == "zephyr") return system_.empty() ? "" : "<|system|>\n" + system_ + "</s>\n";
+  return "";
+}
+
+std::string ChatFormat::user_prefix(bool first) const {
+  if (family_ == "chatml") return "<|im_start|>user\n";
+  if (family_ == "llama3") return "<|start_header_id|>user<|end_header_id|>\n\n";
+  if (family_ == "zephyr") return "<|user|>\n";
+  return first && !system_.empty() ? "[INST] <<SYS>>\n" + system_ + "\n<</SYS>>\n\n" : "[INST] ";
+}
+
+std::string ChatFormat::user(std::string_view content, bool first) const {
+  return user_prefix(first) + std::string(content) + user_suffix_;
 }
 
 }  // namespace spillway

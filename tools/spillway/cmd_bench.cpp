@@ -23,6 +23,7 @@
 #include "spillway/model/model.h"
 #include "spillway/ops/matmul.h"
 #include "spillway/session/batch.h"
+#include "spillway/session/generate.h"
 #include "spillway/session/session.h"
 #include "util.h"
 
@@ -30,6 +31,24 @@ namespace spillway::cli {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// The sampler measured: settings people use for chat (temperature 0.7, top-p 0.9).
+SamplerParams default_bench_sampling() {
+  SamplerParams p;
+  p.temperature = 0.7f;
+  p.top_p = 0.9f;
+  return p;
+}
+
+std::string describe(const SamplerParams& p) {
+  std::string s = fmt::format("temp {:g}", p.temperature);
+  if (p.top_k > 0) s += fmt::format(", top-k {}", p.top_k);
+  if (p.top_p < 1.0f) s += fmt::format(", top-p {:g}", p.top_p);
+  if (p.min_p > 0.0f) s += fmt::format(", min-p {:g}", p.min_p);
+  if (p.repeat_penalty != 1.0f)
+    s += fmt::format(", repeat {:g}/{}", p.repeat_penalty, p.repeat_last_n);
+  return s;
+}
 
 struct BenchOptions {
   std::string model = kDefaultModel;
@@ -43,6 +62,7 @@ struct BenchOptions {
   int64_t stream_batch = 64;     // tokens per forward pass while advancing the stream
   std::vector<int64_t> streams;  // concurrent streams of the batched decode test (empty: skip)
   bool json = false;
+  SamplerParams sampling = default_bench_sampling();
 };
 
 double seconds_since(Clock::time_point t0) {
@@ -239,6 +259,7 @@ int run_bench(const BenchOptions& o) {
   // tg: tokens one at a time from an empty cache.
   Series tg;
   uint64_t kv_bytes_tg = 0;
+  std::vector<double> sampler_us;  // per sampled token
   {
     SessionOptions so;
     so.policy = "full";
@@ -254,6 +275,24 @@ int run_bench(const BenchOptions& o) {
       note(fmt::format("tg{}: rep {}: {:.1f} tokens/s", o.gen, r + 1, tg.tokens_per_s.back()));
     }
     kv_bytes_tg = s.storage().bytes();
+    // The sampler over the logits of the first decoded tokens, timed alone per token.
+    s.reset();
+    const size_t n_keep = std::min<size_t>(gen.size(), 32);
+    const auto n_vocab = static_cast<size_t>(cfg.n_vocab);
+    std::vector<float> logits(n_keep * n_vocab);
+    for (size_t i = 0; i < n_keep; ++i) {
+      s.feed(gen.subspan(i, 1));
+      std::copy(s.last_logits(), s.last_logits() + n_vocab, logits.begin() + i * n_vocab);
+    }
+    auto sampler = make_sampler(o.sampling);
+    for (size_t i = 0; i < n_keep; ++i) sampler->sample(logits.data() + i * n_vocab, cfg.n_vocab);
+    for (int r = 0; r < o.reps; ++r) {
+      for (size_t i = 0; i < n_keep; ++i) {
+        const auto t0 = Clock::now();
+        sampler->accept(sampler->sample(logits.data() + i * n_vocab, cfg.n_vocab));
+        sampler_us.push_back(seconds_since(t0) * 1e6);
+      }
+    }
   }
 
   // Deep in a stream: advance (real forward passes, no logits) once, then decode.
@@ -302,6 +341,8 @@ int run_bench(const BenchOptions& o) {
   const uint64_t rss = peak_rss_bytes();
   const uint64_t wbytes = model->weight_bytes_per_token();
   const double tg_med = median(tg.tokens_per_s);
+  const double sampler_med_us = median(sampler_us);
+  const double sampler_share = sampler_med_us * 1e-6 * tg_med;  // of a decoded token's time
 
   if (o.json) {
     nlohmann::ordered_json j;
@@ -320,6 +361,9 @@ int run_bench(const BenchOptions& o) {
     j["decode"]["tokens"] = o.gen;
     j["decode"]["kv_bytes"] = kv_bytes_tg;
     j["decode"]["weight_bytes_per_s"] = tg_med * static_cast<double>(wbytes);
+    j["sampler"]["settings"] = describe(o.sampling);
+    j["sampler"]["us_per_token_median"] = sampler_med_us;
+    j["sampler"]["fraction_of_decode"] = sampler_share;
     if (o.stream > 0) {
       j["stream"] = series_json(deep, true);
       j["stream"]["policy"] = policy_spec;
@@ -361,6 +405,9 @@ int run_bench(const BenchOptions& o) {
                fmt::format("tg{} @ {} {}", o.gen, o.stream, policy_spec), median(deep.tokens_per_s),
                median(deep.latency_ms), percentile(deep.latency_ms, 99.0),
                human_bytes(kv_bytes_deep));
+  fmt::print("{:<32} {:>10.1f} {:>12.3f} {:>10.3f} {:>12}\n",
+             fmt::format("sampler ({})", describe(o.sampling)), 1e6 / sampler_med_us,
+             sampler_med_us / 1e3, percentile(sampler_us, 99.0) / 1e3, "-");
   for (const BatchedResult& b : batched)
     fmt::print("{:<32} {:>10.1f} {:>12.3f} {:>10.3f} {:>12}\n",
                fmt::format("{} streams x tg{} {}", b.streams, o.gen, policy_spec),
@@ -370,7 +417,9 @@ int run_bench(const BenchOptions& o) {
     fmt::print(
         "({} streams: tokens/s of all streams together; ms per step, every stream one token)\n",
         "N");
-  fmt::print("\nweights read per token  {} ({:.2f} GB/s at the tg{} median)\n", human_bytes(wbytes),
+  fmt::print("\nsampler per token       {:.1f} us, {:.2f} % of a decoded token (tg{} median)\n",
+             sampler_med_us, 100.0 * sampler_share, o.gen);
+  fmt::print("weights read per token  {} ({:.2f} GB/s at the tg{} median)\n", human_bytes(wbytes),
              tg_med * static_cast<double>(wbytes) / 1e9, o.gen);
   if (o.stream > 0)
     fmt::print("stream advance          {} tokens in {:.1f} s ({:.1f} tokens/s, batch {})\n",
@@ -406,6 +455,14 @@ Registrar reg("bench", [](CLI::App& app) {
                   "batching), for each N given (e.g. --streams 1,2,4,8,16)")
       ->delimiter(',')
       ->check(CLI::PositiveNumber);
+  sub->add_option("--temp", o->sampling.temperature, "Temperature of the sampler measured")
+      ->capture_default_str();
+  sub->add_option("--top-k", o->sampling.top_k, "Top-k of the sampler measured (0: off)");
+  sub->add_option("--top-p", o->sampling.top_p, "Top-p of the sampler measured")
+      ->capture_default_str();
+  sub->add_option("--min-p", o->sampling.min_p, "Min-p of the sampler measured (0: off)");
+  sub->add_option("--repeat-penalty", o->sampling.repeat_penalty,
+                  "Repeat penalty of the sampler measured (1: off)");
   sub->add_flag("--json", o->json, "Print the results as JSON on stdout");
   return [o] { return run_bench(*o); };
 });

@@ -23,6 +23,9 @@ struct GenerateCliOptions {
   float temp = 0.0f;
   int top_k = 0;
   float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repeat_penalty = 1.0f;
+  int repeat_last_n = 64;
   uint64_t seed = 0;
   std::string policy = "full";
   int threads = 0;
@@ -34,7 +37,15 @@ struct GenerateCliOptions {
 int run_generate(const GenerateCliOptions& o) {
   if (o.prompt.empty()) throw InvalidArgument("generate: --prompt is empty");
   if (o.n < 0) throw InvalidArgument(fmt::format("generate: -n must be >= 0, found {}", o.n));
-  auto sampler = make_sampler({o.temp, o.top_k, o.top_p, o.seed});
+  SamplerParams sp;
+  sp.temperature = o.temp;
+  sp.top_k = o.top_k;
+  sp.top_p = o.top_p;
+  sp.min_p = o.min_p;
+  sp.repeat_penalty = o.repeat_penalty;
+  sp.repeat_last_n = o.repeat_last_n;
+  sp.seed = o.seed;
+  auto sampler = make_sampler(sp);
   const kv::PolicySpec policy(o.policy);  // a bad spec is a usage error before the model loads
   auto model = model::Model::load(o.model);
   const Tokenizer& tok = model->tokenizer();
@@ -96,6 +107,12 @@ Registrar reg("generate", [](CLI::App& app) {
   sub->add_option("--temp", o->temp, "Sampling temperature (0: greedy)")->capture_default_str();
   sub->add_option("--top-k", o->top_k, "Keep the k most likely tokens (0: off)");
   sub->add_option("--top-p", o->top_p, "Keep the smallest set with this much probability");
+  sub->add_option("--min-p", o->min_p,
+                  "Drop tokens less likely than this times the most likely (0: off)");
+  sub->add_option("--repeat-penalty", o->repeat_penalty,
+                  "Divide the logits of recent tokens by this (1: off)");
+  sub->add_option("--repeat-last-n", o->repeat_last_n, "Recent tokens the repeat penalty looks at")
+      ->capture_default_str();
   sub->add_option("--seed", o->seed, "Random seed (same seed, same output)");
   sub->add_option("--policy", o->policy, "KV-cache policy: " + kv::policy_usage())
       ->capture_default_str();

@@ -86,6 +86,9 @@ class Cache {
   std::optional<int64_t> capacity() const { return policy().capacity(); }
   // Forgets every token in every group.
   void reset();
+  // Stream index n begins a chat turn (Policy::mark_turn_start), told to every group's
+  // policy (those that do not evict by turns ignore it).
+  void mark_turn_start(int64_t n);
 
   // Policies that decide from attention (Policy::wants_attention): whether any does now,
   // whether the policy of `layer` does, and the feedback of one layer's attention, handed

@@ -187,8 +187,15 @@ class Policy {
   // (positions 0,1,...). nullopt for policies that keep their cache.
   virtual std::optional<int64_t> replay_from(int64_t n) const { return std::nullopt; }
 
-  // Forgets every token (the stream restarts at 0).
+  // Forgets every token and every turn mark (the stream restarts at 0).
   void reset();
+
+  // Chat turns (session/chat.h): stream index n begins a new turn, a message of the
+  // conversation (stream index 0 always begins one). Marks come in ascending order and
+  // never behind the stream: n >= n_planned() and n >= the last mark (InvalidArgument
+  // otherwise; a repeated mark is ignored). Policies that evict whole turns
+  // (sink:S+W,evict=turn) plan by them; the others ignore them.
+  void mark_turn_start(int64_t n);
 
   // Stream index held by each slot (-1 when empty): for tests and inspection.
   virtual std::vector<int64_t> slot_contents() const = 0;
@@ -205,12 +212,15 @@ class Policy {
   virtual void plan_tokens(int64_t n0, int64_t count, BatchPlan& out) = 0;
   // reset() of the policy's own state, if any.
   virtual void on_reset() {}
+  // mark_turn_start() after its checks (n > the last mark, n >= n_planned()).
+  virtual void on_turn_start(int64_t n) {}
 
   PolicyOptions options_;
 
  private:
   int64_t max_batch_;
-  int64_t n_next_ = 0;  // next stream index to plan
+  int64_t n_next_ = 0;     // next stream index to plan
+  int64_t last_mark_ = 0;  // last turn mark (0: none but the stream's start)
 };
 
 // One registered policy kind: name, usage form, and a factory from the text after ':'.

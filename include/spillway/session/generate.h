@@ -18,19 +18,41 @@ namespace spillway {
 class Sampler {
  public:
   virtual ~Sampler() = default;
-  // Picks the next token from logits[n_vocab]. May reorder nothing in logits.
+  // Picks the next token from logits[n_vocab]. Reads logits, never writes them.
   virtual TokenId sample(const float* logits, int64_t n_vocab) = 0;
+  // Told every token of the stream in order, the prompt's and the sampled ones (generate()
+  // and Chat do this), for samplers that look back (repetition penalty).
+  virtual void accept(TokenId id) {}
+  // Forgets the accepted tokens (a new stream); the random sequence goes on.
+  virtual void reset() {}
 };
 
+// The sampler chain, in this order:
+//  1. repetition penalty: each distinct token among the last repeat_last_n accepted ones
+//     gets logit / penalty if its logit is > 0, else logit * penalty;
+//  2. temperature 0: the largest logit (lowest id among equals); else x = logit / temperature;
+//  3. top-k: the k largest x (lowest ids among equals);
+//  4. probabilities: ops::softmax over the tokens left, ordered by x (descending, ids
+//     ascending) after top-k, by id without it;
+//  5. top-p: in order of probability (descending, ids ascending) the shortest prefix whose
+//     cumulative probability (summed in double) reaches top_p;
+//  6. min-p: tokens with probability < min_p * (the largest) leave;
+//  7. the draw: r uniform in [0, sum of what is left) (double, mt19937_64 seeded with seed),
+//     walking the tokens left by id until r is used up.
+// sample() costs no heap allocation after the first call: selection is partial (a heap for
+// top-k, a threshold pass for top-p / min-p), never a sort of the vocabulary.
 struct SamplerParams {
-  float temperature = 0.0f;  // 0: greedy (argmax)
-  int top_k = 0;             // 0: off
-  float top_p = 1.0f;        // 1: off
-  uint64_t seed = 0;         // same seed, same choices
+  float temperature = 0.0f;     // 0: greedy (argmax)
+  int top_k = 0;                // 0: off
+  float top_p = 1.0f;           // 1: off
+  float min_p = 0.0f;           // 0: off
+  float repeat_penalty = 1.0f;  // 1: off
+  int repeat_last_n = 64;       // accepted tokens the penalty looks back over (0: none)
+  uint64_t seed = 0;            // same seed, same choices
 };
 
-// Greedy when temperature == 0, else temperature + top-k + top-p sampling.
-// Throws InvalidArgument for temperature < 0, top_k < 0, top_p outside (0, 1].
+// Throws InvalidArgument for temperature < 0, top_k < 0, top_p outside (0, 1], min_p
+// outside [0, 1], repeat_penalty <= 0, repeat_last_n < 0.
 std::unique_ptr<Sampler> make_sampler(const SamplerParams& params);
 
 struct GenerateOptions {

@@ -62,6 +62,9 @@ class Session {
   uint64_t kv_bytes_peak() const { return cache_->bytes_peak(); }
   // Forgets the stream: the next token is stream index 0.
   void reset();
+  // Stream index n (>= n_past()) begins a chat turn: policies that evict whole turns plan
+  // by it (kv::Policy::mark_turn_start; InvalidArgument for a mark behind the stream).
+  void mark_turn_start(int64_t n) { cache_->mark_turn_start(n); }
 
   // Attaches an observer to every forward pass of this session (nullptr detaches); not
   // owned (model/observer.h).
