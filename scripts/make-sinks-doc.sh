@@ -11,7 +11,7 @@
 # (full JSON and printed output of each run, default build/sinks-raw; not committed).
 # Writes docs/sinks/: commands.txt, summary.json (every number the page quotes, with
 # its command), runs/NAME.json (each run's statistics, rounded, without the per-token
-# arrays), tables.md, and the plots of some runs in docs/sinks/NAME/.
+# arrays), tables.md, and the plots the page shows in docs/sinks/NAME/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -156,4 +156,12 @@ if [[ -n ${ONLY:-} ]]; then
   exit 0
 fi
 printf '%s\n' "${kCommands[@]}" >"$OUT/commands.txt"
+# The page shows these plots; the others that --plot draws are removed.
+kKeepPlots=" smol-64/alpha1.png smol-512/hidden.png smol-512/mass.png gemma-64/alpha1.png
+  gemma-1024/mass.png gemma-1024/hidden.png smol-ablate/ablation.png
+  gemma-ablate-policy/ablation.png smol-window64-plot/mass.png "
+for f in "$OUT"/*/*.png; do
+  rel=${f#"$OUT"/}
+  [[ $kKeepPlots == *[[:space:]]"$rel"[[:space:]]* ]] || rm -f "$f"
+done
 RAW=$RAW OUT=$OUT python3 scripts/sinks-summary.py

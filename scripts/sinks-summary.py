@@ -4,9 +4,9 @@
 Usage: RAW=build/sinks-raw OUT=docs/sinks sinks-summary.py
 
 Reads RAW/NAME.json (each run's --json) and OUT/commands.txt; writes
-  OUT/runs/NAME.json  the run's statistics rounded to 4 significant digits, the
+  OUT/runs/NAME.json  the run's statistics rounded to 3 significant digits, the
                       per-token arrays (mass by stream index / cache position, hidden
-                      norms) cut to their first 64 entries
+                      norms) cut to their first 16 entries, alpha_k for k <= 3
   OUT/summary.json    every number docs/sinks.md quotes, each under the run names (and
                       so the commands) it comes from
   OUT/tables.md       the tables of the page, as printed
@@ -28,6 +28,7 @@ import statistics
 RAW = os.environ.get("RAW", "build/sinks-raw")
 OUT = os.environ.get("OUT", "docs/sinks")
 EPS = 0.3
+kCut = 16  # per-token entries kept in runs/NAME.json
 
 commands = {}
 with open(os.path.join(OUT, "commands.txt")) as f:
@@ -64,13 +65,16 @@ def rnd(x, sig=4):
 for name, d in runs.items():
     c = dict(d)
     for key in ("mass_by_stream", "mass_by_rank", "hidden_norm"):
-        c[key] = [row[:64] for row in d[key]]
-    c["per_token_arrays_cut_to"] = 64
+        c[key] = [row[:kCut] for row in d[key]]
+    c["per_token_arrays_cut_to"] = kCut
+    if d["tokens"] == 64:
+        del c["alpha1_first_64"]  # the same as alpha1
+    c["alpha_k"] = {k: v for k, v in d["alpha_k"].items() if int(k) <= 3}
     if "ablation" in c:
         c["ablation"] = {k: v for k, v in c["ablation"].items()}
     c["command"] = commands[name]
     with open(os.path.join(OUT, "runs", name + ".json"), "w") as f:
-        json.dump(rnd(c), f, separators=(",", ":"))
+        json.dump(rnd(c, 3), f, separators=(",", ":"))
         f.write("\n")
 
 summary = {"commands": commands, "seconds": {n: seconds(n) for n in runs}}
@@ -354,7 +358,7 @@ for name, e in A.items():
     rows.append(["", "Spearman (heads)", "dNLL~mass %.2f" % sp["delta_vs_mass"],
                  "dNLL~hidden %.2f" % sp["delta_vs_hidden"],
                  "mass~hidden %.2f" % sp["mass_vs_hidden"], "", ""])
-    if spl:
+    if spl and spl.get("delta_vs_mass") is not None:
         rows.append(["", "Spearman (layers)", "dNLL~mass %.2f" % spl["delta_vs_mass"],
                      "dNLL~hidden %.2f" % spl["delta_vs_hidden"],
                      "mass~hidden %.2f" % spl["mass_vs_hidden"], "", ""])
