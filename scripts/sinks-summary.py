@@ -400,7 +400,7 @@ def role_row(name):
         "rate_first_64": d["sink_rate"]["first_64"],
         "alpha_mean_by_index": [al[k] for k in range(8)],
         "alpha_index0": al[0], "best_other_index": best, "alpha_best_other": al[best],
-        "alpha_first_content": al[fc] if fc < 8 else gu_alpha_layer(d, 0, fc),
+        "alpha_first_content": al[fc] if fc < 8 else None,
         "heads_over_eps_by_index": [sum(1 for x in flat(alpha(d, k)) if x > EPS) for k in range(8)],
         "detected_sinks": d["detected_sinks"],
         "massive_index": k_mass, "massive_index_layers": where[k_mass],
