@@ -49,7 +49,8 @@ APT_PACKAGES=(
   build-essential cmake pkg-config git ca-certificates
   libeigen3-dev libfmt-dev libspdlog-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev libpcre2-dev nlohmann-json3-dev
-  python3 python3-pip python3-venv python3-matplotlib
+  libcpp-httplib-dev
+  python3 python3-pip python3-venv python3-matplotlib curl
 )
 
 changed=0

@@ -2,6 +2,8 @@
 // streaming tokens to stdout as they are produced.
 #include <fmt/core.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -19,6 +21,7 @@ struct GenerateCliOptions {
   std::string model = kDefaultModel;
   std::string prompt;
   std::string system;
+  std::string messages;  // a JSON file of chat messages (with --chat, instead of --prompt)
   int64_t n = 64;
   float temp = 0.0f;
   int top_k = 0;
@@ -35,7 +38,8 @@ struct GenerateCliOptions {
 };
 
 int run_generate(const GenerateCliOptions& o) {
-  if (o.prompt.empty()) throw InvalidArgument("generate: --prompt is empty");
+  if (!o.messages.empty() && !o.chat) throw InvalidArgument("generate: --messages needs --chat");
+  if (o.messages.empty() && o.prompt.empty()) throw InvalidArgument("generate: --prompt is empty");
   if (o.n < 0) throw InvalidArgument(fmt::format("generate: -n must be >= 0, found {}", o.n));
   SamplerParams sp;
   sp.temperature = o.temp;
@@ -59,7 +63,22 @@ int run_generate(const GenerateCliOptions& o) {
           o.model));
     std::vector<ChatMessage> msgs;
     if (!o.system.empty()) msgs.push_back({"system", o.system});
-    msgs.push_back({"user", o.prompt});
+    if (!o.messages.empty()) {
+      // [{"role": ..., "content": ...}, ...]: a whole conversation, as a server gets it.
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(read_text_file(o.messages));
+        for (const auto& m : j)
+          msgs.push_back({m.at("role").get<std::string>(), m.at("content").get<std::string>()});
+      } catch (const nlohmann::json::exception& e) {
+        throw InvalidArgument(fmt::format(
+            "generate: {}: expected a JSON array of {{\"role\", \"content\"}} objects: {}",
+            o.messages, e.what()));
+      }
+      if (msgs.empty()) throw InvalidArgument(fmt::format("generate: {}: no messages", o.messages));
+    } else {
+      msgs.push_back({"user", o.prompt});
+    }
     EncodeOptions special;
     special.parse_special = true;
     prompt = tok.encode(apply_chat_template(*tmpl, msgs), special);
@@ -102,7 +121,15 @@ Registrar reg("generate", [](CLI::App& app) {
   auto o = std::make_shared<GenerateCliOptions>();
   auto* sub = app.add_subcommand("generate", "Generate text from a prompt, streaming to stdout");
   sub->add_option("--model,-m", o->model, "GGUF model file")->capture_default_str();
-  sub->add_option("--prompt", o->prompt, "Prompt text")->required();
+  auto* prompt = sub->add_option("--prompt", o->prompt, "Prompt text");
+  auto* messages = sub->add_option(
+      "--messages", o->messages,
+      "With --chat: a JSON file of messages [{\"role\", \"content\"}, ...] instead of --prompt");
+  prompt->excludes(messages);
+  sub->callback([prompt, messages] {
+    if (prompt->count() == 0 && messages->count() == 0)
+      throw CLI::RequiredError("--prompt or --messages");
+  });
   sub->add_option("-n", o->n, "Tokens to generate at most")->capture_default_str();
   sub->add_option("--temp", o->temp, "Sampling temperature (0: greedy)")->capture_default_str();
   sub->add_option("--top-k", o->top_k, "Keep the k most likely tokens (0: off)");

@@ -1,0 +1,497 @@
+// spillway serve: an HTTP server with OpenAI-compatible endpoints (/v1/chat/completions,
+// /v1/completions, /v1/models) plus /health and /metrics. Request parsing lives in
+// serve/api.h, the decode thread that batches every request in serve/scheduler.h; this
+// file binds them to HTTP.
+#include <fmt/core.h>
+#include <httplib.h>
+#include <pthread.h>
+
+#include <unistd.h>
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "command.h"
+#include "serve/api.h"
+#include "serve/scheduler.h"
+#include "spillway/core/error.h"
+#include "spillway/model/model.h"
+#include "spillway/session/generate.h"
+
+namespace spillway::cli {
+namespace {
+
+using nlohmann::json;
+using serve::ApiError;
+using serve::Endpoint;
+using serve::Event;
+
+struct ServeCliOptions {
+  std::string model = kDefaultModel;
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  std::string policy = "sink:4+1020";
+  std::string api_key;
+  std::string alias = "spillway";
+  int threads = 0;
+  int64_t max_sessions = 32;
+  uint64_t kv_budget = 1ull << 30;
+  int64_t max_active = 16;
+  int64_t max_prompt_bytes = 1 << 20;
+  int64_t max_tokens_limit = 4096;
+  int64_t default_max_tokens = 256;
+  double shutdown_grace = 10.0;
+};
+
+uint64_t rss_bytes() {
+  std::ifstream f("/proc/self/statm");
+  uint64_t size = 0, resident = 0;
+  f >> size >> resident;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+bool starts_with_ci(const std::string& s, std::string_view prefix) {
+  if (s.size() < prefix.size()) return false;
+  for (size_t i = 0; i < prefix.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(s[i])) != prefix[i]) return false;
+  return true;
+}
+
+class Server {
+ public:
+  Server(const ServeCliOptions& o, std::unique_ptr<model::Model> model,
+         const serve::SchedulerOptions& so)
+      : o_(o),
+        model_(std::move(model)),
+        scheduler_(*model_, so),
+        model_id_(std::filesystem::path(o.model).stem().string()),
+        created_(std::chrono::duration_cast<std::chrono::seconds>(
+                     std::chrono::system_clock::now().time_since_epoch())
+                     .count()),
+        rng_(std::random_device{}()) {
+    limits_.model_names = {model_id_, std::filesystem::path(o.model).filename().string()};
+    if (!o.alias.empty()) limits_.model_names.push_back(o.alias);
+    limits_.max_prompt_bytes = o.max_prompt_bytes;
+    limits_.max_tokens_limit = o.max_tokens_limit;
+    limits_.default_max_tokens = o.default_max_tokens;
+    chat_template_ = model_->chat_template();
+    routes();
+  }
+
+  httplib::Server& http() { return http_; }
+  serve::Scheduler& scheduler() { return scheduler_; }
+
+ private:
+  void send_error(httplib::Response& res, int status, const std::string& message,
+                  const std::string& type, const std::string& code) {
+    ++errors_;
+    res.status = status;
+    res.set_content(serve::dump_json(serve::error_json(message, type, code)), "application/json");
+  }
+
+  void routes() {
+    const size_t workers = static_cast<size_t>(std::max<int64_t>(16, 2 * o_.max_active + 8));
+    http_.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
+    // Bodies a little over the prompt limit still reach the parser, which answers 413
+    // with the prompt's size; far larger ones are cut off by the library (413 as well).
+    http_.set_payload_max_length(static_cast<size_t>(o_.max_prompt_bytes) * 2 + (64 << 10));
+    http_.set_keep_alive_timeout(2);
+    http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      ++requests_;
+      if (o_.api_key.empty() || req.path == "/health")
+        return httplib::Server::HandlerResponse::Unhandled;
+      const std::string auth = req.get_header_value("Authorization");
+      if (auth != "Bearer " + o_.api_key) {
+        send_error(
+            res, 401,
+            auth.empty() ? "missing API key (Authorization: Bearer KEY)" : "incorrect API key",
+            "invalid_request_error", "invalid_api_key");
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      return httplib::Server::HandlerResponse::Unhandled;
+    });
+    // Errors the library produces itself (no route, body too large) get the JSON shape.
+    http_.set_error_handler(httplib::Server::HandlerWithResponse(
+        [this](const httplib::Request& req, httplib::Response& res) {
+          if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+          if (res.status == 404)
+            send_error(res, 404, fmt::format("no route for {} {}", req.method, req.path),
+                       "invalid_request_error", "not_found");
+          else if (res.status == 413)
+            send_error(res, 413, "the request body is too large", "invalid_request_error",
+                       "payload_too_large");
+          else
+            send_error(res, res.status, fmt::format("HTTP error {}", res.status),
+                       "invalid_request_error", "http_error");
+          return httplib::Server::HandlerResponse::Handled;
+        }));
+    http_.set_exception_handler(
+        [this](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+          std::string what = "internal error";
+          try {
+            std::rethrow_exception(ep);
+          } catch (const std::exception& e) {
+            what = e.what();
+          } catch (...) {
+          }
+          send_error(res, 500, what, "server_error", "internal_error");
+        });
+    http_.Get("/health", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content(R"({"status":"ok"})", "application/json");
+    });
+    http_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+      json data = json::array();
+      data.push_back({{"id", model_id_},
+                      {"object", "model"},
+                      {"created", created_},
+                      {"owned_by", "spillway"}});
+      if (!o_.alias.empty())
+        data.push_back({{"id", o_.alias},
+                        {"object", "model"},
+                        {"created", created_},
+                        {"owned_by", "spillway"}});
+      res.set_content(serve::dump_json({{"object", "list"}, {"data", data}}), "application/json");
+    });
+    http_.Get("/metrics",
+              [this](const httplib::Request& req, httplib::Response& res) { metrics(req, res); });
+    http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+      completion(req, res, Endpoint::Chat);
+    });
+    http_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+      completion(req, res, Endpoint::Completion);
+    });
+  }
+
+  void metrics(const httplib::Request& req, httplib::Response& res) {
+    const serve::SchedulerMetrics m = scheduler_.metrics();
+    const json j = {
+        {"uptime_s", m.uptime_s},
+        {"requests_total", requests_.load()},
+        {"errors_total", errors_.load()},
+        {"tokens_per_s", m.tokens_per_s},
+        {"completion_tokens_total", m.completion_tokens},
+        {"prompt_tokens_total", m.prompt_tokens},
+        {"cached_prompt_tokens_total", m.cached_prompt_tokens},
+        {"active_requests", m.active},
+        {"queued_requests", m.queued},
+        {"active_conversations", m.conversations},
+        {"sessions", m.sessions},
+        {"kv_bytes", m.kv_bytes},
+        {"kv_budget_bytes", o_.kv_budget},
+        {"rss_bytes", rss_bytes()},
+        {"conversation_prefix_reuse_total", m.reuse_prefix},
+        {"conversation_reset_total", m.reuse_reset},
+        {"conversation_new_total", m.reuse_new},
+        {"session_evictions_total", m.evictions},
+        {"completed_total", m.jobs_completed},
+        {"cancelled_total", m.jobs_cancelled},
+        {"failed_total", m.jobs_failed},
+        {"decode_steps_total", m.steps},
+    };
+    if (req.get_param_value("format") == "prometheus") {
+      std::string out;
+      for (const auto& [k, v] : j.items()) out += fmt::format("spillway_{} {}\n", k, v.dump());
+      res.set_content(out, "text/plain; version=0.0.4");
+      return;
+    }
+    res.set_content(serve::dump_json(j), "application/json");
+  }
+
+  std::string new_id(const char* prefix) {
+    std::lock_guard lk(rng_mu_);
+    return fmt::format("{}-{:016x}", prefix, rng_());
+  }
+
+  static json usage_json(const serve::Usage& u) {
+    return {{"prompt_tokens", u.prompt_tokens},
+            {"completion_tokens", u.completion_tokens},
+            {"total_tokens", u.prompt_tokens + u.completion_tokens},
+            {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens}}}};
+  }
+
+  void completion(const httplib::Request& req, httplib::Response& res, Endpoint ep) {
+    serve::CompletionRequest r;
+    std::vector<TokenId> prompt;
+    std::shared_ptr<serve::Job> job;
+    Event admitted;
+    try {
+      if (!starts_with_ci(req.get_header_value("Content-Type"), "application/json"))
+        throw ApiError(415, "invalid_request_error", "unsupported_media_type",
+                       fmt::format("Content-Type must be application/json, found '{}'",
+                                   req.get_header_value("Content-Type")));
+      r = serve::parse_request(req.body, ep, limits_, req.get_header_value("X-Conversation-Id"));
+      const Tokenizer& tok = model_->tokenizer();
+      if (ep == Endpoint::Chat) {
+        if (!chat_template_)
+          throw ApiError(400, "invalid_request_error", "no_chat_template",
+                         "the model has no chat template; use /v1/completions");
+        EncodeOptions special;
+        special.parse_special = true;
+        prompt = tok.encode(apply_chat_template(*chat_template_, r.messages), special);
+      } else {
+        prompt = tok.encode(r.prompt);
+      }
+      serve::JobSpec spec;
+      spec.prompt = std::move(prompt);
+      spec.conversation_id = r.conversation_id;
+      spec.sampling = r.sampling;
+      spec.max_tokens = r.max_tokens;
+      spec.stop = r.stop;
+      job = scheduler_.submit(std::move(spec));
+      // The scheduler says first how it took the prompt (conversation reuse).
+      for (;;) {
+        auto e = job->next(std::chrono::milliseconds(500));
+        if (!e) continue;
+        if (e->kind == Event::Kind::Error)
+          throw ApiError(e->status, e->status == 503 ? "server_error" : "server_error",
+                         e->status == 503 ? "unavailable" : "internal_error", e->text);
+        admitted = std::move(*e);
+        break;
+      }
+    } catch (const ApiError& e) {
+      send_error(res, e.status(), e.what(), e.type(), e.code());
+      return;
+    } catch (const spillway::Error& e) {
+      send_error(res, 400, e.what(), "invalid_request_error", "invalid_request");
+      return;
+    }
+    if (!r.conversation_id.empty()) res.set_header("X-Conversation-Id", r.conversation_id);
+    res.set_header("X-Conversation-Reuse", admitted.reuse);
+    res.set_header("X-Cached-Tokens", std::to_string(admitted.usage.cached_tokens));
+    const bool chat = ep == Endpoint::Chat;
+    const std::string id = new_id(chat ? "chatcmpl" : "cmpl");
+    const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+    const std::string model_name = r.model.empty() ? model_id_ : r.model;
+    auto chunk = [=](const json& choice) {
+      return json{{"id", id},
+                  {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                  {"created", created},
+                  {"model", model_name},
+                  {"choices", json::array({choice})}};
+    };
+
+    if (!r.stream) {
+      std::string text;
+      for (;;) {
+        auto e = job->next(std::chrono::milliseconds(500));
+        if (!e) continue;
+        if (e->kind == Event::Kind::Text) {
+          text += e->text;
+        } else if (e->kind == Event::Kind::Error) {
+          send_error(res, e->status, e->text, "server_error", "internal_error");
+          return;
+        } else if (e->kind == Event::Kind::Done) {
+          json choice = {{"index", 0}, {"finish_reason", e->finish_reason}};
+          if (chat) {
+            choice["message"] = {{"role", "assistant"}, {"content", text}};
+          } else {
+            choice["text"] = text;
+            choice["logprobs"] = nullptr;
+          }
+          json out = {{"id", id},
+                      {"object", chat ? "chat.completion" : "text_completion"},
+                      {"created", created},
+                      {"model", model_name},
+                      {"choices", json::array({choice})},
+                      {"usage", usage_json(e->usage)}};
+          res.set_content(serve::dump_json(out), "application/json");
+          return;
+        }
+      }
+    }
+
+    res.set_header("Cache-Control", "no-cache");
+    auto finished = std::make_shared<std::atomic<bool>>(false);
+    auto sent_role = std::make_shared<bool>(false);
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [=, this](size_t, httplib::DataSink& sink) {
+          auto send = [&](const json& j) {
+            const std::string line = "data: " + serve::dump_json(j) + "\n\n";
+            return sink.write(line.data(), line.size());
+          };
+          if (chat && !*sent_role) {
+            *sent_role = true;
+            if (!send(chunk({{"index", 0},
+                             {"delta", {{"role", "assistant"}, {"content", ""}}},
+                             {"finish_reason", nullptr}})))
+              return false;
+          }
+          std::optional<Event> e;
+          while (!(e = job->next(std::chrono::milliseconds(250)))) {
+            if (!sink.is_writable()) return false;
+          }
+          if (e->kind == Event::Kind::Text) {
+            json choice = {{"index", 0}, {"finish_reason", nullptr}};
+            if (chat) {
+              choice["delta"] = {{"content", e->text}};
+            } else {
+              choice["text"] = e->text;
+              choice["logprobs"] = nullptr;
+            }
+            return send(chunk(choice));
+          }
+          if (e->kind == Event::Kind::Error) {
+            ++errors_;
+            send(serve::error_json(e->text, "server_error",
+                                   e->status == 503 ? "unavailable" : "internal_error"));
+          } else {
+            json choice = {{"index", 0}, {"finish_reason", e->finish_reason}};
+            if (chat) {
+              choice["delta"] = json::object();
+            } else {
+              choice["text"] = "";
+              choice["logprobs"] = nullptr;
+            }
+            json last = chunk(choice);
+            last["usage"] = usage_json(e->usage);
+            if (!send(last)) return false;
+          }
+          finished->store(true);
+          static constexpr std::string_view kDone = "data: [DONE]\n\n";
+          sink.write(kDone.data(), kDone.size());
+          sink.done();
+          return true;
+        },
+        [job, finished](bool success) {
+          // A client that went away cancels its request.
+          if (!success || !finished->load()) job->cancel();
+        });
+  }
+
+  ServeCliOptions o_;
+  std::unique_ptr<model::Model> model_;
+  serve::Scheduler scheduler_;
+  std::optional<std::string> chat_template_;
+  std::string model_id_;
+  int64_t created_;
+  serve::RequestLimits limits_;
+  httplib::Server http_;
+  std::atomic<int64_t> requests_{0};
+  std::atomic<int64_t> errors_{0};
+  std::mutex rng_mu_;
+  std::mt19937_64 rng_;
+};
+
+int run_serve(const ServeCliOptions& o) {
+  if (o.port < 0 || o.port > 65535)
+    throw InvalidArgument(fmt::format("serve: --port must be in 0..65535, found {}", o.port));
+  if (o.max_prompt_bytes < 1) throw InvalidArgument("serve: --max-prompt-bytes must be >= 1");
+  if (o.max_tokens_limit < 1) throw InvalidArgument("serve: --max-tokens-limit must be >= 1");
+  if (o.default_max_tokens < 0 || o.default_max_tokens > o.max_tokens_limit)
+    throw InvalidArgument("serve: --default-max-tokens must be in 0..--max-tokens-limit");
+  serve::SchedulerOptions so;
+  so.policy = kv::PolicySpec(o.policy);  // a bad spec is a usage error before the model loads
+  so.threads = o.threads;
+  so.max_sessions = o.max_sessions;
+  so.kv_budget = o.kv_budget;
+  so.max_active = o.max_active;
+  if (o.max_sessions < 1) throw InvalidArgument("serve: --max-sessions must be >= 1");
+  if (o.max_active < 1) throw InvalidArgument("serve: --max-active must be >= 1");
+
+  // Every thread started from here on (pool, scheduler, HTTP workers) inherits this mask:
+  // SIGINT and SIGTERM are taken by one thread with sigwait.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  auto model = model::Model::load(o.model);
+  Server server(o, std::move(model), so);
+  int port = o.port;
+  if (o.port == 0) {
+    port = server.http().bind_to_any_port(o.host);
+    if (port < 0) throw IoError(fmt::format("serve: cannot bind {}:(any port)", o.host));
+  } else if (!server.http().bind_to_port(o.host, o.port)) {
+    throw IoError(
+        fmt::format("serve: cannot bind {}:{} (in use, or not an address here)", o.host, o.port));
+  }
+  fmt::print(stderr, "spillway serve: listening on http://{}:{} (model {}, policy {})\n", o.host,
+             port, o.model, o.policy);
+  std::fflush(stderr);
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool main_done = false;
+  bool got_signal = false;
+  std::thread waiter([&] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    {
+      std::lock_guard lk(mu);
+      if (main_done) return;
+      got_signal = true;
+    }
+    fmt::print(stderr, "spillway serve: {} received, shutting down\n",
+               sig == SIGINT ? "SIGINT" : "SIGTERM");
+    server.http().stop();  // no new connections; requests in flight may finish
+    std::unique_lock lk(mu);
+    if (!cv.wait_for(lk, std::chrono::duration<double>(o.shutdown_grace),
+                     [&] { return main_done; })) {
+      lk.unlock();
+      server.scheduler().stop();  // cancel what is left
+    }
+  });
+  server.http().listen_after_bind();
+  server.scheduler().stop();
+  {
+    std::lock_guard lk(mu);
+    main_done = true;
+  }
+  cv.notify_all();
+  if (!got_signal) kill(getpid(), SIGTERM);  // wake the waiter
+  waiter.join();
+  fmt::print(stderr, "spillway serve: stopped\n");
+  return 0;
+}
+
+Registrar reg("serve", [](CLI::App& app) {
+  auto o = std::make_shared<ServeCliOptions>();
+  auto* sub = app.add_subcommand(
+      "serve", "HTTP server with OpenAI-compatible endpoints (/v1/chat/completions, ...)");
+  sub->add_option("--model,-m", o->model, "GGUF model file")->capture_default_str();
+  sub->add_option("--host", o->host, "Address to bind")->capture_default_str();
+  sub->add_option("--port", o->port, "Port (0: any free port, printed on stderr)")
+      ->capture_default_str();
+  sub->add_option("--policy", o->policy, "KV-cache policy of every session: " + kv::policy_usage())
+      ->capture_default_str();
+  sub->add_option("--api-key", o->api_key, "Require 'Authorization: Bearer KEY'");
+  sub->add_option("--alias", o->alias, "Another name the model answers to")->capture_default_str();
+  sub->add_option("--threads,-t", o->threads, "Threads of the decode pool (0: all cores)");
+  sub->add_option("--max-sessions", o->max_sessions, "Sessions kept (idle ones evicted LRU)")
+      ->capture_default_str();
+  sub->add_option("--kv-budget", o->kv_budget,
+                  "KV storage bytes of all sessions together (0: no limit)")
+      ->capture_default_str();
+  sub->add_option("--max-active", o->max_active, "Requests decoding together")
+      ->capture_default_str();
+  sub->add_option("--max-prompt-bytes", o->max_prompt_bytes, "Largest prompt (else 413)")
+      ->capture_default_str();
+  sub->add_option("--max-tokens-limit", o->max_tokens_limit, "Largest max_tokens of a request")
+      ->capture_default_str();
+  sub->add_option("--default-max-tokens", o->default_max_tokens,
+                  "max_tokens of a request that gives none")
+      ->capture_default_str();
+  sub->add_option("--shutdown-grace", o->shutdown_grace,
+                  "Seconds requests in flight may take to finish after SIGINT/SIGTERM")
+      ->capture_default_str();
+  return [o] { return run_serve(*o); };
+});
+
+}  // namespace
+}  // namespace spillway::cli

@@ -1,0 +1,164 @@
+// The scheduler of `spillway serve`: one decode thread owns every Session and runs all
+// active requests together, one token of each per forward pass (BatchDecoder). New
+// requests' prompts are fed first, in chunks, through their own Session::feed between
+// steps. HTTP threads only submit jobs and read their events.
+//
+// Conversations: a job with a conversation id reuses that conversation's Session. The
+// scheduler keeps the tokens the session has consumed; when they are a prefix of the new
+// prompt only the rest is fed, otherwise the session is reset and fed the whole prompt.
+// Idle conversations are evicted least recently used first, to stay within max_sessions
+// and the KV byte budget. A conversation runs one job at a time; a second job for it
+// waits until the first ends.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "spillway/core/thread_pool.h"
+#include "spillway/kv/policy.h"
+#include "spillway/model/model.h"
+#include "spillway/session/batch.h"
+#include "spillway/session/generate.h"
+
+namespace spillway::serve {
+
+struct SchedulerOptions {
+  kv::PolicySpec policy = kv::PolicySpec("sink:4+1020");
+  int threads = 0;             // threads of the shared pool (0: all cores)
+  int64_t max_sessions = 32;   // sessions kept, active and idle together
+  uint64_t kv_budget = 0;      // bytes of KV storage of all sessions together (0: no limit)
+  int64_t max_active = 16;     // requests decoding together (tokens of one batched step)
+  int64_t prefill_chunk = 64;  // prompt tokens fed per request between two steps
+};
+
+struct Usage {
+  int64_t prompt_tokens = 0;  // tokens of the whole rendered prompt
+  int64_t cached_tokens = 0;  // of those, already in the conversation's session
+  int64_t completion_tokens = 0;
+};
+
+// What a job reports, in order: Admitted once, Text any number of times, then Done or
+// Error (the last event).
+struct Event {
+  enum class Kind { Admitted, Text, Done, Error };
+  Kind kind = Kind::Text;
+  std::string text;           // Text: the next piece; Error: the message
+  std::string finish_reason;  // Done: "stop" or "length"
+  Usage usage;                // Admitted (prompt and cached tokens) and Done
+  std::string reuse;          // Admitted: "none" (no conversation), "new", "prefix", "reset"
+  int status = 0;             // Error: HTTP status
+};
+
+struct JobSpec {
+  std::vector<TokenId> prompt;  // the whole rendered prompt (at least one token)
+  std::string conversation_id;  // empty: a fresh session, dropped at the end
+  SamplerParams sampling;
+  int64_t max_tokens = 256;
+  std::vector<std::string> stop;
+};
+
+// One request in the scheduler. The submitting thread reads events and may cancel; the
+// decode thread writes events.
+class Job {
+ public:
+  // The next event, waiting at most `timeout`; nullopt on timeout.
+  std::optional<Event> next(std::chrono::milliseconds timeout);
+  // Asks the scheduler to drop the job at its next step (the session stays consistent:
+  // it keeps the tokens it has consumed). No more events follow once noticed.
+  void cancel() { cancelled_.store(true); }
+  bool cancelled() const { return cancelled_.load(); }
+
+ private:
+  friend class Scheduler;
+  void push(Event e);
+
+  JobSpec spec_;
+  std::atomic<bool> cancelled_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Event> events_;
+};
+
+struct SchedulerMetrics {
+  int64_t jobs_completed = 0;
+  int64_t jobs_cancelled = 0;
+  int64_t jobs_failed = 0;
+  int64_t prompt_tokens = 0;         // fed (not counting reused ones)
+  int64_t cached_prompt_tokens = 0;  // reused from a conversation's session
+  int64_t completion_tokens = 0;
+  int64_t reuse_prefix = 0;  // conversation jobs that fed only the new suffix
+  int64_t reuse_reset = 0;   // conversation jobs whose session was reset and refed
+  int64_t reuse_new = 0;     // conversation jobs that started a new session
+  int64_t evictions = 0;
+  int64_t steps = 0;  // batched decode passes
+  int64_t active = 0;
+  int64_t queued = 0;
+  int64_t sessions = 0;       // alive (conversations and one-off requests)
+  int64_t conversations = 0;  // kept by id
+  uint64_t kv_bytes = 0;      // KV storage of all alive sessions
+  double tokens_per_s = 0;    // generated tokens per second over the last 10 s
+  double uptime_s = 0;
+};
+
+class Scheduler {
+ public:
+  // Starts the decode thread. The model must outlive the scheduler.
+  Scheduler(const model::Model& model, const SchedulerOptions& opts);
+  ~Scheduler();  // stop()
+
+  // Queues a job. Throws ApiError 503 once stopping.
+  std::shared_ptr<Job> submit(JobSpec spec);
+  // Cancels every queued and active job (each gets an Error event, 503) and joins the
+  // decode thread. Idempotent.
+  void stop();
+  SchedulerMetrics metrics() const;
+
+ private:
+  struct Conversation;
+  struct Active;
+  void run();
+  void admit();
+  bool make_room(bool need_new_session);
+  void prefill(Active& a);
+  void decode_step();
+  void on_token(Active& a, TokenId token);
+  void finish(Active& a, const std::string& reason);
+  void fail(Active& a, const std::string& message);
+  void release(Active& a);
+  void refresh_metrics();
+
+  const model::Model& model_;
+  SchedulerOptions opts_;
+  ThreadPool pool_;
+  BatchDecoder decoder_;
+  std::chrono::steady_clock::time_point start_;
+
+  mutable std::mutex mu_;  // guards queue_, stopping_, metrics_
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  bool stopping_ = false;
+  SchedulerMetrics metrics_;
+
+  // Decode thread only.
+  std::unordered_map<std::string, std::unique_ptr<Conversation>> conversations_;
+  std::vector<std::unique_ptr<Active>> active_;
+  int64_t anonymous_sessions_ = 0;
+  uint64_t session_bytes_estimate_ = 0;
+  uint64_t lru_clock_ = 0;
+  std::deque<std::pair<std::chrono::steady_clock::time_point, int64_t>> recent_tokens_;
+  SchedulerMetrics counters_;
+
+  std::thread thread_;
+};
+
+}  // namespace spillway::serve
