@@ -49,12 +49,16 @@ std::vector<int64_t> top_indices(std::span<const double> values, int64_t n) {
 }
 
 std::vector<double> ranks(std::span<const double> values) {
-  const size_t n = values.size();
-  std::vector<size_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
+  // NaN has no place in an order (and would break the sort's ordering): it gets rank NaN,
+  // and the other values are ranked among themselves.
+  std::vector<size_t> order;
+  order.reserve(values.size());
+  for (size_t i = 0; i < values.size(); ++i)
+    if (!std::isnan(values[i])) order.push_back(i);
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return values[a] < values[b]; });
-  std::vector<double> r(n);
+  std::vector<double> r(values.size(), kNaN);
+  const size_t n = order.size();
   for (size_t i = 0; i < n;) {
     size_t j = i;
     while (j + 1 < n && values[order[j + 1]] == values[order[i]]) ++j;

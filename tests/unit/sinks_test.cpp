@@ -207,6 +207,17 @@ TEST(SinkScores, AlphaAndSinkRateOnAHandBuiltMatrix) {
 TEST(SinkScores, RanksAndSpearman) {
   EXPECT_EQ(analysis::ranks(std::vector<double>{3, 1, 2, 1}),
             (std::vector<double>{4, 1.5, 3, 1.5}));
+  {
+    const double nan = std::nan("");
+    const auto r = analysis::ranks(std::vector<double>{3, nan, 1, 2, nan, 1});
+    ASSERT_EQ(r.size(), 6u);
+    EXPECT_EQ(r[0], 4.0);
+    EXPECT_TRUE(std::isnan(r[1]));
+    EXPECT_EQ(r[2], 1.5);
+    EXPECT_EQ(r[3], 3.0);
+    EXPECT_TRUE(std::isnan(r[4]));
+    EXPECT_EQ(r[5], 1.5);
+  }
   const std::vector<double> a = {1, 2, 3, 4, 5};
   EXPECT_NEAR(analysis::spearman(a, std::vector<double>{10, 20, 30, 40, 50}), 1.0, 1e-12);
   EXPECT_NEAR(analysis::spearman(a, std::vector<double>{5, 4, 3, 2, 1}), -1.0, 1e-12);

@@ -441,22 +441,43 @@ int run_sinks(const SinksOptions& o, bool policy_given) {
         fmt::print("\n  heads ranked by causal dependence (mean NLL change without the sinks):\n");
         fmt::print("  {:>4} {:>6} {:>10} {:>10} {:>10} {:>12}\n", "rank", "head", "dNLL",
                    "sink mass", "mass rank", "hidden ratio");
+        // Heads with sink mass (a head whose layer keeps no sinks, e.g. a local layer
+        // under local=native, has none: NaN) are ranked among themselves.
         const std::vector<double> mass_rank = analysis::ranks(mass);
+        const auto n_mass =
+            std::count_if(mass.begin(), mass.end(), [](double x) { return !std::isnan(x); });
+        int64_t n_pairs = 0, n_no_sinks = 0;
+        for (size_t k = 0; k < delta.size(); ++k) {
+          if (!std::isnan(delta[k]) && !std::isnan(mass[k])) ++n_pairs;
+          if (std::isnan(mass[k])) ++n_no_sinks;
+        }
         const auto top = analysis::top_indices(delta, 15);
         for (size_t i = 0; i < top.size(); ++i) {
           const int64_t k = top[i];
-          fmt::print("  {:>4} {:>6} {:>+10.4f} {:>10.3f} {:>10.0f} {:>12.1f}\n", i + 1,
-                     fmt::format("{}:{}", k / H, k % H), delta[static_cast<size_t>(k)],
-                     mass[static_cast<size_t>(k)],
-                     static_cast<double>(L * H) + 1 - mass_rank[static_cast<size_t>(k)],
+          const auto kk = static_cast<size_t>(k);
+          if (std::isnan(delta[kk])) break;  // not ablated (no sink slots)
+          fmt::print("  {:>4} {:>6} {:>+10.4f} {:>10} {:>10} {:>12.1f}\n", i + 1,
+                     fmt::format("{}:{}", k / H, k % H), delta[kk],
+                     std::isnan(mass[kk]) ? "-" : fmt::format("{:.3f}", mass[kk]),
+                     std::isnan(mass_rank[kk])
+                         ? "-"
+                         : fmt::format("{:.0f}", static_cast<double>(n_mass) + 1 - mass_rank[kk]),
                      a["sink_hidden_ratio"][static_cast<size_t>(k / H)].get<double>());
         }
+        if (n_no_sinks > 0)
+          fmt::print(
+              "  ({} of {} heads keep no sink slots under this policy (layers with a native "
+              "window): no sink mass, not ranked)\n",
+              n_no_sinks, L * H);
         const auto& sp = a["spearman"];
+        auto num = [](const nlohmann::json& x) {
+          return x.is_null() ? std::nan("") : x.get<double>();
+        };
         fmt::print(
-            "\n  Spearman rank correlations over {} heads: dNLL vs sink mass {:.2f}, dNLL vs "
-            "sink hidden norm {:.2f}, sink mass vs hidden norm {:.2f}\n",
-            L * H, sp["delta_vs_mass"].get<double>(), sp["delta_vs_hidden"].get<double>(),
-            sp["mass_vs_hidden"].get<double>());
+            "\n  Spearman rank correlations over the {} heads with both values: dNLL vs sink "
+            "mass {:.2f}, dNLL vs sink hidden norm {:.2f}, sink mass vs hidden norm {:.2f}\n",
+            n_pairs, num(sp["delta_vs_mass"]), num(sp["delta_vs_hidden"]),
+            num(sp["mass_vs_hidden"]));
       }
       fmt::print("  ({:.0f} s)\n", a["seconds"].get<double>());
     }

@@ -27,7 +27,8 @@ double sink_rate(std::span<const double> scores, double eps);
 // Indices of the `n` largest values, largest first (ties: lower index first).
 std::vector<int64_t> top_indices(std::span<const double> values, int64_t n);
 
-// Ranks 1..n (ties get their average rank), and Spearman's rank correlation (Pearson's
+// Ranks 1..m of the m values that are not NaN (ties get their average rank; a NaN gets
+// rank NaN), and Spearman's rank correlation (Pearson's
 // correlation of the ranks over the pairs without a NaN; NaN when fewer than two remain,
 // either side is constant, or the sizes differ).
 std::vector<double> ranks(std::span<const double> values);
