@@ -7,10 +7,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "ops/kernels.h"
 #include "spillway/core/error.h"
 #include "spillway/core/quant.h"
 #include "spillway/core/types.h"
@@ -547,8 +549,75 @@ TEST(Matmul, RejectsMismatchedShapes) {
 
 TEST(Matmul, ReportsAKernelFamily) {
   const std::string isa = kernel_isa();
-  EXPECT_TRUE(isa == "avx2" || isa == "scalar") << isa;
+  EXPECT_TRUE(isa == "avx512-vnni" || isa == "avx2" || isa == "scalar") << isa;
   EXPECT_EQ(available_isas().front(), KernelIsa::kScalar);
+  EXPECT_EQ(detail::kernels().isa,
+            detail::select_isa(detail::cpu_features(), std::getenv("SPILLWAY_ISA")));
+  EXPECT_EQ(isa, isa_name(detail::kernels().isa));
+}
+
+// The families listed are those the CPU runs, narrowest first; each table reports its own
+// family and has every integer kernel; a family the CPU lacks is refused.
+TEST(Matmul, AvailableFamiliesMatchTheCpu) {
+  const detail::CpuFeatures& cpu = detail::cpu_features();
+  std::vector<KernelIsa> want{KernelIsa::kScalar};
+  if (cpu.avx2) want.push_back(KernelIsa::kAvx2);
+  if (cpu.avx512_vnni) want.push_back(KernelIsa::kAvx512Vnni);
+  EXPECT_EQ(available_isas(), want);
+  EXPECT_TRUE(!cpu.avx512_vnni || cpu.avx2);
+  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni}) {
+    if (!detail::can_run(cpu, isa)) {
+      EXPECT_THROW(detail::kernels_for(isa), UnsupportedError) << isa_name(isa);
+      const TestMatrix m = make_matrix(DType::Q8_0, 3, 64, 1);
+      const TestActs a = make_acts(1, 64, 2);
+      Activations acts;
+      acts.set(a.x, 1, 64);
+      ThreadPool pool(1);
+      std::vector<float> y(3);
+      EXPECT_THROW(matmul_with(isa, m.w, acts, y.data(), 3, pool), UnsupportedError);
+      continue;
+    }
+    const detail::Kernels& k = detail::kernels_for(isa);
+    EXPECT_EQ(k.isa, isa);
+    for (detail::TileFn f : {k.matmul.q4_0, k.matmul.q4_1, k.matmul.q5_0, k.matmul.q5_1,
+                             k.matmul.q8_0, k.matmul.q4_k, k.matmul.q6_k}) {
+      EXPECT_NE(f, nullptr) << isa_name(isa);
+    }
+    EXPECT_NE(k.matmul.dot_f32, nullptr);
+    EXPECT_NE(k.attend_piece, nullptr);
+    EXPECT_NE(k.rmsnorm, nullptr);
+    EXPECT_NE(k.softmax, nullptr);
+    EXPECT_NE(k.swiglu, nullptr);
+    EXPECT_NE(k.geglu, nullptr);
+  }
+}
+
+// The choice of a family: the best the CPU runs; SPILLWAY_ISA picks a narrower one, or a
+// name of the AVX-512 family, only where the CPU runs it; anything else is ignored.
+TEST(Matmul, FamilySelectionHonoursTheCpuAndTheOverride) {
+  const detail::CpuFeatures none{}, avx2{true, false}, avx512{true, true};
+  using K = KernelIsa;
+  EXPECT_EQ(detail::select_isa(none, nullptr), K::kScalar);
+  EXPECT_EQ(detail::select_isa(avx2, nullptr), K::kAvx2);
+  EXPECT_EQ(detail::select_isa(avx512, nullptr), K::kAvx512Vnni);
+  for (const char* name : {"avx512", "avx512-vnni"}) {
+    EXPECT_EQ(detail::select_isa(avx512, name), K::kAvx512Vnni) << name;
+    EXPECT_EQ(detail::select_isa(avx2, name), K::kAvx2) << name;  // ignored: best instead
+    EXPECT_EQ(detail::select_isa(none, name), K::kScalar) << name;
+  }
+  EXPECT_EQ(detail::select_isa(avx512, "avx2"), K::kAvx2);
+  EXPECT_EQ(detail::select_isa(avx512, "scalar"), K::kScalar);
+  EXPECT_EQ(detail::select_isa(avx2, "scalar"), K::kScalar);
+  EXPECT_EQ(detail::select_isa(none, "avx2"), K::kScalar);
+  EXPECT_EQ(detail::select_isa(avx512, ""), K::kAvx512Vnni);
+  EXPECT_EQ(detail::select_isa(avx512, "AVX2"), K::kAvx512Vnni);
+  EXPECT_EQ(detail::select_isa(avx512, "avx512vnni"), K::kAvx512Vnni);
+  EXPECT_EQ(detail::select_isa(avx2, "sse"), K::kAvx2);
+  EXPECT_TRUE(detail::can_run(none, K::kScalar));
+  EXPECT_FALSE(detail::can_run(none, K::kAvx2));
+  EXPECT_FALSE(detail::can_run(avx2, K::kAvx512Vnni));
+  EXPECT_TRUE(detail::can_run(avx512, K::kAvx512Vnni));
+  EXPECT_STREQ(isa_name(K::kAvx512Vnni), "avx512-vnni");
 }
 
 }  // namespace
