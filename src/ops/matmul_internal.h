@@ -1,5 +1,5 @@
 // Private to ops/: the activation block layouts and the matmul part of a kernel table
-// (kernels.h). Each kernel family (scalar, AVX2) fills one MatmulKernels.
+// (kernels.h). Each kernel family (scalar, AVX2, AVX-512 VNNI) fills one MatmulKernels.
 #pragma once
 
 #include <cmath>
@@ -59,5 +59,8 @@ struct MatmulKernels {
 const MatmulKernels& scalar_matmul_kernels();
 // Only valid when the CPU supports AVX2, FMA and F16C.
 const MatmulKernels& avx2_matmul_kernels();
+// Only valid when the CPU supports AVX-512 F/BW/VL/DQ and VNNI. Entries without an
+// AVX-512 kernel (dot_f32) are null: kernels.cpp keeps AVX2's there.
+const MatmulKernels& avx512_matmul_kernels();
 
 }  // namespace spillway::ops::detail

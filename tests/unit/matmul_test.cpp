@@ -620,5 +620,63 @@ TEST(Matmul, FamilySelectionHonoursTheCpuAndTheOverride) {
   EXPECT_STREQ(isa_name(K::kAvx512Vnni), "avx512-vnni");
 }
 
+// The AVX-512 VNNI kernels (vpdpbusd / vpdpwssd) compute the AVX2 kernels' integer block
+// sums with other instructions and then the same float arithmetic: against the scalar
+// reference within the bound the AVX2 kernels are held to, and equal to AVX2 bit for bit.
+// Rows around the 8-row groups and 64-row panels, one block and many blocks per row,
+// T = 1 and T > 1 (tile remainders), 1 and 2 threads, misaligned weights and outputs.
+TEST(Matmul, Avx512VnniKernelsMatchScalarAndEqualAvx2) {
+  const std::vector<KernelIsa> isas = available_isas();
+  if (std::find(isas.begin(), isas.end(), KernelIsa::kAvx512Vnni) == isas.end()) {
+    GTEST_SKIP() << "this CPU (or OS) does not run the avx512-vnni family";
+  }
+  ThreadPool pools[2] = {ThreadPool(1), ThreadPool(2)};
+  uint32_t seed = 900;
+  for (DType t : kIntegerTypes) {
+    const bool k_type = dtype_info(t).block_size == kQKK;
+    for (int64_t cols : k_type ? std::vector<int64_t>{256, 1536} : std::vector<int64_t>{32, 576}) {
+      for (int64_t rows : {1, 5, 9, 23, 67, 131}) {
+        const TestMatrix m = make_matrix(t, rows, cols, seed++);
+        for (int64_t T : {1, 3, 6}) {
+          SCOPED_TRACE(::testing::Message()
+                       << dtype_name(t) << " " << rows << "x" << cols << " T " << T);
+          const TestActs a = make_acts(T, cols, seed++);
+          const int64_t ldy = rows + 1;
+          std::vector<float> ref(static_cast<size_t>(T * ldy), 0.0f);
+          {
+            Activations acts;
+            acts.set(a.x, T, cols);
+            matmul_with(KernelIsa::kScalar, m.w, acts, ref.data(), ldy, pools[0]);
+          }
+          for (ThreadPool& pool : pools) {
+            std::vector<float> y2(static_cast<size_t>(T * ldy + 1), -7.0f), y5(y2);
+            Activations a2, a5;
+            a2.set(a.x, T, cols);
+            a5.set(a.x, T, cols);
+            matmul_with(KernelIsa::kAvx2, m.w, a2, y2.data() + 1, ldy, pool);
+            matmul_with(KernelIsa::kAvx512Vnni, m.w, a5, y5.data() + 1, ldy, pool);
+            for (int64_t tt = 0; tt < T; ++tt) {
+              for (int64_t r = 0; r < ldy; ++r) {
+                const float got = y5[1 + tt * ldy + r];
+                if (r >= rows) {
+                  ASSERT_EQ(got, -7.0f) << "padding written at (" << tt << ", " << r << ")";
+                  continue;
+                }
+                const double mag = magnitude(m, a.x + tt * cols, r);
+                ASSERT_NEAR(got, ref[tt * ldy + r], 1e-5 * mag + 1e-30)
+                    << "threads " << pool.size() << " at (" << tt << ", " << r << ")";
+                const float want = y2[1 + tt * ldy + r];
+                ASSERT_EQ(std::memcmp(&got, &want, sizeof(float)), 0)
+                    << "threads " << pool.size() << " at (" << tt << ", " << r << "): " << got
+                    << " vs avx2 " << want;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace spillway::ops
