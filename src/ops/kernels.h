@@ -95,4 +95,13 @@ void rmsnorm_avx2(const float* x, const float* w, float* y, int64_t n, float eps
 void attend_piece_avx2(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
                        int64_t total, const void* k, const void* v, float* part);
 
+// AVX-512 (ops_avx512.cpp, attention_avx512.cpp; only when cpu_features().avx512_vnni):
+// the same exp polynomial 16 lanes wide. attend_piece_avx512 needs head_dim % 32 == 0.
+void swiglu_avx512(float* gate, const float* up, int64_t n);
+void geglu_avx512(float* gate, const float* up, int64_t n);
+void softmax_avx512(float* x, int64_t n);
+void rmsnorm_avx512(const float* x, const float* w, float* y, int64_t n, float eps);
+void attend_piece_avx512(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
+                         int64_t total, const void* k, const void* v, float* part);
+
 }  // namespace spillway::ops::detail
