@@ -1,10 +1,12 @@
-// Kernel benchmarks: quantized matvec / matmul at the models' shapes (rows x cols) for
-// T = 1 (decode: reported as weight GB/s) and T = 64, 512 (prefill: GFLOP/s), per kernel
-// family and for 1 and 2 threads; T = 1 again with the weights coming from memory instead
-// of the cache (matvec_cold: what decode sees); plus a single-thread streaming read of a
-// 512 MB buffer (the memory bandwidth bound of decode).
-//   SmolLM2-135M: Q4_1 projections 1536x576 and 576x1536, the Q8_0 tied output matrix
-//   49152x576.
+// Kernel benchmarks, per kernel family (scalar, avx2, avx512-vnni: those the CPU runs):
+// quantized matvec / matmul at the models' shapes (rows x cols) for T = 1 (decode:
+// reported as weight GB/s) and T = 64, 512 (prefill: GFLOP/s), for 1 and 2 threads; T = 1
+// again with the weights coming from memory instead of the cache (matvec_cold: what decode
+// sees); attention of one layer and the row ops (rmsnorm, softmax, swiglu, geglu) at the
+// models' sizes; plus a single-thread streaming read of a 512 MB buffer (the memory
+// bandwidth bound of decode).
+//   SmolLM2-135M: Q4_1 projections 576x576, 1536x576 and 576x1536, the Q8_0 tied output
+//   matrix 49152x576.
 //   Gemma 3 270M: Q5_0 attn_q / ffn_gate / ffn_up 1024x640 and 2048x640 (Q5_1 at the same
 //   shape for comparison), Q4_K attn_output 640x1024 and ffn_down 640x2048, Q6_K ffn_down
 //   640x2048, the Q8_0 tied output matrix 262144x640 (178 MB; T = 1 and 64: decode, and
@@ -12,8 +14,11 @@
 //
 //   bench_kernels --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 //   bench_kernels --benchmark_filter='/(Q4_K|Q6_K)/.*/T1/'     # one family of rows
+//   bench_kernels --benchmark_filter='^(attention|rowop)/'     # attention and row ops
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -23,6 +28,7 @@
 
 #include <fmt/format.h>
 
+#include "ops/kernels.h"
 #include "spillway/core/quant.h"
 #include "spillway/core/thread_pool.h"
 #include "spillway/core/types.h"
@@ -123,11 +129,14 @@ void bench_matvec_cold(benchmark::State& state, KernelIsa isa, DType t, int64_t 
       benchmark::Counter::kIsRate);
 }
 
-// Decode attention of one layer at SmolLM2's shape (9 query heads, 3 KV heads, head_dim
-// 64) over `span` cached keys, piece by piece and merged, on one thread; the cache of one
-// layer stays in L2/L3 here, so this is the compute side (KV GB/s from cache).
-void bench_attention(benchmark::State& state, spillway::DType kv_type, int64_t span) {
-  const int64_t nh = 9, nkv = 3, hd = 64;
+// Decode attention of one layer (n_head query heads, n_kv KV heads of head_dim) over `span`
+// cached keys with one family's piece kernel, piece by piece and merged, on one thread;
+// the cache of one layer stays in L2/L3 here, so this is the compute side (KV GB/s from
+// cache).
+void bench_attention(benchmark::State& state, KernelIsa isa, spillway::DType kv_type, int64_t nh,
+                     int64_t nkv, int64_t hd, int64_t span) {
+  namespace ops = spillway::ops;
+  const ops::detail::Kernels& ks = ops::detail::kernels_for(isa);
   const size_t n = static_cast<size_t>(nkv * span * hd);
   std::mt19937 rng(3);
   std::normal_distribution<float> nd;
@@ -143,15 +152,20 @@ void bench_attention(benchmark::State& state, spillway::DType kv_type, int64_t s
   const bool f16 = kv_type == spillway::DType::F16;
   const void* k = f16 ? static_cast<const void*>(kh.data()) : kf.data();
   const void* v = f16 ? static_cast<const void*>(vh.data()) : vf.data();
-  const spillway::ops::AttentionShape s{nh, nkv, hd, span * hd, kv_type, 0.125f};
+  const ops::AttentionShape s{nh, nkv, hd, span * hd, kv_type, 1.0f / std::sqrt(float(hd))};
   // Two runs, as a sink policy has.
-  const spillway::ops::KeyRun runs[2] = {{0, 4, q.data()},
-                                         {4, static_cast<int32_t>(span), q.data()}};
-  std::vector<float> scratch(static_cast<size_t>(spillway::ops::attention_pieces(span) *
-                                                 spillway::ops::attention_part_floats(s)));
+  const ops::KeyRun runs[2] = {{0, 4, q.data()}, {4, static_cast<int32_t>(span), q.data()}};
+  const int64_t n_pieces = ops::attention_pieces(span);
+  const int64_t pf = ops::attention_part_floats(s);
+  std::vector<float> scratch(static_cast<size_t>(n_pieces * pf));
   for (auto _ : state) {
     for (int64_t g = 0; g < nkv; ++g) {
-      spillway::ops::attend_group(s, g, runs, 2, k, v, out.data(), scratch.data());
+      for (int64_t p = 0; p < n_pieces; ++p) {
+        ops::detail::attend_piece_with(ks, s, g, runs, 2, p * ops::kAttnPiece,
+                                       std::min(span, (p + 1) * ops::kAttnPiece), k, v,
+                                       scratch.data() + p * pf);
+      }
+      ops::attend_merge(s, g, scratch.data(), n_pieces, out.data());
     }
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
@@ -159,6 +173,35 @@ void bench_attention(benchmark::State& state, spillway::DType kv_type, int64_t s
   state.counters["KV GB/s"] = benchmark::Counter(
       2.0 * static_cast<double>(n) * (f16 ? 2 : 4) * static_cast<double>(state.iterations()) / 1e9,
       benchmark::Counter::kIsRate);
+}
+
+// One family's row op over n elements (values as in a model: normal, gates spread wider).
+// The in-place ops start from the same values each iteration: the copy of n floats back
+// into place is timed with them (the same for every family).
+void bench_rowop(benchmark::State& state, KernelIsa isa, const std::string& op, int64_t n) {
+  const spillway::ops::detail::Kernels& ks = spillway::ops::detail::kernels_for(isa);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<float> x0(static_cast<size_t>(n)), w(x0.size()), x(x0.size());
+  for (auto& v : x0) v = nd(rng);
+  for (auto& v : w) v = nd(rng);
+  const size_t bytes = x0.size() * sizeof(float);
+  for (auto _ : state) {
+    if (op == "rmsnorm") {
+      ks.rmsnorm(x0.data(), w.data(), x.data(), n, 1e-6f);
+    } else {
+      std::memcpy(x.data(), x0.data(), bytes);
+      if (op == "softmax") {
+        ks.softmax(x.data(), n);
+      } else if (op == "swiglu") {
+        ks.swiglu(x.data(), w.data(), n);
+      } else {
+        ks.geglu(x.data(), w.data(), n);
+      }
+    }
+    benchmark::DoNotOptimize(x.data());
+    benchmark::ClobberMemory();
+  }
 }
 
 void bench_stream_read(benchmark::State& state) {
@@ -189,7 +232,9 @@ int main(int argc, char** argv) {
   };
   const Shape shapes[] = {
       // SmolLM2-135M
+      {DType::Q4_1, 576, 576},
       {DType::Q4_1, 1536, 576},
+      {DType::Q4_0, 1536, 576},  // for comparison (Q4_1 without the min)
       {DType::Q4_1, 576, 1536},
       {DType::Q8_0, 49152, 576},
       // Gemma 3 270M
@@ -233,12 +278,41 @@ int main(int argc, char** argv) {
       }
     }
   }
-  for (spillway::DType kv : {spillway::DType::F32, spillway::DType::F16}) {
-    for (int64_t span : {128, 1024, 4096}) {
+  struct AttnShape {
+    const char* model;
+    int64_t nh, nkv, hd;
+  };
+  for (KernelIsa isa : spillway::ops::available_isas()) {
+    for (const AttnShape& a : {AttnShape{"smollm2", 9, 3, 64}, AttnShape{"gemma3", 4, 1, 256}}) {
+      for (spillway::DType kv : {spillway::DType::F32, spillway::DType::F16}) {
+        for (int64_t span : {128, 1024, 4096}) {
+          const std::string name =
+              fmt::format("attention/{}/{}/{}/{}x{}x{}/span{}", spillway::ops::isa_name(isa),
+                          a.model, spillway::dtype_name(kv), a.nh, a.nkv, a.hd, span);
+          benchmark::RegisterBenchmark(
+              name.c_str(),
+              [=](benchmark::State& st) { bench_attention(st, isa, kv, a.nh, a.nkv, a.hd, span); })
+              ->Unit(benchmark::kMicrosecond)
+              ->UseRealTime();
+        }
+      }
+    }
+  }
+  struct RowOp {
+    const char* op;
+    int64_t n;
+  };
+  // rmsnorm over a hidden state (576, 640), softmax over a vocabulary (49152), the gated
+  // FFN activations (1536 SmolLM2, 2048 Gemma).
+  const RowOp row_ops[] = {
+      {"rmsnorm", 576}, {"rmsnorm", 640}, {"softmax", 49152}, {"swiglu", 1536}, {"geglu", 2048}};
+  for (KernelIsa isa : spillway::ops::available_isas()) {
+    for (const RowOp& r : row_ops) {
       const std::string name =
-          fmt::format("attention/{}/9x3x64/span{}", spillway::dtype_name(kv), span);
+          fmt::format("rowop/{}/{}/n{}", spillway::ops::isa_name(isa), r.op, r.n);
+      const std::string op = r.op;
       benchmark::RegisterBenchmark(name.c_str(),
-                                   [=](benchmark::State& st) { bench_attention(st, kv, span); })
+                                   [=](benchmark::State& st) { bench_rowop(st, isa, op, r.n); })
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
     }

@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-#include "matmul_internal.h"
+#include "kernels.h"
 #include "spillway/core/error.h"
 
 namespace spillway::ops {
@@ -16,11 +16,6 @@ namespace {
 inline float load_elem(const void* base, int64_t idx, DType t) {
   return t == DType::F32 ? static_cast<const float*>(base)[idx]
                          : f16_to_f32(static_cast<const uint16_t*>(base)[idx]);
-}
-
-bool use_avx2(const AttentionShape& s) {
-  static const bool cpu = detail::cpu_has_avx2();
-  return cpu && s.head_dim % 16 == 0;
 }
 
 // The parts of the runs that fall in positions [n0, n1) of their concatenation, into
@@ -40,9 +35,11 @@ int clip_runs(const KeyRun* runs, int n_runs, int64_t n0, int64_t n1, KeyRun* ou
   return n;
 }
 
-// Plain-loop piece: the same contract as the AVX2 kernel.
-void piece_scalar(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
-                  const void* k, const void* v, float* part) {
+}  // namespace
+
+// Plain-loop piece: the reference of the SIMD pieces.
+void detail::attend_piece_scalar(const AttentionShape& s, int64_t kv_head, const KeyRun* sub,
+                                 int n_sub, int64_t, const void* k, const void* v, float* part) {
   const int64_t d = s.head_dim;
   const int64_t G = s.n_head / s.n_head_kv;
   const int64_t head = kv_head * s.head_stride;
@@ -74,10 +71,9 @@ void piece_scalar(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, i
   }
 }
 
-}  // namespace
-
-void attend_piece(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
-                  int64_t n0, int64_t n1, const void* k, const void* v, float* part) {
+void detail::attend_piece_with(const Kernels& ks, const AttentionShape& s, int64_t kv_head,
+                               const KeyRun* runs, int n_runs, int64_t n0, int64_t n1,
+                               const void* k, const void* v, float* part) {
   if (n0 < 0 || n1 <= n0 || n1 - n0 > kAttnPiece) {
     throw InvalidArgument(
         fmt::format("attend_piece: bad key range [{}, {}) (at most {} keys)", n0, n1, kAttnPiece));
@@ -92,11 +88,16 @@ void attend_piece(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, 
                     "({} keys in it)",
                     n0, n1, total));
   }
-  if (use_avx2(s)) {
-    detail::attend_piece_avx2(s, kv_head, sub, n_sub, total, k, v, part);
+  if (s.head_dim % ks.attend_dim_multiple == 0) {
+    ks.attend_piece(s, kv_head, sub, n_sub, total, k, v, part);
   } else {
-    piece_scalar(s, kv_head, sub, n_sub, k, v, part);
+    detail::attend_piece_scalar(s, kv_head, sub, n_sub, total, k, v, part);
   }
+}
+
+void attend_piece(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
+                  int64_t n0, int64_t n1, const void* k, const void* v, float* part) {
+  detail::attend_piece_with(detail::kernels(), s, kv_head, runs, n_runs, n0, n1, k, v, part);
 }
 
 void attend_merge(const AttentionShape& s, int64_t kv_head, const float* parts, int64_t n_pieces,

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "matmul_internal.h"
+#include "kernels.h"
 #include "spillway/ops/attention.h"
 
 #if defined(__clang__)

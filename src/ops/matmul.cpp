@@ -1,24 +1,22 @@
-// Activation quantization, kernel-family dispatch and the split of products over threads.
+// Activation quantization, the matmul entries of the kernel table (kernels.h) and the
+// split of products over threads.
 #include "spillway/ops/matmul.h"
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <string>
-#include <string_view>
 
 #include <fmt/format.h>
 
-#include "matmul_internal.h"
+#include "kernels.h"
 #include "spillway/core/error.h"
 #include "spillway/core/quant.h"
 #include "spillway/ops/ops.h"
 
 namespace spillway::ops {
 
-using detail::cpu_has_avx2;
-using detail::KernelSet;
+using detail::MatmulKernels;
 using detail::TileFn;
 
 namespace {
@@ -74,35 +72,11 @@ void quantize_row_q8k(const float* x, int64_t cols, std::byte* out) {
   }
 }
 
-// The default family: the best the CPU runs, unless SPILLWAY_ISA names another
-// ("scalar", "avx2") that it can run.
-KernelIsa detect_default_isa() {
-  KernelIsa best = cpu_has_avx2() ? KernelIsa::kAvx2 : KernelIsa::kScalar;
-  if (const char* env = std::getenv("SPILLWAY_ISA")) {
-    const std::string_view v(env);
-    if (v == "scalar") return KernelIsa::kScalar;
-    if (v == "avx2" && best == KernelIsa::kAvx2) return KernelIsa::kAvx2;
-  }
-  return best;
+const MatmulKernels& default_kernels() {
+  return detail::kernels().matmul;
 }
 
-KernelIsa default_isa() {
-  static const KernelIsa isa = detect_default_isa();
-  return isa;
-}
-
-const KernelSet& kernels_for(KernelIsa isa) {
-  switch (isa) {
-    case KernelIsa::kAvx2:
-      if (!cpu_has_avx2()) throw UnsupportedError("matmul: this CPU has no AVX2/FMA/F16C");
-      return detail::avx2_kernels();
-    case KernelIsa::kScalar:
-      break;
-  }
-  return detail::scalar_kernels();
-}
-
-TileFn tile_for(const KernelSet& ks, DType t) {
+TileFn tile_for(const MatmulKernels& ks, DType t) {
   switch (t) {
     case DType::Q4_0:
       return ks.q4_0;
@@ -151,7 +125,7 @@ void check_shapes(const WeightMatrix& w, const Activations& x, int64_t ldy) {
 
 // Rows of the f32 fallback: each weight row is dequantized once (into a per-thread
 // buffer) and dotted with every activation row.
-void matmul_fallback(const KernelSet& ks, const WeightMatrix& w, const Activations& x, float* y,
+void matmul_fallback(const MatmulKernels& ks, const WeightMatrix& w, const Activations& x, float* y,
                      int64_t ldy, ThreadPool& pool) {
   const int64_t T = x.n_rows(), cols = w.cols;
   const float* xf = x.f32();
@@ -171,8 +145,8 @@ void matmul_fallback(const KernelSet& ks, const WeightMatrix& w, const Activatio
   });
 }
 
-void matmul_impl(const KernelSet& ks, const WeightMatrix& w, Activations& x, float* y, int64_t ldy,
-                 ThreadPool& pool) {
+void matmul_impl(const MatmulKernels& ks, const WeightMatrix& w, Activations& x, float* y,
+                 int64_t ldy, ThreadPool& pool) {
   check_shapes(w, x, ldy);
   const int64_t T = x.n_rows(), rows = w.rows;
   if (T <= 0 || rows == 0) return;
@@ -237,12 +211,12 @@ const void* Activations::q8_k(ThreadPool& pool) {
 }
 
 void matmul(const WeightMatrix& w, Activations& x, float* y, int64_t ldy, ThreadPool& pool) {
-  matmul_impl(kernels_for(default_isa()), w, x, y, ldy, pool);
+  matmul_impl(default_kernels(), w, x, y, ldy, pool);
 }
 
 void matmul_with(KernelIsa isa, const WeightMatrix& w, Activations& x, float* y, int64_t ldy,
                  ThreadPool& pool) {
-  matmul_impl(kernels_for(isa), w, x, y, ldy, pool);
+  matmul_impl(detail::kernels_for(isa).matmul, w, x, y, ldy, pool);
 }
 
 namespace {
@@ -261,7 +235,7 @@ bool fusable(const MatmulOut* outs, int n, const Activations& x) {
 }
 
 // Runs the products as one job over blocks of kRowGrain rows of each matrix.
-void fused_job(const KernelSet& ks, const MatmulOut* outs, int n, Activations& x,
+void fused_job(const MatmulKernels& ks, const MatmulOut* outs, int n, Activations& x,
                ThreadPool& pool) {
   TileFn tiles[kMaxFused];
   const void* xq[kMaxFused];
@@ -302,7 +276,7 @@ void matmul_many(const MatmulOut* outs, int n, Activations& x, ThreadPool& pool)
     for (int i = 0; i < n; ++i) matmul(*outs[i].w, x, outs[i].y, outs[i].ldy, pool);
     return;
   }
-  fused_job(kernels_for(default_isa()), outs, n, x, pool);
+  fused_job(default_kernels(), outs, n, x, pool);
 }
 
 void matmul_swiglu(const WeightMatrix& w_gate, const WeightMatrix& w_up, Activations& x,
@@ -321,7 +295,7 @@ void matmul_swiglu(const WeightMatrix& w_gate, const WeightMatrix& w_up, Activat
   // Gate and up blocks interleave (gate rows [r0, r1), then the same rows of up) so that
   // the thread that finishes a block of up also holds that block of gate.
   const int64_t blocks = (w_gate.rows + kRowGrain - 1) / kRowGrain;
-  const KernelSet& ks = kernels_for(default_isa());
+  const MatmulKernels& ks = default_kernels();
   check_shapes(w_gate, x, ld);
   check_shapes(w_up, x, ld);
   const TileFn tg = tile_for(ks, w_gate.type), tu = tile_for(ks, w_up.type);
@@ -343,6 +317,8 @@ void matvec(const WeightMatrix& w, const float* x, float* y, ThreadPool& pool) {
 
 const char* isa_name(KernelIsa isa) {
   switch (isa) {
+    case KernelIsa::kAvx512Vnni:
+      return "avx512-vnni";
     case KernelIsa::kAvx2:
       return "avx2";
     case KernelIsa::kScalar:
@@ -352,17 +328,19 @@ const char* isa_name(KernelIsa isa) {
 }
 
 const char* kernel_isa() {
-  return isa_name(default_isa());
+  return isa_name(detail::kernels().isa);
 }
 
 std::vector<KernelIsa> available_isas() {
-  std::vector<KernelIsa> v{KernelIsa::kScalar};
-  if (cpu_has_avx2()) v.push_back(KernelIsa::kAvx2);
+  std::vector<KernelIsa> v;
+  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni}) {
+    if (detail::can_run(detail::cpu_features(), isa)) v.push_back(isa);
+  }
   return v;
 }
 
 bool has_integer_kernel(DType t) {
-  return tile_for(detail::scalar_kernels(), t) != nullptr;
+  return tile_for(detail::scalar_matmul_kernels(), t) != nullptr;
 }
 
 }  // namespace spillway::ops

@@ -1,5 +1,5 @@
-// Private to ops/: the activation block layouts and the kernel tables the matmul
-// dispatcher picks from. Each kernel family (scalar, AVX2) fills one KernelSet.
+// Private to ops/: the activation block layouts and the matmul part of a kernel table
+// (kernels.h). Each kernel family (scalar, AVX2, AVX-512 VNNI) fills one MatmulKernels.
 #pragma once
 
 #include <cmath>
@@ -7,7 +7,6 @@
 #include <cstdint>
 
 #include "spillway/core/quant.h"
-#include "spillway/ops/attention.h"
 #include "spillway/ops/matmul.h"
 
 namespace spillway::ops::detail {
@@ -46,7 +45,7 @@ using TileFn = void (*)(const WeightMatrix& w, const void* xq, int64_t r0, int64
 // f32 dot product of n elements.
 using DotF32Fn = float (*)(const float* a, const float* b, int64_t n);
 
-struct KernelSet {
+struct MatmulKernels {
   TileFn q4_0 = nullptr;
   TileFn q4_1 = nullptr;
   TileFn q5_0 = nullptr;
@@ -57,38 +56,11 @@ struct KernelSet {
   DotF32Fn dot_f32 = nullptr;
 };
 
-// Whether the CPU runs the AVX2 family (AVX2 + FMA + F16C).
-inline bool cpu_has_avx2() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
-#else
-  return false;
-#endif
-}
-
-const KernelSet& scalar_kernels();
+const MatmulKernels& scalar_matmul_kernels();
 // Only valid when the CPU supports AVX2, FMA and F16C.
-const KernelSet& avx2_kernels();
-
-// AVX2 versions of the exp-heavy row ops (ops_avx2.cpp); same contracts as in ops.h.
-// exp is a range-reduced polynomial: relative error below 1e-6 against std::exp for
-// inputs in [-87, 88]; below -87.3 it returns 0, above 88.7 +inf.
-void swiglu_avx2(float* gate, const float* up, int64_t n);
-void geglu_avx2(float* gate, const float* up, int64_t n);
-
-// GELU, tanh form: 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3).
-inline float gelu_tanh(float x) {
-  const float u2 = 1.5957691216057308f * (x + 0.044715f * x * x * x);  // 2u
-  return x / (1.0f + std::exp(-u2));
-}
-void softmax_avx2(float* x, int64_t n);
-void rmsnorm_avx2(const float* x, const float* w, float* y, int64_t n, float eps);
-
-// AVX2 attention piece (attention_avx2.cpp): the contract of ops::attend_piece for runs
-// already clipped to the piece (`total` keys, at most kAttnPiece); head_dim % 16 == 0.
-void attend_piece_avx2(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
-                       int64_t total, const void* k, const void* v, float* part);
+const MatmulKernels& avx2_matmul_kernels();
+// Only valid when the CPU supports AVX-512 F/BW/VL/DQ and VNNI. Entries without an
+// AVX-512 kernel (dot_f32) are null: kernels.cpp keeps AVX2's there.
+const MatmulKernels& avx512_matmul_kernels();
 
 }  // namespace spillway::ops::detail

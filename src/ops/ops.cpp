@@ -1,22 +1,19 @@
-// Row ops: scalar definitions, with AVX2 versions of the exp-heavy ones chosen at run time.
+// Row ops: the scalar definitions, and the entry points that run the kernel table's versions
+// (kernels.h).
 #include "spillway/ops/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include <fmt/format.h>
 
-#include "matmul_internal.h"
+#include "kernels.h"
 #include "spillway/core/error.h"
 
 namespace spillway::ops {
 
 namespace {
-
-bool use_avx2() {
-  static const bool v = detail::cpu_has_avx2();
-  return v;
-}
 
 void check_rope(int64_t n_head, int64_t head_dim, int64_t n_rot) {
   if (n_head < 0 || head_dim <= 0 || n_rot < 0 || n_rot % 2 != 0 || n_rot > head_dim) {
@@ -28,49 +25,57 @@ void check_rope(int64_t n_head, int64_t head_dim, int64_t n_rot) {
 
 }  // namespace
 
-void rmsnorm(const float* x, const float* w, float* y, int64_t n, float eps) {
-  if (n <= 0) return;
-  if (use_avx2()) {
-    detail::rmsnorm_avx2(x, w, y, n, eps);
-    return;
-  }
+namespace detail {
+
+void rmsnorm_scalar(const float* x, const float* w, float* y, int64_t n, float eps) {
   float ss = 0.0f;
   for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
   const float scale = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
 }
 
-void swiglu(float* gate, const float* up, int64_t n) {
-  if (use_avx2()) {
-    detail::swiglu_avx2(gate, up, n);
-    return;
-  }
+void swiglu_scalar(float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-void softmax(float* x, int64_t n) {
-  if (n <= 0) return;
-  if (use_avx2()) {
-    detail::softmax_avx2(x, n);
-    return;
-  }
+// The sum in double: one float accumulator over a vocabulary's worth of terms drifts by
+// more than the SIMD versions' 8 or 16 lanes do.
+void softmax_scalar(float* x, int64_t n) {
   float mx = x[0];
   for (int64_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
-  float sum = 0.0f;
+  double sum = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     x[i] = std::exp(x[i] - mx);
     sum += x[i];
   }
-  const float s = 1.0f / sum;
+  const auto s = static_cast<float>(1.0 / sum);
   for (int64_t i = 0; i < n; ++i) x[i] *= s;
 }
 
+void geglu_scalar(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) gate[i] = gelu_tanh(gate[i]) * up[i];
+}
+
+}  // namespace detail
+
+void rmsnorm(const float* x, const float* w, float* y, int64_t n, float eps) {
+  if (n <= 0) return;
+  detail::kernels().rmsnorm(x, w, y, n, eps);
+}
+
+void swiglu(float* gate, const float* up, int64_t n) {
+  if (n <= 0) return;
+  detail::kernels().swiglu(gate, up, n);
+}
+
+void softmax(float* x, int64_t n) {
+  if (n <= 0) return;
+  detail::kernels().softmax(x, n);
+}
+
 void geglu(float* gate, const float* up, int64_t n) {
-  if (use_avx2()) {
-    detail::geglu_avx2(gate, up, n);
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) gate[i] = detail::gelu_tanh(gate[i]) * up[i];
+  if (n <= 0) return;
+  detail::kernels().geglu(gate, up, n);
 }
 
 void rope_angles(int64_t pos, const double* inv_freq, int64_t n_rot, float* angles) {

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "matmul_internal.h"
+#include "kernels.h"
 
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)

@@ -49,26 +49,33 @@ struct Golden {
 // (an f64 forward pass of the dequantized weights, no activation rounding), which checks
 // that this engine is no farther from it than llama.cpp is.
 //
-// SmolLM2: max |diff| 0.97, mean 0.18, max |logsumexp diff| 0.43, top-1 equal at 30 of
-// 30, top-10 overlap >= 9 at 29 of 30 (8 at one, where ranks 9-11 are within the noise);
-// from the unrounded pass (10 positions of the prose prompt) this engine is 0.15 off on
-// average and llama.cpp 0.20. Top-1 may differ where llama.cpp's own top two are closer
-// than the tie margin ("prose" position 8: 16.8038 vs 16.8018).
+// Measured with the avx2 kernels and with the avx512-vnni ones (whose attention and norms
+// sum in another order), on one machine:
 //
-// Gemma 3 270M reacts far more to the rounding: max |diff| 2.40, mean 0.38, max
-// |logsumexp diff| 1.37, top-1 equal at 29 of 30. From the unrounded pass this engine is
-// 0.21 off on average and llama.cpp 0.32; at "prose" position 17 llama.cpp is 1.26 off
-// (this engine 0.21), and there its top-1 leads our top-1 by 0.42: a flip inside
-// llama.cpp's own error, hence the wider tie margin.
+// SmolLM2: max |diff| 0.97 / 1.13, mean 0.18 / 0.15, max |logsumexp diff| 0.43 / 0.36;
+// top-1 equal at 30 / 28 of 30 positions, top-10 overlap >= 9 at 29 of 30 (8 at one,
+// where ranks 9-11 are within the noise). From the unrounded pass (10 positions of the
+// prose prompt) this engine (avx2) is 0.15 off on average and llama.cpp 0.20. Top-1 may
+// differ where llama.cpp's own top two are within that noise: avx512-vnni flips "code"
+// position 37 (llama.cpp's gap 0.12) and "chat" position 8 (0.20); the scalar family
+// flips others. Hence a tie margin of 0.3, about the two engines' combined mean error.
 //
-// Over the first 512 corpus tokens (SPILLWAY_GOLDEN_F64_TOKENS=512), perplexity unrounded /
-// this engine / llama.cpp: SmolLM2 21.893 / 22.095 / 22.140, Gemma 3 21.387 / 21.795 /
-// 21.554; mean per-token |NLL diff| from the unrounded pass, this engine vs llama.cpp:
-// SmolLM2 0.058 vs 0.056, Gemma 3 0.079 vs 0.074. Both engines' activation rounding raises
-// perplexity; on Gemma 3 this engine's more (+1.9 % against +0.8 %).
+// Gemma 3 270M reacts far more to the rounding: max |diff| 2.40 / 2.98, mean 0.38 / 0.42,
+// max |logsumexp diff| 1.37 / 1.66, top-1 equal at 29 of 30. From the unrounded pass
+// this engine (avx2) is 0.21 off on average and llama.cpp 0.32; at "prose" position 17
+// llama.cpp is 1.26 off (this engine 0.21), and there its top-1 leads our top-1 by 0.42: a
+// flip inside llama.cpp's own error, hence the wider tie margin. The bounds on the worst
+// position (3.5, 2.0) only catch gross errors on this model; the mean, the perplexity
+// and the per-token NLLs below are the sharp checks.
+//
+// Over the first 512 corpus tokens (SPILLWAY_GOLDEN_F64_TOKENS=512, avx2), perplexity
+// unrounded / this engine / llama.cpp: SmolLM2 21.893 / 22.095 / 22.140, Gemma 3 21.387 /
+// 21.795 / 21.554; mean per-token |NLL diff| from the unrounded pass, this engine vs
+// llama.cpp: SmolLM2 0.058 vs 0.056, Gemma 3 0.079 vs 0.074. Both engines' activation
+// rounding raises perplexity; on Gemma 3 this engine's more (+1.9 % against +0.8 %).
 const Golden kGoldens[] = {
-    {"smollm2", test::default_model_path, "tests/golden", 1.5, 0.35, 0.8, 0.1, 0.05},
-    {"gemma3", test::gemma3_model_path, "tests/golden/gemma3", 3.0, 0.5, 1.7, 0.12, 0.5},
+    {"smollm2", test::default_model_path, "tests/golden", 1.5, 0.35, 0.8, 0.1, 0.3},
+    {"gemma3", test::gemma3_model_path, "tests/golden/gemma3", 3.5, 0.5, 2.0, 0.12, 0.6},
 };
 
 class GoldenTest : public ::testing::TestWithParam<Golden> {

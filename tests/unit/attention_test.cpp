@@ -2,12 +2,16 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <tuple>
 #include <vector>
 
+#include "ops/kernels.h"
 #include "spillway/core/error.h"
+#include "spillway/ops/matmul.h"
 
 namespace spillway::ops {
 namespace {
@@ -133,6 +137,102 @@ TEST(Attention, PieceRangesAreChecked) {
   attend_piece(s, 0, run, 1, 0, 1, kv.data(), kv.data(), part.data());
   EXPECT_EQ(part[1], 1.0f);  // sum of exp(score - max) over one key
   EXPECT_EQ(part[2], 0.5f);  // its value
+}
+
+// One group with one family's piece kernel: pieces, then the common merge.
+void group_with(const detail::Kernels& ks, const AttentionShape& s, int64_t kv_head,
+                const KeyRun* runs, int n_runs, const void* k, const void* v, float* out) {
+  int64_t total = 0;
+  for (int r = 0; r < n_runs; ++r) total += runs[r].end - runs[r].begin;
+  const int64_t n_pieces = attention_pieces(total), pf = attention_part_floats(s);
+  std::vector<float> parts(static_cast<size_t>(n_pieces * pf));
+  for (int64_t p = 0; p < n_pieces; ++p) {
+    detail::attend_piece_with(ks, s, kv_head, runs, n_runs, p * kAttnPiece,
+                              std::min(total, (p + 1) * kAttnPiece), k, v, parts.data() + p * pf);
+  }
+  attend_merge(s, kv_head, parts.data(), n_pieces, out);
+}
+
+// Every family's pieces against the scalar family's and the double reference: f32 and f16
+// caches; head sizes of one and several vectors and ones a family's kernel does not take
+// (it falls back to the scalar piece); groups of 1 to 6 heads (slices of 4 and the rest);
+// spans of 1 key to several pieces, with runs that break inside blocks of 4 keys; and the
+// bits must not depend on where the runs break.
+void expect_pieces_match_scalar(KernelIsa isa) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const detail::Kernels& ks = detail::kernels_for(isa);
+  const detail::Kernels& sc = detail::kernels_for(KernelIsa::kScalar);
+  for (DType kv_type : {DType::F32, DType::F16}) {
+    for (auto [n_head, n_head_kv, head_dim] :
+         {std::tuple{9, 3, 64}, std::tuple{4, 1, 256}, std::tuple{5, 1, 32}, std::tuple{6, 2, 96},
+          std::tuple{2, 2, 48}, std::tuple{6, 1, 16}, std::tuple{1, 1, 8}}) {
+      for (int64_t span : {1, 3, 17, 128, 131, 300}) {
+        SCOPED_TRACE(::testing::Message()
+                     << isa_name(isa) << " " << dtype_name(kv_type) << " heads " << n_head << "/"
+                     << n_head_kv << " dim " << head_dim << " span " << span);
+        const int64_t n_slots = span + 5;
+        const size_t n = static_cast<size_t>(n_head_kv * n_slots * head_dim);
+        std::vector<float> kf(n + 1), vf(n + 1);
+        for (auto& x : kf) x = nd(rng) * 2.0f;
+        for (auto& x : vf) x = nd(rng);
+        std::vector<uint16_t> kh(n + 1), vh(n + 1);
+        for (size_t i = 0; i <= n; ++i) {
+          kh[i] = f32_to_f16(kf[i]);
+          vh[i] = f32_to_f16(vf[i]);
+        }
+        // One element off alignment.
+        const void* k = kv_type == DType::F32 ? static_cast<const void*>(kf.data() + 1)
+                                              : static_cast<const void*>(kh.data() + 1);
+        const void* v = kv_type == DType::F32 ? static_cast<const void*>(vf.data() + 1)
+                                              : static_cast<const void*>(vh.data() + 1);
+        std::vector<float> q(static_cast<size_t>(n_head * head_dim) + 1);
+        for (auto& x : q) x = nd(rng);
+        const float* qp = q.data() + 1;
+        const AttentionShape s{n_head,   n_head_kv,
+                               head_dim, n_slots * head_dim,
+                               kv_type,  1.0f / std::sqrt(static_cast<float>(head_dim))};
+        const int32_t b0 = 2, b1 = static_cast<int32_t>(2 + span);
+        const KeyRun whole[1] = {{b0, b1, qp}};
+        const int32_t cut1 = b0 + static_cast<int32_t>(span / 3), cut2 = cut1 + (span > 6 ? 5 : 0);
+        const KeyRun cut[3] = {{b0, cut1, qp}, {cut1, cut2, qp}, {cut2, b1, qp}};
+        std::vector<float> out(q.size() - 1), out_cut(out.size()), ref(out.size());
+        for (int64_t g = 0; g < n_head_kv; ++g) {
+          group_with(ks, s, g, whole, 1, k, v, out.data());
+          group_with(ks, s, g, cut, 3, k, v, out_cut.data());
+          group_with(sc, s, g, whole, 1, k, v, ref.data());
+        }
+        ASSERT_EQ(std::memcmp(out.data(), out_cut.data(), out.size() * sizeof(float)), 0)
+            << "where the runs break changed the bits";
+        std::vector<float> want(static_cast<size_t>(head_dim));
+        for (int64_t h = 0; h < n_head; ++h) {
+          attend_head_ref(s, h, whole, 1, k, v, want.data());
+          for (int64_t i = 0; i < head_dim; ++i) {
+            const size_t o = static_cast<size_t>(h * head_dim + i);
+            ASSERT_NEAR(out[o], ref[o], 2e-5) << "vs scalar, head " << h << " dim " << i;
+            ASSERT_NEAR(out[o], want[static_cast<size_t>(i)], 2e-5)
+                << "vs reference, head " << h << " dim " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Attention, Avx2PiecesMatchScalar) {
+  const auto isas = available_isas();
+  if (std::find(isas.begin(), isas.end(), KernelIsa::kAvx2) == isas.end()) {
+    GTEST_SKIP() << "this CPU (or OS) does not run the avx2 family";
+  }
+  expect_pieces_match_scalar(KernelIsa::kAvx2);
+}
+
+TEST(Attention, Avx512PiecesMatchScalar) {
+  const auto isas = available_isas();
+  if (std::find(isas.begin(), isas.end(), KernelIsa::kAvx512Vnni) == isas.end()) {
+    GTEST_SKIP() << "this CPU (or OS) does not run the avx512-vnni family";
+  }
+  expect_pieces_match_scalar(KernelIsa::kAvx512Vnni);
 }
 
 }  // namespace

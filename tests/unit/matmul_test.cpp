@@ -7,10 +7,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "ops/kernels.h"
 #include "spillway/core/error.h"
 #include "spillway/core/quant.h"
 #include "spillway/core/types.h"
@@ -547,8 +549,133 @@ TEST(Matmul, RejectsMismatchedShapes) {
 
 TEST(Matmul, ReportsAKernelFamily) {
   const std::string isa = kernel_isa();
-  EXPECT_TRUE(isa == "avx2" || isa == "scalar") << isa;
+  EXPECT_TRUE(isa == "avx512-vnni" || isa == "avx2" || isa == "scalar") << isa;
   EXPECT_EQ(available_isas().front(), KernelIsa::kScalar);
+  EXPECT_EQ(detail::kernels().isa,
+            detail::select_isa(detail::cpu_features(), std::getenv("SPILLWAY_ISA")));
+  EXPECT_EQ(isa, isa_name(detail::kernels().isa));
+}
+
+// The families listed are those the CPU runs, narrowest first; each table reports its own
+// family and has every integer kernel; a family the CPU lacks is refused.
+TEST(Matmul, AvailableFamiliesMatchTheCpu) {
+  const detail::CpuFeatures& cpu = detail::cpu_features();
+  std::vector<KernelIsa> want{KernelIsa::kScalar};
+  if (cpu.avx2) want.push_back(KernelIsa::kAvx2);
+  if (cpu.avx512_vnni) want.push_back(KernelIsa::kAvx512Vnni);
+  EXPECT_EQ(available_isas(), want);
+  EXPECT_TRUE(!cpu.avx512_vnni || cpu.avx2);
+  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni}) {
+    if (!detail::can_run(cpu, isa)) {
+      EXPECT_THROW(detail::kernels_for(isa), UnsupportedError) << isa_name(isa);
+      const TestMatrix m = make_matrix(DType::Q8_0, 3, 64, 1);
+      const TestActs a = make_acts(1, 64, 2);
+      Activations acts;
+      acts.set(a.x, 1, 64);
+      ThreadPool pool(1);
+      std::vector<float> y(3);
+      EXPECT_THROW(matmul_with(isa, m.w, acts, y.data(), 3, pool), UnsupportedError);
+      continue;
+    }
+    const detail::Kernels& k = detail::kernels_for(isa);
+    EXPECT_EQ(k.isa, isa);
+    for (detail::TileFn f : {k.matmul.q4_0, k.matmul.q4_1, k.matmul.q5_0, k.matmul.q5_1,
+                             k.matmul.q8_0, k.matmul.q4_k, k.matmul.q6_k}) {
+      EXPECT_NE(f, nullptr) << isa_name(isa);
+    }
+    EXPECT_NE(k.matmul.dot_f32, nullptr);
+    EXPECT_NE(k.attend_piece, nullptr);
+    EXPECT_NE(k.rmsnorm, nullptr);
+    EXPECT_NE(k.softmax, nullptr);
+    EXPECT_NE(k.swiglu, nullptr);
+    EXPECT_NE(k.geglu, nullptr);
+  }
+}
+
+// The choice of a family: the best the CPU runs; SPILLWAY_ISA picks a narrower one, or a
+// name of the AVX-512 family, only where the CPU runs it; anything else is ignored.
+TEST(Matmul, FamilySelectionHonoursTheCpuAndTheOverride) {
+  const detail::CpuFeatures none{}, avx2{true, false}, avx512{true, true};
+  using K = KernelIsa;
+  EXPECT_EQ(detail::select_isa(none, nullptr), K::kScalar);
+  EXPECT_EQ(detail::select_isa(avx2, nullptr), K::kAvx2);
+  EXPECT_EQ(detail::select_isa(avx512, nullptr), K::kAvx512Vnni);
+  for (const char* name : {"avx512", "avx512-vnni"}) {
+    EXPECT_EQ(detail::select_isa(avx512, name), K::kAvx512Vnni) << name;
+    EXPECT_EQ(detail::select_isa(avx2, name), K::kAvx2) << name;  // ignored: best instead
+    EXPECT_EQ(detail::select_isa(none, name), K::kScalar) << name;
+  }
+  EXPECT_EQ(detail::select_isa(avx512, "avx2"), K::kAvx2);
+  EXPECT_EQ(detail::select_isa(avx512, "scalar"), K::kScalar);
+  EXPECT_EQ(detail::select_isa(avx2, "scalar"), K::kScalar);
+  EXPECT_EQ(detail::select_isa(none, "avx2"), K::kScalar);
+  EXPECT_EQ(detail::select_isa(avx512, ""), K::kAvx512Vnni);
+  EXPECT_EQ(detail::select_isa(avx512, "AVX2"), K::kAvx512Vnni);
+  EXPECT_EQ(detail::select_isa(avx512, "avx512vnni"), K::kAvx512Vnni);
+  EXPECT_EQ(detail::select_isa(avx2, "sse"), K::kAvx2);
+  EXPECT_TRUE(detail::can_run(none, K::kScalar));
+  EXPECT_FALSE(detail::can_run(none, K::kAvx2));
+  EXPECT_FALSE(detail::can_run(avx2, K::kAvx512Vnni));
+  EXPECT_TRUE(detail::can_run(avx512, K::kAvx512Vnni));
+  EXPECT_STREQ(isa_name(K::kAvx512Vnni), "avx512-vnni");
+}
+
+// The AVX-512 VNNI kernels (vpdpbusd / vpdpwssd) compute the AVX2 kernels' integer block
+// sums with other instructions and then the same float arithmetic: against the scalar
+// reference within the bound the AVX2 kernels are held to, and equal to AVX2 bit for bit.
+// Rows around the 8-row groups and 64-row panels, one block and many blocks per row,
+// T = 1 and T > 1 (tile remainders), 1 and 2 threads, misaligned weights and outputs.
+TEST(Matmul, Avx512VnniKernelsMatchScalarAndEqualAvx2) {
+  const std::vector<KernelIsa> isas = available_isas();
+  if (std::find(isas.begin(), isas.end(), KernelIsa::kAvx512Vnni) == isas.end()) {
+    GTEST_SKIP() << "this CPU (or OS) does not run the avx512-vnni family";
+  }
+  ThreadPool pools[2] = {ThreadPool(1), ThreadPool(2)};
+  uint32_t seed = 900;
+  for (DType t : kIntegerTypes) {
+    const bool k_type = dtype_info(t).block_size == kQKK;
+    for (int64_t cols : k_type ? std::vector<int64_t>{256, 1536} : std::vector<int64_t>{32, 576}) {
+      for (int64_t rows : {1, 5, 9, 23, 67, 131}) {
+        const TestMatrix m = make_matrix(t, rows, cols, seed++);
+        for (int64_t T : {1, 3, 6}) {
+          SCOPED_TRACE(::testing::Message()
+                       << dtype_name(t) << " " << rows << "x" << cols << " T " << T);
+          const TestActs a = make_acts(T, cols, seed++);
+          const int64_t ldy = rows + 1;
+          std::vector<float> ref(static_cast<size_t>(T * ldy), 0.0f);
+          {
+            Activations acts;
+            acts.set(a.x, T, cols);
+            matmul_with(KernelIsa::kScalar, m.w, acts, ref.data(), ldy, pools[0]);
+          }
+          for (ThreadPool& pool : pools) {
+            std::vector<float> y2(static_cast<size_t>(T * ldy + 1), -7.0f), y5(y2);
+            Activations a2, a5;
+            a2.set(a.x, T, cols);
+            a5.set(a.x, T, cols);
+            matmul_with(KernelIsa::kAvx2, m.w, a2, y2.data() + 1, ldy, pool);
+            matmul_with(KernelIsa::kAvx512Vnni, m.w, a5, y5.data() + 1, ldy, pool);
+            for (int64_t tt = 0; tt < T; ++tt) {
+              for (int64_t r = 0; r < ldy; ++r) {
+                const float got = y5[1 + tt * ldy + r];
+                if (r >= rows) {
+                  ASSERT_EQ(got, -7.0f) << "padding written at (" << tt << ", " << r << ")";
+                  continue;
+                }
+                const double mag = magnitude(m, a.x + tt * cols, r);
+                ASSERT_NEAR(got, ref[tt * ldy + r], 1e-5 * mag + 1e-30)
+                    << "threads " << pool.size() << " at (" << tt << ", " << r << ")";
+                const float want = y2[1 + tt * ldy + r];
+                ASSERT_EQ(std::memcmp(&got, &want, sizeof(float)), 0)
+                    << "threads " << pool.size() << " at (" << tt << ", " << r << "): " << got
+                    << " vs avx2 " << want;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

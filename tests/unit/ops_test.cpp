@@ -4,12 +4,16 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
 
+#include "ops/kernels.h"
 #include "spillway/core/error.h"
+#include "spillway/ops/matmul.h"
 
 namespace spillway::ops {
 namespace {
@@ -192,6 +196,80 @@ TEST(Ops, RopeLeavesUnrotatedDimsAndRejectsBadSizes) {
   }
   EXPECT_THROW(rope(x.data(), 2, 64, 15, 0, 10000.0, 1.0), InvalidArgument);
   EXPECT_THROW(rope(x.data(), 2, 64, 66, 0, 10000.0, 1.0), InvalidArgument);
+}
+
+// Every family's row ops against the scalar family's at odd sizes (masked and scalar
+// tails, one vector and many): rmsnorm within 1e-5 relative (sums in another order),
+// swiglu within 2e-6 relative (the polynomial exp against std::exp), softmax and geglu
+// within 1e-5: their exp arguments reach -15 (softmax, x - max) and about -50 (geglu, -2u)
+// here, where the two exps part further and geglu's argument is rounded differently
+// (fused or not).
+// The AVX-512 swiglu and geglu compute each element as the AVX2 ones do (geglu: as the
+// AVX2 8-lane body does): equal bit for bit.
+void expect_row_ops_match_scalar(KernelIsa isa) {
+  const detail::Kernels& ref = detail::kernels_for(KernelIsa::kScalar);
+  const detail::Kernels& k = detail::kernels_for(isa);
+  for (int64_t n : {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 576, 640, 1001, 1536}) {
+    SCOPED_TRACE(::testing::Message() << isa_name(isa) << " n " << n);
+    const uint32_t seed = 40 + static_cast<uint32_t>(n);
+    const auto x = random_vec(n, seed, 3.0f);
+    const auto w = random_vec(n, seed + 1);
+    std::vector<float> y(x.size()), yr(x.size());
+    k.rmsnorm(x.data(), w.data(), y.data(), n, 1e-6f);
+    ref.rmsnorm(x.data(), w.data(), yr.data(), n, 1e-6f);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_NEAR(y[i], yr[i], 1e-5 * std::fabs(yr[i]) + 1e-30) << "rmsnorm at " << i;
+    }
+    auto s = random_vec(n, seed + 2, 6.0f);
+    if (n > 4) s[3] = -INFINITY;  // a masked entry
+    std::vector<float> sr = s;
+    k.softmax(s.data(), n);
+    ref.softmax(sr.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_NEAR(s[i], sr[i], 1e-5 * sr[i] + 1e-12) << "softmax at " << i;
+    }
+    if (n > 4) {
+      ASSERT_EQ(s[3], 0.0f);
+    }
+    for (bool gelu : {false, true}) {
+      auto g = random_vec(n, seed + 3, 4.0f);
+      if (n > 2) {
+        g[0] = -30.0f;
+        g[1] = 30.0f;
+      }
+      std::vector<float> gr = g, g2 = g;
+      (gelu ? k.geglu : k.swiglu)(g.data(), w.data(), n);
+      (gelu ? ref.geglu : ref.swiglu)(gr.data(), w.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_NEAR(g[i], gr[i], (gelu ? 1e-5 : 2e-6) * std::fabs(gr[i]) + 1e-30)
+            << (gelu ? "geglu" : "swiglu") << " at " << i;
+      }
+      if (isa == KernelIsa::kAvx512Vnni) {
+        const detail::Kernels& avx2 = detail::kernels_for(KernelIsa::kAvx2);
+        (gelu ? avx2.geglu : avx2.swiglu)(g2.data(), w.data(), n);
+        // AVX2's scalar tail of geglu (n % 8 elements) orders the cubic term differently.
+        const int64_t same = gelu ? n / 8 * 8 : n;
+        ASSERT_EQ(std::memcmp(g.data(), g2.data(), static_cast<size_t>(same) * sizeof(float)), 0)
+            << (gelu ? "geglu" : "swiglu") << " differs from avx2";
+      }
+    }
+  }
+}
+
+TEST(Ops, Avx2RowOpsMatchScalar) {
+  const auto isas = available_isas();
+  if (std::find(isas.begin(), isas.end(), KernelIsa::kAvx2) == isas.end()) {
+    GTEST_SKIP() << "this CPU (or OS) does not run the avx2 family";
+  }
+  expect_row_ops_match_scalar(KernelIsa::kAvx2);
+}
+
+TEST(Ops, Avx512RowOpsMatchScalar) {
+  const auto isas = available_isas();
+  if (std::find(isas.begin(), isas.end(), KernelIsa::kAvx512Vnni) == isas.end()) {
+    GTEST_SKIP() << "this CPU (or OS) does not run the avx512-vnni family";
+  }
+  expect_row_ops_match_scalar(KernelIsa::kAvx512Vnni);
 }
 
 }  // namespace

@@ -84,14 +84,19 @@ void matmul_swiglu(const WeightMatrix& w_gate, const WeightMatrix& w_up, Activat
 // Convenience for a single f32 vector (tests, tools): y[r] = W[r] . x.
 void matvec(const WeightMatrix& w, const float* x, float* y, ThreadPool& pool);
 
-// Which kernel family this build and CPU use ("avx2", "scalar"; "avx512-vnni" is
-// reserved for an AVX-512 VNNI family).
+// Which kernel family this build and CPU use: "avx512-vnni", "avx2" or "scalar". Chosen
+// once, at first use, from the CPU's features (CPUID, and XGETBV for the OS's support of
+// YMM / ZMM state) and the SPILLWAY_ISA environment variable ("scalar", "avx2", "avx512"
+// or "avx512-vnni"; a family the CPU cannot run is ignored and the best one used). The
+// same family serves matmul, attention and the row ops.
 const char* kernel_isa();
 
-// Kernel families, for tests and benchmarks that compare them.
-enum class KernelIsa { kScalar, kAvx2 };
+// Kernel families, for tests and benchmarks that compare them. kAvx512Vnni: AVX-512
+// F/BW/VL/DQ with VNNI (vpdpbusd); where its own kernel is not faster than AVX2's, it runs
+// the AVX2 kernel.
+enum class KernelIsa { kScalar, kAvx2, kAvx512Vnni };
 const char* isa_name(KernelIsa isa);
-// The families this CPU can run, the scalar reference first.
+// The families this CPU can run, the scalar reference first, narrowest to widest.
 std::vector<KernelIsa> available_isas();
 // matmul with a forced family; UnsupportedError if the CPU cannot run it.
 void matmul_with(KernelIsa isa, const WeightMatrix& w, Activations& x, float* y, int64_t ldy,

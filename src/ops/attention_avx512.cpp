@@ -1,0 +1,228 @@
+// AVX-512 attention piece kernel (f32 or f16 caches): the AVX2 kernel's structure 16 lanes
+// wide. Scores four keys at a time for up to four query heads sharing each key load (each
+// key's 16-lane products folded to 8 lanes, then reduced as in the AVX2 kernel, for single
+// keys too, so that a key's score does not depend on where the runs break), the softmax
+// numerators with the 16-lane exp, then the value sums in column slices of 64 (or 32)
+// held in registers. Needs head_dim % 32 == 0. Compiled for AVX-512 by target attributes
+// and called only after a CPU check (kernels.cpp). Uses no standard-library templates
+// (see matmul_avx2.cpp).
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels.h"
+#include "spillway/ops/attention.h"
+
+#if defined(__clang__)
+#pragma clang attribute push(                                                               \
+    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), \
+    apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+// GCC 12's AVX-512 intrinsics start from _mm*_undefined_*() (a self-initialised variable),
+// which -Wmaybe-uninitialized and -Wuninitialized report once they are inlined here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+#include "simd_avx512.h"
+
+namespace spillway::ops::detail {
+
+namespace {
+
+constexpr int64_t kScoreRow = kAttnPiece + 16;  // room to pad a row to a multiple of 16
+constexpr int64_t kValueBlock = 32;             // keys per block of the value sums
+
+template <bool F16>
+inline __m512 load16(const uint8_t* row, int64_t i) {
+  if constexpr (F16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * i)));
+  } else {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + i);
+  }
+}
+
+inline __m256 fold(__m512 v) {
+  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+}
+
+// Four vectors of partial dot products -> their four totals.
+inline __m128 reduce4(const __m512* a) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(fold(a[0]), fold(a[1])),
+                                  _mm256_hadd_ps(fold(a[2]), fold(a[3])));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+// GN heads of one group (query offset qoff within each run's q) over the clipped runs:
+// part_max[g], part_sum[g] and part_acc[g][d] of the piece. NV: zmm registers per head in
+// a column slice of the value sums (16 NV columns; d % (16 NV) == 0).
+template <int GN, int NV, bool F16>
+void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_t qoff, int64_t d,
+           const uint8_t* kb, const uint8_t* vb, uint64_t row, float scale, float* part_max,
+           float* part_sum, float* part_acc, float (*sc)[kScoreRow]) {
+  int32_t slots[kAttnPiece];  // slot of each key position of the piece
+  const __m128 vscale = _mm_set1_ps(scale);
+  int64_t n = 0;
+  for (int r = 0; r < n_sub; ++r) {
+    const float* q[GN];
+    SPW_UNROLL for (int g = 0; g < GN; ++g) q[g] = sub[r].q + qoff + g * d;
+    int32_t j = sub[r].begin;
+    for (int32_t jj = j; jj < sub[r].end; ++jj) slots[n + (jj - j)] = jj;
+    for (; j + 4 <= sub[r].end; j += 4, n += 4) {
+      const uint8_t* kr = kb + row * static_cast<uint64_t>(j);
+      // As in the AVX2 kernel: the keys of the block after next and this block's values.
+      if (first_slice) {
+        const uintptr_t kn = reinterpret_cast<uintptr_t>(kr) + 8 * row;
+        const uintptr_t vn = reinterpret_cast<uintptr_t>(vb + row * static_cast<uint64_t>(j));
+        for (uint64_t b = 0; b < 4 * row; b += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(kn + b), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(vn + b), _MM_HINT_T0);
+        }
+      }
+      __m512 a[GN][4];
+      SPW_UNROLL for (int g = 0; g < GN; ++g) {
+        SPW_UNROLL for (int c = 0; c < 4; ++c) a[g][c] = _mm512_setzero_ps();
+      }
+      for (int64_t i = 0; i < d; i += 16) {
+        __m512 kv[4];
+        SPW_UNROLL for (int c = 0; c < 4; ++c) kv[c] = load16<F16>(kr + c * row, i);
+        SPW_UNROLL for (int g = 0; g < GN; ++g) {
+          const __m512 qv = _mm512_loadu_ps(q[g] + i);
+          SPW_UNROLL for (int c = 0; c < 4; ++c) a[g][c] = _mm512_fmadd_ps(qv, kv[c], a[g][c]);
+        }
+      }
+      SPW_UNROLL for (int g = 0; g < GN; ++g) {
+        _mm_storeu_ps(&sc[g][n], _mm_mul_ps(reduce4(a[g]), vscale));
+      }
+    }
+    for (; j < sub[r].end; ++j, ++n) {
+      const uint8_t* kr = kb + row * static_cast<uint64_t>(j);
+      SPW_UNROLL for (int g = 0; g < GN; ++g) {
+        __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                       _mm512_setzero_ps()};
+        for (int64_t i = 0; i < d; i += 16) {
+          a[0] = _mm512_fmadd_ps(_mm512_loadu_ps(q[g] + i), load16<F16>(kr, i), a[0]);
+        }
+        sc[g][n] = _mm_cvtss_f32(_mm_mul_ss(reduce4(a), vscale));
+      }
+    }
+  }
+
+  // Softmax numerators relative to the piece's max; rows padded with -inf (exp gives 0).
+  const int64_t padded = (total + 15) / 16 * 16;
+  SPW_UNROLL for (int g = 0; g < GN; ++g) {
+    float* s = sc[g];
+    for (int64_t i = total; i < padded; ++i) s[i] = -INFINITY;
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int64_t i = 0; i < padded; i += 16) vmax = _mm512_max_ps(vmax, _mm512_load_ps(s + i));
+    const float m = hmax16(vmax);
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512 vsum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < padded; i += 16) {
+      const __m512 e = exp16(_mm512_sub_ps(_mm512_load_ps(s + i), vm));
+      _mm512_store_ps(s + i, e);
+      vsum = _mm512_add_ps(vsum, e);
+    }
+    part_max[g] = m;
+    part_sum[g] = hsum16(vsum);
+  }
+
+  // Weighted values, 16 NV columns at a time for all GN heads, over blocks of kValueBlock
+  // keys so that the block's value rows stay in L1 across the column passes. Each output
+  // lane sums its keys in order.
+  for (int64_t n0 = 0; n0 < total; n0 += kValueBlock) {
+    const int64_t n1 = n0 + kValueBlock < total ? n0 + kValueBlock : total;
+    for (int64_t c0 = 0; c0 < d; c0 += 16 * NV) {
+      __m512 o[GN][NV];
+      SPW_UNROLL for (int g = 0; g < GN; ++g) {
+        SPW_UNROLL for (int u = 0; u < NV; ++u) {
+          o[g][u] = n0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(part_acc + g * d + c0 + 16 * u);
+        }
+      }
+      for (int64_t i = n0; i < n1; ++i) {
+        const uint8_t* vr = vb + row * static_cast<uint64_t>(slots[i]);
+        __m512 vv[NV];
+        SPW_UNROLL for (int u = 0; u < NV; ++u) vv[u] = load16<F16>(vr, c0 + 16 * u);
+        SPW_UNROLL for (int g = 0; g < GN; ++g) {
+          const __m512 p = _mm512_set1_ps(sc[g][i]);
+          SPW_UNROLL for (int u = 0; u < NV; ++u) o[g][u] = _mm512_fmadd_ps(p, vv[u], o[g][u]);
+        }
+      }
+      SPW_UNROLL for (int g = 0; g < GN; ++g) {
+        SPW_UNROLL for (int u = 0; u < NV; ++u) {
+          _mm512_storeu_ps(part_acc + g * d + c0 + 16 * u, o[g][u]);
+        }
+      }
+    }
+  }
+}
+
+template <int NV, bool F16>
+void piece(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub, int64_t total,
+           const void* k, const void* v, float* part) {
+  const int64_t d = s.head_dim;
+  const int G = static_cast<int>(s.n_head / s.n_head_kv);
+  const uint64_t es = F16 ? 2 : 4;
+  const uint64_t head_off = static_cast<uint64_t>(kv_head * s.head_stride) * es;
+  const auto* kb = static_cast<const uint8_t*>(k) + head_off;
+  const auto* vb = static_cast<const uint8_t*>(v) + head_off;
+  const uint64_t row = static_cast<uint64_t>(d) * es;
+  alignas(64) float sc[4][kScoreRow];
+  for (int g0 = 0; g0 < G; g0 += 4) {
+    const int64_t qoff = (kv_head * G + g0) * d;
+    float* pm = part + g0;
+    float* ps = part + G + g0;
+    float* pa = part + 2 * G + g0 * d;
+    switch (G - g0 < 4 ? G - g0 : 4) {
+      case 1:
+        slice<1, NV, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa,
+                          sc);
+        break;
+      case 2:
+        slice<2, NV, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa,
+                          sc);
+        break;
+      case 3:
+        slice<3, NV, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa,
+                          sc);
+        break;
+      default:
+        slice<4, NV, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa,
+                          sc);
+        break;
+    }
+  }
+}
+
+}  // namespace
+
+void attend_piece_avx512(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
+                         int64_t total, const void* k, const void* v, float* part) {
+  const bool wide = s.head_dim % 64 == 0;
+  if (s.kv_type == DType::F16) {
+    if (wide) {
+      piece<4, true>(s, kv_head, sub, n_sub, total, k, v, part);
+    } else {
+      piece<2, true>(s, kv_head, sub, n_sub, total, k, v, part);
+    }
+  } else {
+    if (wide) {
+      piece<4, false>(s, kv_head, sub, n_sub, total, k, v, part);
+    } else {
+      piece<2, false>(s, kv_head, sub, n_sub, total, k, v, part);
+    }
+  }
+}
+
+}  // namespace spillway::ops::detail
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif

@@ -1,0 +1,107 @@
+// Private to ops/: one table of kernels per instruction-set family (scalar, avx2,
+// avx512-vnni), chosen once at start-up from what the CPU and the OS support and the
+// SPILLWAY_ISA override. matmul.cpp, attention.cpp and ops.cpp read only this table; each
+// family's kernel files fill their entries, and kernels.cpp assembles the tables (an
+// entry of a wider family points at the narrower family's kernel where that one is as
+// fast).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "matmul_internal.h"
+#include "spillway/ops/attention.h"
+#include "spillway/ops/matmul.h"
+
+namespace spillway::ops::detail {
+
+// The families this CPU and OS can run.
+struct CpuFeatures {
+  // AVX2 + FMA + F16C, with the OS saving YMM state (XCR0 bits 1, 2).
+  bool avx2 = false;
+  // AVX-512 F/BW/VL/DQ + AVX512_VNNI on top of avx2, with the OS saving opmask and ZMM
+  // state (XCR0 bits 5, 6, 7).
+  bool avx512_vnni = false;
+};
+
+// CPUID and XGETBV, read once.
+const CpuFeatures& cpu_features();
+
+// Whether a CPU with `cpu` runs family `isa`.
+bool can_run(const CpuFeatures& cpu, KernelIsa isa);
+
+// The family to use: the best `cpu` runs, unless `env` (the SPILLWAY_ISA value, null when
+// unset) names one it can run: "scalar", "avx2", "avx512" or "avx512-vnni". Names of
+// families the CPU cannot run, and unknown names, are ignored.
+KernelIsa select_isa(const CpuFeatures& cpu, const char* env);
+
+// Attention piece: the contract of ops::attend_piece for runs already clipped to the piece
+// (`total` keys, at most kAttnPiece).
+using AttendPieceFn = void (*)(const AttentionShape& s, int64_t kv_head, const KeyRun* sub,
+                               int n_sub, int64_t total, const void* k, const void* v, float* part);
+// Row ops, with the contracts of ops.h.
+using RmsnormFn = void (*)(const float* x, const float* w, float* y, int64_t n, float eps);
+using GatedFn = void (*)(float* gate, const float* up, int64_t n);
+using SoftmaxFn = void (*)(float* x, int64_t n);
+
+struct Kernels {
+  KernelIsa isa = KernelIsa::kScalar;
+  MatmulKernels matmul;
+  // attend_piece handles head_dim % attend_dim_multiple == 0; other head sizes take the
+  // scalar piece.
+  AttendPieceFn attend_piece = nullptr;
+  int64_t attend_dim_multiple = 1;
+  RmsnormFn rmsnorm = nullptr;
+  GatedFn swiglu = nullptr;
+  GatedFn geglu = nullptr;
+  SoftmaxFn softmax = nullptr;
+};
+
+// The table chosen at start-up: select_isa(cpu_features(), getenv("SPILLWAY_ISA")).
+const Kernels& kernels();
+// The table of one family; UnsupportedError if the CPU cannot run it.
+const Kernels& kernels_for(KernelIsa isa);
+
+// ops::attend_piece (which runs kernels()) with the table `ks`: for tests and benchmarks
+// that compare families.
+void attend_piece_with(const Kernels& ks, const AttentionShape& s, int64_t kv_head,
+                       const KeyRun* runs, int n_runs, int64_t n0, int64_t n1, const void* k,
+                       const void* v, float* part);
+
+// ---- the kernels of each family (declared here, placed in the tables by kernels.cpp) ----
+
+// Scalar (ops.cpp, attention.cpp): the plain definitions.
+void rmsnorm_scalar(const float* x, const float* w, float* y, int64_t n, float eps);
+void swiglu_scalar(float* gate, const float* up, int64_t n);
+void geglu_scalar(float* gate, const float* up, int64_t n);
+void softmax_scalar(float* x, int64_t n);
+void attend_piece_scalar(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
+                         int64_t total, const void* k, const void* v, float* part);
+
+// GELU, tanh form: 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+inline float gelu_tanh(float x) {
+  const float u2 = 1.5957691216057308f * (x + 0.044715f * x * x * x);  // 2u
+  return x / (1.0f + std::exp(-u2));
+}
+
+// AVX2 (ops_avx2.cpp, attention_avx2.cpp; only when cpu_features().avx2). exp is a
+// range-reduced polynomial: relative error below 1e-6 against std::exp for inputs in
+// [-87, 88]; below -87.3 it returns 0, above 88.7 +inf. attend_piece_avx2 needs
+// head_dim % 16 == 0.
+void swiglu_avx2(float* gate, const float* up, int64_t n);
+void geglu_avx2(float* gate, const float* up, int64_t n);
+void softmax_avx2(float* x, int64_t n);
+void rmsnorm_avx2(const float* x, const float* w, float* y, int64_t n, float eps);
+void attend_piece_avx2(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
+                       int64_t total, const void* k, const void* v, float* part);
+
+// AVX-512 (ops_avx512.cpp, attention_avx512.cpp; only when cpu_features().avx512_vnni):
+// the same exp polynomial 16 lanes wide. attend_piece_avx512 needs head_dim % 32 == 0.
+void swiglu_avx512(float* gate, const float* up, int64_t n);
+void geglu_avx512(float* gate, const float* up, int64_t n);
+void softmax_avx512(float* x, int64_t n);
+void rmsnorm_avx512(const float* x, const float* w, float* y, int64_t n, float eps);
+void attend_piece_avx512(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
+                         int64_t total, const void* k, const void* v, float* part);
+
+}  // namespace spillway::ops::detail

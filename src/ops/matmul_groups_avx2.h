@@ -1,0 +1,283 @@
+// Building blocks of the 8-row group kernels, shared by the AVX2 and the AVX-512 matmul
+// files (internal linkage in each): block loads of 8 rows, row reductions, stores and the
+// tile driver tile_groups. Include only after the file's target pragma (or clang's
+// attribute push), and after matmul_internal.h; see matmul_avx2.cpp for the group layout
+// these assume.
+#pragma once
+
+#include "simd_avx2.h"
+
+namespace spillway::ops::detail {
+namespace {
+
+inline int64_t min64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+
+inline uint32_t load_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// f16 at p[r] + off for rows r = 0..7, as 8 f32 lanes.
+inline __m256 f16x8(const uint8_t* const* p, int64_t off) {
+  return _mm256_cvtph_ps(_mm_setr_epi16(
+      static_cast<int16_t>(load_u16(p[0] + off)), static_cast<int16_t>(load_u16(p[1] + off)),
+      static_cast<int16_t>(load_u16(p[2] + off)), static_cast<int16_t>(load_u16(p[3] + off)),
+      static_cast<int16_t>(load_u16(p[4] + off)), static_cast<int16_t>(load_u16(p[5] + off)),
+      static_cast<int16_t>(load_u16(p[6] + off)), static_cast<int16_t>(load_u16(p[7] + off))));
+}
+
+// Eight vectors of 8 int32 partial sums (one vector per row) -> row r's total in lane r.
+inline __m256i rows8_epi32(const __m256i* s) {
+  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
+  // a: rows 0..3 (low 16 bytes) and again rows 0..3 (high 16 bytes); b: rows 4..7.
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
+                          _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+// Nibble blocks of 8 rows, unpacked: register i holds row i in its low 16 bytes and row
+// i + 4 in its high 16 bytes; lo[i] the low nibbles (elements 0..15), hi[i] the high ones
+// (16..31).
+struct Nibbles8 {
+  __m256i lo[4], hi[4];
+};
+
+inline void unpack_nibbles8(const uint8_t* const* p, int64_t off, Nibbles8& u) {
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  SPW_UNROLL for (int i = 0; i < 4; ++i) {
+    const __m256i raw = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p[i + 4] + off),
+                                            reinterpret_cast<const __m128i*>(p[i] + off));
+    u.lo[i] = _mm256_and_si256(raw, mask);
+    u.hi[i] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+  }
+}
+
+// The f16 at byte 0 of the 8 block heads (register i: rows i and i + 4), rows 0..7 as f32.
+inline __m256 head_f16x8(const __m256i* h) {
+  const __m256i a = _mm256_unpacklo_epi16(h[0], h[1]);  // lane: words d_i, d_i+1, ...
+  const __m256i b = _mm256_unpacklo_epi16(h[2], h[3]);
+  const __m256i c = _mm256_unpacklo_epi32(a, b);  // d0..d3 in qword 0, d4..d7 in qword 2
+  return _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(c, 0x08)));
+}
+
+// The f16 pairs {d, m} at byte 0 of the 8 block heads, rows 0..7 as f32.
+inline void head_f16_pairs8(const __m256i* h, __m256& d, __m256& m) {
+  const __m256i a = _mm256_unpacklo_epi32(h[0], h[1]);  // lane: {d,m}_i, {d,m}_i+1, ...
+  const __m256i b = _mm256_unpacklo_epi32(h[2], h[3]);
+  const __m256i c = _mm256_unpacklo_epi64(a, b);  // lane: {d,m} of rows 0..3 (4..7)
+  const __m256i sep = _mm256_shuffle_epi8(
+      c, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9,
+                          12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+  const __m256i dm = _mm256_permute4x64_epi64(sep, 0xD8);  // d0..d7 | m0..m7
+  d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
+  m = _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1));
+}
+
+// 5-bit blocks: the nibbles as for Q4_0/Q4_1, plus bit 4 of element j in bit j of the
+// little-endian 32-bit word qh. Register i of the unpacked rows holds row i in its low lane
+// and row i + 4 in its high lane (as Nibbles8), and so do the blocks' first 16 bytes,
+// loaded once: their f16 fields give the scales, their qh bytes the high bits.
+struct Fivebit8 {
+  Nibbles8 q;   // 5-bit values 0..31
+  __m256 d, m;  // rows 0..7: d, and m for blocks with a min (Q5_1)
+};
+
+// Loads the block heads and the nibbles of 8 rows: qh at byte kQh of a block, qs at kQs,
+// {f16 d, f16 m} at byte 0 when kMin (else f16 d). Bit 4 is or-ed into the nibbles: byte
+// shuffles spread qh bytes 0..3 over the 16 + 16 elements of each lane (byte k tests bit
+// k % 8 of its qh byte), and a compare turns set bits into 0x10.
+template <int kQh, int kQs, bool kMin>
+inline void unpack_fivebit8(const uint8_t* const* p, int64_t off, Fivebit8& u) {
+  constexpr int64_t kOnes = 0x0101010101010101;
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201));
+  const __m256i b4 = _mm256_set1_epi8(0x10);
+  const __m256i idx_lo =
+      _mm256_setr_epi64x(kOnes * kQh, kOnes * (kQh + 1), kOnes * kQh, kOnes * (kQh + 1));
+  const __m256i idx_hi = _mm256_setr_epi64x(kOnes * (kQh + 2), kOnes * (kQh + 3), kOnes * (kQh + 2),
+                                            kOnes * (kQh + 3));
+  __m256i h[4];
+  SPW_UNROLL for (int i = 0; i < 4; ++i) {
+    h[i] = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p[i + 4] + off),
+                               reinterpret_cast<const __m128i*>(p[i] + off));
+  }
+  if constexpr (kMin) {
+    head_f16_pairs8(h, u.d, u.m);
+  } else {
+    u.d = head_f16x8(h);
+  }
+  unpack_nibbles8(p, off + kQs, u.q);
+  SPW_UNROLL for (int i = 0; i < 4; ++i) {
+    const __m256i set_lo =
+        _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h[i], idx_lo), bit), bit);
+    const __m256i set_hi =
+        _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h[i], idx_hi), bit), bit);
+    u.q.lo[i] = _mm256_or_si256(u.q.lo[i], _mm256_and_si256(set_lo, b4));
+    u.q.hi[i] = _mm256_or_si256(u.q.hi[i], _mm256_and_si256(set_hi, b4));
+  }
+}
+
+// Prefetches kBytes from p on (cache lines of 64 bytes).
+template <int kBytes>
+inline void prefetch_step(const uint8_t* p) {
+  SPW_UNROLL for (int i = 0; i < kBytes; i += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
+  }
+}
+
+// Stores lanes 0 .. n_rows - 1 of v (n_rows <= 8) to y.
+inline void store_rows8(__m256 v, float* y, int n_rows) {
+  if (n_rows == 8) {
+    _mm256_storeu_ps(y, v);
+  } else {
+    alignas(32) float tmp[8];
+    _mm256_store_ps(tmp, v);
+    for (int r = 0; r < n_rows; ++r) y[r] = tmp[r];
+  }
+}
+
+// Sums of the activations over sub-blocks of 32 (pairs of Q8_K bsums), as 8 int16 in both
+// lanes.
+inline __m256i bsums32(const BlockQ8_K& x) {
+  const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums));
+  const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums + 8));
+  return _mm256_broadcastsi128_si256(_mm_hadd_epi16(lo, hi));
+}
+
+// The first 16 bytes of Q4_K blocks {f16 d, f16 dmin, scales[12]} of two rows (one per
+// lane) -> per lane the 8 sub-block scales (bytes 0..7) and mins (bytes 8..15), 6 bits
+// each (see q4_k_scale_min).
+inline __m256i q4_k_scales_mins(__m256i h) {
+  // b[j] = byte 4 + j of the lane. Low bits: sc 0..3 = b0..3 & 63, sc 4..7 = b8..11 & 15,
+  // m 0..3 = b4..7 & 63, m 4..7 = b8..11 >> 4; high bits of sc / m 4..7: top 2 bits of
+  // b0..3 / b4..7, moved to bits 4..5.
+  const __m256i pick = _mm256_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15, 4,
+                                        5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m256i mask_a =
+      _mm256_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0, 63, 63, 63, 63,
+                       15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
+  const __m256i mask_b = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15, 0, 0,
+                                          0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
+  const __m256i pick_hi =
+      _mm256_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11, -1, -1, -1, -1, 4,
+                       5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11);
+  const __m256i p = _mm256_shuffle_epi8(h, pick);
+  const __m256i low = _mm256_or_si256(_mm256_and_si256(p, mask_a),
+                                      _mm256_and_si256(_mm256_srli_epi16(p, 4), mask_b));
+  const __m256i top = _mm256_and_si256(_mm256_srli_epi16(_mm256_shuffle_epi8(h, pick_hi), 2),
+                                       _mm256_set1_epi8(0x30));
+  return _mm256_or_si256(low, top);
+}
+
+// y[c * ldy + r] = row p[r] . token c for r < n_rows (<= 8) and C tokens. When `pf` is set
+// (matrix-vector products), the next group of 8 rows (8 * kBytes per block, contiguous)
+// is prefetched meanwhile: at T = 1 weights stream from memory once per token, and the
+// hardware prefetcher alone does not keep up with 8 interleaved row streams.
+template <class W, int C>
+inline void group8(const uint8_t* const* p, const Q8ARow* x, int64_t nb, float* y, int64_t ldy,
+                   int n_rows, const uint8_t* pf) {
+  constexpr int kStep = 8 * W::kBytes;
+  __m256 acc[C], macc[C];
+  SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = macc[c] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    if (pf != nullptr) prefetch_step<kStep>(pf + b * kStep);
+    const int64_t off = b * W::kBytes;
+    typename W::Unpacked u;
+    W::unpack(p, off, u);
+    __m256 d, m = _mm256_setzero_ps();
+    W::scales(p, off, u, d, m);
+    SPW_UNROLL for (int c = 0; c < C; ++c) {
+      const __m256i isum = W::dot(u, x[c].qs + b * kQK);
+      acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
+                               _mm256_mul_ps(d, _mm256_broadcast_ss(x[c].d + b)), acc[c]);
+      if constexpr (W::kHasMin) {
+        macc[c] = _mm256_fmadd_ps(m, _mm256_broadcast_ss(x[c].s + b), macc[c]);
+      }
+    }
+  }
+  SPW_UNROLL for (int c = 0; c < C; ++c) {
+    store_rows8(W::kHasMin ? _mm256_add_ps(acc[c], macc[c]) : acc[c], y + c * ldy, n_rows);
+  }
+}
+
+// The legacy types as a group family of tile_groups: Q8A activation rows, blocks of 32.
+template <class W>
+struct LegacyGroups {
+  static constexpr int kBytes = W::kBytes;
+  static constexpr int kElems = kQK;
+  static constexpr int kC = W::kC;
+  using X = Q8ARow;
+  static X x_row(const void* xq, int64_t cols, int64_t t) { return q8a_row(xq, cols, t); }
+  template <int C>
+  static void run(const uint8_t* const* p, const X* x, int64_t nb, float* y, int64_t ldy,
+                  int n_rows, const uint8_t* pf) {
+    group8<W, C>(p, x, nb, y, ldy, n_rows, pf);
+  }
+};
+
+constexpr int64_t kPanel = 64;  // weight rows kept hot in cache while tokens stream by
+
+// G::run<c> for the c <= C tokens of a tile (T > 1: no prefetching).
+template <class G, int C>
+inline void run_tokens(int c, const uint8_t* const* p, const typename G::X* x, int64_t nb, float* y,
+                       int64_t ldy, int n_rows) {
+  if constexpr (C > 1) {
+    if (c < C) {
+      run_tokens<G, C - 1>(c, p, x, nb, y, ldy, n_rows);
+      return;
+    }
+  }
+  G::template run<C>(p, x, nb, y, ldy, n_rows, nullptr);
+}
+
+// Pointers to the 8 rows of the group at r (n of them exist; the rest repeat the last).
+inline void group_rows(const uint8_t* base, uint64_t rb, int64_t r, int n, const uint8_t** p) {
+  for (int i = 0; i < 8; ++i) p[i] = base + (r + (i < n ? i : n - 1)) * rb;
+}
+
+// y[t * ldy + r] for r in [r0, r1), t in [t0, t1) with the group kernels of G. One token
+// (matrix-vector products): groups of 8 rows in order, each prefetching the next group.
+// More tokens: 64-row panels, within a panel G::kC tokens at a time over groups of 8 rows.
+// A group at the end of the range with fewer than 8 rows repeats its last row and stores
+// only the rows that exist.
+template <class G>
+void tile_groups(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
+                 int64_t t1, float* y, int64_t ldy) {
+  const int64_t nb = w.cols / G::kElems;
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  const uint64_t rb = w.row_bytes;
+  const uint8_t* p[8];
+  if (t1 - t0 == 1) {
+    const typename G::X x[1] = {G::x_row(xq, w.cols, t0)};
+    for (int64_t r = r0; r < r1; r += 8) {
+      const int n = static_cast<int>(min64(8, r1 - r));
+      group_rows(base, rb, r, n, p);
+      const uint8_t* pf = r + 16 <= r1 ? p[0] + 8 * rb : nullptr;
+      G::template run<1>(p, x, nb, y + t0 * ldy + r, ldy, n, pf);
+    }
+    return;
+  }
+  for (int64_t p0 = r0; p0 < r1; p0 += kPanel) {
+    const int64_t p1 = min64(r1, p0 + kPanel);
+    for (int64_t t = t0; t < t1; t += G::kC) {
+      const int c = static_cast<int>(min64(G::kC, t1 - t));
+      typename G::X x[G::kC];
+      for (int i = 0; i < c; ++i) x[i] = G::x_row(xq, w.cols, t + i);
+      for (int64_t r = p0; r < p1; r += 8) {
+        const int n = static_cast<int>(min64(8, p1 - r));
+        group_rows(base, rb, r, n, p);
+        run_tokens<G, G::kC>(c, p, x, nb, y + t * ldy + r, ldy, n);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace spillway::ops::detail
