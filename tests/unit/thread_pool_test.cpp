@@ -35,7 +35,9 @@ TEST(ThreadPool, GuidedChunksShrinkAndStayFew) {
       });
       for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << i;
       EXPECT_LE(calls.load(), 64) << n;  // few claims even for a million grains
-      if (n <= 1000) EXPECT_GE(single.load(), threads) << n;  // the tail is fine-grained
+      if (n <= 1000) {
+        EXPECT_GE(single.load(), threads) << n;  // the tail is fine-grained
+      }
     }
   }
 }
