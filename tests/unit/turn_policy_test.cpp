@@ -18,6 +18,12 @@ std::vector<R> ranges(const BatchPlan& p) {
   return r;
 }
 
+// In a function of its own (not inline in the long tests): keeps the tests' frames small,
+// which GCC's AddressSanitizer needs with detect_stack_use_after_return.
+void expect_ranges(const BatchPlan& b, const std::vector<R>& want) {
+  EXPECT_EQ(ranges(b), want);
+}
+
 BatchPlan plan_one(Policy& p, int64_t n) {
   BatchPlan b;
   p.plan(n, 1, b);
@@ -37,39 +43,39 @@ TEST(TurnPolicy, DropsTheOldestWholeTurns) {
   for (int64_t n = 0; n < 8; ++n) {
     const BatchPlan b = plan_one(*p, n);
     EXPECT_EQ(b.tokens[0].write_slot, n);
-    EXPECT_EQ(ranges(b), (std::vector<R>{{0, static_cast<int32_t>(n + 1), n, false}}));
+    expect_ranges(b, {{0, static_cast<int32_t>(n + 1), n, false}});
   }
   // Token 8 does not fit: turn [3, 6) leaves whole (not just token 3). Span 0,1,2,6,7,8
   // at ranks 0..5: the sinks are scored with the query at 5, the window with it at 8.
   BatchPlan b = plan_one(*p, 8);
   EXPECT_EQ(b.tokens[0].write_slot, 3);
   EXPECT_EQ(b.tokens[0].key_pos, 8);
-  EXPECT_EQ(ranges(b), (std::vector<R>{{0, 3, 5, true}, {6, 8, 8, false}, {3, 4, 8, false}}));
+  expect_ranges(b, {{0, 3, 5, true}, {6, 8, 8, false}, {3, 4, 8, false}});
   b = plan_one(*p, 9);  // turn 9 begins; 6..9 fit
   EXPECT_EQ(b.tokens[0].write_slot, 4);
-  EXPECT_EQ(ranges(b), (std::vector<R>{{0, 3, 6, true}, {6, 8, 9, false}, {3, 5, 9, false}}));
+  expect_ranges(b, {{0, 3, 6, true}, {6, 8, 9, false}, {3, 5, 9, false}});
   b = plan_one(*p, 10);
   EXPECT_EQ(b.tokens[0].write_slot, 5);
-  EXPECT_EQ(ranges(b), (std::vector<R>{{0, 3, 7, true}, {6, 8, 10, false}, {3, 6, 10, false}}));
+  expect_ranges(b, {{0, 3, 7, true}, {6, 8, 10, false}, {3, 6, 10, false}});
   b = plan_one(*p, 11);  // turn [6, 9) leaves whole: 9, 10, 11 in slots 4, 5, 6
   EXPECT_EQ(b.tokens[0].write_slot, 6);
-  EXPECT_EQ(ranges(b), (std::vector<R>{{0, 3, 5, true}, {4, 7, 11, false}}));
+  expect_ranges(b, {{0, 3, 5, true}, {4, 7, 11, false}});
   plan_one(*p, 12);
   b = plan_one(*p, 13);
   EXPECT_EQ(b.tokens[0].write_slot, 3);
-  EXPECT_EQ(ranges(b), (std::vector<R>{{0, 3, 7, true}, {4, 8, 13, false}, {3, 4, 13, false}}));
+  expect_ranges(b, {{0, 3, 7, true}, {4, 8, 13, false}, {3, 4, 13, false}});
   // Turn 9 alone outgrows the window: its oldest token leaves, as in sink:S+W.
   b = plan_one(*p, 14);
   EXPECT_EQ(b.tokens[0].write_slot, 4);
-  EXPECT_EQ(ranges(b), (std::vector<R>{{0, 3, 7, true}, {5, 8, 14, false}, {3, 5, 14, false}}));
+  expect_ranges(b, {{0, 3, 7, true}, {5, 8, 14, false}, {3, 5, 14, false}});
   EXPECT_EQ(p->slot_contents(), (std::vector<int64_t>{0, 1, 2, 13, 14, 10, 11, 12}));
   // A new turn at 15: turn 9 is no longer the current one, so what is left of it leaves.
   p->mark_turn_start(15);
   b = plan_one(*p, 15);
   EXPECT_EQ(b.tokens[0].write_slot, 5);
-  EXPECT_EQ(ranges(b), (std::vector<R>{{0, 3, 3, true}, {5, 6, 15, false}}));
+  expect_ranges(b, {{0, 3, 3, true}, {5, 6, 15, false}});
   b = plan_one(*p, 16);
-  EXPECT_EQ(ranges(b), (std::vector<R>{{0, 3, 4, true}, {5, 7, 16, false}}));
+  expect_ranges(b, {{0, 3, 4, true}, {5, 7, 16, false}});
   EXPECT_EQ(p->slot_contents(), (std::vector<int64_t>{0, 1, 2, -1, -1, 15, 16, -1}));
 }
 
@@ -138,7 +144,7 @@ TEST(TurnPolicy, TheConversationStartBecomesTheSinksUnlessTooLong) {
   for (int64_t n = 0; n < 8; ++n) plan_one(*p, n);
   // Token 8: the window (6 slots) would start at 3, inside turn [0, 5): it starts at 5.
   const BatchPlan b = plan_one(*p, 8);
-  EXPECT_EQ(ranges(b), (std::vector<R>{{0, 2, 5, true}, {5, 8, 8, false}, {2, 3, 8, false}}));
+  expect_ranges(b, {{0, 2, 5, true}, {5, 8, 8, false}, {2, 3, 8, false}});
   // A system turn shorter than S: the sinks are the first S tokens.
   auto q = make_policy("sink:3+5,evict=turn");
   q->mark_turn_start(1);
