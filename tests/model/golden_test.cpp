@@ -231,7 +231,11 @@ TEST_P(GoldenTest, ChunkedPerplexityEqualsPerToken) {
 // positions of the prose prompt, the mean top-64 logit distance of this engine from the
 // unrounded pass must not exceed llama.cpp's by more than a fifth; over the first
 // SPILLWAY_GOLDEN_F64_TOKENS corpus tokens (default 128) the same for the per-token NLLs.
-// Slow (minutes); runs with SPILLWAY_GOLDEN_F64=1.
+// Runs with SPILLWAY_GOLDEN_F64=1 (scripts/test.sh sets it): about 30 s for SmolLM2 and
+// 60 s for Gemma 3 on one core. At 128 tokens, avx2 / avx512-vnni kernels: mean |NLL diff|
+// from the unrounded pass SmolLM2 0.067 / 0.069 against llama.cpp's 0.066, Gemma 3 0.070 /
+// 0.076 against 0.079; top-64 logits SmolLM2 0.154 / 0.162 against 0.201, Gemma 3 0.214 /
+// 0.195 against 0.316.
 TEST_P(GoldenTest, DistanceOfBothEnginesFromAnUnroundedReference) {
   if (!std::getenv("SPILLWAY_GOLDEN_F64")) GTEST_SKIP() << "set SPILLWAY_GOLDEN_F64=1 to run";
   const json g = golden("logits.json");
