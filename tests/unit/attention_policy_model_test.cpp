@@ -20,13 +20,7 @@ namespace {
 
 using model::Model;
 
-std::vector<TokenId> random_tokens(int64_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<TokenId> u(0, 258);
-  std::vector<TokenId> t(static_cast<size_t>(n));
-  for (auto& x : t) x = u(rng);
-  return t;
-}
+using test::random_tokens;
 
 std::unique_ptr<Model> tiny(DType t, bool gemma = false) {
   test::TinyModelSpec s;

@@ -40,13 +40,7 @@ test::TinyModelSpec gemma_spec(DType matrices) {
   return s;
 }
 
-std::vector<TokenId> random_tokens(int64_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<TokenId> u(0, 258);
-  std::vector<TokenId> t(static_cast<size_t>(n));
-  for (auto& x : t) x = u(rng);
-  return t;
-}
+using test::random_tokens;
 
 std::vector<std::vector<float>> session_logits(const Model& m, const std::string& spec,
                                                const std::vector<TokenId>& tokens, int64_t chunk,

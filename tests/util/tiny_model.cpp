@@ -153,4 +153,12 @@ std::string write_tiny_model(const std::filesystem::path& dir, const TinyModelSp
   return path;
 }
 
+std::vector<TokenId> random_tokens(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<TokenId> u(0, 258);
+  std::vector<TokenId> t(static_cast<size_t>(n));
+  for (auto& x : t) x = u(rng);
+  return t;
+}
+
 }  // namespace spillway::test

@@ -7,8 +7,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "spillway/core/types.h"
+#include "spillway/tokenizer/tokenizer.h"
 
 namespace spillway::test {
 
@@ -48,5 +50,9 @@ inline constexpr int64_t kTinyVocab = 256 + 3 + 3;
 // Writes the model to dir/name and returns the path.
 std::string write_tiny_model(const std::filesystem::path& dir, const TinyModelSpec& spec = {},
                              const std::string& name = "tiny.gguf");
+
+// n tokens drawn uniformly from ids 0..258 (the byte tokens and the merges' results of
+// the tiny vocabulary), seeded: the same stream for the same seed.
+std::vector<TokenId> random_tokens(int64_t n, uint64_t seed);
 
 }  // namespace spillway::test
