@@ -16,6 +16,7 @@
 #include "spillway/core/error.h"
 #include "spillway/core/types.h"
 #include "spillway/gguf/gguf.h"
+#include "util.h"
 
 namespace spillway::cli {
 namespace {
@@ -88,13 +89,6 @@ std::string shape_text(const TensorInfo& t, const char* sep) {
   std::string s;
   for (int d = 0; d < t.n_dims; ++d) s += fmt::format("{}{}", d > 0 ? sep : "", t.ne[d]);
   return s;
-}
-
-std::string human_bytes(uint64_t b) {
-  if (b >= (uint64_t{1} << 30)) return fmt::format("{:.2f} GiB", b / double(uint64_t{1} << 30));
-  if (b >= (uint64_t{1} << 20)) return fmt::format("{:.2f} MiB", b / double(uint64_t{1} << 20));
-  if (b >= (uint64_t{1} << 10)) return fmt::format("{:.2f} KiB", b / double(uint64_t{1} << 10));
-  return fmt::format("{} B", b);
 }
 
 // A token id key (tokenizer.ggml.bos_token_id, ...) and its token text, when present.

@@ -57,8 +57,8 @@ void Progress::finish() {
 
 std::string human_bytes(uint64_t b) {
   if (b < 1024) return fmt::format("{} B", b);
-  if (b < 1024 * 1024) return fmt::format("{:.1f} KiB", static_cast<double>(b) / 1024);
-  if (b < 1024ull * 1024 * 1024) return fmt::format("{:.1f} MiB", static_cast<double>(b) / 1048576);
+  if (b < 1024 * 1024) return fmt::format("{:.2f} KiB", static_cast<double>(b) / 1024);
+  if (b < 1024ull * 1024 * 1024) return fmt::format("{:.2f} MiB", static_cast<double>(b) / 1048576);
   return fmt::format("{:.2f} GiB", static_cast<double>(b) / 1073741824.0);
 }
 

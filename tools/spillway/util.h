@@ -26,7 +26,7 @@ class Progress {
   double last_draw_ = -1.0;
 };
 
-// "98.4 MiB"
+// "98.41 MiB": binary units, two decimals
 std::string human_bytes(uint64_t bytes);
 
 }  // namespace spillway::cli
