@@ -95,7 +95,8 @@ fi
 if [[ $run_python -eq 1 ]]; then
   stage "Python package (pip install . into build-py/venv) and python/tests (pytest)"
   [[ -x build-py/venv/bin/python ]] || python3 -m venv build-py/venv
-  build-py/venv/bin/python -m pip install --quiet --disable-pip-version-check . pytest numpy
+  CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
+    build-py/venv/bin/python -m pip install --quiet --disable-pip-version-check . pytest numpy
   SPILLWAY_REQUIRE_MODEL=1 SPILLWAY_CLI="$ROOT/build/bin/spillway" \
     build-py/venv/bin/python -m pytest -q python/tests
   stage_done python
