@@ -10,9 +10,9 @@
 # 3. AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/, unit and cli tests
 # 4. install of build/ into a temporary prefix, and the find_package(spillway) consumer
 #    project in tests/consumer/ built and run against it
-# 5. the Python package: `pip install . pytest numpy` into the venv build-py/venv (the
-#    module's CMake build stays in build-py/ for the next run), then its pytest suite in
-#    python/tests/ (numbers compared with build/bin/spillway)
+# 5. the Python package: `pip install .` into the venv build-py/venv (the module's CMake
+#    build stays in build-py/ for the next run), then its pytest suite in python/tests/
+#    (numbers compared with build/bin/spillway)
 #
 # Environment: JOBS (parallel build and test jobs, default 2).
 set -euo pipefail
@@ -95,8 +95,12 @@ fi
 if [[ $run_python -eq 1 ]]; then
   stage "Python package (pip install . into build-py/venv) and python/tests (pytest)"
   [[ -x build-py/venv/bin/python ]] || python3 -m venv build-py/venv
-  CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
-    build-py/venv/bin/python -m pip install --quiet --disable-pip-version-check . pytest numpy
+  # The build tools live in the venv (no isolated build environment), so that their paths
+  # stay the same and a second run rebuilds only what changed.
+  build-py/venv/bin/python -m pip install --quiet --disable-pip-version-check \
+    "scikit-build-core>=0.10" "nanobind>=2.4" pytest numpy
+  CMAKE_BUILD_PARALLEL_LEVEL=$JOBS build-py/venv/bin/python -m pip install --quiet \
+    --disable-pip-version-check --no-build-isolation .
   SPILLWAY_REQUIRE_MODEL=1 SPILLWAY_CLI="$ROOT/build/bin/spillway" \
     build-py/venv/bin/python -m pytest -q python/tests
   stage_done python
