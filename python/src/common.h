@@ -61,6 +61,9 @@ PolicyChoice policy_choice(nb::handle policy, const std::string& cache_options);
 
 // The Python object behind a policy made by a PolicyChoice factory, or None.
 nb::object python_policy_object(const kv::Policy& policy);
+// The same as a borrowed pointer (nullptr for a C++ policy), for garbage-collector
+// traversal.
+PyObject* python_policy_ptr(const kv::Policy& policy);
 
 void bind_policy(nb::module_& m);    // policy.cpp: spillway.PlanBuilder
 void bind_analysis(nb::module_& m);  // analysis.cpp: attention statistics, sink analyses

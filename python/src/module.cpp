@@ -316,6 +316,26 @@ struct Generator {
   }
 };
 
+// The garbage collector sees what a session holds in C++: its Python policies and its
+// observer. A policy (or its class, through a notebook's globals) often refers back to the
+// session; without this edge such a cycle would never be collected.
+int session_traverse(PyObject* self, visitproc visit, void* arg) {
+#if PY_VERSION_HEX >= 0x03090000
+  Py_VISIT(Py_TYPE(self));
+#endif
+  if (!nb::inst_ready(self)) return 0;
+  const PySession* s = nb::inst_ptr<PySession>(self);
+  if (s->session) {
+    const kv::Cache& cache = s->session->cache();
+    for (int g = 0; g < cache.n_groups(); ++g) Py_VISIT(python_policy_ptr(cache.group_policy(g)));
+  }
+  Py_VISIT(s->observer.ptr());
+  return 0;
+}
+
+PyType_Slot kSessionSlots[] = {{Py_tp_traverse, reinterpret_cast<void*>(session_traverse)},
+                               {0, nullptr}};
+
 constexpr const char* kSessionDoc = R"(One token stream through a model under a KV-cache policy.
 
 Session(model, policy="full", threads=0, max_batch=64, max_stream=0, cache_options="")
@@ -457,7 +477,7 @@ NB_MODULE(_spillway, m) {
   nb::class_<PyCheckpoint>(m, "Checkpoint",
                            "A copy of a session's stream state (Session.checkpoint()).");
 
-  nb::class_<PySession>(m, "Session", kSessionDoc)
+  nb::class_<PySession>(m, "Session", kSessionDoc, nb::type_slots(kSessionSlots))
       .def(
           "__init__",
           [](PySession* self, const PyModel& m, nb::handle policy, int threads, int64_t max_batch,

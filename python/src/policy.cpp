@@ -242,6 +242,11 @@ nb::object python_policy_object(const kv::Policy& policy) {
   return nb::none();
 }
 
+PyObject* python_policy_ptr(const kv::Policy& policy) {
+  if (const auto* p = dynamic_cast<const PythonPolicy*>(&policy)) return p->object().ptr();
+  return nullptr;
+}
+
 void bind_policy(nb::module_& m) {
   nb::class_<PlanBuilder>(m, "PlanBuilder",
                           "What a Python policy's plan(n0, count, out) fills: one add() per "

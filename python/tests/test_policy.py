@@ -107,3 +107,21 @@ def test_attention_reading_python_policy_sees_probabilities(model, stream):
     assert layer == cfg["n_layer"] - 1
     assert shapes == [(cfg["n_head"], 32)] and lse_shape == (1, cfg["n_head"])
     assert abs(sums[0] - 1.0) < 1e-4
+
+
+def test_a_cycle_through_a_python_policy_is_collected(model, stream):
+    import gc
+
+    freed = []
+
+    class Holder(PySinkWindow):
+        def __del__(self):
+            freed.append(True)
+
+    s = spillway.Session(model, policy=Holder(4, 60), threads=1)
+    s.feed(stream[:8])
+    s.policy_object.session = s  # session -> (C++) policy copy -> session
+    del s
+    gc.collect()
+    # The prototype given to Session and the session's copy are both gone.
+    assert len(freed) == 2
