@@ -144,3 +144,22 @@ def test_sink_scores_equal_the_cli(model, corpus_text, cli, tmp_path):
     assert stats.hidden_norm().shape == (31, 128)
     assert stats.key_norm().shape == (30, 128, 3)
     assert stats.key(0, 0, 0).shape == (64,)
+
+
+def test_checkpoint_restore_and_generate_from_a_session(model, stream):
+    s = spillway.Session(model, policy="sink:4+60", threads=2)
+    s.feed(stream[:80])
+    cp = s.checkpoint()
+    a = s.feed(stream[80:100], all_logits=True)
+    s.restore(cp)
+    assert s.n_past == 80
+    np.testing.assert_array_equal(s.feed(stream[80:100], all_logits=True), a)
+    other = spillway.Session(model, threads=1)
+    with pytest.raises(spillway.InvalidArgument, match="another session"):
+        other.restore(cp)
+    # generate() continues a session's stream.
+    fresh = spillway.Session(model, policy="sink:4+60", threads=2)
+    gen = spillway.generate(fresh, stream[:20], 5)
+    text = "".join(gen)
+    assert fresh.n_past == 20 + 4 and gen.session_obj is fresh
+    assert text == model.detokenize(gen.tokens)
