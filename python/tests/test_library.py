@@ -100,9 +100,11 @@ def test_logits_near_the_llama_cpp_goldens(model):
             diffs.extend(np.abs(row[pos["top_ids"]] - np.asarray(pos["top_logits"])))
             top1_same += int(np.argmax(row) == pos["top_ids"][0])
             positions += 1
-    # The C++ golden test's bounds for this model (tests/model/golden_test.cpp).
+    # The C++ golden test's bounds for this model (kGoldens in tests/model/golden_test.cpp:
+    # max 1.5, mean 0.35; top-1 may differ at near-ties, at most a tenth of the positions).
     assert positions >= 24
-    assert np.mean(diffs) <= 0.25
+    assert np.max(diffs) <= 1.5
+    assert np.mean(diffs) <= 0.35
     assert top1_same >= 0.9 * positions
 
 
