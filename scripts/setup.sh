@@ -50,7 +50,7 @@ APT_PACKAGES=(
   libeigen3-dev libfmt-dev libspdlog-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev libpcre2-dev nlohmann-json3-dev
   libcpp-httplib-dev
-  python3 python3-pip python3-venv python3-matplotlib curl
+  python3 python3-dev python3-pip python3-venv python3-matplotlib curl
 )
 
 changed=0

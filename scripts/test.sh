@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of spillway: the command the README gives and CI runs.
 #
-#   scripts/test.sh [--no-asan] [--no-consumer]
+#   scripts/test.sh [--no-asan] [--no-consumer] [--no-python]
 #
 # 1. scripts/setup.sh --model gemma3-270m (packages, both models, corpus; does nothing
 #    when all is in place)
@@ -10,6 +10,9 @@
 # 3. AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/, unit and cli tests
 # 4. install of build/ into a temporary prefix, and the find_package(spillway) consumer
 #    project in tests/consumer/ built and run against it
+# 5. the Python package: `pip install .` into the venv build-py/venv (the module's CMake
+#    build stays in build-py/ for the next run), then its pytest suite in python/tests/
+#    (numbers compared with build/bin/spillway)
 #
 # Environment: JOBS (parallel build and test jobs, default 2).
 set -euo pipefail
@@ -18,16 +21,18 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 JOBS=${JOBS:-2}
 run_asan=1
 run_consumer=1
+run_python=1
 for arg in "$@"; do
   case $arg in
     --no-asan) run_asan=0 ;;
     --no-consumer) run_consumer=0 ;;
+    --no-python) run_python=0 ;;
     -h | --help)
-      sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "usage: $0 [--no-asan] [--no-consumer]" >&2
+      echo "usage: $0 [--no-asan] [--no-consumer] [--no-python]" >&2
       exit 2
       ;;
   esac
@@ -85,6 +90,20 @@ if [[ $run_consumer -eq 1 ]]; then
   "$tmp/build/spillway_consumer" | tee "$tmp/consumer.out"
   grep -qx 'consumer ok' "$tmp/consumer.out"
   stage_done consumer
+fi
+
+if [[ $run_python -eq 1 ]]; then
+  stage "Python package (pip install . into build-py/venv) and python/tests (pytest)"
+  [[ -x build-py/venv/bin/python ]] || python3 -m venv build-py/venv
+  # The build tools live in the venv (no isolated build environment), so that their paths
+  # stay the same and a second run rebuilds only what changed.
+  build-py/venv/bin/python -m pip install --quiet --disable-pip-version-check \
+    "scikit-build-core>=0.10" "nanobind>=2.4" pytest numpy
+  CMAKE_BUILD_PARALLEL_LEVEL=$JOBS build-py/venv/bin/python -m pip install --quiet \
+    --disable-pip-version-check --no-build-isolation .
+  SPILLWAY_REQUIRE_MODEL=1 SPILLWAY_CLI="$ROOT/build/bin/spillway" \
+    build-py/venv/bin/python -m pytest -q python/tests
+  stage_done python
 fi
 
 summary=$(printf '%s, ' "${stages[@]}")
