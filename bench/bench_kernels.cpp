@@ -144,14 +144,13 @@ void bench_attention(benchmark::State& state, KernelIsa isa, spillway::DType kv_
   for (auto& x : kf) x = nd(rng);
   for (auto& x : vf) x = nd(rng);
   for (auto& x : q) x = nd(rng);
-  std::vector<uint16_t> kh(n), vh(n);
-  for (size_t i = 0; i < n; ++i) {
-    kh[i] = spillway::f32_to_f16(kf[i]);
-    vh[i] = spillway::f32_to_f16(vf[i]);
-  }
-  const bool f16 = kv_type == spillway::DType::F16;
-  const void* k = f16 ? static_cast<const void*>(kh.data()) : kf.data();
-  const void* v = f16 ? static_cast<const void*>(vh.data()) : vf.data();
+  // The cache as kv_type (f32, f16 or q8_0 rows).
+  const uint64_t cache_bytes = *spillway::row_bytes(kv_type, n);
+  std::vector<uint8_t> kc(cache_bytes), vc(cache_bytes);
+  spillway::quantize_row_ref(kv_type, kf.data(), kc.data(), static_cast<int64_t>(n));
+  spillway::quantize_row_ref(kv_type, vf.data(), vc.data(), static_cast<int64_t>(n));
+  const void* k = kc.data();
+  const void* v = vc.data();
   const ops::AttentionShape s{nh, nkv, hd, span * hd, kv_type, 1.0f / std::sqrt(float(hd))};
   // Two runs, as a sink policy has.
   const ops::KeyRun runs[2] = {{0, 4, q.data()}, {4, static_cast<int32_t>(span), q.data()}};
@@ -171,7 +170,7 @@ void bench_attention(benchmark::State& state, KernelIsa isa, spillway::DType kv_
     benchmark::ClobberMemory();
   }
   state.counters["KV GB/s"] = benchmark::Counter(
-      2.0 * static_cast<double>(n) * (f16 ? 2 : 4) * static_cast<double>(state.iterations()) / 1e9,
+      2.0 * static_cast<double>(cache_bytes) * static_cast<double>(state.iterations()) / 1e9,
       benchmark::Counter::kIsRate);
 }
 
@@ -284,7 +283,8 @@ int main(int argc, char** argv) {
   };
   for (KernelIsa isa : spillway::ops::available_isas()) {
     for (const AttnShape& a : {AttnShape{"smollm2", 9, 3, 64}, AttnShape{"gemma3", 4, 1, 256}}) {
-      for (spillway::DType kv : {spillway::DType::F32, spillway::DType::F16}) {
+      for (spillway::DType kv :
+           {spillway::DType::F32, spillway::DType::F16, spillway::DType::Q8_0}) {
         for (int64_t span : {128, 1024, 4096}) {
           const std::string name =
               fmt::format("attention/{}/{}/{}/{}x{}x{}/span{}", spillway::ops::isa_name(isa),

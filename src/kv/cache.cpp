@@ -70,7 +70,7 @@ Cache::Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits
 std::string Cache::describe() const {
   if (!custom_) return spec_.str();
   std::string s = policy().spec();
-  if (spec_.kv_type() == DType::F16) s += ",kv=f16";
+  s += kv_type_suffix(spec_.kv_type());
   if (spec_.local() == LocalLayers::kPolicy) s += ",local=policy";
   return s;
 }

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "spillway/core/error.h"
+#include "spillway/core/quant.h"
 
 namespace spillway::kv {
 
@@ -14,18 +15,24 @@ KvStorage::KvStorage(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, DType
       n_head_kv_(n_head_kv),
       head_dim_(head_dim),
       type_(type),
+      row_bytes_(0),
       n_slots_(static_cast<size_t>(n_layer), 0),
       k_(static_cast<size_t>(n_layer)),
       v_(static_cast<size_t>(n_layer)) {
-  if (type != DType::F32 && type != DType::F16)
+  if (type != DType::F32 && type != DType::F16 && type != DType::Q8_0)
     throw InvalidArgument(
-        fmt::format("KV storage type must be f32 or f16, found {}", dtype_name(type)));
+        fmt::format("KV storage type must be f32, f16 or q8_0, found {}", dtype_name(type)));
+  if (type == DType::Q8_0 && head_dim % 32 != 0)
+    throw InvalidArgument(fmt::format(
+        "KV storage type q8_0 needs a head size that is a multiple of 32, found {}", head_dim));
+  if (head_dim < 1) throw InvalidArgument(fmt::format("KV storage: head size {}", head_dim));
+  row_bytes_ = static_cast<size_t>(*spillway::row_bytes(type, static_cast<uint64_t>(head_dim)));
 }
 
 uint64_t KvStorage::bytes() const {
   uint64_t slots = 0;
   for (int64_t n : n_slots_) slots += static_cast<uint64_t>(n);
-  return 2 * slots * static_cast<uint64_t>(n_head_kv_ * head_dim_) * element_size();
+  return 2 * slots * static_cast<uint64_t>(n_head_kv_) * row_bytes_;
 }
 
 void KvStorage::reserve(int64_t n_slots) {
@@ -37,9 +44,8 @@ void KvStorage::reserve(int64_t layer, int64_t n_slots) {
   if (n_slots <= have) return;
   // Doubling for growing caches; exact for the first allocation.
   const int64_t target = have == 0 ? n_slots : std::max(n_slots, 2 * have);
-  const size_t es = element_size();
-  const size_t old_head = static_cast<size_t>(have * head_dim_) * es;
-  const size_t new_head = static_cast<size_t>(target * head_dim_) * es;
+  const size_t old_head = static_cast<size_t>(have) * row_bytes_;
+  const size_t new_head = static_cast<size_t>(target) * row_bytes_;
   for (auto* buffers : {&k_, &v_}) {
     std::vector<std::byte>& buf = (*buffers)[static_cast<size_t>(layer)];
     std::vector<std::byte> grown(new_head * static_cast<size_t>(n_head_kv_));
@@ -52,11 +58,11 @@ void KvStorage::reserve(int64_t layer, int64_t n_slots) {
 
 void* KvStorage::k(int64_t layer, int64_t kv_head) {
   return k_[static_cast<size_t>(layer)].data() +
-         static_cast<size_t>(kv_head * n_slots(layer) * head_dim_) * element_size();
+         static_cast<size_t>(kv_head * n_slots(layer)) * row_bytes_;
 }
 void* KvStorage::v(int64_t layer, int64_t kv_head) {
   return v_[static_cast<size_t>(layer)].data() +
-         static_cast<size_t>(kv_head * n_slots(layer) * head_dim_) * element_size();
+         static_cast<size_t>(kv_head * n_slots(layer)) * row_bytes_;
 }
 const void* KvStorage::k(int64_t layer, int64_t kv_head) const {
   return const_cast<KvStorage*>(this)->k(layer, kv_head);
@@ -67,7 +73,7 @@ const void* KvStorage::v(int64_t layer, int64_t kv_head) const {
 
 void KvStorage::copy_slot(int64_t layer, int64_t from, int64_t to) {
   if (from == to) return;
-  const size_t row = static_cast<size_t>(head_dim_) * element_size();
+  const size_t row = row_bytes_;
   for (int64_t h = 0; h < n_head_kv_; ++h) {
     std::memcpy(static_cast<std::byte*>(k(layer, h)) + to * row,
                 static_cast<const std::byte*>(k(layer, h)) + from * row, row);
@@ -83,6 +89,10 @@ void KvStorage::store(int64_t layer, int64_t slot, const float* k_row, const flo
     if (type_ == DType::F32) {
       std::memcpy(static_cast<float*>(k(layer, h)) + slot * head_dim_, ks, head_dim_ * 4);
       std::memcpy(static_cast<float*>(v(layer, h)) + slot * head_dim_, vs, head_dim_ * 4);
+    } else if (type_ == DType::Q8_0) {
+      const size_t off = static_cast<size_t>(slot) * row_bytes_;
+      quantize_row_ref(DType::Q8_0, ks, static_cast<std::byte*>(k(layer, h)) + off, head_dim_);
+      quantize_row_ref(DType::Q8_0, vs, static_cast<std::byte*>(v(layer, h)) + off, head_dim_);
     } else {
       uint16_t* kd = static_cast<uint16_t*>(k(layer, h)) + slot * head_dim_;
       uint16_t* vd = static_cast<uint16_t*>(v(layer, h)) + slot * head_dim_;

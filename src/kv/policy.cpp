@@ -65,7 +65,7 @@ std::string policy_usage() {
     for (const auto& o : k.option_keys) s += fmt::format("; option {}=", o);
     s += ");";
   }
-  s += " options after a comma: positions=cache|absolute, kv=f32|f16, local=native|policy";
+  s += " options after a comma: positions=cache|absolute, kv=f32|f16|q8_0, local=native|policy";
   return s;
 }
 
@@ -145,6 +145,17 @@ const PolicyKind& find_kind(std::string_view spec, std::string_view name, bool h
 
 }  // namespace
 
+std::string kv_type_suffix(DType t) {
+  switch (t) {
+    case DType::F16:
+      return ",kv=f16";
+    case DType::Q8_0:
+      return ",kv=q8_0";
+    default:
+      return "";
+  }
+}
+
 PolicySpec::PolicySpec() : PolicySpec(std::string_view("full")) {}
 
 PolicySpec::PolicySpec(std::string_view spec) {
@@ -171,8 +182,8 @@ PolicySpec::PolicySpec(std::string_view spec) {
     if (key == "positions" && !saw_positions && (val == "cache" || val == "absolute")) {
       options_.positions = val == "cache" ? PositionMode::kCache : PositionMode::kAbsolute;
       saw_positions = true;
-    } else if (key == "kv" && !saw_kv && (val == "f32" || val == "f16")) {
-      kv_type_ = val == "f32" ? DType::F32 : DType::F16;
+    } else if (key == "kv" && !saw_kv && (val == "f32" || val == "f16" || val == "q8_0")) {
+      kv_type_ = val == "f32" ? DType::F32 : val == "f16" ? DType::F16 : DType::Q8_0;
       saw_kv = true;
     } else if (key == "local" && !saw_local && (val == "native" || val == "policy")) {
       local_ = val == "native" ? LocalLayers::kNative : LocalLayers::kPolicy;
@@ -188,7 +199,7 @@ PolicySpec::PolicySpec(std::string_view spec) {
   args_ = has_args ? std::string(head.substr(colon + 1)) : std::string();
   // The kind checks its arguments and says what its canonical form is.
   canonical_ = kind.make(args_, options_, PolicyLimits{})->spec();
-  if (kv_type_ == DType::F16) canonical_ += ",kv=f16";
+  canonical_ += kv_type_suffix(kv_type_);
   if (local_ == LocalLayers::kPolicy) canonical_ += ",local=policy";
 }
 

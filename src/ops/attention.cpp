@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include <fmt/format.h>
@@ -13,9 +14,15 @@ namespace spillway::ops {
 
 namespace {
 
+// Element idx of a cache laid out as consecutive elements (F32, F16) or Q8_0 blocks of 32.
+// A Q8_0 element is its block's f16 scale times its int8: exact in f32 (11 by 8 bits).
 inline float load_elem(const void* base, int64_t idx, DType t) {
-  return t == DType::F32 ? static_cast<const float*>(base)[idx]
-                         : f16_to_f32(static_cast<const uint16_t*>(base)[idx]);
+  if (t == DType::F32) return static_cast<const float*>(base)[idx];
+  if (t == DType::F16) return f16_to_f32(static_cast<const uint16_t*>(base)[idx]);
+  const auto* b = static_cast<const uint8_t*>(base) + (idx / 32) * 34;
+  uint16_t d;
+  std::memcpy(&d, b, 2);
+  return f16_to_f32(d) * static_cast<float>(static_cast<int8_t>(b[2 + idx % 32]));
 }
 
 // The parts of the runs that fall in positions [n0, n1) of their concatenation, into
@@ -77,6 +84,13 @@ void detail::attend_piece_with(const Kernels& ks, const AttentionShape& s, int64
   if (n0 < 0 || n1 <= n0 || n1 - n0 > kAttnPiece) {
     throw InvalidArgument(
         fmt::format("attend_piece: bad key range [{}, {}) (at most {} keys)", n0, n1, kAttnPiece));
+  }
+  if (s.kv_type != DType::F32 && s.kv_type != DType::F16 &&
+      (s.kv_type != DType::Q8_0 || s.head_dim % 32 != 0 || s.head_stride % 32 != 0)) {
+    throw InvalidArgument(fmt::format(
+        "attend_piece: KV type {} with head size {}, head stride {} (f32, f16, or q8_0 with "
+        "both multiples of 32)",
+        dtype_name(s.kv_type), s.head_dim, s.head_stride));
   }
   KeyRun sub[kAttnPiece];
   const int n_sub = clip_runs(runs, n_runs, n0, n1, sub);

@@ -27,10 +27,18 @@ namespace {
 constexpr int64_t kScoreRow = kAttnPiece + 8;  // room to pad a row to a multiple of 8
 constexpr int64_t kValueBlock = 32;            // keys per block of the value sums
 
-template <bool F16>
+// Elements [i, i + 8) of a cached row (i a multiple of 8). A Q8_0 element is its block's
+// scale times its int8, exact in f32 as in the scalar kernel.
+template <DType T>
 inline __m256 load8(const uint8_t* row, int64_t i) {
-  if constexpr (F16) {
+  if constexpr (T == DType::F16) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i)));
+  } else if constexpr (T == DType::Q8_0) {
+    const uint8_t* b = row + (i >> 5) * 34;
+    uint16_t h;
+    __builtin_memcpy(&h, b, 2);
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 2 + (i & 31)));
+    return _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
   } else {
     return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + i);
   }
@@ -44,7 +52,7 @@ inline __m128 reduce4(const __m256* a) {
 
 // GN heads of one group (query offset qoff within each run's q) over the clipped runs:
 // part_max[g], part_sum[g] and part_acc[g][d] of the piece.
-template <int GN, bool F16>
+template <int GN, DType T>
 void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_t qoff, int64_t d,
            const uint8_t* kb, const uint8_t* vb, uint64_t row, float scale, float* part_max,
            float* part_sum, float* part_acc, float (*sc)[kScoreRow]) {
@@ -76,11 +84,11 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
         SPW_UNROLL for (int c = 0; c < 4; ++c) a[g][c] = _mm256_setzero_ps();
       }
       for (int64_t i = 0; i < d; i += 8) {
+        __m256 kv[4];
+        SPW_UNROLL for (int c = 0; c < 4; ++c) kv[c] = load8<T>(kr + c * row, i);
         SPW_UNROLL for (int g = 0; g < GN; ++g) {
           const __m256 qv = _mm256_loadu_ps(q[g] + i);
-          SPW_UNROLL for (int c = 0; c < 4; ++c) {
-            a[g][c] = _mm256_fmadd_ps(qv, load8<F16>(kr + c * row, i), a[g][c]);
-          }
+          SPW_UNROLL for (int c = 0; c < 4; ++c) a[g][c] = _mm256_fmadd_ps(qv, kv[c], a[g][c]);
         }
       }
       SPW_UNROLL for (int g = 0; g < GN; ++g) {
@@ -95,7 +103,7 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
         __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                        _mm256_setzero_ps()};
         for (int64_t i = 0; i < d; i += 8) {
-          a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q[g] + i), load8<F16>(kr, i), a[0]);
+          a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q[g] + i), load8<T>(kr, i), a[0]);
         }
         sc[g][n] = _mm_cvtss_f32(_mm_mul_ss(reduce4(a), vscale));
       }
@@ -138,7 +146,7 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
       }
       for (int64_t i = n0; i < n1; ++i) {
         const uint8_t* vr = vb + row * static_cast<uint64_t>(slots[i]);
-        const __m256 v0 = load8<F16>(vr, c0), v1 = load8<F16>(vr, c0 + 8);
+        const __m256 v0 = load8<T>(vr, c0), v1 = load8<T>(vr, c0 + 8);
         SPW_UNROLL for (int g = 0; g < GN; ++g) {
           const __m256 p = _mm256_broadcast_ss(&sc[g][i]);
           o[g][0] = _mm256_fmadd_ps(p, v0, o[g][0]);
@@ -153,16 +161,15 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
   }
 }
 
-template <bool F16>
+template <DType T>
 void piece(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub, int64_t total,
            const void* k, const void* v, float* part) {
   const int64_t d = s.head_dim;
   const int G = static_cast<int>(s.n_head / s.n_head_kv);
-  const uint64_t es = F16 ? 2 : 4;
-  const uint64_t head_off = static_cast<uint64_t>(kv_head * s.head_stride) * es;
+  const uint64_t head_off = kv_bytes(T, kv_head * s.head_stride);
   const auto* kb = static_cast<const uint8_t*>(k) + head_off;
   const auto* vb = static_cast<const uint8_t*>(v) + head_off;
-  const uint64_t row = static_cast<uint64_t>(d) * es;
+  const uint64_t row = kv_bytes(T, d);
   alignas(32) float sc[4][kScoreRow];
   for (int g0 = 0; g0 < G; g0 += 4) {
     const int64_t qoff = (kv_head * G + g0) * d;
@@ -171,16 +178,16 @@ void piece(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_su
     float* pa = part + 2 * G + g0 * d;
     switch (G - g0 < 4 ? G - g0 : 4) {
       case 1:
-        slice<1, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
+        slice<1, T>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
         break;
       case 2:
-        slice<2, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
+        slice<2, T>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
         break;
       case 3:
-        slice<3, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
+        slice<3, T>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
         break;
       default:
-        slice<4, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
+        slice<4, T>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
         break;
     }
   }
@@ -190,10 +197,16 @@ void piece(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_su
 
 void attend_piece_avx2(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
                        int64_t total, const void* k, const void* v, float* part) {
-  if (s.kv_type == DType::F16) {
-    piece<true>(s, kv_head, sub, n_sub, total, k, v, part);
-  } else {
-    piece<false>(s, kv_head, sub, n_sub, total, k, v, part);
+  switch (s.kv_type) {
+    case DType::F16:
+      piece<DType::F16>(s, kv_head, sub, n_sub, total, k, v, part);
+      break;
+    case DType::Q8_0:
+      piece<DType::Q8_0>(s, kv_head, sub, n_sub, total, k, v, part);
+      break;
+    default:
+      piece<DType::F32>(s, kv_head, sub, n_sub, total, k, v, part);
+      break;
   }
 }
 

@@ -37,10 +37,18 @@ namespace {
 constexpr int64_t kScoreRow = kAttnPiece + 16;  // room to pad a row to a multiple of 16
 constexpr int64_t kValueBlock = 32;             // keys per block of the value sums
 
-template <bool F16>
+// Elements [i, i + 16) of a cached row (i a multiple of 16). A Q8_0 element is its
+// block's scale times its int8, exact in f32 as in the scalar kernel.
+template <DType T>
 inline __m512 load16(const uint8_t* row, int64_t i) {
-  if constexpr (F16) {
+  if constexpr (T == DType::F16) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * i)));
+  } else if constexpr (T == DType::Q8_0) {
+    const uint8_t* b = row + (i >> 5) * 34;
+    uint16_t h;
+    __builtin_memcpy(&h, b, 2);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2 + (i & 31)));
+    return _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(h)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
   } else {
     return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + i);
   }
@@ -60,7 +68,7 @@ inline __m128 reduce4(const __m512* a) {
 // GN heads of one group (query offset qoff within each run's q) over the clipped runs:
 // part_max[g], part_sum[g] and part_acc[g][d] of the piece. NV: zmm registers per head in
 // a column slice of the value sums (16 NV columns; d % (16 NV) == 0).
-template <int GN, int NV, bool F16>
+template <int GN, int NV, DType T>
 void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_t qoff, int64_t d,
            const uint8_t* kb, const uint8_t* vb, uint64_t row, float scale, float* part_max,
            float* part_sum, float* part_acc, float (*sc)[kScoreRow]) {
@@ -89,7 +97,7 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
       }
       for (int64_t i = 0; i < d; i += 16) {
         __m512 kv[4];
-        SPW_UNROLL for (int c = 0; c < 4; ++c) kv[c] = load16<F16>(kr + c * row, i);
+        SPW_UNROLL for (int c = 0; c < 4; ++c) kv[c] = load16<T>(kr + c * row, i);
         SPW_UNROLL for (int g = 0; g < GN; ++g) {
           const __m512 qv = _mm512_loadu_ps(q[g] + i);
           SPW_UNROLL for (int c = 0; c < 4; ++c) a[g][c] = _mm512_fmadd_ps(qv, kv[c], a[g][c]);
@@ -105,7 +113,7 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
         __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                        _mm512_setzero_ps()};
         for (int64_t i = 0; i < d; i += 16) {
-          a[0] = _mm512_fmadd_ps(_mm512_loadu_ps(q[g] + i), load16<F16>(kr, i), a[0]);
+          a[0] = _mm512_fmadd_ps(_mm512_loadu_ps(q[g] + i), load16<T>(kr, i), a[0]);
         }
         sc[g][n] = _mm_cvtss_f32(_mm_mul_ss(reduce4(a), vscale));
       }
@@ -146,7 +154,7 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
       for (int64_t i = n0; i < n1; ++i) {
         const uint8_t* vr = vb + row * static_cast<uint64_t>(slots[i]);
         __m512 vv[NV];
-        SPW_UNROLL for (int u = 0; u < NV; ++u) vv[u] = load16<F16>(vr, c0 + 16 * u);
+        SPW_UNROLL for (int u = 0; u < NV; ++u) vv[u] = load16<T>(vr, c0 + 16 * u);
         SPW_UNROLL for (int g = 0; g < GN; ++g) {
           const __m512 p = _mm512_set1_ps(sc[g][i]);
           SPW_UNROLL for (int u = 0; u < NV; ++u) o[g][u] = _mm512_fmadd_ps(p, vv[u], o[g][u]);
@@ -161,16 +169,15 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
   }
 }
 
-template <int NV, bool F16>
+template <int NV, DType T>
 void piece(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub, int64_t total,
            const void* k, const void* v, float* part) {
   const int64_t d = s.head_dim;
   const int G = static_cast<int>(s.n_head / s.n_head_kv);
-  const uint64_t es = F16 ? 2 : 4;
-  const uint64_t head_off = static_cast<uint64_t>(kv_head * s.head_stride) * es;
+  const uint64_t head_off = kv_bytes(T, kv_head * s.head_stride);
   const auto* kb = static_cast<const uint8_t*>(k) + head_off;
   const auto* vb = static_cast<const uint8_t*>(v) + head_off;
-  const uint64_t row = static_cast<uint64_t>(d) * es;
+  const uint64_t row = kv_bytes(T, d);
   alignas(64) float sc[4][kScoreRow];
   for (int g0 = 0; g0 < G; g0 += 4) {
     const int64_t qoff = (kv_head * G + g0) * d;
@@ -179,20 +186,16 @@ void piece(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_su
     float* pa = part + 2 * G + g0 * d;
     switch (G - g0 < 4 ? G - g0 : 4) {
       case 1:
-        slice<1, NV, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa,
-                          sc);
+        slice<1, NV, T>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
         break;
       case 2:
-        slice<2, NV, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa,
-                          sc);
+        slice<2, NV, T>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
         break;
       case 3:
-        slice<3, NV, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa,
-                          sc);
+        slice<3, NV, T>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
         break;
       default:
-        slice<4, NV, F16>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa,
-                          sc);
+        slice<4, NV, T>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
         break;
     }
   }
@@ -203,18 +206,28 @@ void piece(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_su
 void attend_piece_avx512(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
                          int64_t total, const void* k, const void* v, float* part) {
   const bool wide = s.head_dim % 64 == 0;
-  if (s.kv_type == DType::F16) {
-    if (wide) {
-      piece<4, true>(s, kv_head, sub, n_sub, total, k, v, part);
-    } else {
-      piece<2, true>(s, kv_head, sub, n_sub, total, k, v, part);
-    }
-  } else {
-    if (wide) {
-      piece<4, false>(s, kv_head, sub, n_sub, total, k, v, part);
-    } else {
-      piece<2, false>(s, kv_head, sub, n_sub, total, k, v, part);
-    }
+  switch (s.kv_type) {
+    case DType::F16:
+      if (wide) {
+        piece<4, DType::F16>(s, kv_head, sub, n_sub, total, k, v, part);
+      } else {
+        piece<2, DType::F16>(s, kv_head, sub, n_sub, total, k, v, part);
+      }
+      break;
+    case DType::Q8_0:
+      if (wide) {
+        piece<4, DType::Q8_0>(s, kv_head, sub, n_sub, total, k, v, part);
+      } else {
+        piece<2, DType::Q8_0>(s, kv_head, sub, n_sub, total, k, v, part);
+      }
+      break;
+    default:
+      if (wide) {
+        piece<4, DType::F32>(s, kv_head, sub, n_sub, total, k, v, part);
+      } else {
+        piece<2, DType::F32>(s, kv_head, sub, n_sub, total, k, v, part);
+      }
+      break;
   }
 }
 

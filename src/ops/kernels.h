@@ -35,6 +35,13 @@ bool can_run(const CpuFeatures& cpu, KernelIsa isa);
 // families the CPU cannot run, and unknown names, are ignored.
 KernelIsa select_isa(const CpuFeatures& cpu, const char* env);
 
+// Bytes of n consecutive elements of a KV cache of type t (F32, F16, or Q8_0 with n a
+// multiple of 32: n / 32 blocks of 34 bytes).
+constexpr uint64_t kv_bytes(DType t, int64_t n) {
+  const auto u = static_cast<uint64_t>(n);
+  return t == DType::F32 ? 4 * u : t == DType::F16 ? 2 * u : u / 32 * 34;
+}
+
 // Attention piece: the contract of ops::attend_piece for runs already clipped to the piece
 // (`total` keys, at most kAttnPiece).
 using AttendPieceFn = void (*)(const AttentionShape& s, int64_t kv_head, const KeyRun* sub,

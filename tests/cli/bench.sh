@@ -29,6 +29,10 @@ expect_usage_error "unknown policy" --model "$tmp/none.gguf" --policy nosuch:3
 expect_usage_error "zero reps" --model "$tmp/none.gguf" --reps 0
 expect_usage_error "zero prompt" --model "$tmp/none.gguf" --prompt 0
 expect_usage_error "unknown flag" --frobnicate
+expect_usage_error "depth too small" --model "$tmp/none.gguf" --depths 1024,3
+grep -q 'depth must be at least 5' "$tmp/err.txt" || fail "depth too small: message does not say why"
+expect_usage_error "bad KV type" --model "$tmp/none.gguf" --kv f16,q4_0
+grep -q 'q4_0' "$tmp/err.txt" || fail "bad KV type: message does not name it"
 
 # A missing model is a runtime error (exit 1).
 "$bin" bench --model "$tmp/none.gguf" >/dev/null 2>"$tmp/err.txt"
@@ -44,15 +48,17 @@ if [ ! -f "$model" ]; then
 fi
 small=(--model "$model" --text "$src/data/austen.txt" --reps 1 --prompt 32 --gen 8 --threads 2)
 
-# The table; --stream 0 skips the deep-stream decode.
-"$bin" bench "${small[@]}" --stream 0 >"$tmp/table.txt" 2>"$tmp/err.txt" ||
+# The table; --stream 0 skips the deep-stream decode, --depths 0 the full-cache ones.
+"$bin" bench "${small[@]}" --stream 0 --depths 0 >"$tmp/table.txt" 2>"$tmp/err.txt" ||
   fail "bench (table): $(cat "$tmp/err.txt")"
-for pat in '^kernels ' 'prefill pp32' 'decode tg8' 'peak RSS' 'weights read per token'; do
+for pat in '^kernels ' 'prefill pp32' 'decode tg8' 'peak RSS' 'weights read per token' \
+  '^memory bound'; do
   grep -q "$pat" "$tmp/table.txt" || fail "table: no line matching '$pat'"
 done
-if grep -q 'tg8 @' "$tmp/table.txt"; then fail "--stream 0 still ran the stream test"; fi
+if grep -q 'tg8 @' "$tmp/table.txt"; then fail "--stream 0 or --depths 0 still ran a test"; fi
 
-"$bin" bench "${small[@]}" --stream 160 --stream-batch 32 --policy window:64 --json >"$tmp/out.json" 2>"$tmp/err.txt" ||
+"$bin" bench "${small[@]}" --stream 160 --stream-batch 32 --policy window:64 --depths 64,96 \
+  --kv f16,q8_0 --json >"$tmp/out.json" 2>"$tmp/err.txt" ||
   fail "bench --json: $(cat "$tmp/err.txt")"
 python3 - "$tmp/out.json" <<'EOF' || fail "bench JSON"
 import json, sys
@@ -83,6 +89,24 @@ assert 80e6 < j['weight_bytes_per_token'] < 110e6, j['weight_bytes_per_token']
 assert j['peak_rss_bytes'] > j['weight_bytes_per_token'], j['peak_rss_bytes']
 assert abs(j['decode']['weight_bytes_per_s'] -
            j['decode']['tokens_per_s'] * j['weight_bytes_per_token']) < 1e-3 * j['decode']['weight_bytes_per_s']
+# Full-cache tests: depth x KV type, each with its memory bound. A token at depth D reads
+# the weights and 30 x 3 x 2 rows of D keys/values (f16: 128 bytes a row, q8_0: 2 blocks
+# of 34).
+d = j['depth']
+assert [(t['depth'], t['policy']) for t in d] == [
+    (64, 'sink:4+60,kv=f16'), (64, 'sink:4+60,kv=q8_0'),
+    (96, 'sink:4+92,kv=f16'), (96, 'sink:4+92,kv=q8_0')], d
+for t in d:
+    row = 128 if t['kv_type'] == 'F16' else 68
+    b = t['bound']
+    assert b['weight_bytes_per_token'] == j['weight_bytes_per_token'], b
+    assert b['kv_bytes_read_per_token'] == 30 * 3 * 2 * row * t['depth'], (t['kv_type'], b)
+    assert b['read_bandwidth_bytes_per_s'] > 1e8, b
+    want = b['read_bandwidth_bytes_per_s'] / (b['weight_bytes_per_token'] + b['kv_bytes_read_per_token'])
+    assert abs(b['bound_tokens_per_s'] - want) < 1e-6 * want, b
+    assert abs(b['fraction_of_bound'] - t['tokens_per_s'] / want) < 1e-6, b
+    assert t['tokens_per_s'] > 0 and len(t['tokens_per_s_reps']) == 1 and t['tokens'] == 8, t
+assert j['decode']['bound']['bound_tokens_per_s'] > 0, j['decode']['bound']
 EOF
 
 echo "bench.sh: ok"

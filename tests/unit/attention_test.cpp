@@ -11,17 +11,41 @@
 
 #include "ops/kernels.h"
 #include "spillway/core/error.h"
+#include "spillway/core/quant.h"
 #include "spillway/ops/matmul.h"
 
 namespace spillway::ops {
 namespace {
 
+// The cache of type t holding f32 values f[0, n) (ggml's rounding for f16 and Q8_0), placed
+// `skew` bytes past its allocation's start (kernels may not rely on alignment).
+struct CacheBuf {
+  std::vector<uint8_t> bytes;
+  size_t skew = 0;
+  const void* data() const { return bytes.data() + skew; }
+};
+CacheBuf make_cache(DType t, const float* f, size_t n, size_t skew) {
+  CacheBuf c;
+  c.skew = skew;
+  c.bytes.resize(skew + *row_bytes(t, n));
+  quantize_row_ref(t, f, c.bytes.data() + skew, static_cast<int64_t>(n));
+  return c;
+}
+
+// The KV types a head size admits (Q8_0 needs whole blocks of 32 per row).
+std::vector<DType> kv_types_for(int64_t head_dim) {
+  if (head_dim % 32 == 0) return {DType::F32, DType::F16, DType::Q8_0};
+  return {DType::F32, DType::F16};
+}
+
 TEST(Attention, GroupKernelMatchesReferenceOnRandomRuns) {
   std::mt19937 rng(42);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  for (DType kv_type : {DType::F32, DType::F16}) {
-    for (auto [n_head, n_head_kv, head_dim] :
-         {std::tuple{9, 3, 64}, std::tuple{12, 2, 16}, std::tuple{4, 4, 8}, std::tuple{6, 1, 12}}) {
+  for (auto [n_head, n_head_kv, head_dim] :
+       {std::tuple{9, 3, 64}, std::tuple{12, 2, 16}, std::tuple{4, 4, 8}, std::tuple{6, 1, 12},
+        std::tuple{6, 2, 96}}) {
+    for (DType kv_type : kv_types_for(head_dim)) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(kv_type) << " dim " << head_dim);
       const int64_t n_slots = 257;
       const size_t n = static_cast<size_t>(n_head_kv * n_slots * head_dim);
       // Every buffer one element off its allocation's alignment: kernels may not rely on it.
@@ -30,15 +54,9 @@ TEST(Attention, GroupKernelMatchesReferenceOnRandomRuns) {
       float* vf = vf_buf.data() + 1;
       for (size_t i = 0; i < n; ++i) kf[i] = nd(rng) * 2.0f;
       for (size_t i = 0; i < n; ++i) vf[i] = nd(rng);
-      std::vector<uint16_t> kh_buf(n + 1), vh_buf(n + 1);
-      uint16_t* kh = kh_buf.data() + 1;
-      uint16_t* vh = vh_buf.data() + 1;
-      for (size_t i = 0; i < n; ++i) {
-        kh[i] = f32_to_f16(kf[i]);
-        vh[i] = f32_to_f16(vf[i]);
-      }
-      const void* k = kv_type == DType::F32 ? static_cast<const void*>(kf) : kh;
-      const void* v = kv_type == DType::F32 ? static_cast<const void*>(vf) : vh;
+      const CacheBuf kc = make_cache(kv_type, kf, n, 3), vc = make_cache(kv_type, vf, n, 5);
+      const void* k = kv_type == DType::F32 ? static_cast<const void*>(kf) : kc.data();
+      const void* v = kv_type == DType::F32 ? static_cast<const void*>(vf) : vc.data();
       // Two query copies (as for sink and window runs), three runs incl. a wrapped one.
       const size_t qn = static_cast<size_t>(n_head * head_dim);
       std::vector<float> q_buf(2 * qn + 1);
@@ -79,21 +97,18 @@ TEST(Attention, GroupKernelMatchesReferenceOnRandomRuns) {
 TEST(Attention, WhereRunsBreakDoesNotChangeTheBits) {
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  for (DType kv_type : {DType::F32, DType::F16}) {
-    for (auto [n_head, n_head_kv, head_dim] :
-         {std::tuple{9, 3, 64}, std::tuple{8, 1, 32}, std::tuple{6, 2, 12}}) {
+  for (auto [n_head, n_head_kv, head_dim] :
+       {std::tuple{9, 3, 64}, std::tuple{8, 1, 32}, std::tuple{6, 2, 12}}) {
+    for (DType kv_type : kv_types_for(head_dim)) {
       const int64_t n_slots = 300;
       const size_t n = static_cast<size_t>(n_head_kv * n_slots * head_dim);
       std::vector<float> kf(n), vf(n);
       for (auto& x : kf) x = nd(rng);
       for (auto& x : vf) x = nd(rng);
-      std::vector<uint16_t> kh(n), vh(n);
-      for (size_t i = 0; i < n; ++i) {
-        kh[i] = f32_to_f16(kf[i]);
-        vh[i] = f32_to_f16(vf[i]);
-      }
-      const void* k = kv_type == DType::F32 ? static_cast<const void*>(kf.data()) : kh.data();
-      const void* v = kv_type == DType::F32 ? static_cast<const void*>(vf.data()) : vh.data();
+      const CacheBuf kc = make_cache(kv_type, kf.data(), n, 0),
+                     vc = make_cache(kv_type, vf.data(), n, 0);
+      const void* k = kc.data();
+      const void* v = vc.data();
       std::vector<float> q(static_cast<size_t>(n_head * head_dim));
       for (auto& x : q) x = nd(rng);
       const AttentionShape s{n_head,   n_head_kv,
@@ -112,7 +127,8 @@ TEST(Attention, WhereRunsBreakDoesNotChangeTheBits) {
         attend_group(s, g, whole, 1, k, v, a.data(), scratch.data());
         attend_group(s, g, cut, 5, k, v, b.data(), scratch.data());
       }
-      EXPECT_EQ(a, b) << "heads " << n_head << "/" << n_head_kv << " dim " << head_dim;
+      EXPECT_EQ(a, b) << dtype_name(kv_type) << " heads " << n_head << "/" << n_head_kv << " dim "
+                      << head_dim;
       // And the result is right.
       std::vector<float> want(static_cast<size_t>(head_dim));
       for (int64_t h = 0; h < n_head; ++h) {
@@ -137,6 +153,13 @@ TEST(Attention, PieceRangesAreChecked) {
   attend_piece(s, 0, run, 1, 0, 1, kv.data(), kv.data(), part.data());
   EXPECT_EQ(part[1], 1.0f);  // sum of exp(score - max) over one key
   EXPECT_EQ(part[2], 0.5f);  // its value
+  // Q8_0 rows are whole blocks of 32; other quantized types are no KV types.
+  const AttentionShape q8_48{1, 1, 48, 48, DType::Q8_0, 0.125f};
+  EXPECT_THROW(attend_piece(q8_48, 0, run, 1, 0, 1, kv.data(), kv.data(), part.data()),
+               InvalidArgument);
+  const AttentionShape q4{1, 1, 64, 64, DType::Q4_0, 0.125f};
+  EXPECT_THROW(attend_piece(q4, 0, run, 1, 0, 1, kv.data(), kv.data(), part.data()),
+               InvalidArgument);
 }
 
 // One group with one family's piece kernel: pieces, then the common merge.
@@ -153,8 +176,8 @@ void group_with(const detail::Kernels& ks, const AttentionShape& s, int64_t kv_h
   attend_merge(s, kv_head, parts.data(), n_pieces, out);
 }
 
-// Every family's pieces against the scalar family's and the double reference: f32 and f16
-// caches; head sizes of one and several vectors and ones a family's kernel does not take
+// Every family's pieces against the scalar family's and the double reference: f32, f16
+// and q8_0 caches; head sizes of one and several vectors and ones a family's kernel does not take
 // (it falls back to the scalar piece); groups of 1 to 6 heads (slices of 4 and the rest);
 // spans of 1 key to several pieces, with runs that break inside blocks of 4 keys; and the
 // bits must not depend on where the runs break.
@@ -163,10 +186,10 @@ void expect_pieces_match_scalar(KernelIsa isa) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const detail::Kernels& ks = detail::kernels_for(isa);
   const detail::Kernels& sc = detail::kernels_for(KernelIsa::kScalar);
-  for (DType kv_type : {DType::F32, DType::F16}) {
-    for (auto [n_head, n_head_kv, head_dim] :
-         {std::tuple{9, 3, 64}, std::tuple{4, 1, 256}, std::tuple{5, 1, 32}, std::tuple{6, 2, 96},
-          std::tuple{2, 2, 48}, std::tuple{6, 1, 16}, std::tuple{1, 1, 8}}) {
+  for (auto [n_head, n_head_kv, head_dim] :
+       {std::tuple{9, 3, 64}, std::tuple{4, 1, 256}, std::tuple{5, 1, 32}, std::tuple{6, 2, 96},
+        std::tuple{2, 2, 48}, std::tuple{6, 1, 16}, std::tuple{1, 1, 8}}) {
+    for (DType kv_type : kv_types_for(head_dim)) {
       for (int64_t span : {1, 3, 17, 128, 131, 300}) {
         SCOPED_TRACE(::testing::Message()
                      << isa_name(isa) << " " << dtype_name(kv_type) << " heads " << n_head << "/"
@@ -176,16 +199,11 @@ void expect_pieces_match_scalar(KernelIsa isa) {
         std::vector<float> kf(n + 1), vf(n + 1);
         for (auto& x : kf) x = nd(rng) * 2.0f;
         for (auto& x : vf) x = nd(rng);
-        std::vector<uint16_t> kh(n + 1), vh(n + 1);
-        for (size_t i = 0; i <= n; ++i) {
-          kh[i] = f32_to_f16(kf[i]);
-          vh[i] = f32_to_f16(vf[i]);
-        }
-        // One element off alignment.
-        const void* k = kv_type == DType::F32 ? static_cast<const void*>(kf.data() + 1)
-                                              : static_cast<const void*>(kh.data() + 1);
-        const void* v = kv_type == DType::F32 ? static_cast<const void*>(vf.data() + 1)
-                                              : static_cast<const void*>(vh.data() + 1);
+        // One element (f32) or one byte off alignment.
+        const CacheBuf kc = make_cache(kv_type, kf.data() + 1, n, 1),
+                       vc = make_cache(kv_type, vf.data() + 1, n, 1);
+        const void* k = kv_type == DType::F32 ? static_cast<const void*>(kf.data() + 1) : kc.data();
+        const void* v = kv_type == DType::F32 ? static_cast<const void*>(vf.data() + 1) : vc.data();
         std::vector<float> q(static_cast<size_t>(n_head * head_dim) + 1);
         for (auto& x : q) x = nd(rng);
         const float* qp = q.data() + 1;

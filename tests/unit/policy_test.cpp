@@ -63,6 +63,9 @@ TEST(PolicySpec, ParsesCanonicalForms) {
   EXPECT_EQ(PolicySpec("sink:00+8,local=native,kv=f32").str(), "sink:0+8");
   EXPECT_EQ(PolicySpec("window:8,local=policy,kv=f16").str(), "window:8,kv=f16,local=policy");
   EXPECT_EQ(PolicySpec("window:8,kv=f16").kv_type(), DType::F16);
+  EXPECT_EQ(PolicySpec("sink:4+8,kv=q8_0").kv_type(), DType::Q8_0);
+  EXPECT_EQ(PolicySpec("sink:4+8,kv=q8_0").str(), "sink:4+8,kv=q8_0");
+  EXPECT_EQ(PolicySpec("sink:4+8,kv=f32").str(), "sink:4+8");
   EXPECT_EQ(PolicySpec("window:8").local(), LocalLayers::kNative);
   EXPECT_EQ(PolicySpec("window:8,local=policy").local(), LocalLayers::kPolicy);
   EXPECT_EQ(PolicySpec().str(), "full");
@@ -97,6 +100,7 @@ TEST(PolicySpec, RejectsBadSpecsWithUsage) {
                           "sink:4+8,local=global",
                           "sink:4+8,local=policy,local=native",
                           "sink:4+8,kv=f16,kv=f32",
+                          "sink:4+8,kv=q4_0",
                           "window:99999999999999999999",
                           "window:2000000000",
                           "bogus:1"}) {

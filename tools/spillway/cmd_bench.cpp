@@ -1,24 +1,38 @@
 // spillway bench: throughput and latency of the model on this machine, measured the way
 // llama-bench measures (pp512: a 512-token prompt in one forward pass; tg128: 128 tokens
-// decoded one at a time from an empty cache, each computing its logits), plus decoding
-// deep into a stream (position 16K) under a bounded cache policy, per-token latency
-// percentiles, peak RSS and KV bytes. Every figure is the median over --reps repetitions.
+// decoded one at a time from an empty cache, each computing its logits), decoding with a
+// full cache at depths D (sink:4+(D-4): the cache filled to D tokens by real forward
+// passes, then tokens decoded one at a time, each evicting one; llama-bench's -d D with
+// tg), decoding deep into a stream (position 16K) under a bounded cache policy, per-token
+// latency percentiles, peak RSS and KV bytes. Every figure is the median over --reps
+// repetitions.
+//
+// The decode tests also report their memory bound: a decoded token reads every weight
+// and every cached key and value it attends to once, so
+//
+//   tokens/s <= read bandwidth / (weight bytes + KV bytes read per token)
+//
+// with the read bandwidth measured here, with the same threads, on a buffer of that
+// working-set size (a buffer that fits a large L3 reads faster than DRAM).
 #include <fmt/format.h>
 #include <sys/resource.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "command.h"
 #include "spillway/core/error.h"
+#include "spillway/kv/cache.h"
 #include "spillway/kv/policy.h"
 #include "spillway/model/model.h"
 #include "spillway/ops/matmul.h"
@@ -61,6 +75,8 @@ struct BenchOptions {
   int64_t stream = 16384;        // stream position of the deep decode (0: skip)
   int64_t stream_batch = 64;     // tokens per forward pass while advancing the stream
   std::vector<int64_t> streams;  // concurrent streams of the batched decode test (empty: skip)
+  std::vector<int64_t> depths = {1024, 4096};  // cache depths of the full-cache decode tests
+  std::vector<std::string> kv = {"f16"};       // KV types of the full-cache decode tests
   bool json = false;
   SamplerParams sampling = default_bench_sampling();
 };
@@ -156,6 +172,106 @@ nlohmann::ordered_json series_json(const Series& s, bool latency) {
   return j;
 }
 
+// "kv=f16": the KV type of a session's storage.
+std::string kv_type_label(const Session& s) {
+  std::string t(dtype_name(s.storage().type()));
+  for (char& c : t) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return "kv=" + t;
+}
+
+// ---- the memory bound of a decoded token ----
+
+// Read bandwidth (bytes/s) of the first `bytes` of a buffer, summed by the pool's threads
+// (each a contiguous share, eight independent accumulators so that loads, not adds, bound
+// the loop): the median of `sweeps` timed sweeps after one untimed one. The buffer grows
+// to the largest size asked for and is written once, so every page is resident.
+class BandwidthProbe {
+ public:
+  double measure(ThreadPool& pool, uint64_t bytes, int sweeps) {
+    const size_t words = static_cast<size_t>((bytes + 7) / 8);
+    if (words > buf_.size()) {
+      buf_.resize(words);
+      for (size_t i = 0; i < buf_.size(); ++i) buf_[i] = i;
+    }
+    const auto n = static_cast<int64_t>(words);
+    std::vector<uint64_t> partial(static_cast<size_t>(pool.size()) * 8);  // a line apart
+    std::vector<double> rates;
+    for (int sw = 0; sw <= sweeps; ++sw) {
+      const auto t0 = Clock::now();
+      pool.run([&](int ith, int nth) {
+        const int64_t b = n * ith / nth, e = n * (ith + 1) / nth;
+        uint64_t a[8] = {};
+        int64_t i = b;
+        for (; i + 8 <= e; i += 8)
+          for (int k = 0; k < 8; ++k) a[k] += buf_[static_cast<size_t>(i + k)];
+        for (; i < e; ++i) a[0] += buf_[static_cast<size_t>(i)];
+        uint64_t sum = 0;
+        for (uint64_t x : a) sum += x;
+        partial[static_cast<size_t>(ith) * 8] = sum;
+      });
+      const double t = seconds_since(t0);
+      uint64_t total = 0;
+      for (size_t i = 0; i < partial.size(); i += 8) total += partial[i];
+      sink_ += total;
+      if (sw > 0) rates.push_back(static_cast<double>(words * 8) / t);
+    }
+    return median(rates);
+  }
+  uint64_t sink() const { return sink_; }  // keeps the sums observable
+
+ private:
+  std::vector<uint64_t> buf_;  // [largest size asked for / 8]
+  uint64_t sink_ = 0;
+};
+
+// KV bytes one decoded token of `s` reads: per group of layers, its layers' keys and
+// values of the tokens a query attends to (the group policy's capacity, at most `depth`).
+uint64_t kv_read_bytes(const Session& s, int64_t depth) {
+  const kv::Cache& c = s.cache();
+  const uint64_t per_token_layer = 2 * static_cast<uint64_t>(s.storage().n_head_kv()) *
+                                   static_cast<uint64_t>(s.storage().row_bytes());
+  uint64_t total = 0;
+  for (int g = 0; g < c.n_groups(); ++g) {
+    const std::optional<int64_t> cap = c.group_policy(g).capacity();
+    const int64_t n = cap ? std::min(*cap, depth) : depth;
+    total += static_cast<uint64_t>(c.group_layers(g).size()) * per_token_layer *
+             static_cast<uint64_t>(n);
+  }
+  return total;
+}
+
+// A decode test's bound: bytes per token, the bandwidth of a buffer of that size, and
+// the tokens/s they allow.
+struct Bound {
+  uint64_t weight_bytes = 0;
+  uint64_t kv_bytes = 0;
+  std::vector<double> bandwidth;  // bytes/s, one probe per repetition
+  uint64_t bytes() const { return weight_bytes + kv_bytes; }
+  double tokens_per_s() const { return median(bandwidth) / static_cast<double>(bytes()); }
+};
+
+nlohmann::ordered_json bound_json(const Bound& b, double tokens_per_s) {
+  nlohmann::ordered_json j;
+  j["weight_bytes_per_token"] = b.weight_bytes;
+  j["kv_bytes_read_per_token"] = b.kv_bytes;
+  j["read_bandwidth_bytes_per_s"] = median(b.bandwidth);
+  j["bound_tokens_per_s"] = b.tokens_per_s();
+  j["fraction_of_bound"] = tokens_per_s / b.tokens_per_s();
+  return j;
+}
+
+// One full-cache decode test: the cache filled to `depth` under sink:4+(depth-4) with
+// KV type `kv`, then decoding.
+struct DepthTest {
+  int64_t depth = 0;
+  std::string policy;  // canonical spec
+  std::unique_ptr<Session> session;
+  int64_t at = 0;  // next stream index
+  double fill_s = 0.0;
+  Series series;
+  Bound bound;
+};
+
 // Continuous batching: n sessions under the policy, each given its own 64-token prompt,
 // then `gen` steps that decode one token of every session in one forward pass.
 struct BatchedResult {
@@ -212,8 +328,20 @@ int run_bench(const BenchOptions& o) {
   if (o.stream < 0) throw InvalidArgument(fmt::format("--stream must be >= 0, got {}", o.stream));
   if (o.stream_batch < 1)
     throw InvalidArgument(fmt::format("--stream-batch must be at least 1, got {}", o.stream_batch));
-  // Check the spec before the model loads (a usage error, exit 2).
+  for (int64_t d : o.depths)
+    if (d < 5 && d != 0)
+      throw InvalidArgument(
+          fmt::format("--depths: a depth must be at least 5 (4 sinks and a "
+                      "window), or 0 for none; got {}",
+                      d));
+  // Check the specs before the model loads (a usage error, exit 2).
   const kv::PolicySpec policy(o.policy);
+  std::vector<std::string> depth_specs;  // [depths][kv types]
+  for (int64_t d : o.depths) {
+    if (d == 0) continue;
+    for (const std::string& t : o.kv)
+      depth_specs.push_back(kv::PolicySpec(fmt::format("sink:4+{},kv={}", d - 4, t)).str());
+  }
   const std::string policy_spec = policy.str();
 
   const auto load_t0 = Clock::now();
@@ -228,8 +356,11 @@ int run_bench(const BenchOptions& o) {
 
   std::string source;
   const int64_t n_stream_tokens = o.stream + o.gen * (o.reps + 1);
-  const std::vector<TokenId> tokens =
-      bench_tokens(*model, o.text, std::max(o.prompt + o.gen, n_stream_tokens), &source);
+  int64_t max_depth = 0;
+  for (int64_t d : o.depths) max_depth = std::max(max_depth, d);
+  const int64_t n_depth_tokens = max_depth + o.gen * (o.reps + 1);
+  const std::vector<TokenId> tokens = bench_tokens(
+      *model, o.text, std::max({o.prompt + o.gen, n_stream_tokens, n_depth_tokens}), &source);
   const std::span<const TokenId> all(tokens);
   const std::span<const TokenId> prompt = all.first(static_cast<size_t>(o.prompt));
   const std::span<const TokenId> gen =
@@ -295,6 +426,64 @@ int run_bench(const BenchOptions& o) {
     }
   }
 
+  // tg's bound: the weights and, on average, the keys and values of (gen + 1) / 2 tokens.
+  const uint64_t wbytes = model->weight_bytes_per_token();
+  BandwidthProbe probe;
+  Bound tg_bound;
+  tg_bound.weight_bytes = wbytes;
+  tg_bound.kv_bytes = kv_bytes_tg / static_cast<uint64_t>(std::max<int64_t>(1, o.gen)) *
+                      static_cast<uint64_t>((o.gen + 1) / 2);  // storage: K+V of gen slots
+  for (int r = 0; r < o.reps; ++r)
+    tg_bound.bandwidth.push_back(probe.measure(pool, tg_bound.bytes(), 10));
+
+  // Full caches at each depth: every session filled first (batches of --stream-batch
+  // tokens), then the repetitions alternate between the tests, so that a slow moment of
+  // the machine hits them all. Each repetition probes the bandwidth of its working set
+  // right after decoding.
+  std::vector<DepthTest> depth_tests;
+  {
+    size_t i = 0;
+    for (int64_t d : o.depths) {
+      if (d == 0) continue;
+      for (size_t k = 0; k < o.kv.size(); ++k, ++i) {
+        DepthTest t;
+        t.depth = d;
+        t.policy = depth_specs[i];
+        SessionOptions so;
+        so.policy = t.policy;
+        so.max_batch = o.stream_batch;
+        so.max_stream = d + o.gen * (o.reps + 1);
+        t.session = std::make_unique<Session>(*model, so, &pool);
+        const auto t0 = Clock::now();
+        for (int64_t done = 0; done < d;) {
+          const int64_t n = std::min<int64_t>(1024, d - done);
+          t.session->advance(all.subspan(static_cast<size_t>(done), static_cast<size_t>(n)));
+          done += n;
+        }
+        t.fill_s = seconds_since(t0);
+        t.at = d;
+        note(fmt::format("{}: cache filled to {} in {:.1f} s", t.policy, d, t.fill_s));
+        Series warm;
+        decode_steps(*t.session, all.subspan(static_cast<size_t>(t.at), 8), warm);
+        t.at += 8;
+        t.bound.weight_bytes = wbytes;
+        t.bound.kv_bytes = kv_read_bytes(*t.session, d);
+        depth_tests.push_back(std::move(t));
+      }
+    }
+  }
+  for (int r = 0; r < o.reps; ++r) {
+    for (DepthTest& t : depth_tests) {
+      const double secs = decode_steps(
+          *t.session, all.subspan(static_cast<size_t>(t.at), static_cast<size_t>(o.gen)), t.series);
+      t.at += o.gen;
+      t.series.tokens_per_s.push_back(static_cast<double>(o.gen) / secs);
+      t.bound.bandwidth.push_back(probe.measure(pool, t.bound.bytes(), 10));
+      note(fmt::format("tg{} @ d{} {}: rep {}: {:.1f} tokens/s", o.gen, t.depth, t.policy, r + 1,
+                       t.series.tokens_per_s.back()));
+    }
+  }
+
   // Deep in a stream: advance (real forward passes, no logits) once, then decode.
   Series deep;
   double advance_s = 0.0;
@@ -339,7 +528,6 @@ int run_bench(const BenchOptions& o) {
   }
 
   const uint64_t rss = peak_rss_bytes();
-  const uint64_t wbytes = model->weight_bytes_per_token();
   const double tg_med = median(tg.tokens_per_s);
   const double sampler_med_us = median(sampler_us);
   const double sampler_share = sampler_med_us * 1e-6 * tg_med;  // of a decoded token's time
@@ -361,6 +549,18 @@ int run_bench(const BenchOptions& o) {
     j["decode"]["tokens"] = o.gen;
     j["decode"]["kv_bytes"] = kv_bytes_tg;
     j["decode"]["weight_bytes_per_s"] = tg_med * static_cast<double>(wbytes);
+    j["decode"]["bound"] = bound_json(tg_bound, tg_med);
+    j["depth"] = nlohmann::ordered_json::array();
+    for (const DepthTest& t : depth_tests) {
+      nlohmann::ordered_json jd = series_json(t.series, true);
+      jd["depth"] = t.depth;
+      jd["policy"] = t.policy;
+      jd["kv_type"] = std::string(dtype_name(t.session->storage().type()));
+      jd["tokens"] = o.gen;
+      jd["fill_seconds"] = t.fill_s;
+      jd["bound"] = bound_json(t.bound, median(t.series.tokens_per_s));
+      j["depth"].push_back(jd);
+    }
     j["sampler"]["settings"] = describe(o.sampling);
     j["sampler"]["us_per_token_median"] = sampler_med_us;
     j["sampler"]["fraction_of_decode"] = sampler_share;
@@ -400,6 +600,11 @@ int run_bench(const BenchOptions& o) {
   fmt::print("{:<32} {:>10.1f} {:>12.3f} {:>10.3f} {:>12}\n", fmt::format("decode tg{}", o.gen),
              tg_med, median(tg.latency_ms), percentile(tg.latency_ms, 99.0),
              human_bytes(kv_bytes_tg));
+  for (const DepthTest& t : depth_tests)
+    fmt::print("{:<32} {:>10.1f} {:>12.3f} {:>10.3f} {:>12}\n",
+               fmt::format("tg{} @ d{} {}", o.gen, t.depth, kv_type_label(*t.session)),
+               median(t.series.tokens_per_s), median(t.series.latency_ms),
+               percentile(t.series.latency_ms, 99.0), human_bytes(t.session->storage().bytes()));
   if (o.stream > 0)
     fmt::print("{:<32} {:>10.1f} {:>12.3f} {:>10.3f} {:>12}\n",
                fmt::format("tg{} @ {} {}", o.gen, o.stream, policy_spec), median(deep.tokens_per_s),
@@ -417,6 +622,22 @@ int run_bench(const BenchOptions& o) {
     fmt::print(
         "({} streams: tokens/s of all streams together; ms per step, every stream one token)\n",
         "N");
+  // The memory bound of each decode test.
+  fmt::print("\n{:<32} {:>10} {:>10} {:>10} {:>10} {:>9}\n", "memory bound", "weights", "KV read",
+             "GB/s", "bound t/s", "reached");
+  auto bound_row = [&](const std::string& name, const Bound& b, double tps) {
+    fmt::print("{:<32} {:>10} {:>10} {:>10.1f} {:>10.1f} {:>8.0f}%\n", name,
+               human_bytes(b.weight_bytes), human_bytes(b.kv_bytes), median(b.bandwidth) / 1e9,
+               b.tokens_per_s(), 100.0 * tps / b.tokens_per_s());
+  };
+  bound_row(fmt::format("decode tg{}", o.gen), tg_bound, tg_med);
+  for (const DepthTest& t : depth_tests)
+    bound_row(fmt::format("tg{} @ d{} {}", o.gen, t.depth, kv_type_label(*t.session)), t.bound,
+              median(t.series.tokens_per_s));
+  fmt::print(
+      "(bytes a decoded token reads / read bandwidth of a buffer that size, {} thread(s); "
+      "d{}: cache filled to {} under {})\n",
+      pool.size(), "D", "D", "sink:4+(D-4)");
   fmt::print("\nsampler per token       {:.1f} us, {:.2f} % of a decoded token (tg{} median)\n",
              sampler_med_us, 100.0 * sampler_share, o.gen);
   fmt::print("weights read per token  {} ({:.2f} GB/s at the tg{} median)\n", human_bytes(wbytes),
@@ -455,6 +676,14 @@ Registrar reg("bench", [](CLI::App& app) {
                   "batching), for each N given (e.g. --streams 1,2,4,8,16)")
       ->delimiter(',')
       ->check(CLI::PositiveNumber);
+  sub->add_option("--depths", o->depths,
+                  "Cache depths D of the full-cache decode tests: the cache filled to D tokens "
+                  "under sink:4+(D-4), then tgN (llama-bench -d D); 0: none")
+      ->delimiter(',')
+      ->capture_default_str();
+  sub->add_option("--kv", o->kv, "KV types of the full-cache decode tests (f32, f16, q8_0)")
+      ->delimiter(',')
+      ->capture_default_str();
   sub->add_option("--temp", o->sampling.temperature, "Temperature of the sampler measured")
       ->capture_default_str();
   sub->add_option("--top-k", o->sampling.top_k, "Top-k of the sampler measured (0: off)");

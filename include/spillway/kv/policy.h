@@ -106,8 +106,12 @@ enum class LocalLayers {
   kPolicy,  // every layer follows the policy (an experiment: local layers lose their window)
 };
 
+// The spec option naming a KV element type: "" for F32 (the default), ",kv=f16",
+// ",kv=q8_0".
+std::string kv_type_suffix(DType t);
+
 // A parsed policy spec: "name[:args][,key=value...]". Parsed once, then passed around as
-// a value. Keys: positions=cache|absolute (the policy's), kv=f32|f16 (the storage's
+// a value. Keys: positions=cache|absolute (the policy's), kv=f32|f16|q8_0 (the storage's
 // element type), local=native|policy (which layers the policy governs).
 class PolicySpec {
  public:

@@ -28,6 +28,8 @@ struct AttentionShape {
   int64_t n_head_kv = 0;
   int64_t head_dim = 0;
   int64_t head_stride = 0;  // elements between consecutive KV heads (n_slots * head_dim)
+  // F32, F16 or Q8_0. A Q8_0 cache is a sequence of GGUF Q8_0 blocks (32 elements each):
+  // head_dim and head_stride must be multiples of 32; element e of a row is in block e / 32.
   DType kv_type = DType::F32;
   float scale = 1.0f;  // usually 1/sqrt(head_dim)
 };
@@ -49,7 +51,8 @@ inline int64_t attention_part_floats(const AttentionShape& s) {
 // Partial attention of the G query heads of KV head `kv_head` over key positions
 // [n0, n1) of the runs' concatenation (n1 - n0 <= kAttnPiece), into `part`
 // (attention_part_floats). k, v: base of the cache for the layer
-// ([n_head_kv][n_slots][head_dim], kv_type elements).
+// ([n_head_kv][n_slots][head_dim], kv_type elements). Throws InvalidArgument for a bad key
+// range or KV type (see AttentionShape::kv_type).
 void attend_piece(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
                   int64_t n0, int64_t n1, const void* k, const void* v, float* part);
 
