@@ -35,7 +35,7 @@ bool ascii_letter(char c) {
 // ASCII graphic byte on either side, looking only at newlines from index `from` on.
 size_t newline_cut(std::string_view s, size_t from) {
   for (size_t i = s.size() >= 2 ? s.size() - 2 : 0; i >= std::max<size_t>(from, 1); --i)
-    if (s[i] == '\n' && ascii_graphic(s[i - 1]) && ascii_graphic(s[i + 1])) return i;
+    if (s[i] == '\n' && ascii_graphic(s[i - 1]) && ascii_graphic(s[i + 1])) return i + 1;
   return 0;
 }
 
