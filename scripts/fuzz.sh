@@ -59,7 +59,12 @@ ASAN_OPTIONS=${ASAN_OPTIONS:-allocator_may_return_null=0} \
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
 rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
 echo "$target: ${execs:-?} executions in ${secs} s (${rate:-?} exec/s); corpus $(ls "$corpus" | wc -l) files; log $log"
-if ls "$artifacts"/* >/dev/null 2>&1; then
-  echo "findings in $artifacts:" && ls "$artifacts"
+# crash-, leak-, oom- and timeout- files are findings; slow-unit- files (an input that took
+# over 10 s, often only a loaded machine) are listed for a look.
+if ls "$artifacts"/slow-unit-* >/dev/null 2>&1; then
+  echo "slow inputs in $artifacts:" && ls "$artifacts" | grep '^slow-unit-'
+fi
+if ls "$artifacts" | grep -qE '^(crash|leak|oom|timeout)-'; then
+  echo "findings in $artifacts:" && ls "$artifacts" | grep -E '^(crash|leak|oom|timeout)-'
   exit 1
 fi
