@@ -178,6 +178,15 @@ class Cursor {
                       "at least {} bytes each, {} bytes remain, file size {})",
                       n, at, n, value_type_name(a.elem_type), min_bytes, remaining(), size_));
     }
+    // Each element costs sizeof(Value) in memory but may take 1 byte of the file: a cap on
+    // the elements of all arrays together bounds what a large file can make us allocate.
+    if (n > kMaxArrayItems - array_items_) {
+      fail(
+          fmt::format("array length {} at byte {} takes the file's arrays past {} elements in "
+                      "all ({} before it): beyond what this reader loads",
+                      n, at, kMaxArrayItems, array_items_));
+    }
+    array_items_ += n;
     a.items.reserve(static_cast<size_t>(n));
     for (uint64_t i = 0; i < n; ++i) a.items.push_back(read_value(a.elem_type, depth));
     return a;
@@ -190,6 +199,7 @@ class Cursor {
   uint64_t size_;
   std::string_view file_;
   uint64_t pos_ = 0;
+  uint64_t array_items_ = 0;  // elements of every array read so far
   std::string context_;
 };
 

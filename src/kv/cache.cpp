@@ -2,11 +2,48 @@
 
 #include <fmt/core.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <limits>
 #include <map>
 
 #include "spillway/core/error.h"
 
 namespace spillway::kv {
+
+namespace {
+
+uint64_t physical_memory() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return std::numeric_limits<uint64_t>::max();
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+}
+
+// The KV bytes of n_slots slots in every layer (an upper bound: layers with a native
+// window hold fewer), or InvalidArgument when that is more than the machine's memory.
+void check_memory(const PolicySpec& spec, int64_t n_layer, int64_t n_head_kv, int64_t head_dim,
+                  int64_t n_slots) {
+  const uint64_t elem = spec.kv_type() == DType::F16 ? 2 : 4;
+  const uint64_t max = std::numeric_limits<uint64_t>::max();
+  uint64_t per_slot = 2 * elem;  // K and V
+  for (const int64_t f : {n_head_kv, head_dim, n_layer}) {
+    const auto u = static_cast<uint64_t>(std::max<int64_t>(f, 0));
+    per_slot = u != 0 && per_slot > max / u ? max : per_slot * u;
+  }
+  const auto slots = static_cast<uint64_t>(std::max<int64_t>(n_slots, 1));
+  const uint64_t bytes = per_slot > max / slots ? max : per_slot * slots;
+  const uint64_t mem = physical_memory();
+  if (bytes > mem)
+    throw InvalidArgument(fmt::format(
+        "KV cache of policy '{}': {} slots x {} layers x {} KV heads x head dim {} need {:.1f} "
+        "GiB, more than this machine's {:.1f} GiB of memory",
+        spec.str(), n_slots, n_layer, n_head_kv, head_dim, static_cast<double>(bytes) / (1 << 30),
+        static_cast<double>(mem) / (1 << 30)));
+}
+
+}  // namespace
 
 Cache::Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits& limits,
              const PolicyFactory& factory)
@@ -27,6 +64,8 @@ Cache::Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits
     max_batch_ = 1;
     proto = make(PolicyLimits{1, limits.max_stream});
   }
+  check_memory(spec, static_cast<int64_t>(shape.layers.size()), shape.n_head_kv, shape.head_dim,
+               proto->n_slots());
   // The layers the spec's policy governs, and those that keep a native window.
   std::vector<int64_t> governed;
   std::map<int64_t, std::vector<int64_t>> native;  // window -> layers
@@ -116,6 +155,10 @@ Cache& Cache::operator=(const Cache& o) {
 }
 
 void Cache::grow_storage() {
+  // A growing cache (full) stops with an error where its storage would pass the memory.
+  int64_t most = 0;
+  for (const Group& g : groups_) most = std::max(most, g.policy->n_slots());
+  check_memory(spec_, storage_.n_layer(), storage_.n_head_kv(), storage_.head_dim(), most);
   for (const Group& g : groups_)
     for (int64_t l : g.layers) storage_.reserve(l, std::max<int64_t>(1, g.policy->n_slots()));
   bytes_peak_ = std::max(bytes_peak_, storage_.bytes());

@@ -71,6 +71,9 @@ std::string policy_usage() {
 
 int64_t parse_count(std::string_view text, int64_t min, int64_t max, std::string_view what,
                     std::string_view spec) {
+  // Some policies keep per-slot metadata from construction on (and one copy per layer):
+  // no count above kMaxPolicySlots, whatever the policy's own limit.
+  max = std::min(max, kMaxPolicySlots);
   int64_t v = 0;
   auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
   if (text.empty() || ec != std::errc() || p != text.data() + text.size() || v < min || v > max) {

@@ -34,12 +34,14 @@ ModelConfig read_common_config(const gguf::GgufFile& file) {
   c.n_head = meta.get<uint32_t>(p + "attention.head_count");
   c.n_head_kv = meta.find<uint32_t>(p + "attention.head_count_kv").value_or(c.n_head);
   c.n_ff = meta.get<uint32_t>(p + "feed_forward_length");
-  c.n_ctx_train = meta.get<uint32_t>(p + "context_length");
+  // Only a default and a warning threshold (nothing is sized by it): any int64 is taken.
+  c.n_ctx_train = meta.get<int64_t>(p + "context_length");
   c.rms_eps = static_cast<float>(meta.get<double>(p + "attention.layer_norm_rms_epsilon"));
 
   auto bad = [&](const std::string& what) {
     return FormatError(fmt::format("{}: inconsistent hyperparameters: {}", file.path(), what));
   };
+  if (c.n_ctx_train < 0) throw bad(fmt::format("context_length {} < 0", c.n_ctx_train));
   if (c.n_layer < 1 || c.n_embd < 1 || c.n_head < 1 || c.n_head_kv < 1 || c.n_ff < 1)
     throw bad(
         fmt::format("block_count {}, embedding_length {}, head_count {}, head_count_kv {}, "

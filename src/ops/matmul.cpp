@@ -21,9 +21,13 @@ using detail::TileFn;
 
 namespace {
 
-// Rounds to nearest, ties to even (the rounding of the SIMD conversions).
+// Rounds to nearest, ties to even (the rounding of the SIMD conversions), into
+// [-127, 127]. Total: NaN gives 0 and out-of-range values the nearer bound (activations
+// from a file with inf/NaN weights, or a block so small that 127 / amax overflows to inf,
+// must not reach an undefined float-to-int conversion).
 inline int32_t round_to_int(float v) {
-  return static_cast<int32_t>(std::nearbyint(v));
+  if (!(v == v)) return 0;
+  return static_cast<int32_t>(std::nearbyint(std::clamp(v, -127.0f, 127.0f)));
 }
 
 // One row of x into Q8A blocks (see matmul_internal.h): d = amax / 127.

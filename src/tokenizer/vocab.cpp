@@ -416,7 +416,7 @@ std::vector<TokenId> VocabTokenizer::encode(std::string_view text,
     }
     out.push_back(*data_.bos);
   }
-  bool after_special = true;
+  bool after_special = !opts.continues_text;
   for (const Fragment& f : partition(text, opts.parse_special)) {
     if (f.id >= 0) {
       out.push_back(f.id);

@@ -4,7 +4,9 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <random>
 
@@ -25,8 +27,21 @@ using test::GgufWriter;
 constexpr const char* kName = "models/x.gguf";
 
 // Parses `image` and expects E with a message containing every substring.
+// With SPILLWAY_FUZZ_SEED_DIR set, every rejected image is also written there (seeds of
+// the reader's fuzz campaign, scripts/fuzz.sh).
+void dump_seed(const std::vector<uint8_t>& image) {
+  static int n = 0;
+  const char* dir = std::getenv("SPILLWAY_FUZZ_SEED_DIR");
+  if (!dir) return;
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::ofstream f(fmt::format("{}/corrupt_{}_{}.gguf", dir, info ? info->name() : "x", n++),
+                  std::ios::binary);
+  f.write(reinterpret_cast<const char*>(image.data()), static_cast<std::streamsize>(image.size()));
+}
+
 template <class E>
 void expect_reject(const std::vector<uint8_t>& image, std::initializer_list<std::string> subs) {
+  dump_seed(image);
   try {
     GgufFile::from_bytes(image, kName);
     ADD_FAILURE() << "parsed; expected an error containing: " << *subs.begin();

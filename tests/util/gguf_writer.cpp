@@ -83,6 +83,15 @@ void GgufWriter::set_alignment(uint64_t alignment) {
 void GgufWriter::add(std::string key, gguf::Value v) {
   kvs_.push_back({std::move(key), std::move(v)});
 }
+void GgufWriter::replace(const std::string& key, gguf::Value v) {
+  for (Kv& kv : kvs_) {
+    if (kv.key == key) {
+      kv.value = std::move(v);
+      return;
+    }
+  }
+  add(key, std::move(v));
+}
 void GgufWriter::add_u32(std::string key, uint32_t v) {
   add(std::move(key), Value(Value::Storage(std::in_place_index<4>, v)));
 }

@@ -65,6 +65,8 @@ class GgufWriter {
 
   // Adds a key/value (in order; duplicates are kept).
   void add(std::string key, gguf::Value v);
+  // Gives the first entry of `key` this value (type included), or adds it when absent.
+  void replace(const std::string& key, gguf::Value v);
   void add_u32(std::string key, uint32_t v);
   void add_i32(std::string key, int32_t v);
   void add_u64(std::string key, uint64_t v);

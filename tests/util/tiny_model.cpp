@@ -148,6 +148,7 @@ std::string write_tiny_model(const std::filesystem::path& dir, const TinyModelSp
       norm(b + "post_ffw_norm.weight");
     }
   }
+  for (const auto& [key, value] : s.replace_kv) w.replace(key, value);
   const std::string path = (dir / name).string();
   w.write(path);
   return path;

@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "spillway/core/types.h"
+#include "spillway/gguf/gguf.h"
 #include "spillway/tokenizer/tokenizer.h"
 
 namespace spillway::test {
@@ -40,6 +42,9 @@ struct TinyModelSpec {
   std::string rope_scaling_type;  // written as llama.rope.scaling.type when not empty
   std::string omit_tensor;        // a tensor name left out
   std::string misshape_tensor;    // a 2-D tensor written with its dimensions swapped
+  // Keys written with these values (and types) instead of the spec's, or added: for files
+  // whose metadata lies ("llama.context_length" as a uint64 of 2^40).
+  std::vector<std::pair<std::string, gguf::Value>> replace_kv;
 };
 
 // Vocabulary: the 256 byte tokens (GPT-2 byte-to-unicode pieces), the merges "Ġ t",

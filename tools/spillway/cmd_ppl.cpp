@@ -67,10 +67,16 @@ int run_ppl(const PplOptions& o) {
   if (o.policies.empty()) throw InvalidArgument("ppl: give at least one --policy");
   // Parse every spec before the long work starts (a bad one is a usage error).
   std::vector<kv::PolicySpec> specs(o.policies.begin(), o.policies.end());
-  const std::string text = read_text_file(o.file);
+  if (o.max_tokens < 0 || o.skip_tokens < 0)
+    throw InvalidArgument("ppl: --max-tokens and --skip-tokens must be >= 0");
+  std::ifstream in(o.file, std::ios::binary);
+  if (!in) throw IoError(fmt::format("cannot open '{}' for reading", o.file));
   auto model = model::Model::load(o.model);
   const Tokenizer& tok = model->tokenizer();
-  std::vector<TokenId> tokens = tok.encode(text);
+  // Streamed from the file: with --max-tokens only the text those tokens need is read
+  // (memory stays bounded for a file of any size).
+  const int64_t need = o.max_tokens > 0 ? o.skip_tokens + o.max_tokens : 0;
+  std::vector<TokenId> tokens = encode_stream(tok, in, o.file, need);
   if (o.skip_tokens > 0) {
     if (o.skip_tokens >= static_cast<int64_t>(tokens.size()))
       throw InvalidArgument(fmt::format("--skip-tokens {} but '{}' has only {} tokens",

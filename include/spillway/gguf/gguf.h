@@ -141,21 +141,36 @@ struct TensorInfo {
 };
 
 // Limits the reader enforces on top of the format itself.
-inline constexpr int kMaxArrayDepth = 8;           // arrays nested deeper are rejected
+inline constexpr int kMaxArrayDepth = 8;  // arrays nested deeper are rejected
+// Elements of all metadata arrays of one file together (each costs sizeof(Value) in memory,
+// ~40 bytes, though a uint8 element takes 1 byte of the file); the largest vocabularies
+// (262,144 tokens with scores and types, plus merges) need about 1M.
+inline constexpr uint64_t kMaxArrayItems = uint64_t{1} << 24;
 inline constexpr uint64_t kDefaultAlignment = 32;  // when general.alignment is absent
 
 // A validated GGUF file. Checks done by open/from_bytes, each failing with FormatError
 // unless noted: magic "GGUF"; version 2 or 3 (1, newer versions and big-endian files:
 // UnsupportedError); counts plausible against the file size before anything is
 // allocated; every string, array and value inside the file; array nesting at most
-// kMaxArrayDepth; no duplicate keys; general.alignment a nonzero power of two of type
-// uint32; per tensor: a non-empty unique name, 1..4 dimensions each > 0 whose product
-// fits in int64, a known type (else UnsupportedError naming the tensor and the id),
-// ne[0] a multiple of the type's block size, an offset aligned to the alignment and data
-// inside the file, and no two tensors' data overlapping.
+// kMaxArrayDepth and at most kMaxArrayItems array elements in all; no duplicate keys;
+// general.alignment a nonzero power of two of type uint32; per tensor: a non-empty unique
+// name, 1..4 dimensions each > 0 whose product fits in int64, a known type (else UnsupportedError
+// naming the tensor and the id), ne[0] a multiple of the type's block size, an offset aligned to
+// the alignment and data inside the file, and no two tensors' data overlapping.
 class GgufFile {
  public:
   // Maps and validates the file. Throws IoError / FormatError / UnsupportedError.
+  //
+  // The mapping (read-only, MAP_PRIVATE) reads the file itself for as long as this object
+  // (and any model bound to it) lives, so the file must stay as it was:
+  // - truncated while mapped: the next read of a page past the new end raises SIGBUS,
+  //   which kills the process (no exception can report it);
+  // - rewritten in place (same inode): pages not yet read show the new bytes: weights
+  //   change silently (validation ran once, at open);
+  // - replaced by rename(2) (a new inode at the path, as package managers and `mv` do):
+  //   safe, the mapping keeps the old file alive.
+  // To be immune to the first two, read the file into memory and use from_bytes (it costs
+  // the file's size in RAM) and bind it with model::architectures().
   static std::unique_ptr<GgufFile> open(const std::string& path);
   // Validates a file image held in memory (copied); `name` is used in messages.
   static std::unique_ptr<GgufFile> from_bytes(std::vector<uint8_t> bytes, std::string name);

@@ -53,8 +53,11 @@ class Cache {
  public:
   // Makes the policy of a spec (or, with a factory, a policy of the caller's: a policy
   // written outside the registry; the spec then gives only its kv= and local= options and
-  // its text). Throws InvalidArgument for a shape without layers or limits the policy
-  // rejects.
+  // its text). Throws InvalidArgument for a shape without layers, limits the policy
+  // rejects, or a cache whose KV storage would exceed the machine's physical memory (the
+  // message names the policy, the bytes and the memory; checked before the storage or the
+  // per-layer copies of the policy are allocated, so a hostile spec is an error, not an
+  // out-of-memory kill).
   using PolicyFactory = std::function<std::unique_ptr<Policy>(const PolicyLimits&)>;
   Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits& limits,
         const PolicyFactory& factory = {});

@@ -139,6 +139,12 @@ class PolicySpec {
   std::string canonical_;
 };
 
+// Largest count a policy spec may give (a window, a number of sinks, a cache size):
+// 2^24 tokens. Policies that score tokens keep metadata per slot from construction on
+// (one copy per layer for per-layer policies), so the bound keeps a policy of a legal spec
+// within a few hundred MB before the cache's memory check (kv/cache.h) sees the KV bytes.
+inline constexpr int64_t kMaxPolicySlots = int64_t{1} << 24;
+
 // Sizing of a policy instance.
 struct PolicyLimits {
   // Most tokens one plan() call may hold (chunked evaluation); the storage gets

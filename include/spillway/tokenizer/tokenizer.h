@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <istream>
 #include <memory>
 #include <optional>
 #include <span>
@@ -37,6 +38,9 @@ struct EncodeOptions {
   std::optional<bool> add_eos;
   // Recognize special/control tokens written in the text ("<|im_start|>") as single ids.
   bool parse_special = false;
+  // The text continues one encoded before (StreamEncoder): a SentencePiece vocabulary with
+  // add_space_prefix puts no space in front of its first fragment.
+  bool continues_text = false;
 };
 
 class Tokenizer {
@@ -72,6 +76,48 @@ class Tokenizer {
   // Id of a token written exactly as `text` in the vocabulary.
   virtual std::optional<TokenId> find(std::string_view text) const = 0;
 };
+
+// Tokenizes a text that arrives in pieces (a file read block by block) into the ids
+// encode() gives for the whole text, holding back only the text after the last safe cut.
+// A safe cut lies after a newline that has a non-whitespace byte on either side: there the
+// byte-level BPE pre-tokenizers (gpt2, smollm, llama3, qwen2 families) always split, and a
+// SentencePiece merge could cross it only through a vocabulary piece holding a newline
+// followed by another character (Gemma 3 and Llama 2 have none; tests check the corpus
+// both ways). When more than max_pending bytes arrive without such a newline, the encoder
+// cuts before a space that follows a letter and precedes one (a BPE pre-token boundary),
+// and failing that at the last UTF-8 character boundary: memory stays bounded by
+// max_pending, at the price that a text with no newline and no space for that long may
+// tokenize differently at that cut. BOS (as opts say) comes first, EOS (as opts say) at
+// finish(). Holds a reference to the tokenizer.
+class StreamEncoder {
+ public:
+  explicit StreamEncoder(const Tokenizer& tok, const EncodeOptions& opts = {},
+                         size_t max_pending = size_t{16} << 20);
+  // Appends text; appends to `out` the ids that later text can no longer change.
+  void push(std::string_view text, std::vector<TokenId>& out);
+  // End of the text: appends the ids of what was held back (and EOS if asked). The encoder
+  // may not be pushed to afterwards (InvalidArgument).
+  void finish(std::vector<TokenId>& out);
+  // Bytes held back so far.
+  size_t pending_bytes() const { return pending_.size(); }
+
+ private:
+  void encode_part(std::string_view text, std::vector<TokenId>& out);
+
+  const Tokenizer& tok_;
+  EncodeOptions opts_;
+  size_t max_pending_;
+  std::string pending_;  // text after the last cut
+  bool started_ = false;
+  bool finished_ = false;
+};
+
+// Reads `in` to its end (or until max_tokens ids are had, 0: no limit) in blocks of 64
+// KiB through a StreamEncoder, so that memory is bounded by the ids kept plus the
+// encoder's max_pending, never by the text. Returns at most max_tokens ids (EOS, if asked,
+// only when the whole text was read). Throws IoError naming `name` on a read error.
+std::vector<TokenId> encode_stream(const Tokenizer& tok, std::istream& in, const std::string& name,
+                                   int64_t max_tokens = 0, const EncodeOptions& opts = {});
 
 // Turns a stream of token ids into UTF-8 text, holding back an incomplete trailing UTF-8
 // sequence until the bytes that complete it arrive. Each token contributes its
