@@ -83,6 +83,8 @@ class Session {
   // One forward pass; stop == nullptr asks for no logits at all (advance).
   void feed_batch(const TokenId* tokens, int64_t count, const LogitsFn& on_logits, bool* stop);
   void feed_replay(TokenId token, const LogitsFn& on_logits, bool* stop);
+  // Logs, once per stream, a warning when the stream reaches past_context_at_ (core/log.h).
+  void note_stream_end(int64_t end);
 
   // What the forward pass reports goes to the attached observer and, for policies that
   // decide from attention, to the cache.
@@ -101,6 +103,8 @@ class Session {
   std::deque<TokenId> history_;         // last W tokens, for replaying policies
   std::vector<TokenId> replay_tokens_;  // [W] contiguous copy of history_ for a replay
   int64_t max_batch_;
+  int64_t past_context_at_ = -1;  // stream index past the trained context; -1: never
+  bool warned_past_context_ = false;
 };
 
 }  // namespace spillway
