@@ -1,8 +1,15 @@
 // A Session is one token stream through a model under a KV-cache policy: it owns the
 // cache (policies + storage) and the forward buffers, and turns fed tokens into logits.
 //
-// Thread safety: a Session belongs to one thread at a time; many sessions (each on its
-// own thread, each with its own pool or sharing none) may use one Model at once.
+// Thread safety: a Session belongs to one thread at a time (calls on one session must not
+// overlap; handing it to another thread between calls is fine). Any number of sessions,
+// each on its own thread, may use one Model at once, and their results are bit-identical
+// to running them one after another (tests/unit/thread_safety_test.cpp). A ThreadPool
+// given to several sessions may be used by them from different threads at once
+// (core/thread_pool.h: a caller that finds it busy runs its job alone); for streams that
+// should each run in parallel, give each session its own pool (pool == nullptr).
+// Observers and policy factories passed in are called on the session's thread and on its
+// pool's workers.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +40,8 @@ struct SessionOptions {
 class Session {
  public:
   // Throws InvalidArgument for limits the policy rejects. The model must outlive the
-  // session. `pool` may be shared between sessions used one at a time; nullptr makes one.
+  // session. `pool` may be shared between sessions (also on different threads; see above)
+  // and must outlive them; nullptr makes one of opts.threads threads.
   Session(const model::Model& model, const SessionOptions& opts, ThreadPool* pool = nullptr);
   ~Session();
 
