@@ -18,7 +18,7 @@ def panel(x0, y0, w, h, xs, series, ylabel, xmax, fmt_y):
     if hi - lo < 1e-9:
         lo, hi = lo - 1, hi + 1
     pad = 0.08 * (hi - lo)
-    lo, hi = lo - pad, hi + pad
+    lo, hi = (max(lo - pad, 0.0) if lo >= 0 else lo - pad), hi + pad
     px = lambda x: x0 + w * x / xmax
     py = lambda y: y0 + h - h * (y - lo) / (hi - lo)
     out = [f'<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#888"/>']
