@@ -109,6 +109,11 @@ void ThreadPool::worker() {
         }
       }
     }
+    // Woken from the condition variable, gen was read again after the predicate held: the
+    // job may have closed since (gen even) and must not be joined. Joining a closed job
+    // would enter work() uncounted by the caller, which may then set up the next job's
+    // fields while this thread reads them (a race ThreadSanitizer found).
+    if ((gen & 1) == 0 || gen == seen) continue;
     seen = gen;
     active_.fetch_add(1);
     if (generation_.load() == gen) work();
