@@ -44,6 +44,12 @@ void ThreadPool::work() {
 }
 
 void ThreadPool::dispatch(int64_t n_chunks, ChunkFn fn, void* body) {
+  // Another caller (another thread, or this job calling back in) holds the workers: run
+  // this job here, alone. Acquire/release pair the job fields of successive owners.
+  if (busy_.exchange(true, std::memory_order_acquire)) {
+    for (int64_t c = 0; c < n_chunks; ++c) fn(body, c);
+    return;
+  }
   // No worker is inside a job here (the previous dispatch waited for active_ == 0 after
   // closing it), so the job fields can be written.
   job_fn_ = fn;
@@ -73,6 +79,7 @@ void ThreadPool::dispatch(int64_t n_chunks, ChunkFn fn, void* body) {
       break;
     }
   }
+  busy_.store(false, std::memory_order_release);
 }
 
 void ThreadPool::worker() {
@@ -102,6 +109,11 @@ void ThreadPool::worker() {
         }
       }
     }
+    // Woken from the condition variable, gen was read again after the predicate held: the
+    // job may have closed since (gen even) and must not be joined. Joining a closed job
+    // would enter work() uncounted by the caller, which may then set up the next job's
+    // fields while this thread reads them (a race ThreadSanitizer found).
+    if ((gen & 1) == 0 || gen == seen) continue;
     seen = gen;
     active_.fetch_add(1);
     if (generation_.load() == gen) work();

@@ -64,6 +64,7 @@ class SinkWindowPolicy final : public Policy {
   int64_t n_slots() const override { return sinks_ + ring_; }
   std::optional<int64_t> capacity() const override { return sinks_ + window_; }
   int64_t n_sinks() const override { return sinks_; }
+  bool seekable() const override { return true; }  // a plan depends on n alone
   std::vector<int64_t> slot_contents() const override;
   std::unique_ptr<Policy> clone() const override {
     return std::make_unique<SinkWindowPolicy>(*this);

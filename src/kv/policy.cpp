@@ -35,6 +35,15 @@ void Policy::plan(int64_t n0, int64_t count, BatchPlan& out) {
   n_next_ = n0 + count;
 }
 
+void Policy::seek(int64_t n) {
+  if (!seekable() || n < n_next_)
+    throw InvalidArgument(fmt::format(
+        "policy '{}': seek({}) {} (next token {})", spec(), n,
+        seekable() ? "goes backwards" : "is not supported: its plans depend on the tokens before",
+        n_next_));
+  n_next_ = n;
+}
+
 void Policy::reset() {
   n_next_ = 0;
   last_mark_ = 0;

@@ -2,7 +2,13 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <vector>
+
 #include "spillway/core/error.h"
+#include "spillway/core/log_spdlog.h"
 
 namespace spillway::model {
 
@@ -14,12 +20,53 @@ int64_t ModelConfig::n_local_layers() const {
 
 Model::~Model() = default;
 
+namespace {
+
+// "Q4_1 x 211 (90.1 MiB), F32 x 61 (0.4 MiB)": tensor types by bytes, largest first.
+std::string tensor_mix(const gguf::GgufFile& f) {
+  std::map<DType, std::pair<int64_t, uint64_t>> by_type;  // count, bytes
+  for (const auto& t : f.tensors()) {
+    auto& e = by_type[t.type];
+    ++e.first;
+    e.second += t.n_bytes;
+  }
+  std::vector<std::pair<DType, std::pair<int64_t, uint64_t>>> v(by_type.begin(), by_type.end());
+  std::sort(v.begin(), v.end(),
+            [](const auto& a, const auto& b) { return a.second.second > b.second.second; });
+  std::string out;
+  for (const auto& [type, e] : v)
+    out += fmt::format("{}{} x {} ({:.1f} MiB)", out.empty() ? "" : ", ", dtype_name(type), e.first,
+                       static_cast<double>(e.second) / (1024.0 * 1024.0));
+  return out;
+}
+
+void log_loaded(const Model& m, double seconds) {
+  auto lg = logger();
+  if (!lg->should_log(spdlog::level::info)) return;
+  const ModelConfig& c = m.config();
+  lg->info(
+      "loaded {}: {} '{}', {} layers ({} local), embd {}, heads {}/{} kv, head dim {}, vocab {}, "
+      "trained context {}, {:.1f} MiB, tensors: {}; {:.0f} ms",
+      m.file().path(), c.architecture, c.name, c.n_layer, c.n_local_layers(), c.n_embd, c.n_head,
+      c.n_head_kv, c.head_dim, c.n_vocab, c.n_ctx_train,
+      static_cast<double>(m.file().file_size()) / (1024.0 * 1024.0), tensor_mix(m.file()),
+      seconds * 1e3);
+}
+
+}  // namespace
+
 std::unique_ptr<Model> Model::load(const std::string& path) {
+  const auto t0 = std::chrono::steady_clock::now();
   auto file = gguf::GgufFile::open(path);
   const std::string arch = file->metadata().get<std::string>("general.architecture");
   std::string names;
   for (const Architecture& a : architectures()) {
-    if (a.name == arch) return a.bind(std::move(file));
+    if (a.name == arch) {
+      auto model = a.bind(std::move(file));
+      log_loaded(*model,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      return model;
+    }
     names += (names.empty() ? "" : ", ") + a.name;
   }
   throw UnsupportedError(

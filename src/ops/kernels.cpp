@@ -2,6 +2,8 @@
 #include "kernels.h"
 
 #include <cstdlib>
+#include <optional>
+#include <string>
 #include <string_view>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -9,6 +11,7 @@
 #endif
 
 #include "spillway/core/error.h"
+#include "spillway/core/log_spdlog.h"
 
 namespace spillway::ops::detail {
 
@@ -160,7 +163,30 @@ const Kernels& kernels_for(KernelIsa isa) {
 }
 
 const Kernels& kernels() {
-  static const Kernels& k = kernels_for(select_isa(cpu_features(), std::getenv("SPILLWAY_ISA")));
+  static const Kernels& k = []() -> const Kernels& {
+    const char* env = std::getenv("SPILLWAY_ISA");
+    const CpuFeatures& cpu = cpu_features();
+    const KernelIsa isa = select_isa(cpu, env);
+    auto lg = logger();
+    if (env != nullptr) {
+      const std::string_view v(env);
+      const std::optional<KernelIsa> want = v == "scalar" ? std::optional(KernelIsa::kScalar)
+                                            : v == "avx2" ? std::optional(KernelIsa::kAvx2)
+                                            : v == "avx512" || v == "avx512-vnni"
+                                                ? std::optional(KernelIsa::kAvx512Vnni)
+                                                : std::nullopt;
+      if (!want)
+        lg->warn("SPILLWAY_ISA='{}' names no kernel family (scalar, avx2, avx512-vnni); using {}",
+                 env, isa_name(isa));
+      else if (!can_run(cpu, *want))
+        lg->warn("SPILLWAY_ISA='{}': this CPU cannot run those kernels; using {}", env,
+                 isa_name(isa));
+    }
+    lg->info("kernels: {} (best this CPU runs: {}{})", isa_name(isa),
+             isa_name(select_isa(cpu, nullptr)),
+             env ? fmt::format(", SPILLWAY_ISA={}", env) : std::string());
+    return kernels_for(isa);
+  }();
   return k;
 }
 

@@ -74,6 +74,7 @@ void BatchDecoder::step(std::span<const Entry> entries) {
   for (size_t i = 0; i < entries.size(); ++i) {
     Session& s = *entries[i].session;
     s.n_past_ += static_cast<int64_t>(entries[i].tokens.size());
+    s.note_stream_end(s.n_past_);
     std::memcpy(s.last_logits_.data(), logits + i * n_vocab, n_vocab * sizeof(float));
     s.has_logits_ = true;
   }

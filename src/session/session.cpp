@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "spillway/core/error.h"
+#include "spillway/core/log_spdlog.h"
 #include "spillway/model/observer.h"
 
 namespace spillway {
@@ -74,6 +75,43 @@ Session::Session(const model::Model& model, const SessionOptions& opts, ThreadPo
   forward_ = model.make_forward(*pool_, max_batch_);
   forward_->reserve_span(cache_->capacity().value_or(std::max<int64_t>(opts.max_stream, 1)));
   last_logits_.resize(static_cast<size_t>(c.n_vocab));
+
+  // The first stream index whose attention reaches a query-key distance the model was not
+  // trained on (distance >= n_ctx_train): at n = n_ctx_train when the span grows with the
+  // stream (no capacity), when positions=absolute and the policy keeps tokens older than
+  // its window (sinks, heavy hitters: distance n to token 0), or when the cache itself is
+  // larger than the trained context; never otherwise.
+  const kv::Policy& p = cache_->policy();
+  const std::optional<int64_t> cap = p.capacity();
+  const bool absolute = p.options().positions == kv::PositionMode::kAbsolute;
+  const bool keeps_old = p.n_sinks() > 0 || p.wants_attention();
+  if (c.n_ctx_train > 0 && (!cap || (absolute && keeps_old) || *cap > c.n_ctx_train))
+    past_context_at_ = c.n_ctx_train;
+
+  auto lg = logger();
+  if (lg->should_log(spdlog::level::debug))
+    lg->debug(
+        "session: policy {}, capacity {}, {} slots, KV {:.1f} MiB ({}), max batch {}, {} "
+        "thread(s) ({} pool), past trained context ({}) at {}",
+        opts.policy.str(), cap ? std::to_string(*cap) : std::string("unbounded"), p.n_slots(),
+        static_cast<double>(cache_->storage().bytes()) / (1024.0 * 1024.0),
+        dtype_name(opts.policy.kv_type()), max_batch_, pool_->size(), own_pool_ ? "own" : "shared",
+        c.n_ctx_train,
+        past_context_at_ < 0 ? std::string("no stream index")
+                             : fmt::format("stream index {}", past_context_at_));
+}
+
+void Session::note_stream_end(int64_t end) {
+  if (past_context_at_ < 0 || warned_past_context_ || end <= past_context_at_) return;
+  warned_past_context_ = true;
+  const kv::Policy& p = cache_->policy();
+  logger()->warn(
+      "stream index {} is past the model's trained context of {} tokens under policy {}: {}",
+      past_context_at_, model_.config().n_ctx_train, cache_->spec().str(),
+      !p.capacity() ? "the cache grows with the stream, and so do query-key distances"
+      : p.options().positions == kv::PositionMode::kAbsolute
+          ? "positions=absolute puts the kept early tokens at untrained distances"
+          : "the cache is larger than the trained context");
 }
 
 Session::~Session() = default;
@@ -83,6 +121,7 @@ void Session::reset() {
   n_past_ = 0;
   has_logits_ = false;
   history_.clear();
+  warned_past_context_ = false;
 }
 
 void Session::set_observer(model::AttentionObserver* observer) {
@@ -155,6 +194,7 @@ void Session::feed_batch(const TokenId* tokens, int64_t count, const LogitsFn& o
                                               : model::Logits::kLast;
   const float* logits = forward_->run(tokens, plan, cache_->storage(), which);
   n_past_ += count;
+  note_stream_end(n_past_);
   if (which == model::Logits::kNone) return;
   const float* last = on_logits ? logits + (count - 1) * n_vocab : logits;
   std::memcpy(last_logits_.data(), last, static_cast<size_t>(n_vocab) * sizeof(float));
@@ -192,6 +232,7 @@ void Session::feed_replay(TokenId token, const LogitsFn& on_logits, bool* stop) 
   std::memcpy(last_logits_.data(), logits, static_cast<size_t>(n_vocab) * sizeof(float));
   has_logits_ = true;
   n_past_ = n + 1;
+  note_stream_end(n_past_);
   if (on_logits && !on_logits(n, last_logits_.data())) *stop = true;
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <thread>
 #include <vector>
 
 namespace spillway {
@@ -60,6 +61,42 @@ TEST(ThreadPool, RunCallsEveryThreadRepeatedly) {
     });
     ASSERT_EQ(mask.load(), 0xF);
   }
+}
+
+// Several threads calling one pool at once: each call still covers its indices exactly
+// once (the callers that find the pool busy run their jobs alone).
+TEST(ThreadPool, ConcurrentCallersEachGetWholeJobs) {
+  ThreadPool pool(3);
+  constexpr int kCallers = 4, kRounds = 300;
+  constexpr int64_t kN = 257;
+  std::vector<std::thread> callers;
+  std::atomic<int> bad{0};
+  for (int c = 0; c < kCallers; ++c)
+    callers.emplace_back([&] {
+      std::vector<int> hits(kN);
+      for (int round = 0; round < kRounds; ++round) {
+        std::fill(hits.begin(), hits.end(), 0);
+        pool.parallel_for(kN, 8, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)]++;  // disjoint ranges
+        });
+        for (int h : hits) bad += h != 1;
+        std::atomic<int> mask{0};
+        pool.run([&](int ith, int nth) { mask |= 1 << ith; });
+        bad += mask.load() != 0x7;
+      }
+    });
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(bad.load(), 0);
+}
+
+// A job that calls the pool again runs the inner job on its own thread, to completion.
+TEST(ThreadPool, NestedCallRunsInline) {
+  ThreadPool pool(2);
+  std::atomic<int> inner{0};
+  pool.run([&](int, int) {
+    pool.parallel_for(100, 10, [&](int64_t b, int64_t e) { inner += static_cast<int>(e - b); });
+  });
+  EXPECT_EQ(inner.load(), 200);
 }
 
 }  // namespace

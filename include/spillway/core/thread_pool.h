@@ -4,6 +4,16 @@
 // machine) delays nothing: whoever is running takes its chunks. The caller waits only
 // for chunks already being worked on. Idle workers spin briefly (kSpinMicros) so that the
 // back-to-back small jobs of a decode step cost no system calls, then sleep.
+//
+// Thread safety: the pool runs one job at a time. run() and parallel_for() may be called
+// from any thread, also from several at once: the first caller's job gets the workers,
+// and a call made while a job is running (from another thread, or from inside the job
+// itself) runs all its items on the calling thread instead, without the workers, with
+// the same results (items are independent and numbered, not tied to threads). So
+// sessions may share one pool from different threads safely; they then take turns for
+// the workers rather than running in parallel on them. For streams on their own threads
+// that should each run in parallel, give each its own pool. The pool must outlive every
+// call and is destroyed by one thread when no call is running.
 #pragma once
 
 #include <algorithm>
@@ -28,8 +38,8 @@ class ThreadPool {
 
   // Calls fn(i, size()) once for every i in [0, size()), on up to size() threads at once
   // (the caller included), and returns when all calls have returned. i identifies the
-  // work item, not a thread: per-item scratch indexed by i is safe. Not reentrant; fn
-  // must not throw.
+  // work item, not a thread: per-item scratch indexed by i is safe. fn must not throw.
+  // A call while the pool is busy runs every item on the caller (see above).
   template <class F>
   void run(F&& fn) {
     if (n_threads_ == 1) {
@@ -81,7 +91,8 @@ class ThreadPool {
   }
   using ChunkFn = void (*)(void*, int64_t);
 
-  // Runs body(c) for every c in [0, n_chunks) on the caller and the workers.
+  // Runs body(c) for every c in [0, n_chunks) on the caller and the workers, or on the
+  // caller alone when another job holds the pool.
   void dispatch(int64_t n_chunks, ChunkFn fn, void* body);
   // Claims and runs chunks of the current job until none is left.
   void work();
@@ -102,6 +113,7 @@ class ThreadPool {
   std::atomic<int> active_{0};    // workers inside the open job
   std::atomic<int> sleepers_{0};  // workers blocked (or about to block) on wake_
   std::atomic<bool> caller_waiting_{false};
+  std::atomic<bool> busy_{false};  // a caller owns the workers (its job is being set up or run)
   std::atomic<bool> stop_{false};
 };
 

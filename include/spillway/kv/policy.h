@@ -190,6 +190,14 @@ class Policy {
 
   // Tokens planned since the last reset (the next stream index).
   int64_t n_planned() const { return n_next_; }
+
+  // Moves the stream ahead to stream index n >= n_planned() without planning the tokens in
+  // between, for policies whose plans are a function of the stream index alone
+  // (seekable(): sink:S+W and window:W); InvalidArgument otherwise. The slots then hold
+  // no K/V of the skipped tokens: for checking plans at great depth (tests/unit/
+  // deep_stream_test.cpp) without planning a billion tokens.
+  void seek(int64_t n);
+  virtual bool seekable() const { return false; }
   int64_t max_batch() const { return max_batch_; }
 
   // Recompute-style policies: the first stream index whose tokens must be replayed from

@@ -4,7 +4,11 @@
 // perplexity, generation and the tools see only Model and Forward.
 //
 // Thread safety: a loaded Model is immutable and may be shared by any number of threads
-// and sessions. A Forward (working buffers) belongs to one stream at a time.
+// and sessions: every const member function may be called concurrently, and the mapped
+// weights and the tokenizer are only read (Tokenizer::encode/decode included). Loading
+// several models at once on different threads is safe. A Forward (working buffers)
+// belongs to one thread at a time. The model must outlive its sessions and forwards.
+// Replacing or truncating the file on disk while it is mapped is outside this contract.
 #pragma once
 
 #include <cstdint>

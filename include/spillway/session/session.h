@@ -1,8 +1,15 @@
 // A Session is one token stream through a model under a KV-cache policy: it owns the
 // cache (policies + storage) and the forward buffers, and turns fed tokens into logits.
 //
-// Thread safety: a Session belongs to one thread at a time; many sessions (each on its
-// own thread, each with its own pool or sharing none) may use one Model at once.
+// Thread safety: a Session belongs to one thread at a time (calls on one session must not
+// overlap; handing it to another thread between calls is fine). Any number of sessions,
+// each on its own thread, may use one Model at once, and their results are bit-identical
+// to running them one after another (tests/unit/thread_safety_test.cpp). A ThreadPool
+// given to several sessions may be used by them from different threads at once
+// (core/thread_pool.h: a caller that finds it busy runs its job alone); for streams that
+// should each run in parallel, give each session its own pool (pool == nullptr).
+// Observers and policy factories passed in are called on the session's thread and on its
+// pool's workers.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +40,8 @@ struct SessionOptions {
 class Session {
  public:
   // Throws InvalidArgument for limits the policy rejects. The model must outlive the
-  // session. `pool` may be shared between sessions used one at a time; nullptr makes one.
+  // session. `pool` may be shared between sessions (also on different threads; see above)
+  // and must outlive them; nullptr makes one of opts.threads threads.
   Session(const model::Model& model, const SessionOptions& opts, ThreadPool* pool = nullptr);
   ~Session();
 
@@ -83,6 +91,8 @@ class Session {
   // One forward pass; stop == nullptr asks for no logits at all (advance).
   void feed_batch(const TokenId* tokens, int64_t count, const LogitsFn& on_logits, bool* stop);
   void feed_replay(TokenId token, const LogitsFn& on_logits, bool* stop);
+  // Logs, once per stream, a warning when the stream reaches past_context_at_ (core/log.h).
+  void note_stream_end(int64_t end);
 
   // What the forward pass reports goes to the attached observer and, for policies that
   // decide from attention, to the cache.
@@ -101,6 +111,8 @@ class Session {
   std::deque<TokenId> history_;         // last W tokens, for replaying policies
   std::vector<TokenId> replay_tokens_;  // [W] contiguous copy of history_ for a replay
   int64_t max_batch_;
+  int64_t past_context_at_ = -1;  // stream index past the trained context; -1: never
+  bool warned_past_context_ = false;
 };
 
 }  // namespace spillway
