@@ -69,7 +69,8 @@ if [[ $run_asan -eq 1 ]]; then
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DSPILLWAY_SANITIZE='address;undefined' \
     -DSPILLWAY_BUILD_BENCH=OFF -DSPILLWAY_BUILD_EXAMPLES=OFF
-  cmake --build build-asan -j "$JOBS" --target spillway_tests spillway_cli
+  cmake --build build-asan -j "$JOBS" --target spillway_tests spillway_cli \
+    fuzz_replay_gguf fuzz_replay_model fuzz_replay_tokenizer fuzz_replay_policy
   stage_done asan-build
 
   stage "unit and cli tests under the sanitizers"

@@ -16,10 +16,20 @@ namespace {
 
 // Element idx of a cache laid out as consecutive elements (F32, F16) or Q8_0 blocks of 32.
 // A Q8_0 element is its block's f16 scale times its int8: exact in f32 (11 by 8 bits).
+// Loads go through memcpy: caches and test buffers need not be aligned to the element.
 inline float load_elem(const void* base, int64_t idx, DType t) {
-  if (t == DType::F32) return static_cast<const float*>(base)[idx];
-  if (t == DType::F16) return f16_to_f32(static_cast<const uint16_t*>(base)[idx]);
-  const auto* b = static_cast<const uint8_t*>(base) + (idx / 32) * 34;
+  const auto* bytes = static_cast<const uint8_t*>(base);
+  if (t == DType::F32) {
+    float v;
+    std::memcpy(&v, bytes + idx * 4, 4);
+    return v;
+  }
+  if (t == DType::F16) {
+    uint16_t h;
+    std::memcpy(&h, bytes + idx * 2, 2);
+    return f16_to_f32(h);
+  }
+  const auto* b = bytes + (idx / 32) * 34;
   uint16_t d;
   std::memcpy(&d, b, 2);
   return f16_to_f32(d) * static_cast<float>(static_cast<int8_t>(b[2 + idx % 32]));
