@@ -10,6 +10,16 @@ namespace spillway {
 
 namespace {
 
+constexpr uint64_t pack(int64_t front, int64_t back) {
+  return static_cast<uint64_t>(front) | (static_cast<uint64_t>(back) << 32);
+}
+constexpr int64_t front_of(uint64_t v) {
+  return static_cast<int64_t>(v & 0xFFFFFFFFu);
+}
+constexpr int64_t back_of(uint64_t v) {
+  return static_cast<int64_t>(v >> 32);
+}
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
@@ -24,8 +34,9 @@ ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0)
     n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   n_threads_ = n_threads;
+  ranges_ = std::make_unique<Range[]>(static_cast<size_t>(n_threads_));
   threads_.reserve(static_cast<size_t>(n_threads_ - 1));
-  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this] { worker(); });
+  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -35,33 +46,66 @@ ThreadPool::~ThreadPool() {
   for (auto& t : threads_) t.join();
 }
 
-void ThreadPool::work() {
+void ThreadPool::work(int self) {
+  // Claims only partition the blocks (relaxed); what the pieces write is published by the
+  // job's close (see dispatch).
+  const int nth = n_threads_;
+  // The fewest blocks a claim on thread i's range takes: 1/32 of the range.
+  const auto min_claim = [&](int i) {
+    return std::max<int64_t>(1, (job_blocks_ * (i + 1) / nth - job_blocks_ * i / nth) / 32);
+  };
+  Range& own = ranges_[static_cast<size_t>(self)];
+  const int64_t own_min = min_claim(self);
+  uint64_t v = own.bounds.load(std::memory_order_relaxed);
   for (;;) {
-    const int64_t c = next_chunk_.fetch_add(1, std::memory_order_relaxed);
-    if (c >= job_chunks_) return;
-    job_fn_(job_body_, c);
+    const int64_t f = front_of(v), b = back_of(v);
+    if (f >= b) break;
+    const int64_t k = std::min(b - f, std::max((b - f) / 4, own_min));
+    if (own.bounds.compare_exchange_weak(v, pack(f + k, b), std::memory_order_relaxed)) {
+      job_fn_(job_body_, f, f + k);
+      v = own.bounds.load(std::memory_order_relaxed);
+    }
+  }
+  for (int d = 1; d < nth; ++d) {
+    const int victim = (self + d) % nth;
+    Range& other = ranges_[static_cast<size_t>(victim)];
+    const int64_t other_min = min_claim(victim);
+    v = other.bounds.load(std::memory_order_relaxed);
+    for (;;) {
+      const int64_t f = front_of(v), b = back_of(v);
+      if (f >= b) break;
+      const int64_t k = std::min(b - f, std::max((b - f) / 2, other_min));
+      if (other.bounds.compare_exchange_weak(v, pack(f, b - k), std::memory_order_relaxed)) {
+        job_fn_(job_body_, b - k, b);
+        v = other.bounds.load(std::memory_order_relaxed);
+      }
+    }
   }
 }
 
-void ThreadPool::dispatch(int64_t n_chunks, ChunkFn fn, void* body) {
+void ThreadPool::dispatch(int64_t n_blocks, BlockFn fn, void* body) {
   // Another caller (another thread, or this job calling back in) holds the workers: run
   // this job here, alone. Acquire/release pair the job fields of successive owners.
   if (busy_.exchange(true, std::memory_order_acquire)) {
-    for (int64_t c = 0; c < n_chunks; ++c) fn(body, c);
+    fn(body, 0, n_blocks);
     return;
   }
   // No worker is inside a job here (the previous dispatch waited for active_ == 0 after
   // closing it), so the job fields can be written.
   job_fn_ = fn;
   job_body_ = body;
-  job_chunks_ = n_chunks;
-  next_chunk_.store(0, std::memory_order_relaxed);
+  job_blocks_ = n_blocks;
+  for (int i = 0; i < n_threads_; ++i) {
+    ranges_[static_cast<size_t>(i)].bounds.store(
+        pack(n_blocks * i / n_threads_, n_blocks * (i + 1) / n_threads_),
+        std::memory_order_relaxed);
+  }
   generation_.fetch_add(1);  // open (odd); seq_cst, read by workers before they join
   if (sleepers_.load() > 0) {
     { std::lock_guard<std::mutex> lock(mutex_); }
     wake_.notify_all();
   }
-  work();
+  work(0);
   // Close the job, then wait for the workers that joined it. A worker joins by raising
   // active_ and then re-reading generation_: with both sides seq_cst, either it sees the
   // close and leaves, or this thread sees it in active_ and waits for it.
@@ -82,7 +126,7 @@ void ThreadPool::dispatch(int64_t n_chunks, ChunkFn fn, void* body) {
   busy_.store(false, std::memory_order_release);
 }
 
-void ThreadPool::worker() {
+void ThreadPool::worker(int self) {
   using Clock = std::chrono::steady_clock;
   uint64_t seen = 0;
   for (;;) {
@@ -116,7 +160,7 @@ void ThreadPool::worker() {
     if ((gen & 1) == 0 || gen == seen) continue;
     seen = gen;
     active_.fetch_add(1);
-    if (generation_.load() == gen) work();
+    if (generation_.load() == gen) work(self);
     if (active_.fetch_sub(1) == 1 && caller_waiting_.load()) {
       { std::lock_guard<std::mutex> lock(mutex_); }
       done_.notify_one();

@@ -243,7 +243,9 @@ inline void group_rows(const uint8_t* base, uint64_t rb, int64_t r, int n, const
 }
 
 // y[t * ldy + r] for r in [r0, r1), t in [t0, t1) with the group kernels of G. One token
-// (matrix-vector products): groups of 8 rows in order, each prefetching the next group.
+// (matrix-vector products): groups of 8 rows in order, each prefetching the next group of
+// the matrix, also past r1: a thread's next piece of a job usually starts there (see
+// ThreadPool::parallel_for), so the stream of rows goes on across pieces.
 // More tokens: 64-row panels, within a panel G::kC tokens at a time over groups of 8 rows.
 // A group at the end of the range with fewer than 8 rows repeats its last row and stores
 // only the rows that exist.
@@ -259,7 +261,7 @@ void tile_groups(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
     for (int64_t r = r0; r < r1; r += 8) {
       const int n = static_cast<int>(min64(8, r1 - r));
       group_rows(base, rb, r, n, p);
-      const uint8_t* pf = r + 16 <= r1 ? p[0] + 8 * rb : nullptr;
+      const uint8_t* pf = r + 16 <= w.rows ? p[0] + 8 * rb : nullptr;
       G::template run<1>(p, x, nb, y + t0 * ldy + r, ldy, n, pf);
     }
     return;

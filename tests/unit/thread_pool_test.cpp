@@ -23,7 +23,7 @@ TEST(ThreadPool, ParallelForCoversEveryIndexOnce) {
   }
 }
 
-TEST(ThreadPool, GuidedChunksShrinkAndStayFew) {
+TEST(ThreadPool, ClaimsStayFewAndTheTailIsFine) {
   for (int threads : {2, 3}) {
     ThreadPool pool(threads);
     for (int64_t n : {60, 1000, 1000000}) {
@@ -35,11 +35,61 @@ TEST(ThreadPool, GuidedChunksShrinkAndStayFew) {
         for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)]++;
       });
       for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << i;
-      EXPECT_LE(calls.load(), 64) << n;  // few claims even for a million grains
-      if (n <= 1000) {
-        EXPECT_GE(single.load(), threads) << n;  // the tail is fine-grained
+      // A range takes 8 claims of a quarter of what is left, then at most 4 of 1/32 of it;
+      // steals halve what is left, down to 1/32 of a range.
+      EXPECT_LE(calls.load(), threads * (12 + 6 * (threads - 1))) << n;
+      if (n <= 60) {
+        EXPECT_GE(single.load(), 1) << n;  // small ranges end in single grains
       }
     }
+  }
+}
+
+// The caller is thread 0 and owns the first range: the pieces it takes from it come in
+// order, each starting where the previous one ended, from block 0 (unless a worker stole
+// the whole range first). So a thread streams through contiguous memory across pieces.
+TEST(ThreadPool, OwnRangeIsTakenInOrder) {
+  for (int threads : {2, 4}) {
+    ThreadPool pool(threads);
+    for (int round = 0; round < 50; ++round) {
+      constexpr int64_t kN = 4000;
+      const int64_t own_end = kN / threads;
+      const std::thread::id caller = std::this_thread::get_id();
+      std::vector<std::pair<int64_t, int64_t>> mine;  // written by the caller only
+      pool.parallel_for(kN, 1, [&](int64_t b, int64_t e) {
+        if (std::this_thread::get_id() == caller && b < own_end) mine.emplace_back(b, e);
+      });
+      if (mine.empty()) continue;
+      EXPECT_EQ(mine.front().first, 0);
+      for (size_t i = 1; i < mine.size(); ++i) {
+        ASSERT_EQ(mine[i].first, mine[i - 1].second) << "round " << round << " piece " << i;
+      }
+    }
+  }
+}
+
+// A worker stuck in its first piece leaves the rest of its range to the others: here the
+// worker's first piece waits until the last block (the back of the worker's range) has
+// been done, which only the caller, stealing, can do.
+TEST(ThreadPool, StuckWorkersRangeIsStolen) {
+  ThreadPool pool(2);
+  constexpr int64_t kN = 1000;
+  const std::thread::id caller = std::this_thread::get_id();
+  for (int round = 0; round < 20; ++round) {
+    std::atomic<bool> last_done{false};
+    std::atomic<int64_t> by_caller{0};
+    std::vector<std::atomic<int>> hits(kN);
+    pool.parallel_for(kN, 1, [&](int64_t b, int64_t e) {
+      if (std::this_thread::get_id() != caller) {
+        while (!last_done.load()) std::this_thread::yield();
+      } else {
+        by_caller += e - b;
+      }
+      for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)]++;
+      if (e == kN) last_done = true;
+    });
+    for (int64_t i = 0; i < kN; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << i;
+    EXPECT_GT(by_caller.load(), kN / 2);  // its own range and more
   }
 }
 

@@ -1,9 +1,13 @@
 // A persistent pool of worker threads for data-parallel loops. Threads are created once;
-// a job allocates nothing. Work is split into chunks that the calling thread and the
-// workers claim from a shared counter, so a worker that is asleep or descheduled (a busy
-// machine) delays nothing: whoever is running takes its chunks. The caller waits only
-// for chunks already being worked on. Idle workers spin briefly (kSpinMicros) so that the
-// back-to-back small jobs of a decode step cost no system calls, then sleep.
+// a job allocates nothing. A job's items are split into one contiguous range per thread
+// (the caller is thread 0). Each thread claims pieces of its own range from the front,
+// in order, so that a thread streams through contiguous memory from one claim to the next
+// (matrix rows: the prefetchers and the kernels' own prefetching carry over); a thread that
+// has finished its range takes pieces from the back of the others' ranges. So a worker
+// that is asleep or descheduled (a busy machine) delays nothing: whoever is running takes
+// its items. The caller waits only for pieces already being worked on. Idle workers spin
+// briefly (kSpinMicros) so that the back-to-back small jobs of a decode step cost no
+// system calls, then sleep.
 //
 // Thread safety: the pool runs one job at a time. run() and parallel_for() may be called
 // from any thread, also from several at once: the first caller's job gets the workers,
@@ -20,6 +24,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -37,9 +42,10 @@ class ThreadPool {
   int size() const { return n_threads_; }
 
   // Calls fn(i, size()) once for every i in [0, size()), on up to size() threads at once
-  // (the caller included), and returns when all calls have returned. i identifies the
-  // work item, not a thread: per-item scratch indexed by i is safe. fn must not throw.
-  // A call while the pool is busy runs every item on the caller (see above).
+  // (the caller included), and returns when all calls have returned. Item i is thread i's
+  // unless another thread takes it first, so i identifies the work item, not a thread:
+  // per-item scratch indexed by i is safe. fn must not throw. A call while the pool is
+  // busy runs every item on the caller (see above).
   template <class F>
   void run(F&& fn) {
     if (n_threads_ == 1) {
@@ -47,16 +53,19 @@ class ThreadPool {
       return;
     }
     const int nth = n_threads_;
-    auto body = [&](int64_t c) { fn(static_cast<int>(c), nth); };
+    auto body = [&](int64_t b0, int64_t b1) {
+      for (int64_t i = b0; i < b1; ++i) fn(static_cast<int>(i), nth);
+    };
     dispatch(nth, &invoke<decltype(body)>, &body);
   }
 
-  // Splits [0, n) into chunks aligned to `grain` and calls fn(begin, end) for each,
-  // concurrently. Guided split: each chunk takes 1 / (2 * size()) of the grains not yet
-  // handed out (at least one), so the first chunks are large (few claims) and the last
-  // ones a single grain (a short wait for the slowest thread at the end). The price: a
-  // descheduled worker holding the first chunk delays the job by up to 1 / (2 * size())
-  // of it.
+  // Splits [0, n) into pieces aligned to `grain` and calls fn(begin, end) for each,
+  // concurrently. Thread i's range is grains [G * i / size(), G * (i + 1) / size()) of the
+  // G grains; it claims a quarter of what is left of it at a time (at least one grain, and
+  // at least 1/32 of the range, so a thread makes a few dozen claims at most), in
+  // increasing order. A thread done with its range takes half of what is left at the back
+  // of another's, so at the end threads wait at most for the piece another thread is
+  // working on.
   template <class F>
   void parallel_for(int64_t n, int64_t grain, F&& fn) {
     if (n <= 0) return;
@@ -65,38 +74,38 @@ class ThreadPool {
       fn(int64_t{0}, n);
       return;
     }
-    const int64_t blocks = (n + grain - 1) / grain;
-    int64_t bounds[kMaxChunks + 1];
-    int64_t chunks = 0;
-    for (int64_t b = 0; b < blocks; ++chunks) {
-      bounds[chunks] = b;
-      b = chunks + 2 == kMaxChunks ? blocks
-                                   : b + std::max<int64_t>(1, (blocks - b) / (2 * n_threads_));
+    int64_t blocks = (n - 1) / grain + 1;
+    if (blocks > kMaxBlocks) {  // grain numbers fit 32 bits: coarser grains, still aligned
+      grain *= (blocks - 1) / kMaxBlocks + 1;
+      blocks = (n - 1) / grain + 1;
     }
-    bounds[chunks] = blocks;
-    auto body = [&](int64_t c) {
-      const int64_t begin = bounds[c] * grain, end = std::min(n, bounds[c + 1] * grain);
-      fn(begin, end);
-    };
-    dispatch(chunks, &invoke<decltype(body)>, &body);
+    auto body = [&](int64_t b0, int64_t b1) { fn(b0 * grain, std::min(n, b1 * grain)); };
+    dispatch(blocks, &invoke<decltype(body)>, &body);
   }
 
  private:
-  static constexpr int64_t kMaxChunks = 64;
+  static constexpr int64_t kMaxBlocks = int64_t{1} << 31;
   static constexpr int64_t kSpinMicros = 200;
 
   template <class B>
-  static void invoke(void* body, int64_t chunk) {
-    (*static_cast<B*>(body))(chunk);
+  static void invoke(void* body, int64_t b0, int64_t b1) {
+    (*static_cast<B*>(body))(b0, b1);
   }
-  using ChunkFn = void (*)(void*, int64_t);
+  using BlockFn = void (*)(void*, int64_t, int64_t);
 
-  // Runs body(c) for every c in [0, n_chunks) on the caller and the workers, or on the
-  // caller alone when another job holds the pool.
-  void dispatch(int64_t n_chunks, ChunkFn fn, void* body);
-  // Claims and runs chunks of the current job until none is left.
-  void work();
-  void worker();
+  // One thread's range of the current job's blocks: the front (next block its owner
+  // claims) in the low 32 bits, the back (one past the last unclaimed block) in the high
+  // 32; empty when front >= back.
+  struct alignas(64) Range {
+    std::atomic<uint64_t> bounds{0};
+  };
+
+  // Runs body(b0, b1) over pieces covering [0, n_blocks) on the caller and the workers,
+  // or on the caller alone when another job holds the pool.
+  void dispatch(int64_t n_blocks, BlockFn fn, void* body);
+  // Claims and runs pieces of the current job, own range first, until none is left.
+  void work(int self);
+  void worker(int self);
 
   int n_threads_;
   std::vector<std::thread> threads_;
@@ -104,10 +113,10 @@ class ThreadPool {
   std::condition_variable wake_;  // idle workers sleep here
   std::condition_variable done_;  // the caller sleeps here when a chunk takes long
   // The current job; written by the caller while no worker can be inside it.
-  ChunkFn job_fn_ = nullptr;
+  BlockFn job_fn_ = nullptr;
   void* job_body_ = nullptr;
-  int64_t job_chunks_ = 0;
-  std::atomic<int64_t> next_chunk_{0};
+  int64_t job_blocks_ = 0;
+  std::unique_ptr<Range[]> ranges_;  // [n_threads_]
   // Odd while a job is open for claiming, even when closed.
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> active_{0};    // workers inside the open job
