@@ -3,64 +3,46 @@
 # present) a small run prints a table and JSON with every field, with plausible values.
 # Usage: bench.sh SPILLWAY_BINARY SOURCE_DIR
 set -u
-bin=$1
-src=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-fail() {
-  echo "FAIL: $*" >&2
-  exit 1
-}
-
-expect_usage_error() {
-  local what=$1 rc
-  shift
-  "$bin" bench "$@" >/dev/null 2>"$tmp/err.txt"
-  rc=$?
-  [ "$rc" -eq 2 ] || fail "$what: exit status $rc, expected 2 ($(head -c 300 "$tmp/err.txt"))"
-  grep -q '^error: ' "$tmp/err.txt" || fail "$what: no 'error:' line"
-}
+BIN=$1
+SRC=$2
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Usage errors, checked before the model loads (the model path does not even exist).
-expect_usage_error "bad policy" --model "$tmp/none.gguf" --policy 'sink:4+'
-grep -q 'sink' "$tmp/err.txt" || fail "bad policy: message does not name the policy"
-expect_usage_error "unknown policy" --model "$tmp/none.gguf" --policy nosuch:3
-expect_usage_error "zero reps" --model "$tmp/none.gguf" --reps 0
-expect_usage_error "zero prompt" --model "$tmp/none.gguf" --prompt 0
-expect_usage_error "unknown flag" --frobnicate
-expect_usage_error "depth too small" --model "$tmp/none.gguf" --depths 1024,3
-grep -q 'depth must be at least 5' "$tmp/err.txt" || fail "depth too small: message does not say why"
-expect_usage_error "bad KV type" --model "$tmp/none.gguf" --kv f16,q4_0
-grep -q 'q4_0' "$tmp/err.txt" || fail "bad KV type: message does not name it"
+expect_usage_error bench "bad policy" --model "$TMP/none.gguf" --policy 'sink:4+'
+grep -q 'sink' "$TMP/err.txt" || die "bad policy: message does not name the policy"
+expect_usage_error bench "unknown policy" --model "$TMP/none.gguf" --policy nosuch:3
+expect_usage_error bench "zero reps" --model "$TMP/none.gguf" --reps 0
+expect_usage_error bench "zero prompt" --model "$TMP/none.gguf" --prompt 0
+expect_usage_error bench "unknown flag" --frobnicate
+expect_usage_error bench "depth too small" --model "$TMP/none.gguf" --depths 1024,3
+grep -q 'depth must be at least 5' "$TMP/err.txt" || die "depth too small: message does not say why"
+expect_usage_error bench "bad KV type" --model "$TMP/none.gguf" --kv f16,q4_0
+grep -q 'q4_0' "$TMP/err.txt" || die "bad KV type: message does not name it"
 
 # A missing model is a runtime error (exit 1).
-"$bin" bench --model "$tmp/none.gguf" >/dev/null 2>"$tmp/err.txt"
+"$BIN" bench --model "$TMP/none.gguf" >/dev/null 2>"$TMP/err.txt"
 rc=$?
-[ "$rc" -eq 1 ] || fail "missing model: exit status $rc, expected 1"
-grep -q "none.gguf" "$tmp/err.txt" || fail "missing model: message does not name the file"
+[ "$rc" -eq 1 ] || die "missing model: exit status $rc, expected 1"
+grep -q "none.gguf" "$TMP/err.txt" || die "missing model: message does not name the file"
 
-model=$src/models/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ ! -f "$model" ]; then
-  echo "note: $model absent; the runs on the real model are skipped"
-  echo "bench.sh: ok"
-  exit 0
-fi
-small=(--model "$model" --text "$src/data/austen.txt" --reps 1 --prompt 32 --gen 8 --threads 2)
+model=$SRC/models/SmolLM2-135M-Instruct.Q4_1.gguf
+require_model "$model"
+small=(--model "$model" --text "$SRC/data/austen.txt" --reps 1 --prompt 32 --gen 8 --threads 2)
 
 # The table; --stream 0 skips the deep-stream decode, --depths 0 the full-cache ones.
-"$bin" bench "${small[@]}" --stream 0 --depths 0 >"$tmp/table.txt" 2>"$tmp/err.txt" ||
-  fail "bench (table): $(cat "$tmp/err.txt")"
+"$BIN" bench "${small[@]}" --stream 0 --depths 0 >"$TMP/table.txt" 2>"$TMP/err.txt" ||
+  die "bench (table): $(cat "$TMP/err.txt")"
 for pat in '^kernels ' 'prefill pp32' 'decode tg8' 'peak RSS' 'weights read per token' \
   '^memory bound'; do
-  grep -q "$pat" "$tmp/table.txt" || fail "table: no line matching '$pat'"
+  grep -q "$pat" "$TMP/table.txt" || die "table: no line matching '$pat'"
 done
-if grep -q 'tg8 @' "$tmp/table.txt"; then fail "--stream 0 or --depths 0 still ran a test"; fi
+if grep -q 'tg8 @' "$TMP/table.txt"; then die "--stream 0 or --depths 0 still ran a test"; fi
 
-"$bin" bench "${small[@]}" --stream 160 --stream-batch 32 --policy window:64 --depths 64,96 \
-  --kv f16,q8_0 --json >"$tmp/out.json" 2>"$tmp/err.txt" ||
-  fail "bench --json: $(cat "$tmp/err.txt")"
-python3 - "$tmp/out.json" <<'EOF' || fail "bench JSON"
+"$BIN" bench "${small[@]}" --stream 160 --stream-batch 32 --policy window:64 --depths 64,96 \
+  --kv f16,q8_0 --json >"$TMP/out.json" 2>"$TMP/err.txt" ||
+  die "bench --json: $(cat "$TMP/err.txt")"
+python3 - "$TMP/out.json" <<'EOF' || die "bench JSON"
 import json, sys
 j = json.load(open(sys.argv[1]))
 for k in ['model', 'kernel_isa', 'threads', 'reps', 'tokens_from', 'weight_bytes_per_token',

@@ -3,18 +3,13 @@
 # line (never a crash) on truncated, garbled and random files.
 # Usage: inspect.sh SPILLWAY_BINARY SOURCE_DIR
 set -u
-bin=$1
-src=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-fail() {
-  echo "FAIL: $*" >&2
-  exit 1
-}
+BIN=$1
+SRC=$2
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # A small valid GGUF file written here, so the test runs without the real model.
-python3 - "$tmp/small.gguf" <<'EOF'
+python3 - "$TMP/small.gguf" <<'EOF'
 import struct, sys
 
 def s(x):
@@ -52,15 +47,15 @@ for d in datas:
     data += b'\0' * ((-len(data)) % 32) + d
 open(sys.argv[1], 'wb').write(out + data)
 EOF
-[ -s "$tmp/small.gguf" ] || fail "could not write the small GGUF file"
+[ -s "$TMP/small.gguf" ] || die "could not write the small GGUF file"
 
 # The small file: tables and JSON.
-"$bin" inspect "$tmp/small.gguf" >"$tmp/small.txt" 2>"$tmp/err.txt" || fail "inspect small.gguf: $(cat "$tmp/err.txt")"
-grep -q '^architecture  llama' "$tmp/small.txt" || fail "no architecture line"
-grep -q 'token_embd.weight' "$tmp/small.txt" || fail "no tensor table"
-grep -q "bos id *0 '<s>'" "$tmp/small.txt" || fail "no bos token line"
-"$bin" inspect --model "$tmp/small.gguf" --json >"$tmp/small.json" || fail "inspect --json small.gguf"
-python3 - "$tmp/small.json" <<'EOF' || fail "small.gguf JSON"
+"$BIN" inspect "$TMP/small.gguf" >"$TMP/small.txt" 2>"$TMP/err.txt" || die "inspect small.gguf: $(cat "$TMP/err.txt")"
+grep -q '^architecture  llama' "$TMP/small.txt" || die "no architecture line"
+grep -q 'token_embd.weight' "$TMP/small.txt" || die "no tensor table"
+grep -q "bos id *0 '<s>'" "$TMP/small.txt" || die "no bos token line"
+"$BIN" inspect --model "$TMP/small.gguf" --json >"$TMP/small.json" || die "inspect --json small.gguf"
+python3 - "$TMP/small.json" <<'EOF' || die "small.gguf JSON"
 import json, sys
 j = json.load(open(sys.argv[1]))
 assert j['architecture'] == 'llama', j['architecture']
@@ -77,13 +72,13 @@ assert j['totals_by_type'] == {'F32': dict(j['totals_by_type']['F32'], count=2, 
 EOF
 
 # The real model, when present.
-model=$src/models/SmolLM2-135M-Instruct.Q4_1.gguf
+model=$SRC/models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -f "$model" ]; then
-  "$bin" inspect "$model" >"$tmp/model.txt" || fail "inspect model"
-  grep -q 'block_count  *30' "$tmp/model.txt" || fail "model: block_count"
-  grep -q "bos id *1 '<|im_start|>'" "$tmp/model.txt" || fail "model: bos"
-  "$bin" inspect "$model" --json >"$tmp/model.json" || fail "inspect model --json"
-  python3 - "$tmp/model.json" <<'EOF' || fail "model JSON"
+  "$BIN" inspect "$model" >"$TMP/model.txt" || die "inspect model"
+  grep -q 'block_count  *30' "$TMP/model.txt" || die "model: block_count"
+  grep -q "bos id *1 '<|im_start|>'" "$TMP/model.txt" || die "model: bos"
+  "$BIN" inspect "$model" --json >"$TMP/model.json" || die "inspect model --json"
+  python3 - "$TMP/model.json" <<'EOF' || die "model JSON"
 import json, sys
 j = json.load(open(sys.argv[1]))
 want = {'architecture': 'llama', 'block_count': 30, 'embedding_length': 576,
@@ -105,25 +100,25 @@ EOF
   base=$model
 else
   echo "note: $model absent; corrupt copies are made from a small file"
-  base=$tmp/small.gguf
+  base=$TMP/small.gguf
 fi
 
 # Bad files: exit status 1 and an "error:" line, never a crash.
 expect_error() {
   local f=$1 what=$2 rc
-  "$bin" inspect "$f" >/dev/null 2>"$tmp/err.txt"
+  "$BIN" inspect "$f" >/dev/null 2>"$TMP/err.txt"
   rc=$?
-  [ "$rc" -eq 1 ] || fail "$what: exit status $rc, expected 1 ($(head -c 300 "$tmp/err.txt"))"
-  grep -q '^error: ' "$tmp/err.txt" || fail "$what: no 'error:' line"
+  [ "$rc" -eq 1 ] || die "$what: exit status $rc, expected 1 ($(head -c 300 "$TMP/err.txt"))"
+  grep -q '^error: ' "$TMP/err.txt" || die "$what: no 'error:' line"
 }
 
 size=$(stat -c %s "$base")
 for n in 0 3 15 23 $((size / 64)) $((size / 3)) $((size / 2)) $((size - 1)); do
-  head -c "$n" "$base" >"$tmp/trunc.gguf"
-  expect_error "$tmp/trunc.gguf" "truncated to $n bytes"
+  head -c "$n" "$base" >"$TMP/trunc.gguf"
+  expect_error "$TMP/trunc.gguf" "truncated to $n bytes"
 done
 
-python3 - "$base" "$tmp" <<'EOF' || fail "making garbled copies"
+python3 - "$base" "$TMP" <<'EOF' || die "making garbled copies"
 import random, sys
 base, tmp = sys.argv[1], sys.argv[2]
 head = bytearray(open(base, 'rb').read(65536))
@@ -146,9 +141,9 @@ with open(f'{tmp}/random_magic.gguf', 'wb') as f:
     f.write(b'GGUF' + (3).to_bytes(4, 'little') + bytes(rng.randrange(256) for _ in range(4096)))
 EOF
 for f in garbled_count garbled_magic garbled_version random random_magic; do
-  expect_error "$tmp/$f.gguf" "$f"
+  expect_error "$TMP/$f.gguf" "$f"
 done
-expect_error "$tmp/does-not-exist.gguf" "missing file"
-grep -q 'cannot open' "$tmp/err.txt" || fail "missing file: message"
+expect_error "$TMP/does-not-exist.gguf" "missing file"
+grep -q 'cannot open' "$TMP/err.txt" || die "missing file: message"
 
 echo "inspect.sh: ok"

@@ -4,55 +4,37 @@
 # per checkpoint and a summary with a verdict, with flat KV bytes and no non-finite logits.
 # Usage: soak.sh SPILLWAY_BINARY SOURCE_DIR
 set -u
-bin=$1
-src=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+BIN=$1
+SRC=$2
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-fail() {
-  echo "FAIL: $*" >&2
-  exit 1
-}
+expect_usage_error soak "bad policy" --model "$TMP/none.gguf" --policy 'sink:4+'
+expect_usage_error soak "growing cache" --model "$TMP/none.gguf" --policy full
+grep -q 'bounded' "$TMP/err.txt" || die "growing cache: message does not say why"
+expect_usage_error soak "one token" --model "$TMP/none.gguf" --tokens 1
+expect_usage_error soak "zero interval" --model "$TMP/none.gguf" --every 0
+expect_usage_error soak "negative warm-up" --model "$TMP/none.gguf" --warmup -1
 
-expect_usage_error() {
-  local what=$1 rc
-  shift
-  "$bin" soak "$@" >/dev/null 2>"$tmp/err.txt"
-  rc=$?
-  [ "$rc" -eq 2 ] || fail "$what: exit status $rc, expected 2 ($(head -c 300 "$tmp/err.txt"))"
-  grep -q '^error: ' "$tmp/err.txt" || fail "$what: no 'error:' line"
-}
-
-expect_usage_error "bad policy" --model "$tmp/none.gguf" --policy 'sink:4+'
-expect_usage_error "growing cache" --model "$tmp/none.gguf" --policy full
-grep -q 'bounded' "$tmp/err.txt" || fail "growing cache: message does not say why"
-expect_usage_error "one token" --model "$tmp/none.gguf" --tokens 1
-expect_usage_error "zero interval" --model "$tmp/none.gguf" --every 0
-expect_usage_error "negative warm-up" --model "$tmp/none.gguf" --warmup -1
-
-"$bin" soak --model "$tmp/none.gguf" >/dev/null 2>"$tmp/err.txt"
+"$BIN" soak --model "$TMP/none.gguf" >/dev/null 2>"$TMP/err.txt"
 rc=$?
-[ "$rc" -eq 1 ] || fail "missing model: exit status $rc, expected 1"
-grep -q "none.gguf" "$tmp/err.txt" || fail "missing model: message does not name the file"
+[ "$rc" -eq 1 ] || die "missing model: exit status $rc, expected 1"
+grep -q "none.gguf" "$TMP/err.txt" || die "missing model: message does not name the file"
 
-model=$src/models/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ ! -f "$model" ]; then
-  [ -n "${SPILLWAY_REQUIRE_MODEL:-}" ] && fail "missing $model"
-  echo "skip: no model at $model"
-  exit 0
-fi
+model=$SRC/models/SmolLM2-135M-Instruct.Q4_1.gguf
+require_model "$model"
 
 # About 40 tokens of text, so the 300-token stream repeats it several times.
-printf 'It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.\n' >"$tmp/text.txt"
-"$bin" soak --model "$model" --text "$tmp/text.txt" --policy sink:4+60 --tokens 300 --every 100 \
-  --warmup 100 -t 1 --csv "$tmp/soak.csv" --json "$tmp/soak.jsonl" >"$tmp/out.txt" 2>"$tmp/err.txt" ||
-  fail "soak run failed: $(head -c 500 "$tmp/err.txt")"
-grep -q 'repeated back to back' "$tmp/out.txt" || fail "no stream description"
-grep -q 'verdict' "$tmp/out.txt" || fail "no verdict"
-[ "$(wc -l <"$tmp/soak.csv")" -eq 4 ] || fail "CSV: expected a header and 3 rows"
-head -1 "$tmp/soak.csv" | grep -q '^tokens,seconds,tokens_per_s,latency_ms_median' || fail "CSV header"
-[ "$(wc -l <"$tmp/soak.jsonl")" -eq 4 ] || fail "JSON lines: expected 3 checkpoints and a summary"
-python3 - "$tmp/soak.csv" "$tmp/soak.jsonl" <<'PY' || fail "soak output checks"
+printf 'It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.\n' >"$TMP/text.txt"
+"$BIN" soak --model "$model" --text "$TMP/text.txt" --policy sink:4+60 --tokens 300 --every 100 \
+  --warmup 100 -t 1 --csv "$TMP/soak.csv" --json "$TMP/soak.jsonl" >"$TMP/out.txt" 2>"$TMP/err.txt" ||
+  die "soak run failed: $(head -c 500 "$TMP/err.txt")"
+grep -q 'repeated back to back' "$TMP/out.txt" || die "no stream description"
+grep -q 'verdict' "$TMP/out.txt" || die "no verdict"
+[ "$(wc -l <"$TMP/soak.csv")" -eq 4 ] || die "CSV: expected a header and 3 rows"
+head -1 "$TMP/soak.csv" | grep -q '^tokens,seconds,tokens_per_s,latency_ms_median' || die "CSV header"
+[ "$(wc -l <"$TMP/soak.jsonl")" -eq 4 ] || die "JSON lines: expected 3 checkpoints and a summary"
+python3 - "$TMP/soak.csv" "$TMP/soak.jsonl" <<'PY' || die "soak output checks"
 import csv, json, math, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 assert [int(r["tokens"]) for r in rows] == [100, 200, 300], rows
