@@ -72,12 +72,7 @@ void gguf_seeds(const fs::path& dir) {
 }
 
 void model_seeds(const fs::path& dir) {
-  TinyModelSpec s;
-  s.n_layer = 1;
-  s.n_embd = 32;
-  s.n_head = 2;
-  s.n_head_kv = 1;
-  s.n_ff = 32;
+  TinyModelSpec s = spillway::test::small_spec();
   s.n_ctx = 64;
   s.matrix_type = DType::Q8_0;
   const auto one = [&](const TinyModelSpec& spec, const std::string& name) {

@@ -55,15 +55,7 @@ Value u32(uint32_t v) {
   return Value(Value::Storage(std::in_place_index<4>, v));
 }
 
-TinyModelSpec small_spec() {
-  TinyModelSpec s;
-  s.n_layer = 1;
-  s.n_embd = 32;
-  s.n_head = 2;
-  s.n_head_kv = 1;
-  s.n_ff = 32;
-  return s;
-}
+using test::small_spec;
 
 std::string write_spec(const TinyModelSpec& s) {
   return test::write_tiny_model(test::temp_dir(), s);

@@ -41,6 +41,16 @@ std::vector<uint8_t> quantize(DType t, const std::vector<float>& v) {
 
 }  // namespace
 
+TinyModelSpec small_spec() {
+  TinyModelSpec s;
+  s.n_layer = 1;
+  s.n_embd = 32;
+  s.n_head = 2;
+  s.n_head_kv = 1;
+  s.n_ff = 32;
+  return s;
+}
+
 std::string write_tiny_model(const std::filesystem::path& dir, const TinyModelSpec& s,
                              const std::string& name) {
   GgufWriter w;

@@ -47,6 +47,11 @@ struct TinyModelSpec {
   std::vector<std::pair<std::string, gguf::Value>> replace_kv;
 };
 
+// The smallest spec worth a file: 1 layer, 32 wide, 2 query heads sharing 1 KV head, an
+// FFN of 32. For inputs built around a model rather than tests of its numbers (hostile
+// sizes, fuzzing seeds).
+TinyModelSpec small_spec();
+
 // Vocabulary: the 256 byte tokens (GPT-2 byte-to-unicode pieces), the merges "Ġ t",
 // "h e", "e r" and their results, then the control tokens <|endoftext|> (BOS/EOS),
 // <|im_start|>, <|im_end|>. tokenizer.ggml.pre = "gpt2".
