@@ -68,15 +68,16 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
     for (; j + 4 <= sub[r].end; j += 4, n += 4) {
       const uint8_t* kr = kb + row * static_cast<uint64_t>(j);
       // A decoding cache streams from memory once per token: fetch the keys of the block
-      // after next and this block's values (summed right after the scores), in the first
-      // slice of heads only. Addresses as integers: the keys ahead may lie past the cache
-      // (a prefetch does not fault; a pointer past the object would be undefined).
+      // kKeyPrefetch blocks ahead and this block's values (summed after the piece's scores)
+      // into L2, in the first slice of heads only. Addresses as integers: the keys ahead may
+      // lie past the cache (a prefetch does not fault; a pointer past the object would be
+      // undefined).
       if (first_slice) {
-        const uintptr_t kn = reinterpret_cast<uintptr_t>(kr) + 8 * row;
+        const uintptr_t kn = reinterpret_cast<uintptr_t>(kr) + 4 * kKeyPrefetch * row;
         const uintptr_t vn = reinterpret_cast<uintptr_t>(vb + row * static_cast<uint64_t>(j));
         for (uint64_t b = 0; b < 4 * row; b += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(kn + b), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(vn + b), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(kn + b), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(vn + b), _MM_HINT_T1);
         }
       }
       __m256 a[GN][4];

@@ -82,13 +82,13 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
     for (int32_t jj = j; jj < sub[r].end; ++jj) slots[n + (jj - j)] = jj;
     for (; j + 4 <= sub[r].end; j += 4, n += 4) {
       const uint8_t* kr = kb + row * static_cast<uint64_t>(j);
-      // As in the AVX2 kernel: the keys of the block after next and this block's values.
+      // As in the AVX2 kernel: the keys kKeyPrefetch blocks ahead and this block's values.
       if (first_slice) {
-        const uintptr_t kn = reinterpret_cast<uintptr_t>(kr) + 8 * row;
+        const uintptr_t kn = reinterpret_cast<uintptr_t>(kr) + 4 * kKeyPrefetch * row;
         const uintptr_t vn = reinterpret_cast<uintptr_t>(vb + row * static_cast<uint64_t>(j));
         for (uint64_t b = 0; b < 4 * row; b += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(kn + b), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(vn + b), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(kn + b), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(vn + b), _MM_HINT_T1);
         }
       }
       __m512 a[GN][4];
