@@ -111,7 +111,7 @@ class ThreadPool {
   std::vector<std::thread> threads_;
   std::mutex mutex_;
   std::condition_variable wake_;  // idle workers sleep here
-  std::condition_variable done_;  // the caller sleeps here when a chunk takes long
+  std::condition_variable done_;  // the caller sleeps here when a piece takes long
   // The current job; written by the caller while no worker can be inside it.
   BlockFn job_fn_ = nullptr;
   void* job_body_ = nullptr;
