@@ -67,19 +67,7 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
     for (int32_t jj = j; jj < sub[r].end; ++jj) slots[n + (jj - j)] = jj;
     for (; j + 4 <= sub[r].end; j += 4, n += 4) {
       const uint8_t* kr = kb + row * static_cast<uint64_t>(j);
-      // A decoding cache streams from memory once per token: fetch the keys of the block
-      // kKeyPrefetch blocks ahead and this block's values (summed after the piece's scores)
-      // into L2, in the first slice of heads only. Addresses as integers: the keys ahead may
-      // lie past the cache (a prefetch does not fault; a pointer past the object would be
-      // undefined).
-      if (first_slice) {
-        const uintptr_t kn = reinterpret_cast<uintptr_t>(kr) + 4 * kKeyPrefetch * row;
-        const uintptr_t vn = reinterpret_cast<uintptr_t>(vb + row * static_cast<uint64_t>(j));
-        for (uint64_t b = 0; b < 4 * row; b += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(kn + b), _MM_HINT_T1);
-          _mm_prefetch(reinterpret_cast<const char*>(vn + b), _MM_HINT_T1);
-        }
-      }
+      if (first_slice) prefetch_key_block(kr, vb + row * static_cast<uint64_t>(j), row);
       __m256 a[GN][4];
       SPW_UNROLL for (int g = 0; g < GN; ++g) {
         SPW_UNROLL for (int c = 0; c < 4; ++c) a[g][c] = _mm256_setzero_ps();

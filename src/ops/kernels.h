@@ -47,6 +47,20 @@ constexpr uint64_t kv_bytes(DType t, int64_t n) {
 // (docs/performance.md).
 inline constexpr uint64_t kKeyPrefetch = 8;
 
+// The attention kernels' prefetch for the block of 4 keys whose rows (`row` bytes each)
+// start at k and v: a decoding cache streams from memory once per token, so the keys
+// kKeyPrefetch blocks ahead and this block's values (summed after the piece's scores) are
+// fetched into L2 (locality 2: prefetcht1). Addresses as integers: the keys ahead may lie
+// past the cache (a prefetch does not fault; a pointer past the object would be undefined).
+inline void prefetch_key_block(const uint8_t* k, const uint8_t* v, uint64_t row) {
+  const uintptr_t kn = reinterpret_cast<uintptr_t>(k) + 4 * kKeyPrefetch * row;
+  const uintptr_t vn = reinterpret_cast<uintptr_t>(v);
+  for (uint64_t b = 0; b < 4 * row; b += 64) {
+    __builtin_prefetch(reinterpret_cast<const void*>(kn + b), 0, 2);
+    __builtin_prefetch(reinterpret_cast<const void*>(vn + b), 0, 2);
+  }
+}
+
 // Attention piece: the contract of ops::attend_piece for runs already clipped to the piece
 // (`total` keys, at most kAttnPiece).
 using AttendPieceFn = void (*)(const AttentionShape& s, int64_t kv_head, const KeyRun* sub,
