@@ -3,9 +3,12 @@
 // key's 16-lane products folded to 8 lanes, then reduced as in the AVX2 kernel, for single
 // keys too, so that a key's score does not depend on where the runs break), the softmax
 // numerators with the 16-lane exp, then the value sums in column slices of 64 (or 32)
-// held in registers. Needs head_dim % 32 == 0. Compiled for AVX-512 by target attributes
-// and called only after a CPU check (kernels.cpp). Uses no standard-library templates
-// (see matmul_avx2.cpp).
+// held in registers. For the head sizes 64 and 128 the key loop is unrolled and the heads'
+// query rows stay in registers across the keys (where they fit beside the accumulators)
+// instead of being reloaded for every block of 4 keys, where the query loads competed with
+// the key loads for the load ports. Needs head_dim % 32 == 0. Compiled for AVX-512 by
+// target attributes and called only after a CPU check (kernels.cpp). Uses no
+// standard-library templates (see matmul_avx2.cpp).
 #include <immintrin.h>
 
 #include <cmath>
@@ -65,10 +68,47 @@ inline __m128 reduce4(const __m512* a) {
   return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
+// Whether GN query rows of D elements (D > 0: the head size known at compile time) fit in
+// registers beside the 4 GN score accumulators and the 4 keys of a block (32 zmm).
+template <int GN, int D>
+inline constexpr bool kQueryInRegisters = D > 0 && (D / 16) * GN + 4 * GN + 4 <= 32;
+
+// The GN x 4 partial dot products of a block of 4 keys at kr (rows `row` bytes apart) with
+// the query rows q[g], 16 lanes each: a[g][c] sums q[g][i..i+16) k_c[i..i+16) over i in
+// order, whichever way the rows are held (qreg: kQueryInRegisters; else q, d elements).
+template <int GN, DType T, int D>
+inline void block_dots(const uint8_t* kr, uint64_t row, const float* const* q,
+                       const __m512 (*qreg)[D > 0 ? D / 16 : 1], int64_t d, __m512 (*a)[4]) {
+  SPW_UNROLL for (int g = 0; g < GN; ++g) {
+    SPW_UNROLL for (int c = 0; c < 4; ++c) a[g][c] = _mm512_setzero_ps();
+  }
+  if constexpr (kQueryInRegisters<GN, D>) {
+    SPW_UNROLL for (int i = 0; i < D; i += 16) {
+      __m512 kv[4];
+      SPW_UNROLL for (int c = 0; c < 4; ++c) kv[c] = load16<T>(kr + c * row, i);
+      SPW_UNROLL for (int g = 0; g < GN; ++g) {
+        SPW_UNROLL for (int c = 0; c < 4; ++c) {
+          a[g][c] = _mm512_fmadd_ps(qreg[g][i / 16], kv[c], a[g][c]);
+        }
+      }
+    }
+  } else {
+    for (int64_t i = 0; i < d; i += 16) {
+      __m512 kv[4];
+      SPW_UNROLL for (int c = 0; c < 4; ++c) kv[c] = load16<T>(kr + c * row, i);
+      SPW_UNROLL for (int g = 0; g < GN; ++g) {
+        const __m512 qv = _mm512_loadu_ps(q[g] + i);
+        SPW_UNROLL for (int c = 0; c < 4; ++c) a[g][c] = _mm512_fmadd_ps(qv, kv[c], a[g][c]);
+      }
+    }
+  }
+}
+
 // GN heads of one group (query offset qoff within each run's q) over the clipped runs:
 // part_max[g], part_sum[g] and part_acc[g][d] of the piece. NV: zmm registers per head in
-// a column slice of the value sums (16 NV columns; d % (16 NV) == 0).
-template <int GN, int NV, DType T>
+// a column slice of the value sums (16 NV columns; d % (16 NV) == 0). D: d when it is
+// known at compile time (64, 128), else 0.
+template <int GN, int NV, DType T, int D>
 void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_t qoff, int64_t d,
            const uint8_t* kb, const uint8_t* vb, uint64_t row, float scale, float* part_max,
            float* part_sum, float* part_acc, float (*sc)[kScoreRow]) {
@@ -78,23 +118,19 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
   for (int r = 0; r < n_sub; ++r) {
     const float* q[GN];
     SPW_UNROLL for (int g = 0; g < GN; ++g) q[g] = sub[r].q + qoff + g * d;
+    __m512 qreg[GN][D > 0 ? D / 16 : 1];
+    if constexpr (kQueryInRegisters<GN, D>) {
+      SPW_UNROLL for (int g = 0; g < GN; ++g) {
+        SPW_UNROLL for (int u = 0; u < D / 16; ++u) qreg[g][u] = _mm512_loadu_ps(q[g] + 16 * u);
+      }
+    }
     int32_t j = sub[r].begin;
     for (int32_t jj = j; jj < sub[r].end; ++jj) slots[n + (jj - j)] = jj;
     for (; j + 4 <= sub[r].end; j += 4, n += 4) {
       const uint8_t* kr = kb + row * static_cast<uint64_t>(j);
       if (first_slice) prefetch_key_block(kr, vb + row * static_cast<uint64_t>(j), row);
       __m512 a[GN][4];
-      SPW_UNROLL for (int g = 0; g < GN; ++g) {
-        SPW_UNROLL for (int c = 0; c < 4; ++c) a[g][c] = _mm512_setzero_ps();
-      }
-      for (int64_t i = 0; i < d; i += 16) {
-        __m512 kv[4];
-        SPW_UNROLL for (int c = 0; c < 4; ++c) kv[c] = load16<T>(kr + c * row, i);
-        SPW_UNROLL for (int g = 0; g < GN; ++g) {
-          const __m512 qv = _mm512_loadu_ps(q[g] + i);
-          SPW_UNROLL for (int c = 0; c < 4; ++c) a[g][c] = _mm512_fmadd_ps(qv, kv[c], a[g][c]);
-        }
-      }
+      block_dots<GN, T, D>(kr, row, q, qreg, d, a);
       SPW_UNROLL for (int g = 0; g < GN; ++g) {
         _mm_storeu_ps(&sc[g][n], _mm_mul_ps(reduce4(a[g]), vscale));
       }
@@ -161,7 +197,7 @@ void slice(bool first_slice, const KeyRun* sub, int n_sub, int64_t total, int64_
   }
 }
 
-template <int NV, DType T>
+template <int NV, DType T, int D>
 void piece(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub, int64_t total,
            const void* k, const void* v, float* part) {
   const int64_t d = s.head_dim;
@@ -178,18 +214,44 @@ void piece(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_su
     float* pa = part + 2 * G + g0 * d;
     switch (G - g0 < 4 ? G - g0 : 4) {
       case 1:
-        slice<1, NV, T>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
+        slice<1, NV, T, D>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa,
+                           sc);
         break;
       case 2:
-        slice<2, NV, T>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
+        slice<2, NV, T, D>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa,
+                           sc);
         break;
       case 3:
-        slice<3, NV, T>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
+        slice<3, NV, T, D>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa,
+                           sc);
         break;
       default:
-        slice<4, NV, T>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa, sc);
+        slice<4, NV, T, D>(g0 == 0, sub, n_sub, total, qoff, d, kb, vb, row, s.scale, pm, ps, pa,
+                           sc);
         break;
     }
+  }
+}
+
+// The piece kernel for one cache type: NV = 4 column registers where head_dim % 64 == 0
+// (else 2), with the head sizes 64 and 128 compiled in.
+template <DType T>
+void piece_of_type(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
+                   int64_t total, const void* k, const void* v, float* part) {
+  switch (s.head_dim) {
+    case 64:
+      piece<4, T, 64>(s, kv_head, sub, n_sub, total, k, v, part);
+      break;
+    case 128:
+      piece<4, T, 128>(s, kv_head, sub, n_sub, total, k, v, part);
+      break;
+    default:
+      if (s.head_dim % 64 == 0) {
+        piece<4, T, 0>(s, kv_head, sub, n_sub, total, k, v, part);
+      } else {
+        piece<2, T, 0>(s, kv_head, sub, n_sub, total, k, v, part);
+      }
+      break;
   }
 }
 
@@ -197,28 +259,15 @@ void piece(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_su
 
 void attend_piece_avx512(const AttentionShape& s, int64_t kv_head, const KeyRun* sub, int n_sub,
                          int64_t total, const void* k, const void* v, float* part) {
-  const bool wide = s.head_dim % 64 == 0;
   switch (s.kv_type) {
     case DType::F16:
-      if (wide) {
-        piece<4, DType::F16>(s, kv_head, sub, n_sub, total, k, v, part);
-      } else {
-        piece<2, DType::F16>(s, kv_head, sub, n_sub, total, k, v, part);
-      }
+      piece_of_type<DType::F16>(s, kv_head, sub, n_sub, total, k, v, part);
       break;
     case DType::Q8_0:
-      if (wide) {
-        piece<4, DType::Q8_0>(s, kv_head, sub, n_sub, total, k, v, part);
-      } else {
-        piece<2, DType::Q8_0>(s, kv_head, sub, n_sub, total, k, v, part);
-      }
+      piece_of_type<DType::Q8_0>(s, kv_head, sub, n_sub, total, k, v, part);
       break;
     default:
-      if (wide) {
-        piece<4, DType::F32>(s, kv_head, sub, n_sub, total, k, v, part);
-      } else {
-        piece<2, DType::F32>(s, kv_head, sub, n_sub, total, k, v, part);
-      }
+      piece_of_type<DType::F32>(s, kv_head, sub, n_sub, total, k, v, part);
       break;
   }
 }

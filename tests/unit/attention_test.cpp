@@ -98,7 +98,7 @@ TEST(Attention, WhereRunsBreakDoesNotChangeTheBits) {
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   for (auto [n_head, n_head_kv, head_dim] :
-       {std::tuple{9, 3, 64}, std::tuple{8, 1, 32}, std::tuple{6, 2, 12}}) {
+       {std::tuple{9, 3, 64}, std::tuple{4, 2, 128}, std::tuple{8, 1, 32}, std::tuple{6, 2, 12}}) {
     for (DType kv_type : kv_types_for(head_dim)) {
       const int64_t n_slots = 300;
       const size_t n = static_cast<size_t>(n_head_kv * n_slots * head_dim);
@@ -187,8 +187,9 @@ void expect_pieces_match_scalar(KernelIsa isa) {
   const detail::Kernels& ks = detail::kernels_for(isa);
   const detail::Kernels& sc = detail::kernels_for(KernelIsa::kScalar);
   for (auto [n_head, n_head_kv, head_dim] :
-       {std::tuple{9, 3, 64}, std::tuple{4, 1, 256}, std::tuple{5, 1, 32}, std::tuple{6, 2, 96},
-        std::tuple{2, 2, 48}, std::tuple{6, 1, 16}, std::tuple{1, 1, 8}}) {
+       {std::tuple{9, 3, 64}, std::tuple{4, 1, 256}, std::tuple{8, 4, 128}, std::tuple{3, 1, 128},
+        std::tuple{5, 1, 32}, std::tuple{6, 2, 96}, std::tuple{2, 2, 48}, std::tuple{6, 1, 16},
+        std::tuple{1, 1, 8}}) {
     for (DType kv_type : kv_types_for(head_dim)) {
       for (int64_t span : {1, 3, 17, 128, 131, 300}) {
         SCOPED_TRACE(::testing::Message()
