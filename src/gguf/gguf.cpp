@@ -535,6 +535,15 @@ std::unique_ptr<GgufFile> GgufFile::open(const std::string& path) {
   return f;
 }
 
+void GgufFile::release_pages(const void* p, uint64_t n) const {
+  if (mapping_ == nullptr || p == nullptr) return;
+  const auto lo = reinterpret_cast<uintptr_t>(p), base = reinterpret_cast<uintptr_t>(base_);
+  if (lo < base || n > size_ || lo - base > size_ - n) return;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (lo + page - 1) / page * page, end = (lo + n) / page * page;
+  if (first < end) ::madvise(reinterpret_cast<void*>(first), end - first, MADV_DONTNEED);
+}
+
 std::unique_ptr<GgufFile> GgufFile::from_bytes(std::vector<uint8_t> bytes, std::string name) {
   std::unique_ptr<GgufFile> f(new GgufFile());
   f->path_ = std::move(name);

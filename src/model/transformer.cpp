@@ -99,6 +99,37 @@ ops::WeightMatrix bind_matrix(const gguf::GgufFile& f, const std::string& name, 
   return w;
 }
 
+void InterleavedWeights::interleave(const gguf::GgufFile& f,
+                                    const std::vector<ops::WeightMatrix*>& ms) {
+  if (!buf_.empty()) throw InvalidArgument("InterleavedWeights: already holds a model's weights");
+  // One copy per distinct source, each starting on a cache line.
+  std::vector<const void*> sources;
+  std::vector<uint64_t> offsets;
+  uint64_t total = 0;
+  for (const ops::WeightMatrix* m : ms) {
+    if (!ops::can_interleave(m->type) || m->layout != ops::WeightLayout::kRows || m->rows == 0 ||
+        std::find(sources.begin(), sources.end(), m->data) != sources.end())
+      continue;
+    sources.push_back(m->data);
+    offsets.push_back(total);
+    total += (matrix_bytes(*m) + sizeof(Line) - 1) / sizeof(Line) * sizeof(Line);
+  }
+  buf_.resize(static_cast<size_t>(total / sizeof(Line)));
+  std::vector<ops::WeightMatrix> copies(sources.size());
+  std::vector<bool> done(sources.size(), false);
+  for (ops::WeightMatrix* m : ms) {
+    const auto it = std::find(sources.begin(), sources.end(), m->data);
+    if (it == sources.end()) continue;
+    const auto i = static_cast<size_t>(it - sources.begin());
+    if (!done[i]) {
+      copies[i] = ops::interleave_rows8(*m, reinterpret_cast<std::byte*>(buf_.data()) + offsets[i]);
+      f.release_pages(m->data, matrix_bytes(*m));
+      done[i] = true;
+    }
+    *m = copies[i];
+  }
+}
+
 const float* bind_vector(const gguf::GgufFile& f, const std::string& name, int64_t n) {
   const gguf::TensorInfo& t = f.tensor(name);
   if (t.n_elements() != n || t.ne[0] != n)
@@ -330,8 +361,7 @@ void TransformerForward::embed() {
       if (id < 0 || id >= config_.n_vocab)
         throw InvalidArgument(fmt::format("token id {} out of range [0, {})", id, config_.n_vocab));
       float* row = x_.data() + (s.t0 + t) * d;
-      dequantize_row(embd.type, static_cast<const std::byte*>(embd.data) + embd.row_bytes * id, row,
-                     d);
+      ops::dequantize_weight_row(embd, id, row);
       if (scale != 1.0f)
         for (int64_t i = 0; i < d; ++i) row[i] *= scale;
     }

@@ -5,6 +5,7 @@
 // binding helpers every architecture's loader uses.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -28,6 +29,27 @@ ModelConfig read_common_config(const gguf::GgufFile& file);
 // A 2-D weight [cols, rows] (GGUF order) bound in place; FormatError for another shape.
 ops::WeightMatrix bind_matrix(const gguf::GgufFile& f, const std::string& name, int64_t cols,
                               int64_t rows);
+// Private copies of a model's weight matrices in the kernels' interleaved layout
+// (ops::WeightLayout::kRows8), which a matrix-vector product reads front to back: on the
+// Zen 4 host of docs/performance.md, single-token decoding ran faster with it than with
+// the file's rows. Matrices of the types ops::can_interleave() accepts are copied and
+// repointed; the others stay bound in place. The copied ranges of the file's mapping are
+// released, so resident memory stays at about the weights' size.
+class InterleavedWeights {
+ public:
+  // Rewrites *m for each m in ms; entries bound to the same bytes (a tied output matrix
+  // and the token embedding) share one copy.
+  void interleave(const gguf::GgufFile& f, const std::vector<ops::WeightMatrix*>& ms);
+  // Bytes held.
+  uint64_t bytes() const { return buf_.size() * sizeof(Line); }
+
+ private:
+  struct alignas(64) Line {
+    std::byte b[64];
+  };
+  std::vector<Line> buf_;
+};
+
 // A 1-D F32 weight of n elements bound in place.
 const float* bind_vector(const gguf::GgufFile& f, const std::string& name, int64_t n);
 

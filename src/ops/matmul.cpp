@@ -117,6 +117,12 @@ void check_shapes(const WeightMatrix& w, const Activations& x, int64_t ldy) {
                     dtype_name(w.type), w.cols,
                     rb ? std::to_string(*rb) : std::string("no valid size"), w.row_bytes));
   }
+  if (w.layout != WeightLayout::kRows &&
+      (w.layout != WeightLayout::kRows8 || !can_interleave(w.type))) {
+    throw InvalidArgument(fmt::format("matmul: {} weights in layout {} (kRows8 is for {})",
+                                      dtype_name(w.type), static_cast<int>(w.layout),
+                                      "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"));
+  }
   if (x.cols() != w.cols) {
     throw InvalidArgument(
         fmt::format("matmul: activations have {} columns, weights expect {}", x.cols(), w.cols));
@@ -142,8 +148,7 @@ void matmul_fallback(const MatmulKernels& ks, const WeightMatrix& w, const Activ
     thread_local std::vector<float> row;  // [cols]
     if (static_cast<int64_t>(row.size()) < cols) row.resize(static_cast<size_t>(cols));
     for (int64_t r = r0; r < r1; ++r) {
-      dequantize_row(w.type, static_cast<const std::byte*>(w.data) + r * w.row_bytes, row.data(),
-                     cols);
+      dequantize_weight_row(w, r, row.data());
       for (int64_t t = 0; t < T; ++t) y[t * ldy + r] = ks.dot_f32(row.data(), xf + t * cols, cols);
     }
   });
@@ -311,6 +316,52 @@ void matmul_swiglu(const WeightMatrix& w_gate, const WeightMatrix& w_up, Activat
     tu(w_up, xu, r0, r1, 0, 1, up, ld);
     swiglu(gate + r0, up + r0, r1 - r0);
   });
+}
+
+bool can_interleave(DType t) {
+  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
+         t == DType::Q8_0;
+}
+
+WeightMatrix interleave_rows8(const WeightMatrix& w, void* dst) {
+  const auto rb = row_bytes(w.type, static_cast<uint64_t>(std::max<int64_t>(w.cols, 0)));
+  if (!can_interleave(w.type) || w.layout != WeightLayout::kRows || w.rows < 0 || w.cols <= 0 ||
+      !rb || *rb != w.row_bytes || (w.rows > 0 && (w.data == nullptr || dst == nullptr))) {
+    throw InvalidArgument(fmt::format(
+        "interleave_rows8: not a row-major {} matrix of {} x {} with {}-byte rows (interleaving "
+        "is for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)",
+        dtype_name(w.type), w.rows, w.cols, w.row_bytes));
+  }
+  const uint64_t bb = static_cast<uint64_t>(dtype_info(w.type).type_size);
+  const uint64_t nb = w.row_bytes / bb;
+  const auto* src = static_cast<const std::byte*>(w.data);
+  auto* out = static_cast<std::byte*>(dst);
+  const int64_t full = w.rows / 8 * 8;
+  for (int64_t g = 0; g < full; g += 8) {
+    const std::byte* in = src + static_cast<uint64_t>(g) * w.row_bytes;
+    std::byte* o = out + static_cast<uint64_t>(g) * w.row_bytes;
+    for (uint64_t b = 0; b < nb; ++b)
+      for (uint64_t i = 0; i < 8; ++i)
+        std::memcpy(o + (8 * b + i) * bb, in + i * w.row_bytes + b * bb, bb);
+  }
+  std::memcpy(out + static_cast<uint64_t>(full) * w.row_bytes,
+              src + static_cast<uint64_t>(full) * w.row_bytes,
+              static_cast<size_t>(static_cast<uint64_t>(w.rows - full) * w.row_bytes));
+  WeightMatrix r = w;
+  r.data = dst;
+  r.layout = WeightLayout::kRows8;
+  return r;
+}
+
+void dequantize_weight_row(const WeightMatrix& w, int64_t r, float* y) {
+  if (w.layout != WeightLayout::kRows8) {
+    dequantize_row(w.type, static_cast<const std::byte*>(w.data) + r * w.row_bytes, y, w.cols);
+    return;
+  }
+  const int64_t bs = dtype_info(w.type).block_size;
+  const uint64_t stride = detail::block_stride(w, r);
+  const auto* p = reinterpret_cast<const std::byte*>(detail::row_start(w, r));
+  for (int64_t c = 0; c < w.cols; c += bs, p += stride) dequantize_row(w.type, p, y + c, bs);
 }
 
 void matvec(const WeightMatrix& w, const float* x, float* y, ThreadPool& pool) {

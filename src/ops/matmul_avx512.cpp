@@ -173,15 +173,15 @@ struct Q4KGroupsV {
     return reinterpret_cast<X>(static_cast<const uint8_t*>(xq) + t * q8k_row_bytes(cols));
   }
   template <int C>
-  static void run(const uint8_t* const* p, const X* x, int64_t nb, float* y, int64_t ldy,
-                  int n_rows, const uint8_t* pf) {
+  static void run(const uint8_t* const* p, int64_t bs, const X* x, int64_t nb, float* y,
+                  int64_t ldy, int n_rows, const uint8_t* pf) {
     constexpr int kStep = 8 * kBytes;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[C], macc[C];
     SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = macc[c] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       if (pf != nullptr) prefetch_step<kStep>(pf + b * kStep);
-      const int64_t off = b * kBytes;
+      const int64_t off = b * bs;
       __m256i h[4], sm[4];  // register i: row i in the low lane, row i + 4 in the high lane
       SPW_UNROLL for (int i = 0; i < 4; ++i) {
         h[i] = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p[i + 4] + off),
@@ -249,8 +249,8 @@ struct Q6KGroupsV {
     return reinterpret_cast<X>(static_cast<const uint8_t*>(xq) + t * q8k_row_bytes(cols));
   }
   template <int C>
-  static void run(const uint8_t* const* p, const X* x, int64_t nb, float* y, int64_t ldy,
-                  int n_rows, const uint8_t* pf) {
+  static void run(const uint8_t* const* p, int64_t bs, const X* x, int64_t nb, float* y,
+                  int64_t ldy, int n_rows, const uint8_t* pf) {
     constexpr int kStep = 8 * kBytes;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i m30 = _mm256_set1_epi8(0x30);
@@ -258,7 +258,7 @@ struct Q6KGroupsV {
     SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       if (pf != nullptr) prefetch_step<kStep>(pf + b * kStep);
-      const int64_t off = b * kBytes;
+      const int64_t off = b * bs;
       const __m256 d = f16x8(p, off + offsetof(BlockQ6_K, d));
       __m256i bs[C];  // the activations' 16 sums of 16
       SPW_UNROLL for (int c = 0; c < C; ++c) {

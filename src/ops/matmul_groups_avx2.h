@@ -179,19 +179,21 @@ inline __m256i q4_k_scales_mins(__m256i h) {
   return _mm256_or_si256(low, top);
 }
 
-// y[c * ldy + r] = row p[r] . token c for r < n_rows (<= 8) and C tokens. When `pf` is set
+// y[c * ldy + r] = row p[r] . token c for r < n_rows (<= 8) and C tokens, block b of row r
+// at p[r] + b * bs (bs: W::kBytes in GGUF's row layout, 8 W::kBytes in a group of
+// interleaved rows, WeightLayout::kRows8). When `pf` is set
 // (matrix-vector products), the next group of 8 rows (8 * kBytes per block, contiguous)
 // is prefetched meanwhile: at T = 1 weights stream from memory once per token, and the
 // hardware prefetcher alone does not keep up with 8 interleaved row streams.
 template <class W, int C>
-inline void group8(const uint8_t* const* p, const Q8ARow* x, int64_t nb, float* y, int64_t ldy,
-                   int n_rows, const uint8_t* pf) {
+inline void group8(const uint8_t* const* p, int64_t bs, const Q8ARow* x, int64_t nb, float* y,
+                   int64_t ldy, int n_rows, const uint8_t* pf) {
   constexpr int kStep = 8 * W::kBytes;
   __m256 acc[C], macc[C];
   SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = macc[c] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     if (pf != nullptr) prefetch_step<kStep>(pf + b * kStep);
-    const int64_t off = b * W::kBytes;
+    const int64_t off = b * bs;
     typename W::Unpacked u;
     W::unpack(p, off, u);
     __m256 d, m = _mm256_setzero_ps();
@@ -219,9 +221,9 @@ struct LegacyGroups {
   using X = Q8ARow;
   static X x_row(const void* xq, int64_t cols, int64_t t) { return q8a_row(xq, cols, t); }
   template <int C>
-  static void run(const uint8_t* const* p, const X* x, int64_t nb, float* y, int64_t ldy,
-                  int n_rows, const uint8_t* pf) {
-    group8<W, C>(p, x, nb, y, ldy, n_rows, pf);
+  static void run(const uint8_t* const* p, int64_t bs, const X* x, int64_t nb, float* y,
+                  int64_t ldy, int n_rows, const uint8_t* pf) {
+    group8<W, C>(p, bs, x, nb, y, ldy, n_rows, pf);
   }
 };
 
@@ -230,20 +232,31 @@ constexpr int64_t kPrefetchGroups = 2;  // how far ahead a matrix-vector product
 
 // G::run<c> for the c <= C tokens of a tile (T > 1: no prefetching).
 template <class G, int C>
-inline void run_tokens(int c, const uint8_t* const* p, const typename G::X* x, int64_t nb, float* y,
-                       int64_t ldy, int n_rows) {
+inline void run_tokens(int c, const uint8_t* const* p, int64_t bs, const typename G::X* x,
+                       int64_t nb, float* y, int64_t ldy, int n_rows) {
   if constexpr (C > 1) {
     if (c < C) {
-      run_tokens<G, C - 1>(c, p, x, nb, y, ldy, n_rows);
+      run_tokens<G, C - 1>(c, p, bs, x, nb, y, ldy, n_rows);
       return;
     }
   }
-  G::template run<C>(p, x, nb, y, ldy, n_rows, nullptr);
+  G::template run<C>(p, bs, x, nb, y, ldy, n_rows, nullptr);
 }
 
-// Pointers to the 8 rows of the group at r (n of them exist; the rest repeat the last).
-inline void group_rows(const uint8_t* base, uint64_t rb, int64_t r, int n, const uint8_t** p) {
+// Block 0 of the 8 rows of the group at r (n of them exist; the rest repeat the last), and
+// the distance between a row's blocks (kBytes: bytes of a block). A full group of a
+// WeightLayout::kRows8 matrix (r + 8 <= `interleaved`) has its rows' blocks interleaved:
+// row r + i's block 0 at the group's start + i kBytes, its blocks 8 kBytes apart; other
+// rows lie as in GGUF, rb bytes apart.
+template <int kBytes>
+inline int64_t group_rows(const uint8_t* base, uint64_t rb, int64_t interleaved, int64_t r, int n,
+                          const uint8_t** p) {
+  if (r + 8 <= interleaved) {
+    for (int i = 0; i < 8; ++i) p[i] = base + static_cast<uint64_t>(r) * rb + i * kBytes;
+    return 8 * kBytes;
+  }
   for (int i = 0; i < 8; ++i) p[i] = base + (r + (i < n ? i : n - 1)) * rb;
+  return kBytes;
 }
 
 // y[t * ldy + r] for r in [r0, r1), t in [t0, t1) with the group kernels of G. One token
@@ -260,15 +273,17 @@ void tile_groups(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
   const int64_t nb = w.cols / G::kElems;
   const auto* base = static_cast<const uint8_t*>(w.data);
   const uint64_t rb = w.row_bytes;
+  const int64_t interleaved = w.layout == WeightLayout::kRows8 ? w.rows / 8 * 8 : 0;
   const uint8_t* p[8];
   if (t1 - t0 == 1) {
     const typename G::X x[1] = {G::x_row(xq, w.cols, t0)};
     for (int64_t r = r0; r < r1; r += 8) {
       const int n = static_cast<int>(min64(8, r1 - r));
-      group_rows(base, rb, r, n, p);
-      const uint8_t* pf =
-          r + 8 * (kPrefetchGroups + 1) <= w.rows ? p[0] + 8 * kPrefetchGroups * rb : nullptr;
-      G::template run<1>(p, x, nb, y + t0 * ldy + r, ldy, n, pf);
+      const int64_t bs = group_rows<G::kBytes>(base, rb, interleaved, r, n, p);
+      const uint8_t* pf = r + 8 * (kPrefetchGroups + 1) <= w.rows
+                              ? base + static_cast<uint64_t>(r + 8 * kPrefetchGroups) * rb
+                              : nullptr;
+      G::template run<1>(p, bs, x, nb, y + t0 * ldy + r, ldy, n, pf);
     }
     return;
   }
@@ -280,8 +295,8 @@ void tile_groups(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
       for (int i = 0; i < c; ++i) x[i] = G::x_row(xq, w.cols, t + i);
       for (int64_t r = p0; r < p1; r += 8) {
         const int n = static_cast<int>(min64(8, p1 - r));
-        group_rows(base, rb, r, n, p);
-        run_tokens<G, G::kC>(c, p, x, nb, y + t * ldy + r, ldy, n);
+        const int64_t bs = group_rows<G::kBytes>(base, rb, interleaved, r, n, p);
+        run_tokens<G, G::kC>(c, p, bs, x, nb, y + t * ldy + r, ldy, n);
       }
     }
   }

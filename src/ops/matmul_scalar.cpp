@@ -1,6 +1,7 @@
 // Scalar integer kernels: the reference for the SIMD families. They compute the same
 // quantized math (weights in their blocks x 8-bit activation blocks, integer block sums,
-// f32 scales) one output at a time.
+// f32 scales) one output at a time. Each dot product takes a row's first block and the
+// distance between its blocks (row_start, block_stride: either weight layout).
 #include <cstring>
 
 #include "matmul_internal.h"
@@ -18,15 +19,11 @@ float load_f16(const uint8_t* p) {
   return f16_to_f32(load_u16(p));
 }
 
-const uint8_t* row_ptr(const WeightMatrix& w, int64_t r) {
-  return static_cast<const uint8_t*>(w.data) + static_cast<uint64_t>(r) * w.row_bytes;
-}
-
 // Q4_0: 18-byte blocks {f16 d, 16 bytes of nibbles}; value = d * (q - 8). Element j < 16
 // is the low nibble of qs[j], element j + 16 the high nibble.
-float dot_q4_0(const uint8_t* p, const Q8ARow& x, int64_t nb) {
+float dot_q4_0(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ4_0)) {
+  for (int64_t b = 0; b < nb; ++b, p += stride) {
     const float d = load_f16(p);
     const uint8_t* qs = p + 2;
     const int8_t* xq = x.qs + b * kQK;
@@ -40,9 +37,9 @@ float dot_q4_0(const uint8_t* p, const Q8ARow& x, int64_t nb) {
 }
 
 // Q4_1: 20-byte blocks {f16 d, f16 m, 16 bytes of nibbles}; value = d * q + m.
-float dot_q4_1(const uint8_t* p, const Q8ARow& x, int64_t nb) {
+float dot_q4_1(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ4_1)) {
+  for (int64_t b = 0; b < nb; ++b, p += stride) {
     const float d = load_f16(p), m = load_f16(p + 2);
     const uint8_t* qs = p + 4;
     const int8_t* xq = x.qs + b * kQK;
@@ -69,9 +66,9 @@ int q5_hi(const uint8_t* qs, uint32_t qh, int j) {
 }
 
 // Q5_0: 22-byte blocks {f16 d, qh[4], qs[16]}; value = d * (q - 16).
-float dot_q5_0(const uint8_t* p, const Q8ARow& x, int64_t nb) {
+float dot_q5_0(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ5_0)) {
+  for (int64_t b = 0; b < nb; ++b, p += stride) {
     const float d = load_f16(p);
     const uint32_t qh = load_u32(p + 2);
     const uint8_t* qs = p + 6;
@@ -86,9 +83,9 @@ float dot_q5_0(const uint8_t* p, const Q8ARow& x, int64_t nb) {
 }
 
 // Q5_1: 24-byte blocks {f16 d, f16 m, qh[4], qs[16]}; value = d * q + m.
-float dot_q5_1(const uint8_t* p, const Q8ARow& x, int64_t nb) {
+float dot_q5_1(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ5_1)) {
+  for (int64_t b = 0; b < nb; ++b, p += stride) {
     const float d = load_f16(p), m = load_f16(p + 2);
     const uint32_t qh = load_u32(p + 4);
     const uint8_t* qs = p + 8;
@@ -101,9 +98,9 @@ float dot_q5_1(const uint8_t* p, const Q8ARow& x, int64_t nb) {
 }
 
 // Q8_0: 34-byte blocks {f16 d, int8 qs[32]}.
-float dot_q8_0(const uint8_t* p, const Q8ARow& x, int64_t nb) {
+float dot_q8_0(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ8_0)) {
+  for (int64_t b = 0; b < nb; ++b, p += stride) {
     const float d = load_f16(p);
     const auto* qs = reinterpret_cast<const int8_t*>(p + 2);
     const int8_t* xq = x.qs + b * kQK;
@@ -117,9 +114,9 @@ float dot_q8_0(const uint8_t* p, const Q8ARow& x, int64_t nb) {
 // Q4_K: 144-byte super-blocks {f16 d, f16 dmin, scales[12], qs[128]}; sub-block j of 32
 // has value d * sc_j * q - dmin * m_j; qs[32 c + l] holds element 64 c + l (low nibble)
 // and 64 c + 32 + l (high nibble).
-float dot_q4_k(const uint8_t* p, const BlockQ8_K* x, int64_t nb) {
+float dot_q4_k(const uint8_t* p, uint64_t stride, const BlockQ8_K* x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ4_K)) {
+  for (int64_t b = 0; b < nb; ++b, p += stride) {
     const float d = load_f16(p), dmin = load_f16(p + 2);
     const uint8_t* scales = p + 4;
     const uint8_t* qs = p + 16;
@@ -145,9 +142,9 @@ float dot_q4_k(const uint8_t* p, const BlockQ8_K* x, int64_t nb) {
 
 // Q6_K: 210-byte super-blocks {ql[128], qh[64], int8 scales[16], f16 d}; value =
 // d * scales[g] * (q - 32) for group g of 16 elements, q the 6-bit value.
-float dot_q6_k(const uint8_t* p, const BlockQ8_K* x, int64_t nb) {
+float dot_q6_k(const uint8_t* p, uint64_t stride, const BlockQ8_K* x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += sizeof(BlockQ6_K)) {
+  for (int64_t b = 0; b < nb; ++b, p += stride) {
     const uint8_t* ql = p;
     const uint8_t* qh = p + 128;
     const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
@@ -186,7 +183,8 @@ void tile_legacy(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
   const int64_t nb = w.cols / kQK;
   for (int64_t t = t0; t < t1; ++t) {
     const Q8ARow x = q8a_row(xq, w.cols, t);
-    for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = dot(row_ptr(w, r), x, nb);
+    for (int64_t r = r0; r < r1; ++r)
+      y[t * ldy + r] = dot(row_start(w, r), block_stride(w, r), x, nb);
   }
 }
 
@@ -197,7 +195,8 @@ void tile_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64
   for (int64_t t = t0; t < t1; ++t) {
     const auto* x = reinterpret_cast<const BlockQ8_K*>(static_cast<const std::byte*>(xq) +
                                                        t * q8k_row_bytes(w.cols));
-    for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = dot(row_ptr(w, r), x, nb);
+    for (int64_t r = r0; r < r1; ++r)
+      y[t * ldy + r] = dot(row_start(w, r), block_stride(w, r), x, nb);
   }
 }
 

@@ -321,6 +321,105 @@ TEST(Matmul, GroupAndTileEdgesMatchTheReferences) {
   }
 }
 
+// The interleaved layout (WeightLayout::kRows8) changes only the order in which products
+// read the weights: for every type that takes it, every family, thread count, batch size,
+// and rows around and between whole groups of 8, products with the interleaved copy equal
+// those with the GGUF rows bit for bit; fused jobs (matmul_many, matmul_swiglu) too; and
+// its rows dequantize to the same values.
+TEST(Matmul, InterleavedRowsGiveTheBitsOfGgufRows) {
+  ThreadPool pools[3] = {ThreadPool(1), ThreadPool(2), ThreadPool(3)};
+  uint32_t seed = 900;
+  for (DType t : kIntegerTypes) {
+    if (!can_interleave(t)) continue;
+    for (int64_t rows : {1, 7, 8, 9, 16, 23, 67, 200}) {
+      const int64_t cols = rows % 2 ? 64 : 640;
+      const TestMatrix m = make_matrix(t, rows, cols, seed++);
+      std::vector<uint8_t> copy(m.w.row_bytes * static_cast<uint64_t>(rows) + 1, 0xAB);
+      const WeightMatrix w8 = interleave_rows8(m.w, copy.data() + 1);  // odd address
+      ASSERT_EQ(w8.layout, WeightLayout::kRows8);
+      ASSERT_EQ(w8.data, copy.data() + 1);
+      if (rows >= 16) {
+        ASSERT_NE(std::memcmp(copy.data() + 1, m.w.data, m.w.row_bytes * 2), 0)
+            << "the first group's bytes were not reordered";
+      }
+      std::vector<float> a(static_cast<size_t>(cols)), b(a);
+      for (int64_t r = 0; r < rows; ++r) {
+        dequantize_weight_row(m.w, r, a.data());
+        dequantize_weight_row(w8, r, b.data());
+        ASSERT_EQ(a, b) << dtype_name(t) << " row " << r;
+      }
+      for (int64_t T : {1, 2, 5, 9}) {
+        SCOPED_TRACE(::testing::Message()
+                     << dtype_name(t) << " " << rows << "x" << cols << " T " << T);
+        const TestActs x = make_acts(T, cols, seed++);
+        for (KernelIsa isa : available_isas()) {
+          for (ThreadPool& pool : pools) {
+            std::vector<float> want(static_cast<size_t>(T * rows)), got(want.size(), NAN);
+            Activations a1, a2;
+            a1.set(x.x, T, cols);
+            a2.set(x.x, T, cols);
+            matmul_with(isa, m.w, a1, want.data(), rows, pool);
+            matmul_with(isa, w8, a2, got.data(), rows, pool);
+            ASSERT_EQ(got, want) << isa_name(isa) << " threads " << pool.size();
+          }
+        }
+      }
+    }
+  }
+  // Fused single-token jobs over interleaved matrices.
+  const int64_t cols = 256;
+  const TestMatrix q = make_matrix(DType::Q4_1, 43, cols, 51);
+  const TestMatrix k = make_matrix(DType::Q8_0, 24, cols, 52);
+  const TestMatrix g = make_matrix(DType::Q5_0, 40, cols, 53);
+  const TestMatrix u = make_matrix(DType::Q4_0, 40, cols, 54);
+  std::vector<uint8_t> bq(q.w.row_bytes * 43), bk(k.w.row_bytes * 24), bg(g.w.row_bytes * 40),
+      bu(u.w.row_bytes * 40);
+  const WeightMatrix q8 = interleave_rows8(q.w, bq.data()), k8 = interleave_rows8(k.w, bk.data()),
+                     g8 = interleave_rows8(g.w, bg.data()), u8 = interleave_rows8(u.w, bu.data());
+  const TestActs x = make_acts(1, cols, 55);
+  for (ThreadPool& pool : pools) {
+    std::vector<float> y1(43), y2(24), z1(43, NAN), z2(24, NAN);
+    const MatmulOut rows_outs[2] = {{&q.w, y1.data(), 43}, {&k.w, y2.data(), 24}};
+    const MatmulOut rows8_outs[2] = {{&q8, z1.data(), 43}, {&k8, z2.data(), 24}};
+    Activations a1, a2;
+    a1.set(x.x, 1, cols);
+    a2.set(x.x, 1, cols);
+    matmul_many(rows_outs, 2, a1, pool);
+    matmul_many(rows8_outs, 2, a2, pool);
+    EXPECT_EQ(z1, y1) << "threads " << pool.size();
+    EXPECT_EQ(z2, y2) << "threads " << pool.size();
+    std::vector<float> gate(40), up(40), gate8(40, NAN), up8(40, NAN);
+    matmul_swiglu(g.w, u.w, a1, gate.data(), up.data(), 40, pool);
+    matmul_swiglu(g8, u8, a2, gate8.data(), up8.data(), 40, pool);
+    EXPECT_EQ(gate8, gate) << "threads " << pool.size();
+    EXPECT_EQ(up8, up) << "threads " << pool.size();
+  }
+}
+
+TEST(Matmul, InterleavingIsOnlyForTheTypesThatTakeIt) {
+  const TestMatrix q4k = make_matrix(DType::Q4_K, 16, 256, 61);
+  const TestMatrix f16 = make_matrix(DType::F16, 16, 64, 62);
+  std::vector<uint8_t> buf(q4k.w.row_bytes * 16);
+  EXPECT_FALSE(can_interleave(DType::Q4_K));
+  EXPECT_FALSE(can_interleave(DType::F16));
+  EXPECT_TRUE(can_interleave(DType::Q4_1));
+  EXPECT_THROW(interleave_rows8(q4k.w, buf.data()), InvalidArgument);
+  EXPECT_THROW(interleave_rows8(f16.w, buf.data()), InvalidArgument);
+  const TestMatrix q41 = make_matrix(DType::Q4_1, 16, 64, 63);
+  std::vector<uint8_t> b41(q41.w.row_bytes * 16);
+  const WeightMatrix w8 = interleave_rows8(q41.w, b41.data());
+  EXPECT_THROW(interleave_rows8(w8, buf.data()), InvalidArgument) << "already interleaved";
+  // A K-type matrix claiming the interleaved layout is refused by the products.
+  WeightMatrix bad = q4k.w;
+  bad.layout = WeightLayout::kRows8;
+  ThreadPool pool(1);
+  const TestActs x = make_acts(1, 256, 64);
+  Activations acts;
+  acts.set(x.x, 1, 256);
+  std::vector<float> y(16);
+  EXPECT_THROW(matmul(bad, acts, y.data(), 16, pool), InvalidArgument);
+}
+
 // prefill == decode and chunked == per-token evaluation rest on this: for T = 1 .. 9 (every
 // tile remainder), each token of a batch, and of any split of the batch into chunks, gets
 // exactly the bits of a single-token product, in every family and with 1 .. 3 threads.

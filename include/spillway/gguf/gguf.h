@@ -189,6 +189,11 @@ class GgufFile {
   const TensorInfo* find_tensor(std::string_view name) const;
   // Throws FormatError naming the tensor when absent.
   const TensorInfo& tensor(std::string_view name) const;
+  // Advice that this process no longer needs the whole pages inside [p, p + n) (a range of
+  // the mapped file) resident, e.g. once a model has copied those weights: they leave its
+  // resident memory and stay readable (a later read pages them in again from the file).
+  // Does nothing for a file held in memory (from_bytes) or a range outside the file.
+  void release_pages(const void* p, uint64_t n) const;
 
  private:
   GgufFile() = default;

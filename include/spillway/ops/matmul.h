@@ -20,15 +20,42 @@
 
 namespace spillway::ops {
 
-// A row-major matrix in GGUF storage: `rows` rows of `cols` elements of `type`, each row
-// `row_bytes` long. GGUF shape [ne0 = cols, ne1 = rows]. Not owned. No alignment needed.
+// How the blocks of a weight matrix lie in memory.
+enum class WeightLayout : uint8_t {
+  // GGUF's: row r's blocks contiguous, at data + r * row_bytes.
+  kRows,
+  // Rows in groups of 8, each group's blocks interleaved: in the group of rows [8g, 8g + 8)
+  // (every full group), block b of row 8g + i lies at data + 8g * row_bytes + (8b + i) *
+  // block bytes, so that a matrix-vector product reads the group front to back; the rows
+  // after the last full group are as in kRows. Same size as kRows. Only for the types
+  // can_interleave() accepts.
+  kRows8,
+};
+
+// A matrix of quantized weights: `rows` rows of `cols` elements of `type`, each row
+// `row_bytes` long (GGUF shape [ne0 = cols, ne1 = rows]), laid out as `layout` says. Not
+// owned. No alignment needed.
 struct WeightMatrix {
   DType type = DType::F32;
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
   uint64_t row_bytes = 0;
+  WeightLayout layout = WeightLayout::kRows;
 };
+
+// Whether matrices of type t can take WeightLayout::kRows8: the types of 32-element blocks
+// with an integer kernel (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+bool can_interleave(DType t);
+
+// w (in kRows) rewritten in kRows8 into dst (row_bytes * rows bytes, not overlapping w):
+// the returned matrix points at dst. Products with it equal those with w bit for bit; what
+// changes is only the order in which a product reads the bytes. InvalidArgument if w is not
+// a valid kRows matrix of a type can_interleave() accepts.
+WeightMatrix interleave_rows8(const WeightMatrix& w, void* dst);
+
+// Row r of w (either layout) as cols f32 values.
+void dequantize_weight_row(const WeightMatrix& w, int64_t r, float* y);
 
 // T rows of `cols` f32 activations plus their quantized forms, made on demand by the
 // first product that needs each form and reused by the following ones (Q, K and V share

@@ -70,6 +70,7 @@ class Gemma3Model final : public Model {
   ops::WeightMatrix token_embd_, output_;
   const float* output_norm_ = nullptr;
   detail::RopeTable rope_local_, rope_global_;
+  detail::InterleavedWeights interleaved_;  // the matrices' interleaved copies
 };
 
 std::unique_ptr<Model> bind(std::unique_ptr<gguf::GgufFile> file);

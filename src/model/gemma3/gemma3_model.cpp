@@ -105,6 +105,11 @@ Gemma3Model::Gemma3Model(std::unique_ptr<gguf::GgufFile> file) : Model(std::move
     L.w_down = bind_matrix(f, b + "ffn_down.weight", c.n_ff, d);
     L.post_ffn_norm = bind_vector(f, b + "post_ffw_norm.weight", d);
   }
+  std::vector<ops::WeightMatrix*> matrices = {&token_embd_, &output_};
+  for (Gemma3Layer& L : layers_)
+    for (ops::WeightMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+      matrices.push_back(w);
+  interleaved_.interleave(f, matrices);
   rope_global_ = detail::make_rope(ops::RopeStyle::kHalves, gemma_.n_rot, gemma_.rope_freq_base,
                                    gemma_.rope_freq_scale);
   rope_local_ =

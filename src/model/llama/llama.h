@@ -53,6 +53,7 @@ class LlamaModel final : public Model {
   ops::WeightMatrix token_embd_, output_;
   const float* output_norm_ = nullptr;
   detail::RopeTable rope_;
+  detail::InterleavedWeights interleaved_;  // the matrices' interleaved copies
 };
 
 std::unique_ptr<Model> bind(std::unique_ptr<gguf::GgufFile> file);

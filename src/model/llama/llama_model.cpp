@@ -59,6 +59,11 @@ LlamaModel::LlamaModel(std::unique_ptr<gguf::GgufFile> file) : Model(std::move(f
     L.w_up = bind_matrix(f, b + "ffn_up.weight", d, c.n_ff);
     L.w_down = bind_matrix(f, b + "ffn_down.weight", c.n_ff, d);
   }
+  std::vector<ops::WeightMatrix*> matrices = {&token_embd_, &output_};
+  for (LlamaLayer& L : layers_)
+    for (ops::WeightMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+      matrices.push_back(w);
+  interleaved_.interleave(f, matrices);
   const float* factors = f.find_tensor("rope_freqs.weight")
                              ? bind_vector(f, "rope_freqs.weight", llama_.n_rot / 2)
                              : nullptr;
