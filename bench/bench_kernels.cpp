@@ -1,5 +1,6 @@
 // Kernel benchmarks, per kernel family (scalar, avx2, avx512-vnni: those the CPU runs):
-// quantized matvec / matmul at the models' shapes (rows x cols) for T = 1 (decode:
+// quantized matvec / matmul at the models' shapes (rows x cols), in the layout a loaded
+// model gives each type (interleaved rows for the 32-element types), for T = 1 (decode:
 // reported as weight GB/s) and T = 64, 512 (prefill: GFLOP/s), for 1 and 2 threads; T = 1
 // again with the weights coming from memory instead of the cache (matvec_cold: what decode
 // sees); attention of one layer and the row ops (rmsnorm, softmax, swiglu, geglu) at the
@@ -73,11 +74,25 @@ std::vector<uint8_t> random_weights(DType t, int64_t rows, int64_t cols) {
   return w;
 }
 
+// A matrix of random_weights at `data` in the layout a loaded model gives type t
+// (interleaved rows where the type takes them: docs/architecture.md, "Kernels"): w's bytes
+// rewritten into data (w.size() bytes).
+spillway::ops::WeightMatrix as_loaded(DType t, const std::vector<uint8_t>& w, int64_t rows,
+                                      int64_t cols, uint8_t* data) {
+  const spillway::ops::WeightMatrix rows_major{
+      t, w.data(), rows, cols, *spillway::row_bytes(t, static_cast<uint64_t>(cols))};
+  if (spillway::ops::can_interleave(t)) return spillway::ops::interleave_rows8(rows_major, data);
+  std::memcpy(data, w.data(), w.size());
+  spillway::ops::WeightMatrix m = rows_major;
+  m.data = data;
+  return m;
+}
+
 void bench_matmul(benchmark::State& state, KernelIsa isa, DType t, int64_t rows, int64_t cols,
                   int64_t T, int threads) {
-  const auto w = random_weights(t, rows, cols);
-  const spillway::ops::WeightMatrix wm{t, w.data(), rows, cols,
-                                       *spillway::row_bytes(t, static_cast<uint64_t>(cols))};
+  const auto random = random_weights(t, rows, cols);
+  std::vector<uint8_t> w(random.size());
+  const spillway::ops::WeightMatrix wm = as_loaded(t, random, rows, cols, w.data());
   std::vector<float> x(static_cast<size_t>(T * cols)), y(static_cast<size_t>(T * rows));
   std::mt19937 rng(7);
   std::normal_distribution<float> nd;
@@ -107,7 +122,8 @@ void bench_matvec_cold(benchmark::State& state, KernelIsa isa, DType t, int64_t 
   const auto w = random_weights(t, rows, cols);
   const size_t n_copy = static_cast<size_t>((128ull << 20) / w.size() + 1);
   std::vector<uint8_t> copies(w.size() * n_copy);  // [n_copy][rows][row_bytes]
-  for (size_t i = 0; i < n_copy; ++i) std::memcpy(&copies[i * w.size()], w.data(), w.size());
+  const spillway::ops::WeightMatrix first = as_loaded(t, w, rows, cols, copies.data());
+  for (size_t i = 1; i < n_copy; ++i) std::memcpy(&copies[i * w.size()], copies.data(), w.size());
   std::vector<float> x(static_cast<size_t>(cols)), y(static_cast<size_t>(rows));
   std::mt19937 rng(7);
   std::normal_distribution<float> nd;
@@ -116,8 +132,8 @@ void bench_matvec_cold(benchmark::State& state, KernelIsa isa, DType t, int64_t 
   spillway::ops::Activations acts;
   size_t i = 0;
   for (auto _ : state) {
-    const spillway::ops::WeightMatrix wm{t, &copies[i * w.size()], rows, cols,
-                                         *spillway::row_bytes(t, static_cast<uint64_t>(cols))};
+    spillway::ops::WeightMatrix wm = first;
+    wm.data = &copies[i * w.size()];
     acts.set(x.data(), 1, cols);
     spillway::ops::matmul_with(isa, wm, acts, y.data(), rows, pool);
     benchmark::DoNotOptimize(y.data());
