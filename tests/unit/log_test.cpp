@@ -98,7 +98,7 @@ TEST_F(LogTest, ModelLoadedAtInfo) {
   const auto got = containing(take(), "loaded ");
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].level, LogLevel::kInfo);
-  for (const std::string part :
+  for (const std::string& part :
        {path_, std::string("llama"), std::string("2 layers"), std::string("vocab 262"),
         std::string("trained context 512"), std::string("Q4_1 x "), std::string("Q8_0 x ")})
     EXPECT_NE(got[0].text.find(part), std::string::npos) << part << " in: " << got[0].text;

@@ -116,11 +116,6 @@ class TinyTokenizer {
   std::unique_ptr<Tokenizer> tok_;
 };
 
-std::vector<TokenId> cat(std::vector<TokenId> a, const std::vector<TokenId>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
 TEST(Tokenizer, MergesAppliedByRank) {
   {
     TinyVocab v;
@@ -337,8 +332,12 @@ TEST(StreamDecoder, HoldsBackPartialCharacters) {
   std::string out;
   for (size_t i = 0; i < grin.size(); ++i) {
     out += dec.push(byte_id(static_cast<unsigned char>(grin[i])));
-    if (i + 1 < grin.size()) EXPECT_EQ(out, "");
-    if (i == 1) EXPECT_EQ(dec.push(kEos), "");
+    if (i + 1 < grin.size()) {
+      EXPECT_EQ(out, "");
+    }
+    if (i == 1) {
+      EXPECT_EQ(dec.push(kEos), "");
+    }
   }
   EXPECT_EQ(out, grin);
   EXPECT_EQ(dec.flush(), "");
