@@ -49,6 +49,10 @@ s = lines[-1]
 assert s["summary"] is True and s["tokens"] == 300 and s["nonfinite_logits"] == 0, s
 assert s["baseline_tokens"] == 200 and s["kv_ok"] is True, s
 assert s["verdict"] in ("pass", "fail") and s["policy"] == "sink:4+60", s
+# The latency criterion is one-sided: only an end more than 5 % slower than the baseline fails.
+assert s["latency_ratio"] == s["latency_ms_median_end"] / s["latency_ms_median_baseline"], s
+assert s["latency_ok"] == (s["latency_ratio"] <= 1.05), s
+assert s["verdict"] == ("pass" if s["latency_ok"] and s["rss_ok"] and s["kv_ok"] else "fail"), s
 # The repeated text is learned in context: NLL falls well below that of the first pass.
 assert float(rows[-1]["nll_interval"]) < float(rows[0]["nll_interval"]), rows
 PY

@@ -3,7 +3,8 @@
 // records at every checkpoint what would show a leak or a slowdown: tokens/s over the
 // interval, per-token latency (median, p99), resident memory, KV bytes, non-finite
 // logits and the running NLL of the next token. Ends with a verdict on the goals of a
-// stream that can run forever: latency at the end within 5 % of latency after warm-up,
+// stream that can run forever: latency at the end at most 5 % above latency after warm-up
+// (a slowdown fails; a faster end, e.g. a host grown quieter, does not),
 // RSS growth below 1 MB after warm-up, no NaN or inf in any logit.
 //
 // The stream is the corpus's token ids (the whole file encoded once, as the tokenizer
@@ -302,7 +303,7 @@ int run_soak(const SoakOptions& o) {
     const double lat_ratio = last.latency_ms_median / base->latency_ms_median;
     const auto rss_growth =
         static_cast<int64_t>(last.rss_bytes) - static_cast<int64_t>(base->rss_bytes);
-    const bool lat_ok = std::abs(lat_ratio - 1.0) <= 0.05;
+    const bool lat_ok = lat_ratio <= 1.05;  // one-sided: only a slowdown fails
     const bool rss_ok = rss_growth < 1'000'000;
     const bool kv_ok = last.kv_bytes == base->kv_bytes;
     ok = ok && lat_ok && rss_ok && kv_ok;
@@ -320,7 +321,7 @@ int run_soak(const SoakOptions& o) {
     s["kv_ok"] = kv_ok;
     fmt::print("  latency median           {:.3f} ms at {} -> {:.3f} ms at {}: x{:.4f} ({})\n",
                base->latency_ms_median, base->tokens, last.latency_ms_median, last.tokens,
-               lat_ratio, lat_ok ? "ok, within 5 %" : "FAIL, beyond 5 %");
+               lat_ratio, lat_ok ? "ok, at most 5 % slower" : "FAIL, more than 5 % slower");
     fmt::print("  RSS                      {} at {} -> {} at {}: {:+} bytes ({})\n",
                human_bytes(base->rss_bytes), base->tokens, human_bytes(last.rss_bytes), last.tokens,
                rss_growth, rss_ok ? "ok, < 1 MB" : "FAIL, >= 1 MB");
