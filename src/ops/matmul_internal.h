@@ -37,9 +37,6 @@ inline int64_t q8k_row_bytes(int64_t cols) {
   return cols / kQKK * static_cast<int64_t>(sizeof(BlockQ8_K));
 }
 
-// Computes y[t * ldy + r] for r in [r0, r1), t in [t0, t1). `xq` is the activation form
-// the kernel's weight type needs (Q8A rows for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K rows for
-// Q4_K/Q6_K).
 // Where row r of w starts (its block 0) and how far apart its blocks are, in either layout
 // (WeightLayout): in a full group of 8 interleaved rows the blocks of a row are 8 blocks
 // apart.
@@ -57,6 +54,9 @@ inline const uint8_t* row_start(const WeightMatrix& w, int64_t r) {
          static_cast<uint64_t>(r & 7) * static_cast<uint64_t>(dtype_info(w.type).type_size);
 }
 
+// Computes y[t * ldy + r] for r in [r0, r1), t in [t0, t1). `xq` is the activation form
+// the kernel's weight type needs (Q8A rows for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K rows for
+// Q4_K/Q6_K).
 using TileFn = void (*)(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
                         int64_t t1, float* y, int64_t ldy);
 // f32 dot product of n elements.
