@@ -2,9 +2,13 @@
 
 #include <fmt/core.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "spillway/core/error.h"
 #include "spillway/core/quant.h"
@@ -99,10 +103,15 @@ ops::WeightMatrix bind_matrix(const gguf::GgufFile& f, const std::string& name, 
   return w;
 }
 
+void InterleavedWeights::Free::operator()(void* p) const {
+  std::free(p);
+}
+
 void InterleavedWeights::interleave(const gguf::GgufFile& f,
                                     const std::vector<ops::WeightMatrix*>& ms) {
-  if (!buf_.empty()) throw InvalidArgument("InterleavedWeights: already holds a model's weights");
+  if (buf_) throw InvalidArgument("InterleavedWeights: already holds a model's weights");
   // One copy per distinct source, each starting on a cache line.
+  constexpr uint64_t kLine = 64, kHuge = uint64_t{2} << 20;
   std::vector<const void*> sources;
   std::vector<uint64_t> offsets;
   uint64_t total = 0;
@@ -112,9 +121,15 @@ void InterleavedWeights::interleave(const gguf::GgufFile& f,
       continue;
     sources.push_back(m->data);
     offsets.push_back(total);
-    total += (matrix_bytes(*m) + sizeof(Line) - 1) / sizeof(Line) * sizeof(Line);
+    total += (matrix_bytes(*m) + kLine - 1) / kLine * kLine;
   }
-  buf_.resize(static_cast<size_t>(total / sizeof(Line)));
+  if (total == 0) return;
+  const uint64_t size = (total + kHuge - 1) / kHuge * kHuge;
+  void* raw = std::aligned_alloc(static_cast<size_t>(kHuge), static_cast<size_t>(size));
+  if (raw == nullptr) throw std::bad_alloc();
+  buf_.reset(static_cast<std::byte*>(raw));
+  bytes_ = size;
+  ::madvise(raw, static_cast<size_t>(size), MADV_HUGEPAGE);  // advice: no error if declined
   std::vector<ops::WeightMatrix> copies(sources.size());
   std::vector<bool> done(sources.size(), false);
   for (ops::WeightMatrix* m : ms) {
@@ -122,7 +137,7 @@ void InterleavedWeights::interleave(const gguf::GgufFile& f,
     if (it == sources.end()) continue;
     const auto i = static_cast<size_t>(it - sources.begin());
     if (!done[i]) {
-      copies[i] = ops::interleave_rows8(*m, reinterpret_cast<std::byte*>(buf_.data()) + offsets[i]);
+      copies[i] = ops::interleave_rows8(*m, buf_.get() + offsets[i]);
       f.release_pages(m->data, matrix_bytes(*m));
       done[i] = true;
     }

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -41,13 +42,16 @@ class InterleavedWeights {
   // and the token embedding) share one copy.
   void interleave(const gguf::GgufFile& f, const std::vector<ops::WeightMatrix*>& ms);
   // Bytes held.
-  uint64_t bytes() const { return buf_.size() * sizeof(Line); }
+  uint64_t bytes() const { return bytes_; }
 
  private:
-  struct alignas(64) Line {
-    std::byte b[64];
+  struct Free {
+    void operator()(void* p) const;
   };
-  std::vector<Line> buf_;
+  // One allocation on a 2 MiB boundary, marked for transparent huge pages where the
+  // kernel offers them (fewer page faults while copying, fewer TLB misses while decoding).
+  std::unique_ptr<std::byte, Free> buf_;
+  uint64_t bytes_ = 0;
 };
 
 // A 1-D F32 weight of n elements bound in place.

@@ -318,6 +318,24 @@ void matmul_swiglu(const WeightMatrix& w_gate, const WeightMatrix& w_up, Activat
   });
 }
 
+namespace {
+
+// Rows [0, full) of a kRows matrix (full a multiple of 8) into kRows8 at out, for blocks of
+// kBlock bytes (a constant, so that each block is one inlined copy).
+template <size_t kBlock>
+void interleave_groups(const std::byte* src, std::byte* out, int64_t full, uint64_t row_bytes) {
+  const uint64_t nb = row_bytes / kBlock;
+  for (int64_t g = 0; g < full; g += 8) {
+    const std::byte* in = src + static_cast<uint64_t>(g) * row_bytes;
+    std::byte* o = out + static_cast<uint64_t>(g) * row_bytes;
+    for (uint64_t b = 0; b < nb; ++b, o += 8 * kBlock)
+      for (uint64_t i = 0; i < 8; ++i)
+        std::memcpy(o + i * kBlock, in + i * row_bytes + b * kBlock, kBlock);
+  }
+}
+
+}  // namespace
+
 bool can_interleave(DType t) {
   return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
          t == DType::Q8_0;
@@ -332,17 +350,25 @@ WeightMatrix interleave_rows8(const WeightMatrix& w, void* dst) {
         "is for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)",
         dtype_name(w.type), w.rows, w.cols, w.row_bytes));
   }
-  const uint64_t bb = static_cast<uint64_t>(dtype_info(w.type).type_size);
-  const uint64_t nb = w.row_bytes / bb;
   const auto* src = static_cast<const std::byte*>(w.data);
   auto* out = static_cast<std::byte*>(dst);
   const int64_t full = w.rows / 8 * 8;
-  for (int64_t g = 0; g < full; g += 8) {
-    const std::byte* in = src + static_cast<uint64_t>(g) * w.row_bytes;
-    std::byte* o = out + static_cast<uint64_t>(g) * w.row_bytes;
-    for (uint64_t b = 0; b < nb; ++b)
-      for (uint64_t i = 0; i < 8; ++i)
-        std::memcpy(o + (8 * b + i) * bb, in + i * w.row_bytes + b * bb, bb);
+  switch (w.type) {
+    case DType::Q4_0:
+      interleave_groups<sizeof(BlockQ4_0)>(src, out, full, w.row_bytes);
+      break;
+    case DType::Q4_1:
+      interleave_groups<sizeof(BlockQ4_1)>(src, out, full, w.row_bytes);
+      break;
+    case DType::Q5_0:
+      interleave_groups<sizeof(BlockQ5_0)>(src, out, full, w.row_bytes);
+      break;
+    case DType::Q5_1:
+      interleave_groups<sizeof(BlockQ5_1)>(src, out, full, w.row_bytes);
+      break;
+    default:
+      interleave_groups<sizeof(BlockQ8_0)>(src, out, full, w.row_bytes);
+      break;
   }
   std::memcpy(out + static_cast<uint64_t>(full) * w.row_bytes,
               src + static_cast<uint64_t>(full) * w.row_bytes,
