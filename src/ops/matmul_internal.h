@@ -56,7 +56,9 @@ inline const uint8_t* row_start(const WeightMatrix& w, int64_t r) {
 
 // Computes y[t * ldy + r] for r in [r0, r1), t in [t0, t1). `xq` is the activation form
 // the kernel's weight type needs (Q8A rows for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K rows for
-// Q4_K/Q6_K).
+// Q4_K/Q6_K). r0 is a multiple of 8 (the SIMD kernels run whole groups of 8 rows, which
+// in WeightLayout::kRows8 start at multiples of 8); matmul.cpp splits rows in multiples
+// of 16.
 using TileFn = void (*)(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
                         int64_t t1, float* y, int64_t ldy);
 // f32 dot product of n elements.
