@@ -128,7 +128,6 @@ void InterleavedWeights::interleave(const gguf::GgufFile& f,
   void* raw = std::aligned_alloc(static_cast<size_t>(kHuge), static_cast<size_t>(size));
   if (raw == nullptr) throw std::bad_alloc();
   buf_.reset(static_cast<std::byte*>(raw));
-  bytes_ = size;
   ::madvise(raw, static_cast<size_t>(size), MADV_HUGEPAGE);  // advice: no error if declined
   std::vector<ops::WeightMatrix> copies(sources.size());
   std::vector<bool> done(sources.size(), false);

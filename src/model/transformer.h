@@ -41,8 +41,6 @@ class InterleavedWeights {
   // Rewrites *m for each m in ms; entries bound to the same bytes (a tied output matrix
   // and the token embedding) share one copy.
   void interleave(const gguf::GgufFile& f, const std::vector<ops::WeightMatrix*>& ms);
-  // Bytes held.
-  uint64_t bytes() const { return bytes_; }
 
  private:
   struct Free {
@@ -51,7 +49,6 @@ class InterleavedWeights {
   // One allocation on a 2 MiB boundary, marked for transparent huge pages where the
   // kernel offers them (fewer page faults while copying, fewer TLB misses while decoding).
   std::unique_ptr<std::byte, Free> buf_;
-  uint64_t bytes_ = 0;
 };
 
 // A 1-D F32 weight of n elements bound in place.
