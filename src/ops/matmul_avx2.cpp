@@ -70,13 +70,15 @@ struct Q4_0W {
   static constexpr int kBytes = sizeof(BlockQ4_0);
   static constexpr bool kHasMin = true;
   static constexpr int kC = 4;  // tokens per tile
+  template <class P>
   using Unpacked = Nibbles8;
-  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     unpack_nibbles8(p, off + 2, u);
   }
-  static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return nibble_dot8(u, xq); }
-  static inline void scales(const uint8_t* const* p, int64_t off, const Unpacked&, __m256& d,
-                            __m256& m) {
+  static SPW_INLINE __m256i dot(const Nibbles8& u, const int8_t* xq) { return nibble_dot8(u, xq); }
+  template <class P>
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>&, __m256& d, __m256& m) {
     d = f16x8(p, off);
     m = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
   }
@@ -86,15 +88,17 @@ struct Q4_1W {
   static constexpr int kBytes = sizeof(BlockQ4_1);
   static constexpr bool kHasMin = true;
   static constexpr int kC = 4;
+  template <class P>
   using Unpacked = Nibbles8;
-  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     unpack_nibbles8(p, off + 4, u);
   }
-  static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return nibble_dot8(u, xq); }
+  static SPW_INLINE __m256i dot(const Nibbles8& u, const int8_t* xq) { return nibble_dot8(u, xq); }
   // {d, m} pairs of rows (0, 1, 4, 5) and (2, 3, 6, 7) as f32, so that the even / odd
   // lanes of the two interleave into rows 0..7 in order.
-  static inline void scales(const uint8_t* const* p, int64_t off, const Unpacked&, __m256& d,
-                            __m256& m) {
+  template <class P>
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>&, __m256& d, __m256& m) {
     const __m256 a = _mm256_cvtph_ps(_mm_setr_epi32(
         static_cast<int>(load_u32(p[0] + off)), static_cast<int>(load_u32(p[1] + off)),
         static_cast<int>(load_u32(p[4] + off)), static_cast<int>(load_u32(p[5] + off))));
@@ -131,13 +135,17 @@ struct Q5_0W {
   static constexpr int kBytes = sizeof(BlockQ5_0);
   static constexpr bool kHasMin = true;
   static constexpr int kC = 4;
+  template <class P>
   using Unpacked = Fivebit8;
-  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     unpack_fivebit8<2, 6, false>(p, off, u);
   }
-  static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return fivebit_dot8(u.q, xq); }
-  static inline void scales(const uint8_t* const*, int64_t, const Unpacked& u, __m256& d,
-                            __m256& m) {
+  static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) {
+    return fivebit_dot8(u.q, xq);
+  }
+  template <class P>
+  static SPW_INLINE void scales(const P&, int64_t, const Unpacked<P>& u, __m256& d, __m256& m) {
     d = u.d;
     m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
   }
@@ -148,13 +156,17 @@ struct Q5_1W {
   static constexpr int kBytes = sizeof(BlockQ5_1);
   static constexpr bool kHasMin = true;
   static constexpr int kC = 4;
+  template <class P>
   using Unpacked = Fivebit8;
-  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     unpack_fivebit8<4, 8, true>(p, off, u);
   }
-  static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return fivebit_dot8(u.q, xq); }
-  static inline void scales(const uint8_t* const*, int64_t, const Unpacked& u, __m256& d,
-                            __m256& m) {
+  static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) {
+    return fivebit_dot8(u.q, xq);
+  }
+  template <class P>
+  static SPW_INLINE void scales(const P&, int64_t, const Unpacked<P>& u, __m256& d, __m256& m) {
     d = u.d;
     m = u.m;
   }
@@ -164,14 +176,19 @@ struct Q8_0W {
   static constexpr int kBytes = sizeof(BlockQ8_0);
   static constexpr bool kHasMin = false;
   static constexpr int kC = 4;
-  struct Unpacked {
-    const uint8_t* const* p;
+  template <class P>
+  struct Unpacked {  // where the 8 rows' quants are (read in dot(), per token)
+    P p;
     int64_t off;
   };
-  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) { u = {p, off + 2}; }
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
+    u = {p, off + 2};
+  }
   // |w| x sign(w) x: vpmaddubsw pairs reach 2 * 128 * 127, so every row is widened to
   // int32 before the rows are combined. (-128 stays 0x80 = 128 as |w|.)
-  static inline __m256i dot(const Unpacked& u, const int8_t* xq) {
+  template <class P>
+  static SPW_INLINE __m256i dot(const Unpacked<P>& u, const int8_t* xq) {
     const __m256i ones = _mm256_set1_epi16(1);
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
     __m256i s[8];
@@ -182,8 +199,8 @@ struct Q8_0W {
     }
     return rows8_epi32(s);
   }
-  static inline void scales(const uint8_t* const* p, int64_t off, const Unpacked&, __m256& d,
-                            __m256&) {
+  template <class P>
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>&, __m256& d, __m256&) {
     d = f16x8(p, off);
   }
 };

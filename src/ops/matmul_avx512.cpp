@@ -65,13 +65,15 @@ struct Q4_0V {
   static constexpr int kBytes = sizeof(BlockQ4_0);
   static constexpr bool kHasMin = true;
   static constexpr int kC = 8;
+  template <class P>
   using Unpacked = Nibbles8;
-  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     unpack_nibbles8(p, off + offsetof(BlockQ4_0, qs), u);
   }
-  static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return vnni_dot8(u, xq); }
-  static inline void scales(const uint8_t* const* p, int64_t off, const Unpacked&, __m256& d,
-                            __m256& m) {
+  static SPW_INLINE __m256i dot(const Nibbles8& u, const int8_t* xq) { return vnni_dot8(u, xq); }
+  template <class P>
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>&, __m256& d, __m256& m) {
     d = f16x8(p, off);
     m = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
   }
@@ -81,14 +83,16 @@ struct Q4_1V {
   static constexpr int kBytes = sizeof(BlockQ4_1);
   static constexpr bool kHasMin = true;
   static constexpr int kC = 8;
+  template <class P>
   using Unpacked = Nibbles8;
-  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     unpack_nibbles8(p, off + offsetof(BlockQ4_1, qs), u);
   }
-  static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return vnni_dot8(u, xq); }
+  static SPW_INLINE __m256i dot(const Nibbles8& u, const int8_t* xq) { return vnni_dot8(u, xq); }
   // {d, m} pairs of rows (0, 1, 4, 5) and (2, 3, 6, 7), de-interleaved into rows 0..7.
-  static inline void scales(const uint8_t* const* p, int64_t off, const Unpacked&, __m256& d,
-                            __m256& m) {
+  template <class P>
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>&, __m256& d, __m256& m) {
     const __m256 a = _mm256_cvtph_ps(_mm_setr_epi32(
         static_cast<int>(load_u32(p[0] + off)), static_cast<int>(load_u32(p[1] + off)),
         static_cast<int>(load_u32(p[4] + off)), static_cast<int>(load_u32(p[5] + off))));
@@ -104,13 +108,15 @@ struct Q5_0V {
   static constexpr int kBytes = sizeof(BlockQ5_0);
   static constexpr bool kHasMin = true;
   static constexpr int kC = 8;
+  template <class P>
   using Unpacked = Fivebit8;
-  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     unpack_fivebit8<offsetof(BlockQ5_0, qh), offsetof(BlockQ5_0, qs), false>(p, off, u);
   }
-  static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return vnni_dot8(u.q, xq); }
-  static inline void scales(const uint8_t* const*, int64_t, const Unpacked& u, __m256& d,
-                            __m256& m) {
+  static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) { return vnni_dot8(u.q, xq); }
+  template <class P>
+  static SPW_INLINE void scales(const P&, int64_t, const Unpacked<P>& u, __m256& d, __m256& m) {
     d = u.d;
     m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
   }
@@ -120,13 +126,15 @@ struct Q5_1V {
   static constexpr int kBytes = sizeof(BlockQ5_1);
   static constexpr bool kHasMin = true;
   static constexpr int kC = 8;
+  template <class P>
   using Unpacked = Fivebit8;
-  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     unpack_fivebit8<offsetof(BlockQ5_1, qh), offsetof(BlockQ5_1, qs), true>(p, off, u);
   }
-  static inline __m256i dot(const Unpacked& u, const int8_t* xq) { return vnni_dot8(u.q, xq); }
-  static inline void scales(const uint8_t* const*, int64_t, const Unpacked& u, __m256& d,
-                            __m256& m) {
+  static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) { return vnni_dot8(u.q, xq); }
+  template <class P>
+  static SPW_INLINE void scales(const P&, int64_t, const Unpacked<P>& u, __m256& d, __m256& m) {
     d = u.d;
     m = u.m;
   }
@@ -138,17 +146,20 @@ struct Q8_0V {
   static constexpr int kBytes = sizeof(BlockQ8_0);
   static constexpr bool kHasMin = false;
   static constexpr int kC = 4;
-  struct Unpacked {
+  struct Rows {
     __m256i w[8], aw[8];
   };
-  static inline void unpack(const uint8_t* const* p, int64_t off, Unpacked& u) {
+  template <class P>
+  using Unpacked = Rows;
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     SPW_UNROLL for (int r = 0; r < 8; ++r) {
       u.w[r] = _mm256_loadu_si256(
           reinterpret_cast<const __m256i*>(p[r] + off + offsetof(BlockQ8_0, qs)));
       u.aw[r] = _mm256_abs_epi8(u.w[r]);
     }
   }
-  static inline __m256i dot(const Unpacked& u, const int8_t* xq) {
+  static SPW_INLINE __m256i dot(const Rows& u, const int8_t* xq) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
     __m256i s[8];
     SPW_UNROLL for (int r = 0; r < 8; ++r) {
@@ -156,8 +167,8 @@ struct Q8_0V {
     }
     return rows8_epi32(s);
   }
-  static inline void scales(const uint8_t* const* p, int64_t off, const Unpacked&, __m256& d,
-                            __m256&) {
+  template <class P>
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>&, __m256& d, __m256&) {
     d = f16x8(p, off);
   }
 };

@@ -25,8 +25,28 @@ inline uint16_t load_u16(const uint8_t* p) {
   return v;
 }
 
+// The 8 rows of a group as the group kernels address them: p[i] is row i's block 0, and
+// a row's blocks lie kStride bytes apart (0: the distance is passed at run time).
+// RowPointers holds 8 pointers (GGUF's row order, and groups at the end of a range);
+// InterleavedRows is a full group of WeightLayout::kRows8, one pointer with the rows at
+// constant offsets, so that a kernel keeps one address register for its weights instead of
+// eight (and spills none: 8 row pointers, 8 activation rows and the loop state outnumber
+// the 16 general registers).
+struct RowPointers {
+  static constexpr int64_t kStride = 0;
+  const uint8_t* const* rows;
+  const uint8_t* operator[](int i) const { return rows[i]; }
+};
+template <int kBytes>
+struct InterleavedRows {
+  static constexpr int64_t kStride = 8 * kBytes;
+  const uint8_t* base;
+  const uint8_t* operator[](int i) const { return base + i * kBytes; }
+};
+
 // f16 at p[r] + off for rows r = 0..7, as 8 f32 lanes.
-inline __m256 f16x8(const uint8_t* const* p, int64_t off) {
+template <class P>
+SPW_INLINE __m256 f16x8(const P& p, int64_t off) {
   return _mm256_cvtph_ps(_mm_setr_epi16(
       static_cast<int16_t>(load_u16(p[0] + off)), static_cast<int16_t>(load_u16(p[1] + off)),
       static_cast<int16_t>(load_u16(p[2] + off)), static_cast<int16_t>(load_u16(p[3] + off)),
@@ -50,7 +70,8 @@ struct Nibbles8 {
   __m256i lo[4], hi[4];
 };
 
-inline void unpack_nibbles8(const uint8_t* const* p, int64_t off, Nibbles8& u) {
+template <class P>
+SPW_INLINE void unpack_nibbles8(const P& p, int64_t off, Nibbles8& u) {
   const __m256i mask = _mm256_set1_epi8(0x0F);
   SPW_UNROLL for (int i = 0; i < 4; ++i) {
     const __m256i raw = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p[i + 4] + off),
@@ -61,7 +82,7 @@ inline void unpack_nibbles8(const uint8_t* const* p, int64_t off, Nibbles8& u) {
 }
 
 // The f16 at byte 0 of the 8 block heads (register i: rows i and i + 4), rows 0..7 as f32.
-inline __m256 head_f16x8(const __m256i* h) {
+SPW_INLINE __m256 head_f16x8(const __m256i* h) {
   const __m256i a = _mm256_unpacklo_epi16(h[0], h[1]);  // lane: words d_i, d_i+1, ...
   const __m256i b = _mm256_unpacklo_epi16(h[2], h[3]);
   const __m256i c = _mm256_unpacklo_epi32(a, b);  // d0..d3 in qword 0, d4..d7 in qword 2
@@ -69,7 +90,7 @@ inline __m256 head_f16x8(const __m256i* h) {
 }
 
 // The f16 pairs {d, m} at byte 0 of the 8 block heads, rows 0..7 as f32.
-inline void head_f16_pairs8(const __m256i* h, __m256& d, __m256& m) {
+SPW_INLINE void head_f16_pairs8(const __m256i* h, __m256& d, __m256& m) {
   const __m256i a = _mm256_unpacklo_epi32(h[0], h[1]);  // lane: {d,m}_i, {d,m}_i+1, ...
   const __m256i b = _mm256_unpacklo_epi32(h[2], h[3]);
   const __m256i c = _mm256_unpacklo_epi64(a, b);  // lane: {d,m} of rows 0..3 (4..7)
@@ -94,8 +115,8 @@ struct Fivebit8 {
 // {f16 d, f16 m} at byte 0 when kMin (else f16 d). Bit 4 is or-ed into the nibbles: byte
 // shuffles spread qh bytes 0..3 over the 16 + 16 elements of each lane (byte k tests bit
 // k % 8 of its qh byte), and a compare turns set bits into 0x10.
-template <int kQh, int kQs, bool kMin>
-inline void unpack_fivebit8(const uint8_t* const* p, int64_t off, Fivebit8& u) {
+template <int kQh, int kQs, bool kMin, class P>
+SPW_INLINE void unpack_fivebit8(const P& p, int64_t off, Fivebit8& u) {
   constexpr int64_t kOnes = 0x0101010101010101;
   const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201));
   const __m256i b4 = _mm256_set1_epi8(0x10);
@@ -185,16 +206,17 @@ inline __m256i q4_k_scales_mins(__m256i h) {
 // (matrix-vector products), the next group of 8 rows (8 * kBytes per block, contiguous)
 // is prefetched meanwhile: at T = 1 weights stream from memory once per token, and the
 // hardware prefetcher alone does not keep up with 8 interleaved row streams.
-template <class W, int C>
-inline void group8(const uint8_t* const* p, int64_t bs, const Q8ARow* x, int64_t nb, float* y,
-                   int64_t ldy, int n_rows, const uint8_t* pf) {
+template <class W, int C, class P>
+inline void group8(const P& p, int64_t bs, const Q8ARow* x, int64_t nb, float* y, int64_t ldy,
+                   int n_rows, const uint8_t* pf) {
   constexpr int kStep = 8 * W::kBytes;
+  if constexpr (P::kStride != 0) bs = P::kStride;
   __m256 acc[C], macc[C];
   SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = macc[c] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     if (pf != nullptr) prefetch_step<kStep>(pf + b * kStep);
     const int64_t off = b * bs;
-    typename W::Unpacked u;
+    typename W::template Unpacked<P> u;
     W::unpack(p, off, u);
     __m256 d, m = _mm256_setzero_ps();
     W::scales(p, off, u, d, m);
@@ -220,9 +242,9 @@ struct LegacyGroups {
   static constexpr int kC = W::kC;
   using X = Q8ARow;
   static X x_row(const void* xq, int64_t cols, int64_t t) { return q8a_row(xq, cols, t); }
-  template <int C>
-  static void run(const uint8_t* const* p, int64_t bs, const X* x, int64_t nb, float* y,
-                  int64_t ldy, int n_rows, const uint8_t* pf) {
+  template <int C, class P>
+  static void run(const P& p, int64_t bs, const X* x, int64_t nb, float* y, int64_t ldy, int n_rows,
+                  const uint8_t* pf) {
     group8<W, C>(p, bs, x, nb, y, ldy, n_rows, pf);
   }
 };
@@ -231,9 +253,9 @@ constexpr int64_t kPanel = 64;          // weight rows kept hot in cache while t
 constexpr int64_t kPrefetchGroups = 2;  // how far ahead a matrix-vector product prefetches
 
 // G::run<c> for the c <= C tokens of a tile (T > 1: no prefetching).
-template <class G, int C>
-inline void run_tokens(int c, const uint8_t* const* p, int64_t bs, const typename G::X* x,
-                       int64_t nb, float* y, int64_t ldy, int n_rows) {
+template <class G, int C, class P>
+inline void run_tokens(int c, const P& p, int64_t bs, const typename G::X* x, int64_t nb, float* y,
+                       int64_t ldy, int n_rows) {
   if constexpr (C > 1) {
     if (c < C) {
       run_tokens<G, C - 1>(c, p, bs, x, nb, y, ldy, n_rows);
@@ -241,6 +263,23 @@ inline void run_tokens(int c, const uint8_t* const* p, int64_t bs, const typenam
     }
   }
   G::template run<C>(p, bs, x, nb, y, ldy, n_rows, nullptr);
+}
+
+// f(rows) with the group's 8 rows (block 0 at p[i], blocks bs bytes apart) in the form
+// G's kernels take: InterleavedRows for a full interleaved group of a legacy type,
+// RowPointers for other groups of a legacy type, the pointer array itself for the K types
+// (never interleaved).
+template <class G, class F>
+inline void with_rows(const uint8_t* const* p, int64_t bs, F&& f) {
+  if constexpr (G::kElems == kQK) {
+    if (bs == InterleavedRows<G::kBytes>::kStride) {
+      f(InterleavedRows<G::kBytes>{p[0]});
+    } else {
+      f(RowPointers{p});
+    }
+  } else {
+    f(p);
+  }
 }
 
 // Block 0 of the 8 rows of the group at r (n of them exist; the rest repeat the last), and
@@ -283,7 +322,9 @@ void tile_groups(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
       const uint8_t* pf = r + 8 * (kPrefetchGroups + 1) <= w.rows
                               ? base + static_cast<uint64_t>(r + 8 * kPrefetchGroups) * rb
                               : nullptr;
-      G::template run<1>(p, bs, x, nb, y + t0 * ldy + r, ldy, n, pf);
+      with_rows<G>(p, bs, [&](const auto& rows) {
+        G::template run<1>(rows, bs, x, nb, y + t0 * ldy + r, ldy, n, pf);
+      });
     }
     return;
   }
@@ -296,7 +337,9 @@ void tile_groups(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
       for (int64_t r = p0; r < p1; r += 8) {
         const int n = static_cast<int>(min64(8, p1 - r));
         const int64_t bs = group_rows<G::kBytes>(base, rb, interleaved, r, n, p);
-        run_tokens<G, G::kC>(c, p, bs, x, nb, y + t * ldy + r, ldy, n);
+        with_rows<G>(p, bs, [&](const auto& rows) {
+          run_tokens<G, G::kC>(c, rows, bs, x, nb, y + t * ldy + r, ldy, n);
+        });
       }
     }
   }

@@ -17,6 +17,15 @@
 #define SPW_UNROLL
 #endif
 
+// Inlines a kernel's building block into its loop whatever the compiler's size heuristics
+// say: one left out of line passes its unpacked registers through memory (GCC 12 did so
+// with the 5-bit unpacking once it became a template, and that kernel ran 1.4x slower).
+#if defined(__GNUC__) || defined(__clang__)
+#define SPW_INLINE inline __attribute__((always_inline))
+#else
+#define SPW_INLINE inline
+#endif
+
 namespace spillway::ops::detail {
 namespace {
 
