@@ -321,16 +321,27 @@ void matmul_swiglu(const WeightMatrix& w_gate, const WeightMatrix& w_up, Activat
 namespace {
 
 // Rows [0, full) of a kRows matrix (full a multiple of 8) into kRows8 at out, for blocks of
-// kBlock bytes (a constant, so that each block is one inlined copy).
-template <size_t kBlock>
+// kBlock bytes (a constant, so that each block is one inlined copy). kHeads > 0: the
+// blocks' kHeads bytes of f16 fields and their nibbles are packed (detail::packs_nibbles).
+template <size_t kBlock, size_t kHeads>
 void interleave_groups(const std::byte* src, std::byte* out, int64_t full, uint64_t row_bytes) {
   const uint64_t nb = row_bytes / kBlock;
   for (int64_t g = 0; g < full; g += 8) {
     const std::byte* in = src + static_cast<uint64_t>(g) * row_bytes;
     std::byte* o = out + static_cast<uint64_t>(g) * row_bytes;
-    for (uint64_t b = 0; b < nb; ++b, o += 8 * kBlock)
-      for (uint64_t i = 0; i < 8; ++i)
-        std::memcpy(o + i * kBlock, in + i * row_bytes + b * kBlock, kBlock);
+    for (uint64_t b = 0; b < nb; ++b, o += 8 * kBlock) {
+      for (uint64_t i = 0; i < 8; ++i) {
+        const std::byte* blk = in + i * row_bytes + b * kBlock;
+        if constexpr (kHeads == 0) {
+          std::memcpy(o + i * kBlock, blk, kBlock);
+        } else {
+          for (size_t f = 0; f < kHeads / 2; ++f) std::memcpy(o + 16 * f + 2 * i, blk + 2 * f, 2);
+          for (size_t k = 0; k < 4; ++k) {
+            std::memcpy(o + 8 * kHeads + 32 * k + 4 * i, blk + kHeads + 4 * k, 4);
+          }
+        }
+      }
+    }
   }
 }
 
@@ -355,19 +366,19 @@ WeightMatrix interleave_rows8(const WeightMatrix& w, void* dst) {
   const int64_t full = w.rows / 8 * 8;
   switch (w.type) {
     case DType::Q4_0:
-      interleave_groups<sizeof(BlockQ4_0)>(src, out, full, w.row_bytes);
+      interleave_groups<sizeof(BlockQ4_0), 2>(src, out, full, w.row_bytes);
       break;
     case DType::Q4_1:
-      interleave_groups<sizeof(BlockQ4_1)>(src, out, full, w.row_bytes);
+      interleave_groups<sizeof(BlockQ4_1), 4>(src, out, full, w.row_bytes);
       break;
     case DType::Q5_0:
-      interleave_groups<sizeof(BlockQ5_0)>(src, out, full, w.row_bytes);
+      interleave_groups<sizeof(BlockQ5_0), 0>(src, out, full, w.row_bytes);
       break;
     case DType::Q5_1:
-      interleave_groups<sizeof(BlockQ5_1)>(src, out, full, w.row_bytes);
+      interleave_groups<sizeof(BlockQ5_1), 0>(src, out, full, w.row_bytes);
       break;
     default:
-      interleave_groups<sizeof(BlockQ8_0)>(src, out, full, w.row_bytes);
+      interleave_groups<sizeof(BlockQ8_0), 0>(src, out, full, w.row_bytes);
       break;
   }
   std::memcpy(out + static_cast<uint64_t>(full) * w.row_bytes,
@@ -385,9 +396,10 @@ void dequantize_weight_row(const WeightMatrix& w, int64_t r, float* y) {
     return;
   }
   const int64_t bs = dtype_info(w.type).block_size;
-  const uint64_t stride = detail::block_stride(w, r);
-  const auto* p = reinterpret_cast<const std::byte*>(detail::row_start(w, r));
-  for (int64_t c = 0; c < w.cols; c += bs, p += stride) dequantize_row(w.type, p, y + c, bs);
+  uint8_t tmp[detail::kMaxLegacyBlock];
+  for (int64_t b = 0; b < w.cols / bs; ++b) {
+    dequantize_row(w.type, detail::legacy_block(w, r, b, tmp), y + b * bs, bs);
+  }
 }
 
 void matvec(const WeightMatrix& w, const float* x, float* y, ThreadPool& pool) {

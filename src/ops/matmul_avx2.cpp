@@ -61,25 +61,50 @@ inline __m256i nibble_dot8(const Nibbles8& u, const int8_t* xq) {
   return _mm256_madd_epi16(sum16, _mm256_set1_epi16(1));
 }
 
+// The same sums from a packed group (PackedNibbles8: row r in lane r throughout). Each
+// vpmaddubsw lane is at most 2 * 15 * 127, so the 8 of a block (30480) add up in int16
+// before one widening vpmaddwd.
+inline __m256i packed_nibble_dot8(const PackedNibbles8& u, const int8_t* xq) {
+  __m256i s = _mm256_setzero_si256();
+  SPW_UNROLL for (int k = 0; k < 4; ++k) {
+    s = _mm256_add_epi16(
+        s, _mm256_add_epi16(_mm256_maddubs_epi16(u.lo[k], broadcast4(xq + 4 * k)),
+                            _mm256_maddubs_epi16(u.hi[k], broadcast4(xq + 16 + 4 * k))));
+  }
+  return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
+}
+
 // Weight block types. unpack() prepares the blocks at p[r] + off of 8 rows, dot() gives
 // their 8 integer row sums against one activation block, scales() (from the blocks or what
 // unpack() loaded) the 8 scales d and
 // (types with a min) the 8 terms m per unit of activation sum (Q4_1, Q5_1: m; Q4_0: -8 d;
 // Q5_0: -16 d).
+// A full interleaved group (InterleavedRows, kStride != 0) is packed: see packs_nibbles.
 struct Q4_0W {
   static constexpr int kBytes = sizeof(BlockQ4_0);
   static constexpr bool kHasMin = true;
-  static constexpr int kC = 4;  // tokens per tile
+  static constexpr int kC = 4;
   template <class P>
-  using Unpacked = Nibbles8;
+  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Nibbles8>::type;
   template <class P>
   static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
-    unpack_nibbles8(p, off + 2, u);
+    if constexpr (P::kStride != 0) {
+      unpack_packed_nibbles8<packed_heads(DType::Q4_0)>(p[0] + off, u);
+    } else {
+      unpack_nibbles8(p, off + offsetof(BlockQ4_0, qs), u);
+    }
   }
   static SPW_INLINE __m256i dot(const Nibbles8& u, const int8_t* xq) { return nibble_dot8(u, xq); }
+  static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
+    return packed_nibble_dot8(u, xq);
+  }
   template <class P>
   static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>&, __m256& d, __m256& m) {
-    d = f16x8(p, off);
+    if constexpr (P::kStride != 0) {
+      d = packed_f16x8(p[0] + off);
+    } else {
+      d = f16x8(p, off);
+    }
     m = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
   }
 };
@@ -89,24 +114,36 @@ struct Q4_1W {
   static constexpr bool kHasMin = true;
   static constexpr int kC = 4;
   template <class P>
-  using Unpacked = Nibbles8;
+  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Nibbles8>::type;
   template <class P>
   static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
-    unpack_nibbles8(p, off + 4, u);
+    if constexpr (P::kStride != 0) {
+      unpack_packed_nibbles8<packed_heads(DType::Q4_1)>(p[0] + off, u);
+    } else {
+      unpack_nibbles8(p, off + offsetof(BlockQ4_1, qs), u);
+    }
   }
   static SPW_INLINE __m256i dot(const Nibbles8& u, const int8_t* xq) { return nibble_dot8(u, xq); }
-  // {d, m} pairs of rows (0, 1, 4, 5) and (2, 3, 6, 7) as f32, so that the even / odd
-  // lanes of the two interleave into rows 0..7 in order.
+  static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
+    return packed_nibble_dot8(u, xq);
+  }
+  // Packed: d and m of rows 0..7 in a row. Else the {d, m} pairs of rows (0, 1, 4, 5) and
+  // (2, 3, 6, 7) as f32, so that the even / odd lanes of the two interleave into rows 0..7.
   template <class P>
   static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>&, __m256& d, __m256& m) {
-    const __m256 a = _mm256_cvtph_ps(_mm_setr_epi32(
-        static_cast<int>(load_u32(p[0] + off)), static_cast<int>(load_u32(p[1] + off)),
-        static_cast<int>(load_u32(p[4] + off)), static_cast<int>(load_u32(p[5] + off))));
-    const __m256 b = _mm256_cvtph_ps(_mm_setr_epi32(
-        static_cast<int>(load_u32(p[2] + off)), static_cast<int>(load_u32(p[3] + off)),
-        static_cast<int>(load_u32(p[6] + off)), static_cast<int>(load_u32(p[7] + off))));
-    d = _mm256_shuffle_ps(a, b, 0x88);
-    m = _mm256_shuffle_ps(a, b, 0xDD);
+    if constexpr (P::kStride != 0) {
+      d = packed_f16x8(p[0] + off);
+      m = packed_f16x8(p[0] + off + 16);
+    } else {
+      const __m256 a = _mm256_cvtph_ps(_mm_setr_epi32(
+          static_cast<int>(load_u32(p[0] + off)), static_cast<int>(load_u32(p[1] + off)),
+          static_cast<int>(load_u32(p[4] + off)), static_cast<int>(load_u32(p[5] + off))));
+      const __m256 b = _mm256_cvtph_ps(_mm_setr_epi32(
+          static_cast<int>(load_u32(p[2] + off)), static_cast<int>(load_u32(p[3] + off)),
+          static_cast<int>(load_u32(p[6] + off)), static_cast<int>(load_u32(p[7] + off))));
+      d = _mm256_shuffle_ps(a, b, 0x88);
+      m = _mm256_shuffle_ps(a, b, 0xDD);
+    }
   }
 };
 

@@ -81,6 +81,45 @@ SPW_INLINE void unpack_nibbles8(const P& p, int64_t off, Nibbles8& u) {
   }
 }
 
+// Nibble blocks of a packed group of 8 rows (packs_nibbles in matmul_internal.h),
+// unpacked: lane r of lo[k] holds elements 4k..4k+3 of row r, lane r of hi[k] elements
+// 16 + 4k..16 + 4k + 3. Against 4 activation bytes broadcast to every lane, one product of
+// a register leaves each row's partial sum in the row's own lane: no horizontal adds.
+struct PackedNibbles8 {
+  __m256i lo[4], hi[4];
+};
+
+// The nibbles of the packed group block at g, whose f16 fields take kHeads bytes.
+template <int kHeads>
+SPW_INLINE void unpack_packed_nibbles8(const uint8_t* g, PackedNibbles8& u) {
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  SPW_UNROLL for (int k = 0; k < 4; ++k) {
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + kHeads + 32 * k));
+    u.lo[k] = _mm256_and_si256(raw, mask);
+    u.hi[k] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+  }
+}
+
+// The 8 f16 at g (rows 0..7 of a packed group's field) as f32.
+SPW_INLINE __m256 packed_f16x8(const uint8_t* g) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
+}
+
+// The 4 activation bytes at xq in every 32-bit lane.
+SPW_INLINE __m256i broadcast4(const int8_t* xq) {
+  return _mm256_set1_epi32(static_cast<int>(load_u32(reinterpret_cast<const uint8_t*>(xq))));
+}
+
+// Type T when kIf, else F (no standard-library templates in the kernel files).
+template <bool kIf, class T, class F>
+struct Pick {
+  using type = T;
+};
+template <class T, class F>
+struct Pick<false, T, F> {
+  using type = F;
+};
+
 // The f16 at byte 0 of the 8 block heads (register i: rows i and i + 4), rows 0..7 as f32.
 SPW_INLINE __m256 head_f16x8(const __m256i* h) {
   const __m256i a = _mm256_unpacklo_epi16(h[0], h[1]);  // lane: words d_i, d_i+1, ...

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "spillway/core/quant.h"
 #include "spillway/ops/matmul.h"
@@ -37,21 +38,42 @@ inline int64_t q8k_row_bytes(int64_t cols) {
   return cols / kQKK * static_cast<int64_t>(sizeof(BlockQ8_K));
 }
 
-// Where row r of w starts (its block 0) and how far apart its blocks are, in either layout
-// (WeightLayout): in a full group of 8 interleaved rows the blocks of a row are 8 blocks
-// apart.
+// Full groups of 8 interleaved rows (WeightLayout::kRows8): group g's block b, the 8
+// rows' blocks b together (8 block bytes), starts at data + 8g * row_bytes + 8b * block
+// bytes. Q5_0, Q5_1 and Q8_0 keep each block whole there, row i's at i block bytes. Q4_0
+// and Q4_1 store the 8 blocks as the kernels consume them (packs_nibbles): the rows' f16
+// d (2 bytes each, rows 0..7), for Q4_1 then their f16 m, then 4 pieces of 32 bytes,
+// piece k holding bytes 4k..4k+3 of each row's 16 nibble bytes (rows 0..7), so that one
+// 32-bit lane holds 4 bytes of one row and a register 8 rows.
+inline bool packs_nibbles(DType t) {
+  return t == DType::Q4_0 || t == DType::Q4_1;
+}
+// Bytes of the f16 fields of a Q4_0 / Q4_1 block, stored first in a packed group (16 per
+// field: 8 rows).
+inline constexpr int packed_heads(DType t) {
+  return t == DType::Q4_1 ? 32 : 16;
+}
+inline constexpr int64_t kMaxLegacyBlock = 34;  // the largest 32-element block (Q8_0)
+
 inline bool interleaved_row(const WeightMatrix& w, int64_t r) {
   return w.layout == WeightLayout::kRows8 && r < w.rows / 8 * 8;
 }
-inline uint64_t block_stride(const WeightMatrix& w, int64_t r) {
-  const auto bb = static_cast<uint64_t>(dtype_info(w.type).type_size);
-  return interleaved_row(w, r) ? 8 * bb : bb;
-}
-inline const uint8_t* row_start(const WeightMatrix& w, int64_t r) {
+
+// Block b of row r of w, in either layout, as GGUF lays it out: a pointer into w, or, for
+// a row of a packed group, `tmp` (kMaxLegacyBlock bytes) holding the block put together.
+inline const uint8_t* legacy_block(const WeightMatrix& w, int64_t r, int64_t b, uint8_t* tmp) {
   const auto* base = static_cast<const uint8_t*>(w.data);
-  if (!interleaved_row(w, r)) return base + static_cast<uint64_t>(r) * w.row_bytes;
-  return base + static_cast<uint64_t>(r & ~int64_t{7}) * w.row_bytes +
-         static_cast<uint64_t>(r & 7) * static_cast<uint64_t>(dtype_info(w.type).type_size);
+  const auto bb = static_cast<uint64_t>(dtype_info(w.type).type_size);
+  if (!interleaved_row(w, r)) return base + static_cast<uint64_t>(r) * w.row_bytes + b * bb;
+  const uint8_t* group = base + static_cast<uint64_t>(r & ~int64_t{7}) * w.row_bytes +
+                         static_cast<uint64_t>(b) * 8 * bb;
+  const auto i = static_cast<uint64_t>(r & 7);
+  if (!packs_nibbles(w.type)) return group + i * bb;
+  const int heads = packed_heads(w.type);
+  for (int f = 0; f < heads / 16; ++f) std::memcpy(tmp + 2 * f, group + 16 * f + 2 * i, 2);
+  for (int k = 0; k < 4; ++k)
+    std::memcpy(tmp + heads / 8 + 4 * k, group + heads + 32 * k + 4 * i, 4);
+  return tmp;
 }
 
 // Computes y[t * ldy + r] for r in [r0, r1), t in [t0, t1). `xq` is the activation form

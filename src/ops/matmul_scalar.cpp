@@ -1,7 +1,7 @@
 // Scalar integer kernels: the reference for the SIMD families. They compute the same
 // quantized math (weights in their blocks x 8-bit activation blocks, integer block sums,
-// f32 scales) one output at a time. Each dot product takes a row's first block and the
-// distance between its blocks (row_start, block_stride: either weight layout).
+// f32 scales) one output at a time. The 32-element types read each block through
+// legacy_block (either weight layout); the K types are always in GGUF's row layout.
 #include <cstring>
 
 #include "matmul_internal.h"
@@ -21,9 +21,11 @@ float load_f16(const uint8_t* p) {
 
 // Q4_0: 18-byte blocks {f16 d, 16 bytes of nibbles}; value = d * (q - 8). Element j < 16
 // is the low nibble of qs[j], element j + 16 the high nibble.
-float dot_q4_0(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
+float dot_q4_0(const WeightMatrix& w, int64_t r, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += stride) {
+  uint8_t tmp[kMaxLegacyBlock];
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = legacy_block(w, r, b, tmp);
     const float d = load_f16(p);
     const uint8_t* qs = p + 2;
     const int8_t* xq = x.qs + b * kQK;
@@ -37,9 +39,11 @@ float dot_q4_0(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
 }
 
 // Q4_1: 20-byte blocks {f16 d, f16 m, 16 bytes of nibbles}; value = d * q + m.
-float dot_q4_1(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
+float dot_q4_1(const WeightMatrix& w, int64_t r, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += stride) {
+  uint8_t tmp[kMaxLegacyBlock];
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = legacy_block(w, r, b, tmp);
     const float d = load_f16(p), m = load_f16(p + 2);
     const uint8_t* qs = p + 4;
     const int8_t* xq = x.qs + b * kQK;
@@ -66,9 +70,11 @@ int q5_hi(const uint8_t* qs, uint32_t qh, int j) {
 }
 
 // Q5_0: 22-byte blocks {f16 d, qh[4], qs[16]}; value = d * (q - 16).
-float dot_q5_0(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
+float dot_q5_0(const WeightMatrix& w, int64_t r, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += stride) {
+  uint8_t tmp[kMaxLegacyBlock];
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = legacy_block(w, r, b, tmp);
     const float d = load_f16(p);
     const uint32_t qh = load_u32(p + 2);
     const uint8_t* qs = p + 6;
@@ -83,9 +89,11 @@ float dot_q5_0(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
 }
 
 // Q5_1: 24-byte blocks {f16 d, f16 m, qh[4], qs[16]}; value = d * q + m.
-float dot_q5_1(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
+float dot_q5_1(const WeightMatrix& w, int64_t r, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += stride) {
+  uint8_t tmp[kMaxLegacyBlock];
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = legacy_block(w, r, b, tmp);
     const float d = load_f16(p), m = load_f16(p + 2);
     const uint32_t qh = load_u32(p + 4);
     const uint8_t* qs = p + 8;
@@ -98,9 +106,11 @@ float dot_q5_1(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
 }
 
 // Q8_0: 34-byte blocks {f16 d, int8 qs[32]}.
-float dot_q8_0(const uint8_t* p, uint64_t stride, const Q8ARow& x, int64_t nb) {
+float dot_q8_0(const WeightMatrix& w, int64_t r, const Q8ARow& x, int64_t nb) {
   float sum = 0.0f;
-  for (int64_t b = 0; b < nb; ++b, p += stride) {
+  uint8_t tmp[kMaxLegacyBlock];
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = legacy_block(w, r, b, tmp);
     const float d = load_f16(p);
     const auto* qs = reinterpret_cast<const int8_t*>(p + 2);
     const int8_t* xq = x.qs + b * kQK;
@@ -183,8 +193,7 @@ void tile_legacy(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
   const int64_t nb = w.cols / kQK;
   for (int64_t t = t0; t < t1; ++t) {
     const Q8ARow x = q8a_row(xq, w.cols, t);
-    for (int64_t r = r0; r < r1; ++r)
-      y[t * ldy + r] = dot(row_start(w, r), block_stride(w, r), x, nb);
+    for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = dot(w, r, x, nb);
   }
 }
 
@@ -196,7 +205,8 @@ void tile_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64
     const auto* x = reinterpret_cast<const BlockQ8_K*>(static_cast<const std::byte*>(xq) +
                                                        t * q8k_row_bytes(w.cols));
     for (int64_t r = r0; r < r1; ++r)
-      y[t * ldy + r] = dot(row_start(w, r), block_stride(w, r), x, nb);
+      y[t * ldy + r] = dot(static_cast<const uint8_t*>(w.data) + r * w.row_bytes,
+                           dtype_info(w.type).type_size, x, nb);
   }
 }
 
