@@ -1,5 +1,6 @@
 // Memory read bandwidth: a streaming sum over a buffer much larger than every cache
-// (1 GiB by default), with 1 and 2 threads, reported as bytes/s. Decoding one token reads
+// (1 GiB by default, in transparent huge pages as the model's weights are), with 1 and 2
+// threads, reported as bytes/s. Decoding one token reads
 // every weight once, so with the model's weight bytes per token this gives the bound
 //
 //   decode tokens/s <= read bandwidth / Model::weight_bytes_per_token()
@@ -20,19 +21,30 @@
 #include <string>
 #include <vector>
 
+#include "spillway/core/huge_pages.h"
 #include "spillway/core/thread_pool.h"
 #include "spillway/model/model.h"
 
 namespace {
 
-// The buffer, allocated and written once (so every page is resident before timing).
-const std::vector<uint64_t>& buffer() {
-  static const std::vector<uint64_t> buf = [] {
+// The buffer, allocated and written once (so every page is resident before timing), in
+// transparent huge pages as the model's interleaved weights are (HugePageBuffer).
+struct Buffer {
+  spillway::HugePageBuffer mem;
+  size_t words = 0;
+  const uint64_t* data() const { return reinterpret_cast<const uint64_t*>(mem.data()); }
+  size_t size() const { return words; }
+};
+const Buffer& buffer() {
+  static const Buffer buf = [] {
     uint64_t mib = 1024;
     if (const char* e = std::getenv("SPILLWAY_BW_MIB")) mib = std::strtoull(e, nullptr, 10);
     if (mib == 0) mib = 1024;
-    std::vector<uint64_t> b(mib * 1024 * 1024 / sizeof(uint64_t));
-    for (size_t i = 0; i < b.size(); ++i) b[i] = i;
+    Buffer b;
+    b.words = static_cast<size_t>(mib * 1024 * 1024 / sizeof(uint64_t));
+    b.mem = spillway::HugePageBuffer(b.words * sizeof(uint64_t));
+    auto* w = reinterpret_cast<uint64_t*>(b.mem.data());
+    for (size_t i = 0; i < b.words; ++i) w[i] = i;
     return b;
   }();
   return buf;

@@ -2,13 +2,9 @@
 
 #include <fmt/core.h>
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 
 #include "spillway/core/error.h"
 #include "spillway/core/quant.h"
@@ -103,15 +99,13 @@ ops::WeightMatrix bind_matrix(const gguf::GgufFile& f, const std::string& name, 
   return w;
 }
 
-void InterleavedWeights::Free::operator()(void* p) const {
-  std::free(p);
-}
-
 void InterleavedWeights::interleave(const gguf::GgufFile& f,
                                     const std::vector<ops::WeightMatrix*>& ms) {
-  if (buf_) throw InvalidArgument("InterleavedWeights: already holds a model's weights");
+  if (buf_.data() != nullptr) {
+    throw InvalidArgument("InterleavedWeights: already holds a model's weights");
+  }
   // One copy per distinct source, each starting on a cache line.
-  constexpr uint64_t kLine = 64, kHuge = uint64_t{2} << 20;
+  constexpr uint64_t kLine = 64;
   std::vector<const void*> sources;
   std::vector<uint64_t> offsets;
   uint64_t total = 0;
@@ -124,11 +118,7 @@ void InterleavedWeights::interleave(const gguf::GgufFile& f,
     total += (matrix_bytes(*m) + kLine - 1) / kLine * kLine;
   }
   if (total == 0) return;
-  const uint64_t size = (total + kHuge - 1) / kHuge * kHuge;
-  void* raw = std::aligned_alloc(static_cast<size_t>(kHuge), static_cast<size_t>(size));
-  if (raw == nullptr) throw std::bad_alloc();
-  buf_.reset(static_cast<std::byte*>(raw));
-  ::madvise(raw, static_cast<size_t>(size), MADV_HUGEPAGE);  // advice: no error if declined
+  buf_ = HugePageBuffer(static_cast<size_t>(total));
   std::vector<ops::WeightMatrix> copies(sources.size());
   std::vector<bool> done(sources.size(), false);
   for (ops::WeightMatrix* m : ms) {
@@ -136,7 +126,7 @@ void InterleavedWeights::interleave(const gguf::GgufFile& f,
     if (it == sources.end()) continue;
     const auto i = static_cast<size_t>(it - sources.begin());
     if (!done[i]) {
-      copies[i] = ops::interleave_rows8(*m, buf_.get() + offsets[i]);
+      copies[i] = ops::interleave_rows8(*m, buf_.data() + offsets[i]);
       f.release_pages(m->data, matrix_bytes(*m));
       done[i] = true;
     }

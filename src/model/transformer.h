@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "spillway/core/huge_pages.h"
 #include "spillway/gguf/gguf.h"
 #include "spillway/model/model.h"
 #include "spillway/model/observer.h"
@@ -43,12 +44,8 @@ class InterleavedWeights {
   void interleave(const gguf::GgufFile& f, const std::vector<ops::WeightMatrix*>& ms);
 
  private:
-  struct Free {
-    void operator()(void* p) const;
-  };
-  // One allocation on a 2 MiB boundary, marked for transparent huge pages where the
-  // kernel offers them (fewer page faults while copying, fewer TLB misses while decoding).
-  std::unique_ptr<std::byte, Free> buf_;
+  // Fewer page faults while copying, fewer TLB misses while decoding.
+  HugePageBuffer buf_;
 };
 
 // A 1-D F32 weight of n elements bound in place.

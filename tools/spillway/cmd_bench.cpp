@@ -15,7 +15,6 @@
 // with the read bandwidth measured here, with the same threads, on a buffer of that
 // working-set size (a buffer that fits a large L3 reads faster than DRAM).
 #include <fmt/format.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <nlohmann/json.hpp>
 
@@ -27,7 +26,6 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <new>
 #include <optional>
 #include <span>
 #include <string>
@@ -35,6 +33,7 @@
 
 #include "command.h"
 #include "spillway/core/error.h"
+#include "spillway/core/huge_pages.h"
 #include "spillway/kv/cache.h"
 #include "spillway/kv/policy.h"
 #include "spillway/model/model.h"
@@ -196,16 +195,11 @@ class BandwidthProbe {
   double measure(ThreadPool& pool, uint64_t bytes, int sweeps) {
     const size_t words = static_cast<size_t>((bytes + 7) / 8);
     if (words > words_) {
-      constexpr size_t kHuge = size_t{2} << 20;
-      const size_t size = (words * 8 + kHuge - 1) / kHuge * kHuge;
-      void* p = std::aligned_alloc(kHuge, size);
-      if (p == nullptr) throw std::bad_alloc();
-      ::madvise(p, size, MADV_HUGEPAGE);  // advice: no error if declined
-      mem_.reset(static_cast<uint64_t*>(p));
+      mem_ = HugePageBuffer(words * 8);
       words_ = words;
-      for (size_t i = 0; i < words_; ++i) mem_.get()[i] = i;
+      for (size_t i = 0; i < words_; ++i) words_at()[i] = i;
     }
-    const uint64_t* buf = mem_.get();
+    const uint64_t* buf = words_at();
     const auto n = static_cast<int64_t>(words);
     std::vector<uint64_t> partial(static_cast<size_t>(pool.size()) * 8);  // a line apart
     std::vector<double> rates;
@@ -233,10 +227,8 @@ class BandwidthProbe {
   uint64_t sink() const { return sink_; }  // keeps the sums observable
 
  private:
-  struct Free {
-    void operator()(uint64_t* p) const { std::free(p); }
-  };
-  std::unique_ptr<uint64_t, Free> mem_;  // [words_]: the largest size asked for / 8
+  uint64_t* words_at() const { return reinterpret_cast<uint64_t*>(mem_.data()); }
+  HugePageBuffer mem_;  // [words_]: the largest size asked for / 8
   size_t words_ = 0;
   uint64_t sink_ = 0;
 };
