@@ -6,6 +6,7 @@
 #include "model/gemma3/gemma3.h"
 #include "model/llama/llama.h"
 #include "spillway/core/quant.h"
+#include "spillway/ops/matmul.h"
 #include "spillway/ops/ops.h"
 
 namespace spillway::test {
@@ -73,8 +74,7 @@ void NaiveReference::mm(const ops::WeightMatrix& w, const std::vector<float>& in
   if (exact_) {
     std::vector<float> row(static_cast<size_t>(w.cols));
     for (int64_t r = 0; r < w.rows; ++r) {
-      dequantize_row(w.type, static_cast<const std::byte*>(w.data) + w.row_bytes * r, row.data(),
-                     w.cols);
+      ops::dequantize_weight_row(w, r, row.data());  // either layout
       double acc = 0;
       for (int64_t c = 0; c < w.cols; ++c) acc += static_cast<double>(row[c]) * in[c];
       out[static_cast<size_t>(r)] = static_cast<float>(acc);
@@ -145,8 +145,7 @@ std::vector<float> NaiveReference::step(TokenId token) {
   const auto* llama = dynamic_cast<const model::llama::LlamaModel*>(&m_);
   const auto* gemma = dynamic_cast<const model::gemma3::Gemma3Model*>(&m_);
   const ops::WeightMatrix& emb = llama ? llama->token_embd() : gemma->token_embd();
-  dequantize_row(emb.type, static_cast<const std::byte*>(emb.data) + emb.row_bytes * token,
-                 x.data(), d);
+  ops::dequantize_weight_row(emb, token, x.data());
   if (gemma)
     for (float& e : x) e *= std::sqrt(static_cast<float>(d));
   for (int64_t l = 0; l < c.n_layer; ++l) {
