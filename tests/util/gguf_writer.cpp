@@ -16,11 +16,17 @@ using gguf::Array;
 using gguf::Value;
 using gguf::ValueType;
 
+// Grows out by resize + memcpy: GCC 12 reports false -Wstringop-overflow / -Warray-bounds
+// for vector::insert of a few bytes into a small vector.
+void append_bytes(std::vector<uint8_t>& out, const void* p, size_t n) {
+  const size_t at = out.size();
+  out.resize(at + n);
+  std::memcpy(out.data() + at, p, n);
+}
+
 template <class T>
 void append(std::vector<uint8_t>& out, T v) {
-  uint8_t b[sizeof(T)];
-  std::memcpy(b, &v, sizeof(T));
-  out.insert(out.end(), b, b + sizeof(T));
+  append_bytes(out, &v, sizeof(T));
 }
 
 void append_string(std::vector<uint8_t>& out, const std::string& s) {
@@ -165,7 +171,7 @@ void GgufWriter::add_raw_tensor(std::string name, uint32_t type_id, std::vector<
 std::vector<uint8_t> GgufWriter::build(Layout* layout) const {
   std::vector<uint8_t> out;
   Layout lay;
-  out.insert(out.end(), {'G', 'G', 'U', 'F'});
+  append_bytes(out, "GGUF", 4);
   append<uint32_t>(out, version_);
   append<uint64_t>(out, tensors_.size());
   append<uint64_t>(out, kvs_.size());
