@@ -30,8 +30,10 @@ inline int32_t round_to_int(float v) {
   return static_cast<int32_t>(std::nearbyint(std::clamp(v, -127.0f, 127.0f)));
 }
 
+}  // namespace
+
 // One row of x into Q8A blocks (see matmul_internal.h): d = amax / 127.
-void quantize_row_q8a(const float* x, int64_t cols, std::byte* out) {
+void detail::quantize_q8a_scalar(const float* x, int64_t cols, std::byte* out) {
   const int64_t nb = cols / kQK;
   auto* qs = reinterpret_cast<int8_t*>(out);
   auto* ds = reinterpret_cast<float*>(out + nb * 32);
@@ -52,6 +54,8 @@ void quantize_row_q8a(const float* x, int64_t cols, std::byte* out) {
     ss[b] = d * static_cast<float>(sum);
   }
 }
+
+namespace {
 
 // One row of x into Q8_K blocks: d = amax / 127, bsums over groups of 16.
 void quantize_row_q8k(const float* x, int64_t cols, std::byte* out) {
@@ -196,8 +200,9 @@ const void* Activations::q8_0(ThreadPool& pool) {
   const int64_t rb = detail::q8a_row_bytes(cols_);
   if (static_cast<int64_t>(q8_0_.size()) < rb * T_) q8_0_.resize(static_cast<size_t>(rb * T_));
   std::byte* out = q8_0_.data();
+  const detail::QuantizeFn quantize = default_kernels().quantize_q8a;
   pool.parallel_for(T_, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) quantize_row_q8a(x_ + t * cols_, cols_, out + t * rb);
+    for (int64_t t = t0; t < t1; ++t) quantize(x_ + t * cols_, cols_, out + t * rb);
   });
   have_q8_0_ = true;
   return q8_0_.data();

@@ -456,6 +456,53 @@ void tile_q6_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, in
   tile_groups<Q6KGroups>(w, xq, r0, r1, t0, t1, y, ldy);
 }
 
+// QuantizeFn (matmul_internal.h): the scalar reference's arithmetic, 8 lanes at a time,
+// to the same bytes. max(|x|, acc) keeps acc where |x| is NaN (vmaxps returns its second
+// operand then), as std::max(amax, |x|) does; x * id is the same product; NaN products are
+// zeroed before the clamp, and vroundps to nearest-even is nearbyint under the default
+// rounding mode. The block's 4 x 8 int32 are packed to bytes and put back in order.
+void quantize_q8a(const float* x, int64_t cols, std::byte* out) {
+  const int64_t nb = cols / kQK;
+  auto* qs = reinterpret_cast<int8_t*>(out);
+  auto* ds = reinterpret_cast<float*>(out + nb * 32);
+  auto* ss = reinterpret_cast<float*>(out + nb * 36);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kQK;
+    __m256 v[4];
+    __m256 m = _mm256_setzero_ps();
+    SPW_UNROLL for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(xb + 8 * i);
+      m = _mm256_max_ps(_mm256_andnot_ps(sign, v[i]), m);
+    }
+    const float amax = hmax(m);
+    const float d = amax / 127.0f;
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    __m256i sum = _mm256_setzero_si256();
+    SPW_UNROLL for (int i = 0; i < 4; ++i) {
+      __m256 p = _mm256_mul_ps(v[i], vid);
+      p = _mm256_and_ps(p, _mm256_cmp_ps(p, p, _CMP_ORD_Q));
+      p = _mm256_min_ps(_mm256_max_ps(p, lo), hi);
+      q[i] = _mm256_cvtps_epi32(_mm256_round_ps(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      sum = _mm256_add_epi32(sum, q[i]);
+    }
+    // Per 128-bit lane: q0 q1 q2 q3's low (lane 0) / high (lane 1) four values.
+    const __m256i bytes =
+        _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * kQK),
+                        _mm256_permutevar8x32_epi32(bytes, order));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    ds[b] = d;
+    ss[b] = d * static_cast<float>(_mm_cvtsi128_si32(s4));
+  }
+}
+
 float dot_f32(const float* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t i = 0;
@@ -471,8 +518,8 @@ float dot_f32(const float* a, const float* b, int64_t n) {
 }  // namespace
 
 const MatmulKernels& avx2_matmul_kernels() {
-  static const MatmulKernels k = {tile_q4_0, tile_q4_1, tile_q5_0, tile_q5_1,
-                                  tile_q8_0, tile_q4_k, tile_q6_k, dot_f32};
+  static const MatmulKernels k = {tile_q4_0, tile_q4_1, tile_q5_0, tile_q5_1,   tile_q8_0,
+                                  tile_q4_k, tile_q6_k, dot_f32,   quantize_q8a};
   return k;
 }
 

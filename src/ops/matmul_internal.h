@@ -85,6 +85,11 @@ using TileFn = void (*)(const WeightMatrix& w, const void* xq, int64_t r0, int64
                         int64_t t1, float* y, int64_t ldy);
 // f32 dot product of n elements.
 using DotF32Fn = float (*)(const float* a, const float* b, int64_t n);
+// One row of `cols` f32 activations (a multiple of 32) into Q8A blocks at `out`
+// (q8a_row_bytes(cols) bytes): per block d = amax / 127 (amax over the non-NaN |x|),
+// q = x * (127 / amax) clamped to [-127, 127] and rounded to nearest, ties to even (NaN
+// gives 0; amax 0 gives all 0), s = d * sum(q). Every family writes the same bytes.
+using QuantizeFn = void (*)(const float* x, int64_t cols, std::byte* out);
 
 struct MatmulKernels {
   TileFn q4_0 = nullptr;
@@ -95,13 +100,17 @@ struct MatmulKernels {
   TileFn q4_k = nullptr;
   TileFn q6_k = nullptr;
   DotF32Fn dot_f32 = nullptr;
+  QuantizeFn quantize_q8a = nullptr;
 };
+
+// The scalar QuantizeFn (matmul.cpp): the reference.
+void quantize_q8a_scalar(const float* x, int64_t cols, std::byte* out);
 
 const MatmulKernels& scalar_matmul_kernels();
 // Only valid when the CPU supports AVX2, FMA and F16C.
 const MatmulKernels& avx2_matmul_kernels();
 // Only valid when the CPU supports AVX-512 F/BW/VL/DQ and VNNI. Entries without an
-// AVX-512 kernel (dot_f32) are null: kernels.cpp keeps AVX2's there.
+// AVX-512 kernel (dot_f32, quantize_q8a) are null: kernels.cpp keeps AVX2's there.
 const MatmulKernels& avx512_matmul_kernels();
 
 }  // namespace spillway::ops::detail

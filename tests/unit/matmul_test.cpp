@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -646,6 +647,51 @@ TEST(Matmul, RejectsMismatchedShapes) {
   EXPECT_THROW(acts.q8_0(pool), InvalidArgument);
 }
 
+// Every family quantizes activations to the scalar reference's bytes: the same scales,
+// sums and values, ties rounded to even, NaN to 0, infinities and overflowing products
+// clamped, all-zero and tiny blocks included.
+TEST(Matmul, ActivationQuantizingGivesTheReferenceBytes) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  constexpr int64_t kCols = 32 * 12;
+  std::vector<float> x(kCols);
+  for (int round = 0; round < 40; ++round) {
+    const float scale = std::ldexp(1.0f, round % 20 - 10);
+    for (float& v : x) v = normal(rng) * scale;
+    switch (round % 8) {
+      case 1:  // exact ties: x * (127 / amax) lands on k + 0.5
+        for (int j = 0; j < 32; ++j) x[static_cast<size_t>(j)] = (j - 16) + 0.5f;
+        x[31] = 127.0f;
+        break;
+      case 2:
+        x[3] = std::nanf("");
+        x[40] = -std::numeric_limits<float>::infinity();
+        x[70] = std::numeric_limits<float>::infinity();
+        break;
+      case 3:
+        std::fill(x.begin() + 32, x.begin() + 64, 0.0f);
+        std::fill(x.begin() + 64, x.begin() + 96, -0.0f);
+        break;
+      case 4:  // denormal amax: 127 / amax overflows to inf
+        for (int j = 96; j < 128; ++j) x[static_cast<size_t>(j)] = 1e-40f * (j - 111);
+        break;
+      case 5:  // a block of NaN only
+        std::fill(x.begin() + 128, x.begin() + 160, std::nanf(""));
+        break;
+      default:
+        break;
+    }
+    std::vector<std::byte> want(static_cast<size_t>(detail::q8a_row_bytes(kCols)));
+    detail::quantize_q8a_scalar(x.data(), kCols, want.data());
+    for (KernelIsa isa : available_isas()) {
+      std::vector<std::byte> got(want.size(), std::byte{0x55});
+      detail::kernels_for(isa).matmul.quantize_q8a(x.data(), kCols, got.data());
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), want.size()), 0)
+          << isa_name(isa) << " round " << round;
+    }
+  }
+}
+
 TEST(Matmul, ReportsAKernelFamily) {
   const std::string isa = kernel_isa();
   EXPECT_TRUE(isa == "avx512-vnni" || isa == "avx2" || isa == "scalar") << isa;
@@ -683,6 +729,7 @@ TEST(Matmul, AvailableFamiliesMatchTheCpu) {
       EXPECT_NE(f, nullptr) << isa_name(isa);
     }
     EXPECT_NE(k.matmul.dot_f32, nullptr);
+    EXPECT_NE(k.matmul.quantize_q8a, nullptr);
     EXPECT_NE(k.attend_piece, nullptr);
     EXPECT_NE(k.rmsnorm, nullptr);
     EXPECT_NE(k.softmax, nullptr);
