@@ -326,9 +326,10 @@ void matmul_swiglu(const WeightMatrix& w_gate, const WeightMatrix& w_up, Activat
 namespace {
 
 // Rows [0, full) of a kRows matrix (full a multiple of 8) into kRows8 at out, for blocks of
-// kBlock bytes (a constant, so that each block is one inlined copy). kHeads > 0: the
-// blocks' kHeads bytes of f16 fields and their nibbles are packed (detail::packs_nibbles).
-template <size_t kBlock, size_t kHeads>
+// kBlock bytes (a constant, so that each block is one inlined copy). kPacked: the blocks'
+// kFields bytes of f16 fields, kQh bytes of high bits and 16 nibble bytes are packed
+// (detail::packs_nibbles); else each block is copied whole.
+template <size_t kBlock, bool kPacked, size_t kFields = 0, size_t kQh = 0>
 void interleave_groups(const std::byte* src, std::byte* out, int64_t full, uint64_t row_bytes) {
   const uint64_t nb = row_bytes / kBlock;
   for (int64_t g = 0; g < full; g += 8) {
@@ -337,12 +338,14 @@ void interleave_groups(const std::byte* src, std::byte* out, int64_t full, uint6
     for (uint64_t b = 0; b < nb; ++b, o += 8 * kBlock) {
       for (uint64_t i = 0; i < 8; ++i) {
         const std::byte* blk = in + i * row_bytes + b * kBlock;
-        if constexpr (kHeads == 0) {
+        if constexpr (!kPacked) {
           std::memcpy(o + i * kBlock, blk, kBlock);
         } else {
-          for (size_t f = 0; f < kHeads / 2; ++f) std::memcpy(o + 16 * f + 2 * i, blk + 2 * f, 2);
+          static_assert(kFields + kQh + 16 == kBlock);
+          for (size_t f = 0; f < kFields / 2; ++f) std::memcpy(o + 16 * f + 2 * i, blk + 2 * f, 2);
+          if constexpr (kQh != 0) std::memcpy(o + 8 * kFields + 4 * i, blk + kFields, 4);
           for (size_t k = 0; k < 4; ++k) {
-            std::memcpy(o + 8 * kHeads + 32 * k + 4 * i, blk + kHeads + 4 * k, 4);
+            std::memcpy(o + 8 * (kFields + kQh) + 32 * k + 4 * i, blk + kFields + kQh + 4 * k, 4);
           }
         }
       }
@@ -371,19 +374,19 @@ WeightMatrix interleave_rows8(const WeightMatrix& w, void* dst) {
   const int64_t full = w.rows / 8 * 8;
   switch (w.type) {
     case DType::Q4_0:
-      interleave_groups<sizeof(BlockQ4_0), 2>(src, out, full, w.row_bytes);
+      interleave_groups<sizeof(BlockQ4_0), true, 2>(src, out, full, w.row_bytes);
       break;
     case DType::Q4_1:
-      interleave_groups<sizeof(BlockQ4_1), 4>(src, out, full, w.row_bytes);
+      interleave_groups<sizeof(BlockQ4_1), true, 4>(src, out, full, w.row_bytes);
       break;
     case DType::Q5_0:
-      interleave_groups<sizeof(BlockQ5_0), 0>(src, out, full, w.row_bytes);
+      interleave_groups<sizeof(BlockQ5_0), true, 2, 4>(src, out, full, w.row_bytes);
       break;
     case DType::Q5_1:
-      interleave_groups<sizeof(BlockQ5_1), 0>(src, out, full, w.row_bytes);
+      interleave_groups<sizeof(BlockQ5_1), true, 4, 4>(src, out, full, w.row_bytes);
       break;
     default:
-      interleave_groups<sizeof(BlockQ8_0), 0>(src, out, full, w.row_bytes);
+      interleave_groups<sizeof(BlockQ8_0), false>(src, out, full, w.row_bytes);
       break;
   }
   std::memcpy(out + static_cast<uint64_t>(full) * w.row_bytes,

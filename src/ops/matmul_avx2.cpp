@@ -74,6 +74,23 @@ inline __m256i packed_nibble_dot8(const PackedNibbles8& u, const int8_t* xq) {
   return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
 }
 
+// The same sums for 5-bit values from a packed group (row r in lane r). A vpmaddubsw lane
+// reaches 2 * 31 * 127 = 7874, so the int16 sums are widened after 4 products per lane
+// (31496), twice per block.
+inline __m256i packed_fivebit_dot8(const PackedNibbles8& u, const int8_t* xq) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i s[2];
+  SPW_UNROLL for (int h = 0; h < 2; ++h) {
+    s[h] = _mm256_setzero_si256();
+    SPW_UNROLL for (int k = 2 * h; k < 2 * h + 2; ++k) {
+      s[h] = _mm256_add_epi16(
+          s[h], _mm256_add_epi16(_mm256_maddubs_epi16(u.lo[k], broadcast4(xq + 4 * k)),
+                                 _mm256_maddubs_epi16(u.hi[k], broadcast4(xq + 16 + 4 * k))));
+    }
+  }
+  return _mm256_add_epi32(_mm256_madd_epi16(s[0], ones), _mm256_madd_epi16(s[1], ones));
+}
+
 // Weight block types. unpack() prepares the blocks at p[r] + off of 8 rows, dot() gives
 // their 8 integer row sums against one activation block, scales() (from the blocks or what
 // unpack() loaded) the 8 scales d and
@@ -89,7 +106,7 @@ struct Q4_0W {
   template <class P>
   static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     if constexpr (P::kStride != 0) {
-      unpack_packed_nibbles8<packed_heads(DType::Q4_0)>(p[0] + off, u);
+      unpack_packed_nibbles8<8 * packed_fields(DType::Q4_0)>(p[0] + off, u);
     } else {
       unpack_nibbles8(p, off + offsetof(BlockQ4_0, qs), u);
     }
@@ -118,7 +135,7 @@ struct Q4_1W {
   template <class P>
   static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     if constexpr (P::kStride != 0) {
-      unpack_packed_nibbles8<packed_heads(DType::Q4_1)>(p[0] + off, u);
+      unpack_packed_nibbles8<8 * packed_fields(DType::Q4_1)>(p[0] + off, u);
     } else {
       unpack_nibbles8(p, off + offsetof(BlockQ4_1, qs), u);
     }
@@ -173,18 +190,32 @@ struct Q5_0W {
   static constexpr bool kHasMin = true;
   static constexpr int kC = 4;
   template <class P>
-  using Unpacked = Fivebit8;
+  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Fivebit8>::type;
   template <class P>
   static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
-    unpack_fivebit8<2, 6, false>(p, off, u);
+    if constexpr (P::kStride != 0) {
+      constexpr int kF = packed_fields(DType::Q5_0);
+      unpack_packed_fivebit8<8 * kF, 8 * (kF + 4)>(p[0] + off, u);
+    } else {
+      unpack_fivebit8<2, 6, false>(p, off, u);
+    }
   }
   static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) {
     return fivebit_dot8(u.q, xq);
   }
+  static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
+    return packed_fivebit_dot8(u, xq);
+  }
   template <class P>
-  static SPW_INLINE void scales(const P&, int64_t, const Unpacked<P>& u, __m256& d, __m256& m) {
-    d = u.d;
-    m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>& u, __m256& d,
+                                __m256& m) {
+    if constexpr (P::kStride != 0) {
+      d = packed_f16x8(p[0] + off);
+      m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+    } else {
+      d = u.d;
+      m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+    }
   }
 };
 
@@ -194,18 +225,32 @@ struct Q5_1W {
   static constexpr bool kHasMin = true;
   static constexpr int kC = 4;
   template <class P>
-  using Unpacked = Fivebit8;
+  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Fivebit8>::type;
   template <class P>
   static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
-    unpack_fivebit8<4, 8, true>(p, off, u);
+    if constexpr (P::kStride != 0) {
+      constexpr int kF = packed_fields(DType::Q5_1);
+      unpack_packed_fivebit8<8 * kF, 8 * (kF + 4)>(p[0] + off, u);
+    } else {
+      unpack_fivebit8<4, 8, true>(p, off, u);
+    }
   }
   static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) {
     return fivebit_dot8(u.q, xq);
   }
+  static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
+    return packed_fivebit_dot8(u, xq);
+  }
   template <class P>
-  static SPW_INLINE void scales(const P&, int64_t, const Unpacked<P>& u, __m256& d, __m256& m) {
-    d = u.d;
-    m = u.m;
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>& u, __m256& d,
+                                __m256& m) {
+    if constexpr (P::kStride != 0) {
+      d = packed_f16x8(p[0] + off);
+      m = packed_f16x8(p[0] + off + 16);
+    } else {
+      d = u.d;
+      m = u.m;
+    }
   }
 };
 

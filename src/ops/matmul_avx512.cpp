@@ -82,7 +82,7 @@ struct Q4_0V {
   template <class P>
   static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     if constexpr (P::kStride != 0) {
-      unpack_packed_nibbles8<packed_heads(DType::Q4_0)>(p[0] + off, u);
+      unpack_packed_nibbles8<8 * packed_fields(DType::Q4_0)>(p[0] + off, u);
     } else {
       unpack_nibbles8(p, off + offsetof(BlockQ4_0, qs), u);
     }
@@ -111,7 +111,7 @@ struct Q4_1V {
   template <class P>
   static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
     if constexpr (P::kStride != 0) {
-      unpack_packed_nibbles8<packed_heads(DType::Q4_1)>(p[0] + off, u);
+      unpack_packed_nibbles8<8 * packed_fields(DType::Q4_1)>(p[0] + off, u);
     } else {
       unpack_nibbles8(p, off + offsetof(BlockQ4_1, qs), u);
     }
@@ -145,16 +145,30 @@ struct Q5_0V {
   static constexpr bool kHasMin = true;
   static constexpr int kC = 8;
   template <class P>
-  using Unpacked = Fivebit8;
+  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Fivebit8>::type;
   template <class P>
   static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
-    unpack_fivebit8<offsetof(BlockQ5_0, qh), offsetof(BlockQ5_0, qs), false>(p, off, u);
+    if constexpr (P::kStride != 0) {
+      constexpr int kF = packed_fields(DType::Q5_0);
+      unpack_packed_fivebit8<8 * kF, 8 * (kF + 4)>(p[0] + off, u);
+    } else {
+      unpack_fivebit8<offsetof(BlockQ5_0, qh), offsetof(BlockQ5_0, qs), false>(p, off, u);
+    }
   }
   static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) { return vnni_dot8(u.q, xq); }
   template <class P>
-  static SPW_INLINE void scales(const P&, int64_t, const Unpacked<P>& u, __m256& d, __m256& m) {
-    d = u.d;
-    m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>& u, __m256& d,
+                                __m256& m) {
+    if constexpr (P::kStride != 0) {
+      d = packed_f16x8(p[0] + off);
+      m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+    } else {
+      d = u.d;
+      m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+    }
+  }
+  static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
+    return vnni_packed_dot8(u, xq);
   }
 };
 
@@ -163,16 +177,30 @@ struct Q5_1V {
   static constexpr bool kHasMin = true;
   static constexpr int kC = 8;
   template <class P>
-  using Unpacked = Fivebit8;
+  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Fivebit8>::type;
   template <class P>
   static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
-    unpack_fivebit8<offsetof(BlockQ5_1, qh), offsetof(BlockQ5_1, qs), true>(p, off, u);
+    if constexpr (P::kStride != 0) {
+      constexpr int kF = packed_fields(DType::Q5_1);
+      unpack_packed_fivebit8<8 * kF, 8 * (kF + 4)>(p[0] + off, u);
+    } else {
+      unpack_fivebit8<offsetof(BlockQ5_1, qh), offsetof(BlockQ5_1, qs), true>(p, off, u);
+    }
   }
   static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) { return vnni_dot8(u.q, xq); }
   template <class P>
-  static SPW_INLINE void scales(const P&, int64_t, const Unpacked<P>& u, __m256& d, __m256& m) {
-    d = u.d;
-    m = u.m;
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>& u, __m256& d,
+                                __m256& m) {
+    if constexpr (P::kStride != 0) {
+      d = packed_f16x8(p[0] + off);
+      m = packed_f16x8(p[0] + off + 16);
+    } else {
+      d = u.d;
+      m = u.m;
+    }
+  }
+  static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
+    return vnni_packed_dot8(u, xq);
   }
 };
 

@@ -89,14 +89,41 @@ struct PackedNibbles8 {
   __m256i lo[4], hi[4];
 };
 
-// The nibbles of the packed group block at g, whose f16 fields take kHeads bytes.
-template <int kHeads>
+// The nibbles of the packed group block at g, whose 4 pieces start at byte kQs.
+template <int kQs>
 SPW_INLINE void unpack_packed_nibbles8(const uint8_t* g, PackedNibbles8& u) {
   const __m256i mask = _mm256_set1_epi8(0x0F);
   SPW_UNROLL for (int k = 0; k < 4; ++k) {
-    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + kHeads + 32 * k));
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + kQs + 32 * k));
     u.lo[k] = _mm256_and_si256(raw, mask);
     u.hi[k] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+  }
+}
+
+// The 5-bit values of the packed group block at g: the nibbles (pieces at byte kQs) with
+// bit 4 from the 8 rows' qh words at byte kQh (row r's in lane r). Value 4k + j of a row
+// (byte j of lo[k]) takes bit 4k + j of its qh, value 16 + 4k + j (byte j of hi[k]) bit
+// 16 + 4k + j: a byte shuffle copies the qh byte holding those 4 bits into the lane's 4
+// bytes, and byte j tests its own bit.
+template <int kQh, int kQs>
+SPW_INLINE void unpack_packed_fivebit8(const uint8_t* g, PackedNibbles8& u) {
+  unpack_packed_nibbles8<kQs>(g, u);
+  const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + kQh));
+  const __m256i b4 = _mm256_set1_epi8(0x10);
+  SPW_UNROLL for (int k = 0; k < 4; ++k) {
+    const int h = k % 2;
+    const __m256i bits = _mm256_set1_epi32(static_cast<int>(0x08040201u << (4 * h)));
+    SPW_UNROLL for (int half = 0; half < 2; ++half) {
+      const char m = static_cast<char>(2 * half + k / 2);  // the qh byte
+      const __m256i pick =
+          _mm256_setr_epi8(m, m, m, m, m + 4, m + 4, m + 4, m + 4, m + 8, m + 8, m + 8, m + 8,
+                           m + 12, m + 12, m + 12, m + 12, m, m, m, m, m + 4, m + 4, m + 4, m + 4,
+                           m + 8, m + 8, m + 8, m + 8, m + 12, m + 12, m + 12, m + 12);
+      const __m256i set =
+          _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh, pick), bits), bits);
+      __m256i& v = half == 0 ? u.lo[k] : u.hi[k];
+      v = _mm256_or_si256(v, _mm256_and_si256(set, b4));
+    }
   }
 }
 

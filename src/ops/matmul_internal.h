@@ -40,18 +40,24 @@ inline int64_t q8k_row_bytes(int64_t cols) {
 
 // Full groups of 8 interleaved rows (WeightLayout::kRows8): group g's block b, the 8
 // rows' blocks b together (8 block bytes), starts at data + 8g * row_bytes + 8b * block
-// bytes. Q5_0, Q5_1 and Q8_0 keep each block whole there, row i's at i block bytes. Q4_0
-// and Q4_1 store the 8 blocks as the kernels consume them (packs_nibbles): the rows' f16
-// d (2 bytes each, rows 0..7), for Q4_1 then their f16 m, then 4 pieces of 32 bytes,
-// piece k holding bytes 4k..4k+3 of each row's 16 nibble bytes (rows 0..7), so that one
-// 32-bit lane holds 4 bytes of one row and a register 8 rows.
+// bytes. Q8_0 keeps each block whole there, row i's at i block bytes. The 4- and 5-bit
+// types store the 8 blocks as the kernels consume them (packs_nibbles): each f16 field
+// (d; then m for Q4_1 and Q5_1) as 8 rows' values together (16 bytes), then for Q5_0 /
+// Q5_1 the 8 rows' 32-bit qh words (32 bytes), then 4 pieces of 32 bytes, piece k holding
+// bytes 4k..4k+3 of each row's 16 nibble bytes (rows 0..7), so that one 32-bit lane holds
+// 4 bytes (or the high bits) of one row and a register 8 rows.
 inline bool packs_nibbles(DType t) {
-  return t == DType::Q4_0 || t == DType::Q4_1;
+  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1;
 }
-// Bytes of the f16 fields of a Q4_0 / Q4_1 block, stored first in a packed group (16 per
-// field: 8 rows).
-inline constexpr int packed_heads(DType t) {
-  return t == DType::Q4_1 ? 32 : 16;
+// Bytes of the f16 fields of one block of a packed type (2: d; 4: d and m), which lie
+// first in a GGUF block and, 8 rows at a time, in a packed group.
+inline constexpr int packed_fields(DType t) {
+  return t == DType::Q4_1 || t == DType::Q5_1 ? 4 : 2;
+}
+// Bytes of the high-bit word qh of one block (4 for the 5-bit types, after the fields in
+// GGUF's block and after the 8 rows' fields in a packed group).
+inline constexpr int packed_qh(DType t) {
+  return t == DType::Q5_0 || t == DType::Q5_1 ? 4 : 0;
 }
 inline constexpr int64_t kMaxLegacyBlock = 34;  // the largest 32-element block (Q8_0)
 
@@ -69,10 +75,12 @@ inline const uint8_t* legacy_block(const WeightMatrix& w, int64_t r, int64_t b, 
                          static_cast<uint64_t>(b) * 8 * bb;
   const auto i = static_cast<uint64_t>(r & 7);
   if (!packs_nibbles(w.type)) return group + i * bb;
-  const int heads = packed_heads(w.type);
-  for (int f = 0; f < heads / 16; ++f) std::memcpy(tmp + 2 * f, group + 16 * f + 2 * i, 2);
-  for (int k = 0; k < 4; ++k)
-    std::memcpy(tmp + heads / 8 + 4 * k, group + heads + 32 * k + 4 * i, 4);
+  const int fields = packed_fields(w.type), qh = packed_qh(w.type);
+  for (int f = 0; f < fields / 2; ++f) std::memcpy(tmp + 2 * f, group + 16 * f + 2 * i, 2);
+  if (qh != 0) std::memcpy(tmp + fields, group + 8 * fields + 4 * i, 4);
+  for (int k = 0; k < 4; ++k) {
+    std::memcpy(tmp + fields + qh + 4 * k, group + 8 * (fields + qh) + 32 * k + 4 * i, 4);
+  }
   return tmp;
 }
 

@@ -397,6 +397,44 @@ TEST(Matmul, InterleavedRowsGiveTheBitsOfGgufRows) {
   }
 }
 
+// The largest integer sums a block can make (every value at its type's maximum, every
+// activation at +-127) come out the same from the interleaved groups as from GGUF's rows
+// in every family: the packed kernels add products in int16 before widening, and these
+// blocks are where that would overflow.
+TEST(Matmul, InterleavedRowsHoldTheLargestBlockSums) {
+  ThreadPool pool(2);
+  for (DType t : kIntegerTypes) {
+    if (!can_interleave(t)) continue;
+    for (uint8_t fill : {uint8_t{0xFF}, uint8_t{0x80}, uint8_t{0x81}}) {
+      const int64_t rows = 24, cols = 128;
+      TestMatrix m = make_matrix(t, rows, cols, 77);
+      std::vector<bool> scale(static_cast<size_t>(dtype_info(t).type_size), false);
+      for (int off : f16_fields(t))
+        scale[static_cast<size_t>(off)] = scale[static_cast<size_t>(off) + 1] = true;
+      const uint64_t bb = dtype_info(t).type_size;
+      auto* data = static_cast<uint8_t*>(const_cast<void*>(m.w.data));
+      for (uint64_t i = 0; i < m.w.row_bytes * rows; ++i) {
+        if (!scale[i % bb]) data[i] = fill;
+      }
+      std::vector<uint8_t> copy(m.w.row_bytes * static_cast<uint64_t>(rows));
+      const WeightMatrix w8 = interleave_rows8(m.w, copy.data());
+      for (float sign : {1.0f, -1.0f}) {
+        const std::vector<float> x(static_cast<size_t>(cols), sign);
+        for (KernelIsa isa : available_isas()) {
+          std::vector<float> want(static_cast<size_t>(rows)), got(want.size(), NAN);
+          Activations a1, a2;
+          a1.set(x.data(), 1, cols);
+          a2.set(x.data(), 1, cols);
+          matmul_with(isa, m.w, a1, want.data(), rows, pool);
+          matmul_with(isa, w8, a2, got.data(), rows, pool);
+          ASSERT_EQ(got, want) << dtype_name(t) << " fill " << int{fill} << " sign " << sign << " "
+                               << isa_name(isa);
+        }
+      }
+    }
+  }
+}
+
 TEST(Matmul, InterleavingIsOnlyForTheTypesThatTakeIt) {
   const TestMatrix q4k = make_matrix(DType::Q4_K, 16, 256, 61);
   const TestMatrix f16 = make_matrix(DType::F16, 16, 64, 62);

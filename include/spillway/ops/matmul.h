@@ -28,11 +28,12 @@ enum class WeightLayout : uint8_t {
   // (every full group), the blocks b of the 8 rows lie together at data + 8g * row_bytes +
   // 8b * block bytes, so that a matrix-vector product reads the group front to back; the
   // rows after the last full group are as in kRows. Same size as kRows. Only for the types
-  // can_interleave() accepts. Q5_0, Q5_1 and Q8_0 keep each block whole (row 8g + i's at
-  // i block bytes); Q4_0 and Q4_1 store the 8 blocks as the kernels consume them: the 8
-  // rows' f16 d, for Q4_1 then their 8 f16 m, then the nibble bytes in 4 pieces of 32
-  // bytes, piece k holding bytes 4k..4k+3 of rows 0..7's 16 (4 bytes of a row per 32-bit
-  // lane, so that integer dot products need no horizontal adds).
+  // can_interleave() accepts. Q8_0 keeps each block whole (row 8g + i's at i block
+  // bytes); Q4_0, Q4_1, Q5_0 and Q5_1 store the 8 blocks as the kernels consume them: the
+  // 8 rows' f16 d, for Q4_1 / Q5_1 then their 8 f16 m, for Q5_0 / Q5_1 then their 8
+  // 32-bit qh words, then the nibble bytes in 4 pieces of 32 bytes, piece k holding bytes
+  // 4k..4k+3 of rows 0..7's 16 (4 bytes of a row per 32-bit lane, so that integer dot
+  // products need no horizontal adds).
   kRows8,
 };
 
