@@ -91,76 +91,21 @@ inline __m256i packed_fivebit_dot8(const PackedNibbles8& u, const int8_t* xq) {
   return _mm256_add_epi32(_mm256_madd_epi16(s[0], ones), _mm256_madd_epi16(s[1], ones));
 }
 
-// Weight block types. unpack() prepares the blocks at p[r] + off of 8 rows, dot() gives
-// their 8 integer row sums against one activation block, scales() (from the blocks or what
-// unpack() loaded) the 8 scales d and
-// (types with a min) the 8 terms m per unit of activation sum (Q4_1, Q5_1: m; Q4_0: -8 d;
-// Q5_0: -16 d).
-// A full interleaved group (InterleavedRows, kStride != 0) is packed: see packs_nibbles.
-struct Q4_0W {
-  static constexpr int kBytes = sizeof(BlockQ4_0);
-  static constexpr bool kHasMin = true;
+// Weight block types: the blocks of matmul_groups_avx2.h (unpack, scales) with dot(), their
+// 8 integer row sums against one activation block.
+struct Q4_0W : Q4_0Blocks {
   static constexpr int kC = 4;
-  template <class P>
-  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Nibbles8>::type;
-  template <class P>
-  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
-    if constexpr (P::kStride != 0) {
-      unpack_packed_nibbles8<8 * packed_fields(DType::Q4_0)>(p[0] + off, u);
-    } else {
-      unpack_nibbles8(p, off + offsetof(BlockQ4_0, qs), u);
-    }
-  }
   static SPW_INLINE __m256i dot(const Nibbles8& u, const int8_t* xq) { return nibble_dot8(u, xq); }
   static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
     return packed_nibble_dot8(u, xq);
-  }
-  template <class P>
-  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>&, __m256& d, __m256& m) {
-    if constexpr (P::kStride != 0) {
-      d = packed_f16x8(p[0] + off);
-    } else {
-      d = f16x8(p, off);
-    }
-    m = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
   }
 };
 
-struct Q4_1W {
-  static constexpr int kBytes = sizeof(BlockQ4_1);
-  static constexpr bool kHasMin = true;
+struct Q4_1W : Q4_1Blocks {
   static constexpr int kC = 4;
-  template <class P>
-  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Nibbles8>::type;
-  template <class P>
-  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
-    if constexpr (P::kStride != 0) {
-      unpack_packed_nibbles8<8 * packed_fields(DType::Q4_1)>(p[0] + off, u);
-    } else {
-      unpack_nibbles8(p, off + offsetof(BlockQ4_1, qs), u);
-    }
-  }
   static SPW_INLINE __m256i dot(const Nibbles8& u, const int8_t* xq) { return nibble_dot8(u, xq); }
   static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
     return packed_nibble_dot8(u, xq);
-  }
-  // Packed: d and m of rows 0..7 in a row. Else the {d, m} pairs of rows (0, 1, 4, 5) and
-  // (2, 3, 6, 7) as f32, so that the even / odd lanes of the two interleave into rows 0..7.
-  template <class P>
-  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>&, __m256& d, __m256& m) {
-    if constexpr (P::kStride != 0) {
-      d = packed_f16x8(p[0] + off);
-      m = packed_f16x8(p[0] + off + 16);
-    } else {
-      const __m256 a = _mm256_cvtph_ps(_mm_setr_epi32(
-          static_cast<int>(load_u32(p[0] + off)), static_cast<int>(load_u32(p[1] + off)),
-          static_cast<int>(load_u32(p[4] + off)), static_cast<int>(load_u32(p[5] + off))));
-      const __m256 b = _mm256_cvtph_ps(_mm_setr_epi32(
-          static_cast<int>(load_u32(p[2] + off)), static_cast<int>(load_u32(p[3] + off)),
-          static_cast<int>(load_u32(p[6] + off)), static_cast<int>(load_u32(p[7] + off))));
-      d = _mm256_shuffle_ps(a, b, 0x88);
-      m = _mm256_shuffle_ps(a, b, 0xDD);
-    }
   }
 };
 
@@ -185,72 +130,24 @@ inline __m256i fivebit_dot8(const Nibbles8& u, const int8_t* xq) {
 }
 
 // Q5_0: {f16 d, qh[4], qs[16]}.
-struct Q5_0W {
-  static constexpr int kBytes = sizeof(BlockQ5_0);
-  static constexpr bool kHasMin = true;
+struct Q5_0W : Q5_0Blocks {
   static constexpr int kC = 4;
-  template <class P>
-  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Fivebit8>::type;
-  template <class P>
-  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
-    if constexpr (P::kStride != 0) {
-      constexpr int kF = packed_fields(DType::Q5_0);
-      unpack_packed_fivebit8<8 * kF, 8 * (kF + 4)>(p[0] + off, u);
-    } else {
-      unpack_fivebit8<2, 6, false>(p, off, u);
-    }
-  }
   static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) {
     return fivebit_dot8(u.q, xq);
   }
   static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
     return packed_fivebit_dot8(u, xq);
-  }
-  template <class P>
-  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>& u, __m256& d,
-                                __m256& m) {
-    if constexpr (P::kStride != 0) {
-      d = packed_f16x8(p[0] + off);
-      m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
-    } else {
-      d = u.d;
-      m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
-    }
   }
 };
 
 // Q5_1: {f16 d, f16 m, qh[4], qs[16]}.
-struct Q5_1W {
-  static constexpr int kBytes = sizeof(BlockQ5_1);
-  static constexpr bool kHasMin = true;
+struct Q5_1W : Q5_1Blocks {
   static constexpr int kC = 4;
-  template <class P>
-  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Fivebit8>::type;
-  template <class P>
-  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
-    if constexpr (P::kStride != 0) {
-      constexpr int kF = packed_fields(DType::Q5_1);
-      unpack_packed_fivebit8<8 * kF, 8 * (kF + 4)>(p[0] + off, u);
-    } else {
-      unpack_fivebit8<4, 8, true>(p, off, u);
-    }
-  }
   static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) {
     return fivebit_dot8(u.q, xq);
   }
   static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
     return packed_fivebit_dot8(u, xq);
-  }
-  template <class P>
-  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>& u, __m256& d,
-                                __m256& m) {
-    if constexpr (P::kStride != 0) {
-      d = packed_f16x8(p[0] + off);
-      m = packed_f16x8(p[0] + off + 16);
-    } else {
-      d = u.d;
-      m = u.m;
-    }
   }
 };
 

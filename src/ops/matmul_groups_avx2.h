@@ -266,6 +266,126 @@ inline __m256i q4_k_scales_mins(__m256i h) {
   return _mm256_or_si256(low, top);
 }
 
+// ---- the blocks of the 32-element types, as the group kernels read them ----
+//
+// unpack() prepares the blocks at p[r] + off of 8 rows (a full interleaved group, P =
+// InterleavedRows, is packed: see packs_nibbles in matmul_internal.h), scales() gives
+// (from the blocks or what unpack() loaded) the 8 scales d and the 8 terms m per unit of
+// activation sum (Q4_1, Q5_1: m; Q4_0: -8 d; Q5_0: -16 d). The AVX2 and AVX-512 kernel
+// structs derive from these and add their integer products, dot(), and their tile width
+// kC (tokens per unpacked block).
+
+struct Q4_0Blocks {
+  static constexpr int kBytes = sizeof(BlockQ4_0);
+  static constexpr bool kHasMin = true;
+  template <class P>
+  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Nibbles8>::type;
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
+    if constexpr (P::kStride != 0) {
+      unpack_packed_nibbles8<8 * packed_fields(DType::Q4_0)>(p[0] + off, u);
+    } else {
+      unpack_nibbles8(p, off + offsetof(BlockQ4_0, qs), u);
+    }
+  }
+  template <class P>
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>&, __m256& d, __m256& m) {
+    if constexpr (P::kStride != 0) {
+      d = packed_f16x8(p[0] + off);
+    } else {
+      d = f16x8(p, off);
+    }
+    m = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
+  }
+};
+
+struct Q4_1Blocks {
+  static constexpr int kBytes = sizeof(BlockQ4_1);
+  static constexpr bool kHasMin = true;
+  template <class P>
+  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Nibbles8>::type;
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
+    if constexpr (P::kStride != 0) {
+      unpack_packed_nibbles8<8 * packed_fields(DType::Q4_1)>(p[0] + off, u);
+    } else {
+      unpack_nibbles8(p, off + offsetof(BlockQ4_1, qs), u);
+    }
+  }
+  // Packed: d and m of rows 0..7 in a row. Else the {d, m} pairs of rows (0, 1, 4, 5) and
+  // (2, 3, 6, 7) as f32, so that the even / odd lanes of the two interleave into rows 0..7.
+  template <class P>
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>&, __m256& d, __m256& m) {
+    if constexpr (P::kStride != 0) {
+      d = packed_f16x8(p[0] + off);
+      m = packed_f16x8(p[0] + off + 16);
+    } else {
+      const __m256 a = _mm256_cvtph_ps(_mm_setr_epi32(
+          static_cast<int>(load_u32(p[0] + off)), static_cast<int>(load_u32(p[1] + off)),
+          static_cast<int>(load_u32(p[4] + off)), static_cast<int>(load_u32(p[5] + off))));
+      const __m256 b = _mm256_cvtph_ps(_mm_setr_epi32(
+          static_cast<int>(load_u32(p[2] + off)), static_cast<int>(load_u32(p[3] + off)),
+          static_cast<int>(load_u32(p[6] + off)), static_cast<int>(load_u32(p[7] + off))));
+      d = _mm256_shuffle_ps(a, b, 0x88);
+      m = _mm256_shuffle_ps(a, b, 0xDD);
+    }
+  }
+};
+
+struct Q5_0Blocks {
+  static constexpr int kBytes = sizeof(BlockQ5_0);
+  static constexpr bool kHasMin = true;
+  template <class P>
+  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Fivebit8>::type;
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
+    if constexpr (P::kStride != 0) {
+      constexpr int kF = packed_fields(DType::Q5_0);
+      unpack_packed_fivebit8<8 * kF, 8 * (kF + 4)>(p[0] + off, u);
+    } else {
+      unpack_fivebit8<offsetof(BlockQ5_0, qh), offsetof(BlockQ5_0, qs), false>(p, off, u);
+    }
+  }
+  template <class P>
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>& u, __m256& d,
+                                __m256& m) {
+    if constexpr (P::kStride != 0) {
+      d = packed_f16x8(p[0] + off);
+      m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+    } else {
+      d = u.d;
+      m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+    }
+  }
+};
+
+struct Q5_1Blocks {
+  static constexpr int kBytes = sizeof(BlockQ5_1);
+  static constexpr bool kHasMin = true;
+  template <class P>
+  using Unpacked = typename Pick<P::kStride != 0, PackedNibbles8, Fivebit8>::type;
+  template <class P>
+  static SPW_INLINE void unpack(const P& p, int64_t off, Unpacked<P>& u) {
+    if constexpr (P::kStride != 0) {
+      constexpr int kF = packed_fields(DType::Q5_1);
+      unpack_packed_fivebit8<8 * kF, 8 * (kF + 4)>(p[0] + off, u);
+    } else {
+      unpack_fivebit8<offsetof(BlockQ5_1, qh), offsetof(BlockQ5_1, qs), true>(p, off, u);
+    }
+  }
+  template <class P>
+  static SPW_INLINE void scales(const P& p, int64_t off, const Unpacked<P>& u, __m256& d,
+                                __m256& m) {
+    if constexpr (P::kStride != 0) {
+      d = packed_f16x8(p[0] + off);
+      m = packed_f16x8(p[0] + off + 16);
+    } else {
+      d = u.d;
+      m = u.m;
+    }
+  }
+};
+
 // y[c * ldy + r] = row p[r] . token c for r < n_rows (<= 8) and C tokens, block b of row r
 // at p[r] + b * bs (bs: W::kBytes in GGUF's row layout, 8 W::kBytes in a group of
 // interleaved rows, WeightLayout::kRows8). When `pf` is set
