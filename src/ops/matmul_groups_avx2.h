@@ -1,9 +1,9 @@
 // Building blocks of the 8-row group kernels, shared by the AVX2 and the AVX-512 matmul
 // files (internal linkage in each): block loads of 8 rows (GGUF's rows and the packed
 // groups of WeightLayout::kRows8), the 32-element types' unpacking and scales, row
-// reductions, stores and the tile driver tile_groups. Include only after the file's target pragma (or clang's
-// attribute push), and after matmul_internal.h; see matmul_avx2.cpp for the group layout
-// these assume.
+// reductions, stores and the tile driver tile_groups. Include only after the file's target pragma
+// (or clang's attribute push), and after matmul_internal.h; see matmul_avx2.cpp for the group
+// layout these assume.
 #pragma once
 
 #include "simd_avx2.h"
