@@ -352,11 +352,10 @@ struct Q5_0Blocks {
                                 __m256& m) {
     if constexpr (P::kStride != 0) {
       d = packed_f16x8(p[0] + off);
-      m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
     } else {
       d = u.d;
-      m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
     }
+    m = _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
   }
 };
 
