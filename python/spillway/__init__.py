@@ -27,11 +27,13 @@ from ._spillway import (
     PerplexityResult,
     PlanBuilder,
     Session,
+    SinkReport,
     Tokenizer,
     UnsupportedError,
     ablate_sinks,
     perplexity,
     sink_rate,
+    sink_report,
 )
 from ._spillway import _generate
 
@@ -52,6 +54,7 @@ __all__ = [
     "PlanBuilder",
     "Policy",
     "Session",
+    "SinkReport",
     "Tokenizer",
     "UnsupportedError",
     "ablate_sinks",
@@ -59,6 +62,7 @@ __all__ = [
     "generate",
     "perplexity",
     "sink_rate",
+    "sink_report",
 ]
 
 
@@ -76,6 +80,7 @@ def generate(
     repeat_last_n: int = 64,
     seed: int = 0,
     stop_at_eog: bool = True,
+    stop: Union[str, Sequence[str], None] = None,
     threads: int = 0,
 ) -> Generator:
     """Generates text from a prompt, as an iterator of text pieces::
@@ -86,9 +91,11 @@ def generate(
     ``model_or_session``: a Model (a new Session under ``policy`` with ``threads`` is made)
     or a Session (which must be fresh or continue the same stream). ``prompt``: text
     (tokenized with the model's tokenizer) or token ids. Sampling as the library's sampler
-    chain (temperature 0: greedy); the same seed gives the same text. The iterator's
-    ``tokens`` and ``stop_reason`` ('length', 'eog') tell what happened. The prompt is fed on
-    the first ``next()``; the GIL is released during each forward pass.
+    chain (temperature 0: greedy); the same seed gives the same text. ``stop``: a string or
+    strings where generation ends (the text before it is returned). The iterator's
+    ``tokens`` and ``stop_reason`` ('length', 'eog', 'stop') tell what happened. The prompt
+    is fed on the first ``next()``; the GIL is released during each forward pass. Pieces are
+    whole UTF-8 characters: a character split across tokens comes out once complete.
     """
     if isinstance(model_or_session, Session):
         session = model_or_session
@@ -110,6 +117,7 @@ def generate(
         repeat_last_n,
         seed,
         stop_at_eog,
+        [stop] if isinstance(stop, str) else list(stop or []),
     )
 
 

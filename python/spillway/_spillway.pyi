@@ -283,7 +283,7 @@ class PerplexityResult:
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict (nll included), e.g. for pandas.DataFrame."""
 
-def _generate(session: Session, prompt: str | ArrayLike, max_new_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float, repeat_last_n: int, seed: int, stop_at_eog: bool) -> Generator: ...
+def _generate(session: Session, prompt: str | ArrayLike, max_new_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float, repeat_last_n: int, seed: int, stop_at_eog: bool, stop: Sequence[str]) -> Generator: ...
 
 def perplexity(model: Model, ids: ArrayLike, policies: str | Policy | Sequence[str | Policy] = 'full', chunk: int = 128, score_from: int = 1, threads: int = 0, progress: Callable[[int, int], object] | None = None) -> list[PerplexityResult]:
     """
@@ -310,7 +310,9 @@ class Generator:
 
     @property
     def stop_reason(self) -> str:
-        """'length', 'eog' (end-of-generation token), or '' while running."""
+        """
+        'length', 'eog' (end-of-generation token), 'stop' (a stop string), or '' while running.
+        """
 
     @property
     def session_obj(self) -> Session:
@@ -455,7 +457,112 @@ class AblationResult:
     @property
     def sink_hidden_ratio(self) -> NDArray[numpy.float64]: ...
 
+    @property
+    def spearman_heads(self) -> dict[str, float]:
+        """
+        Spearman rank correlations over heads: {'pairs', 'delta_vs_mass', 'delta_vs_hidden', 'mass_vs_hidden'} (NaN without a per-head pass).
+        """
+
+    @property
+    def spearman_layers(self) -> dict[str, float]:
+        """The same over layers (each layer's mean sink mass; NaN without a per-layer pass)."""
+
 def ablate_sinks(model: Model, ids: ArrayLike, policy: str = 'sink:4+252', score_from: int = 0, chunk: int = 64, threads: int = 0, per_layer: bool = True, per_head: bool = True, layers: Sequence[int] = [], heads: Sequence[tuple[int, int]] = []) -> AblationResult:
     """
     Causal sink dependence (analysis/sinks.h): the targets from score_from on predicted once as they are and once per ablation (a head, or every head of a layer, whose softmax leaves out the sink slots). The GIL is released.
+    """
+
+class SinkReport:
+    """
+    Where a model's heads dump their attention surplus over one stream (spillway.sink_report; `spillway sinks` prints the same).
+    """
+
+    @property
+    def n_layer(self) -> int: ...
+
+    @property
+    def n_head(self) -> int: ...
+
+    @property
+    def tokens(self) -> int:
+        """Stream tokens recorded (N)."""
+
+    @property
+    def first_tokens(self) -> int:
+        """T = min(64, N): the full-attention prefix of Gu et al.'s sink rate."""
+
+    @property
+    def eps(self) -> float: ...
+
+    @property
+    def sink_rate_first(self) -> float:
+        """% of heads with alpha_1 > eps over the first T tokens, full cache."""
+
+    @property
+    def sink_rate_stream(self) -> float:
+        """% of heads with alpha_1 > eps over the N tokens under the policy."""
+
+    @property
+    def alpha1(self) -> NDArray[numpy.float64]:
+        """[n_layer, n_head] the first token's sink score."""
+
+    @property
+    def alpha1_first(self) -> NDArray[numpy.float64]:
+        """[n_layer, n_head] the same over the first T tokens."""
+
+    @property
+    def alpha_k(self) -> NDArray[numpy.float64]:
+        """[K, n_layer, n_head] sink scores of stream indices 1..K (K = min(8, N) - 1)."""
+
+    @property
+    def detected_sinks(self) -> NDArray[numpy.int64]:
+        """[n, 2] int64: (stream index, heads whose score exceeds eps) of each detected sink."""
+
+    @property
+    def local_window(self) -> NDArray[numpy.float64]:
+        """[n_layer] each layer's native window (0: global)."""
+
+    @property
+    def alpha1_mean(self) -> NDArray[numpy.float64]: ...
+
+    @property
+    def first_token_norm_ratio(self) -> NDArray[numpy.float64]:
+        """[n_layer] token 0's residual norm over the median token's (massive activation)."""
+
+    @property
+    def hidden_norm_median(self) -> NDArray[numpy.float64]: ...
+
+    @property
+    def first_token_value_norm(self) -> NDArray[numpy.float64]: ...
+
+    @property
+    def other_value_norm_median(self) -> NDArray[numpy.float64]: ...
+
+    @property
+    def key0_cos_mean_key(self) -> NDArray[numpy.float64]:
+        """[n_layer, n_head_kv] cosine of token 0's key with the mean key (NaN: not recorded)."""
+
+    @property
+    def top_stream(self) -> list[list[tuple[int, float]]]:
+        """Per layer: (stream index, share of the layer's attention), largest first."""
+
+    @property
+    def top_rank(self) -> list[list[tuple[int, float]]]:
+        """Per layer: (cache position, share of the layer's attention), largest first."""
+
+    @property
+    def mass_by_stream(self) -> NDArray[numpy.float64]:
+        """[n_layer, N] share of each layer's attention by key stream index."""
+
+    @property
+    def mass_by_rank(self) -> NDArray[numpy.float64]:
+        """[n_layer, positions] the same by cache position (zero-padded)."""
+
+    @property
+    def hidden_norm(self) -> NDArray[numpy.float64]:
+        """[n_layer + 1, N] residual-stream norms entering each layer and after the last."""
+
+def sink_report(model: Model, ids: ArrayLike, policy: str = 'full', tokens: int = 64, eps: float = 0.3, top: int = 3, chunk: int = 64, threads: int = 0) -> SinkReport:
+    """
+    The sink report of the first `tokens` ids under `policy` (analysis/sink_report.h), as `spillway sinks` computes it. The GIL is released.
     """

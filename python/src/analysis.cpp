@@ -12,6 +12,7 @@
 
 #include "common.h"
 #include "spillway/analysis/attention_stats.h"
+#include "spillway/analysis/sink_report.h"
 #include "spillway/analysis/sinks.h"
 #include "spillway/core/error.h"
 #include "spillway/session/session.h"
@@ -63,6 +64,34 @@ void check_layer(const AttentionStats& s, int64_t layer, int64_t kvh) {
 
 nb::ndarray<nb::numpy, double> table(std::vector<double> v, int64_t rows, int64_t cols) {
   return to_numpy(std::move(v), {sz(rows), sz(cols)});
+}
+
+// [rows][max row length] from rows of differing lengths (zero-padded).
+nb::ndarray<nb::numpy, double> ragged(const std::vector<std::vector<double>>& rows) {
+  size_t cols = 0;
+  for (const auto& r : rows) cols = std::max(cols, r.size());
+  std::vector<double> out(rows.size() * cols, 0.0);
+  for (size_t i = 0; i < rows.size(); ++i)
+    std::copy(rows[i].begin(), rows[i].end(), out.begin() + static_cast<ptrdiff_t>(i * cols));
+  return to_numpy(std::move(out), {rows.size(), cols});
+}
+
+// One field of every layer's report, as a [n_layer] array.
+template <class Get>
+nb::ndarray<nb::numpy, double> per_layer(const analysis::SinkReport& r, Get get) {
+  std::vector<double> v;
+  for (const auto& l : r.layers) v.push_back(static_cast<double>(get(l)));
+  const size_t n = v.size();
+  return to_numpy(std::move(v), {n});
+}
+
+nb::dict correlations_dict(const analysis::SinkCorrelations& c) {
+  nb::dict d;
+  d["pairs"] = c.pairs;
+  d["delta_vs_mass"] = c.delta_vs_mass;
+  d["delta_vs_hidden"] = c.delta_vs_hidden;
+  d["mass_vs_hidden"] = c.mass_vs_hidden;
+  return d;
 }
 
 }  // namespace
@@ -277,7 +306,20 @@ Records the queries of stream indices [first, first+count). Not for replaying po
             const size_t n = v.size();
             return to_numpy(std::move(v), {n});
           },
-          nb::rv_policy::automatic);
+          nb::rv_policy::automatic)
+      .def_prop_ro(
+          "spearman_heads",
+          [](const analysis::AblationResult& r) {
+            return correlations_dict(analysis::head_correlations(r));
+          },
+          "Spearman rank correlations over heads: {'pairs', 'delta_vs_mass', "
+          "'delta_vs_hidden', 'mass_vs_hidden'} (NaN without a per-head pass).")
+      .def_prop_ro(
+          "spearman_layers",
+          [](const analysis::AblationResult& r) {
+            return correlations_dict(analysis::layer_correlations(r));
+          },
+          "The same over layers (each layer's mean sink mass; NaN without a per-layer pass).");
 
   m.def(
       "ablate_sinks",
@@ -303,6 +345,144 @@ Records the queries of stream indices [first, first+count). Not for replaying po
       "Causal sink dependence (analysis/sinks.h): the targets from score_from on predicted "
       "once as they are and once per ablation (a head, or every head of a layer, whose "
       "softmax leaves out the sink slots). The GIL is released.");
+
+  using analysis::SinkReport;
+  nb::class_<SinkReport>(m, "SinkReport",
+                         "Where a model's heads dump their attention surplus over one stream "
+                         "(spillway.sink_report; `spillway sinks` prints the same).")
+      .def_ro("n_layer", &SinkReport::n_layer)
+      .def_ro("n_head", &SinkReport::n_head)
+      .def_ro("tokens", &SinkReport::tokens, "Stream tokens recorded (N).")
+      .def_ro("first_tokens", &SinkReport::first_tokens,
+              "T = min(64, N): the full-attention prefix of Gu et al.'s sink rate.")
+      .def_ro("eps", &SinkReport::eps)
+      .def_ro("sink_rate_first", &SinkReport::sink_rate_first,
+              "% of heads with alpha_1 > eps over the first T tokens, full cache.")
+      .def_ro("sink_rate_stream", &SinkReport::sink_rate_stream,
+              "% of heads with alpha_1 > eps over the N tokens under the policy.")
+      .def_prop_ro(
+          "alpha1", [](const SinkReport& r) { return table(r.alpha1, r.n_layer, r.n_head); },
+          nb::rv_policy::automatic, "[n_layer, n_head] the first token's sink score.")
+      .def_prop_ro(
+          "alpha1_first",
+          [](const SinkReport& r) { return table(r.alpha1_first, r.n_layer, r.n_head); },
+          nb::rv_policy::automatic, "[n_layer, n_head] the same over the first T tokens.")
+      .def_prop_ro(
+          "alpha_k",
+          [](const SinkReport& r) {
+            std::vector<double> v;
+            for (const auto& a : r.alpha_k) v.insert(v.end(), a.begin(), a.end());
+            return to_numpy(std::move(v), {r.alpha_k.size(), sz(r.n_layer), sz(r.n_head)});
+          },
+          nb::rv_policy::automatic,
+          "[K, n_layer, n_head] sink scores of stream indices 1..K (K = min(8, N) - 1).")
+      .def_prop_ro(
+          "detected_sinks",
+          [](const SinkReport& r) {
+            std::vector<int64_t> v;
+            for (const auto& d : r.detected_sinks) {
+              v.push_back(d.stream_index);
+              v.push_back(d.heads_over_eps);
+            }
+            return to_numpy(std::move(v), {r.detected_sinks.size(), size_t{2}});
+          },
+          nb::rv_policy::automatic,
+          "[n, 2] int64: (stream index, heads whose score exceeds eps) of each detected sink.")
+      .def_prop_ro(
+          "local_window",
+          [](const SinkReport& r) {
+            return per_layer(r, [](const auto& l) { return l.local_window; });
+          },
+          nb::rv_policy::automatic, "[n_layer] each layer's native window (0: global).")
+      .def_prop_ro(
+          "alpha1_mean",
+          [](const SinkReport& r) {
+            return per_layer(r, [](const auto& l) { return l.alpha1_mean; });
+          },
+          nb::rv_policy::automatic)
+      .def_prop_ro(
+          "first_token_norm_ratio",
+          [](const SinkReport& r) {
+            return per_layer(r, [](const auto& l) { return l.first_token_norm_ratio; });
+          },
+          nb::rv_policy::automatic,
+          "[n_layer] token 0's residual norm over the median token's (massive activation).")
+      .def_prop_ro(
+          "hidden_norm_median",
+          [](const SinkReport& r) {
+            return per_layer(r, [](const auto& l) { return l.hidden_norm_median; });
+          },
+          nb::rv_policy::automatic)
+      .def_prop_ro(
+          "first_token_value_norm",
+          [](const SinkReport& r) {
+            return per_layer(r, [](const auto& l) { return l.first_token_value_norm; });
+          },
+          nb::rv_policy::automatic)
+      .def_prop_ro(
+          "other_value_norm_median",
+          [](const SinkReport& r) {
+            return per_layer(r, [](const auto& l) { return l.other_value_norm_median; });
+          },
+          nb::rv_policy::automatic)
+      .def_prop_ro(
+          "key0_cos_mean_key",
+          [](const SinkReport& r) {
+            std::vector<std::vector<double>> rows;
+            for (const auto& l : r.layers) rows.push_back(l.key0_cos_mean_key);
+            return ragged(rows);
+          },
+          nb::rv_policy::automatic,
+          "[n_layer, n_head_kv] cosine of token 0's key with the mean key (NaN: not "
+          "recorded).")
+      .def_prop_ro(
+          "top_stream",
+          [](const SinkReport& r) {
+            std::vector<std::vector<std::pair<int64_t, double>>> v;
+            for (const auto& l : r.layers) v.push_back(l.top_stream);
+            return v;
+          },
+          "Per layer: (stream index, share of the layer's attention), largest first.")
+      .def_prop_ro(
+          "top_rank",
+          [](const SinkReport& r) {
+            std::vector<std::vector<std::pair<int64_t, double>>> v;
+            for (const auto& l : r.layers) v.push_back(l.top_rank);
+            return v;
+          },
+          "Per layer: (cache position, share of the layer's attention), largest first.")
+      .def_prop_ro(
+          "mass_by_stream", [](const SinkReport& r) { return ragged(r.mass_by_stream); },
+          nb::rv_policy::automatic,
+          "[n_layer, N] share of each layer's attention by key stream index.")
+      .def_prop_ro(
+          "mass_by_rank", [](const SinkReport& r) { return ragged(r.mass_by_rank); },
+          nb::rv_policy::automatic,
+          "[n_layer, positions] the same by cache position (zero-padded).")
+      .def_prop_ro(
+          "hidden_norm", [](const SinkReport& r) { return ragged(r.hidden_norm); },
+          nb::rv_policy::automatic,
+          "[n_layer + 1, N] residual-stream norms entering each layer and after the last.");
+
+  m.def(
+      "sink_report",
+      [](const PyModel& m, nb::handle ids, const std::string& policy, int64_t tokens, double eps,
+         int64_t top, int64_t chunk, int threads) {
+        const auto stream = token_ids(ids, m.model->config().n_vocab, "sink_report");
+        analysis::SinkReportOptions o;
+        o.policy = kv::PolicySpec(policy);
+        o.tokens = tokens;
+        o.eps = eps;
+        o.top = top;
+        o.chunk = chunk;
+        o.threads = threads;
+        nb::gil_scoped_release release;
+        return analysis::sink_report(*m.model, stream, o);
+      },
+      "model"_a, "ids"_a, "policy"_a = "full", "tokens"_a = 64, "eps"_a = 0.3, "top"_a = 3,
+      "chunk"_a = 64, "threads"_a = 0,
+      "The sink report of the first `tokens` ids under `policy` (analysis/sink_report.h), as "
+      "`spillway sinks` computes it. The GIL is released.");
 }
 
 }  // namespace spillway::python

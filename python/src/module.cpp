@@ -235,83 +235,31 @@ std::vector<PerplexityResult> perplexity(const PyModel& m, nb::handle ids, nb::h
 
 // --- generation --------------------------------------------------------------------------
 
-// spillway::generate() turned inside out: one sampled token per __next__, the same steps in
-// the same order (prompt check, prefill, sampler.accept of the prompt, then per token:
-// sample, stop at end-of-generation, accept, decode, feed), so the text equals the
-// library's for the same session state, sampler and options.
-struct Generator {
+// The library's Generator behind a Python iterator: the prompt is fed on the first
+// __next__ (checked as spillway::generate checks it), then each __next__ returns the next
+// non-empty piece of text; forward passes release the GIL.
+struct PyGenerator {
   nb::object session_obj;  // the PySession (the caller's, or one made for this generation)
   PySession* s = nullptr;
   std::vector<TokenId> prompt;
-  std::unique_ptr<Sampler> sampler;
-  std::unique_ptr<StreamDecoder> decoder;
-  int64_t max_new_tokens = 64;
-  bool stop_at_eog = true;
+  std::unique_ptr<Generator> gen;
   bool started = false;
-  bool done = false;
-  int64_t i = 0;
-  std::vector<TokenId> tokens;  // generated so far
-  std::string stop_reason;
-  std::string rest;  // held-back text, returned once at the end
-
-  void start() {
-    Session& session = *s->session;
-    const auto cap = session.cache().capacity();
-    if (prompt.empty()) throw InvalidArgument("generate: the prompt is empty (no tokens)");
-    if (cap && !session.cache().replay_from(0) &&
-        session.n_past() + static_cast<int64_t>(prompt.size()) > *cap)
-      throw InvalidArgument(fmt::format(
-          "generate: the prompt has {} tokens but the cache of policy '{}' holds {}; use a "
-          "larger cache or a shorter prompt",
-          session.n_past() + static_cast<int64_t>(prompt.size()), session.cache().describe(),
-          *cap));
-    {
-      nb::gil_scoped_release release;
-      session.feed(prompt);
-    }
-    for (TokenId t : prompt) sampler->accept(t);
-    decoder = std::make_unique<StreamDecoder>(s->model->tokenizer());
-    stop_reason = "length";
-    started = true;
-  }
-
-  void finish(const char* reason) {
-    if (reason) stop_reason = reason;
-    rest = decoder->flush();
-    done = true;
-  }
 
   nb::str next() {
+    if (!started) {
+      check_prompt_fits(*s->session, static_cast<int64_t>(prompt.size()));
+      nb::gil_scoped_release release;
+      gen->feed(prompt);
+      started = true;
+    }
     for (;;) {
-      if (done) {
-        if (!rest.empty()) {
-          std::string r = std::move(rest);
-          rest.clear();
-          return utf8_text(r);
-        }
-        throw nb::stop_iteration();
-      }
-      if (!started) start();
-      if (i >= max_new_tokens) {
-        finish(nullptr);
-        continue;
-      }
-      Session& session = *s->session;
-      if (i > 0) {
-        const TokenId one[1] = {tokens.back()};
+      std::optional<GeneratedPiece> piece;
+      {
         nb::gil_scoped_release release;
-        session.feed(one);
+        piece = gen->next();
       }
-      const TokenId next = sampler->sample(session.last_logits(), s->model->config().n_vocab);
-      if (stop_at_eog && s->model->tokenizer().is_eog(next)) {
-        finish("eog");
-        continue;
-      }
-      sampler->accept(next);
-      tokens.push_back(next);
-      ++i;
-      std::string piece = decoder->push(next);
-      if (!piece.empty()) return utf8_text(piece);
+      if (!piece) throw nb::stop_iteration();
+      if (!piece->text.empty()) return utf8_text(piece->text);
     }
   }
 };
@@ -619,29 +567,35 @@ the same NLLs). score_from: first scored stream index. progress: called as
 progress(done, total) after each chunk. Returns a list of PerplexityResult, one per
 policy, in order.)");
 
-  nb::class_<Generator>(m, "Generator",
-                        "Iterator of generated text pieces (spillway.generate); `tokens` and "
-                        "`stop_reason` tell what happened.")
+  nb::class_<PyGenerator>(m, "Generator",
+                          "Iterator of generated text pieces (spillway.generate); `tokens` and "
+                          "`stop_reason` tell what happened.")
       .def("__iter__", [](nb::handle self) { return nb::borrow(self); })
-      .def("__next__", &Generator::next)
+      .def("__next__", &PyGenerator::next)
       .def_prop_ro(
           "tokens",
-          [](const Generator& g) {
-            std::vector<TokenId> v = g.tokens;
+          [](const PyGenerator& g) {
+            std::vector<TokenId> v = g.gen->tokens();
             const size_t n = v.size();
             return to_numpy(std::move(v), {n});
           },
           nb::rv_policy::automatic, "Ids generated so far (int32).")
-      .def_ro("stop_reason", &Generator::stop_reason,
-              "'length', 'eog' (end-of-generation token), or '' while running.")
-      .def_ro("session_obj", &Generator::session_obj, "The session generating.");
+      .def_prop_ro(
+          "stop_reason",
+          [](const PyGenerator& g) {
+            return g.gen->done() ? std::string(stop_reason_name(g.gen->stop_reason()))
+                                 : std::string();
+          },
+          "'length', 'eog' (end-of-generation token), 'stop' (a stop string), or '' while "
+          "running.")
+      .def_ro("session_obj", &PyGenerator::session_obj, "The session generating.");
 
   m.def(
       "_generate",
       [](nb::object session, nb::handle prompt, int64_t max_new_tokens, float temperature,
          int top_k, float top_p, float min_p, float repeat_penalty, int repeat_last_n,
-         uint64_t seed, bool stop_at_eog) {
-        auto g = std::make_unique<Generator>();
+         uint64_t seed, bool stop_at_eog, std::vector<std::string> stop) {
+        auto g = std::make_unique<PyGenerator>();
         g->session_obj = session;
         g->s = nb::cast<PySession*>(session);
         if (nb::isinstance<nb::str>(prompt)) {
@@ -657,14 +611,15 @@ policy, in order.)");
         sp.repeat_penalty = repeat_penalty;
         sp.repeat_last_n = repeat_last_n;
         sp.seed = seed;
-        g->sampler = make_sampler(sp);
-        if (max_new_tokens < 0) throw InvalidArgument("generate: max_new_tokens must be >= 0");
-        g->max_new_tokens = max_new_tokens;
-        g->stop_at_eog = stop_at_eog;
+        GenerateOptions go;
+        go.max_new_tokens = max_new_tokens;
+        go.stop_at_eog = stop_at_eog;
+        go.stop = std::move(stop);
+        g->gen = std::make_unique<Generator>(*g->s->session, sp, std::move(go));
         return g;
       },
       "session"_a, "prompt"_a, "max_new_tokens"_a, "temperature"_a, "top_k"_a, "top_p"_a, "min_p"_a,
-      "repeat_penalty"_a, "repeat_last_n"_a, "seed"_a, "stop_at_eog"_a);
+      "repeat_penalty"_a, "repeat_last_n"_a, "seed"_a, "stop_at_eog"_a, "stop"_a);
 
   bind_analysis(m);
 }

@@ -122,6 +122,26 @@ def test_generate_equals_the_cli(model, cli):
     assert a == b
 
 
+def test_generate_stop_string_and_characters_across_tokens(model, cli):
+    # "! I" is two tokens, the emoji three: the pieces are whole characters and the text
+    # ends before the stop string, as the CLI's does.
+    prompt = "I love pizza \U0001F600! I love pasta \U0001F600! I love cake"
+    assert len(model.tokenize("! I", add_bos=False)) == 2
+    whole = list(spillway.generate(model, prompt, 12))
+    assert "\U0001F600! I love" in "".join(whole)
+    # (the 12th token ends inside a character: the last piece is its bytes, as U+FFFD)
+    assert all("\ufffd" not in p for p in whole[:-1]) and whole[-1] == "\ufffd"
+    gen = spillway.generate(model, prompt, 12, stop="! I")
+    pieces = list(gen)
+    assert "".join(pieces) == " \U0001F600"
+    assert all("\ufffd" not in p for p in pieces)
+    assert gen.stop_reason == "stop"
+    want = run_cli(cli, "generate", "--model", str(MODEL), "--prompt", prompt, "-n", "12", "--stop", "! I")
+    assert prompt + "".join(pieces) + "\n" == want
+    with pytest.raises(spillway.InvalidArgument, match="stop string is empty"):
+        spillway.generate(model, prompt, 4, stop=["x", ""])
+
+
 def test_generate_checks_the_prompt_against_the_cache(model):
     with pytest.raises(spillway.InvalidArgument, match="holds 8"):
         next(spillway.generate(model, "one two three four five six seven eight nine ten", 4, policy="sink:4+4"))
@@ -146,6 +166,15 @@ def test_sink_scores_equal_the_cli(model, corpus_text, cli, tmp_path):
     assert stats.hidden_norm().shape == (31, 128)
     assert stats.key_norm().shape == (30, 128, 3)
     assert stats.key(0, 0, 0).shape == (64,)
+    # The whole report, as the library computes it for the CLI.
+    r = spillway.sink_report(model, ids, "sink:4+60", tokens=128, threads=2)
+    np.testing.assert_array_equal(r.alpha1, np.asarray(want["alpha1"], dtype=np.float64))
+    assert (r.sink_rate_first, r.sink_rate_stream) == (want["sink_rate"]["first_64"], want["sink_rate"]["stream"])
+    assert r.detected_sinks.tolist() == [[d["stream_index"], d["heads_over_eps"]] for d in want["detected_sinks"]]
+    np.testing.assert_array_equal(r.mass_by_stream, np.asarray(want["mass_by_stream"]))
+    np.testing.assert_array_equal(r.hidden_norm, np.asarray(want["hidden_norm"]))
+    assert [t[0] for t in r.top_stream[3]] == [e[0] for e in want["layers"][3]["top_stream"]]
+    np.testing.assert_array_equal(r.first_token_norm_ratio, [l["first_token_norm_ratio"] for l in want["layers"]])
 
 
 def test_checkpoint_restore_and_generate_from_a_session(model, stream):

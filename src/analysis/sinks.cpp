@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "spillway/core/error.h"
+#include "spillway/core/stats.h"
 #include "spillway/session/perplexity.h"
 #include "spillway/session/session.h"
 
@@ -97,17 +98,6 @@ double spearman(std::span<const double> a, std::span<const double> b) {
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
-
-double median(std::vector<double> v) {
-  v.erase(std::remove_if(v.begin(), v.end(), [](double x) { return std::isnan(x); }), v.end());
-  if (v.empty()) return kNaN;
-  const size_t m = v.size() / 2;
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(m), v.end());
-  if (v.size() % 2 == 1) return v[m];
-  const double hi = v[m];
-  const double lo = *std::max_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(m));
-  return 0.5 * (lo + hi);
-}
 
 double cosine(std::span<const float> a, std::span<const float> b) {
   if (a.size() != b.size() || a.empty()) return kNaN;
@@ -245,7 +235,7 @@ AblationResult ablate_sinks(const model::Model& model, std::span<const TokenId> 
     for (int64_t l = 0; l < c.n_layer; ++l) {
       std::vector<double> norms;
       for (int64_t i = 0; i < m; ++i) norms.push_back(head_stats.hidden_norm(l, i));
-      r.sink_hidden_ratio[static_cast<size_t>(l)] = norms[0] / median(norms);
+      r.sink_hidden_ratio[static_cast<size_t>(l)] = norms[0] / spillway::stats::median(norms);
     }
   }
   bool any_sink = false;

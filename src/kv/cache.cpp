@@ -185,4 +185,16 @@ void Cache::reset() {
   for (BatchPlan& p : step_.groups) p.clear();
 }
 
+uint64_t Cache::kv_bytes_read_per_token(int64_t depth) const {
+  const uint64_t per_token_layer =
+      2 * static_cast<uint64_t>(storage_.n_head_kv()) * static_cast<uint64_t>(storage_.row_bytes());
+  uint64_t total = 0;
+  for (const Group& g : groups_) {
+    const std::optional<int64_t> cap = g.policy->capacity();
+    const int64_t n = std::max<int64_t>(0, cap ? std::min(*cap, depth) : depth);
+    total += static_cast<uint64_t>(g.layers.size()) * per_token_layer * static_cast<uint64_t>(n);
+  }
+  return total;
+}
+
 }  // namespace spillway::kv

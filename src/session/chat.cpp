@@ -49,81 +49,52 @@ std::vector<TokenId> Chat::encode_content(std::string_view text) const {
   return text.empty() ? std::vector<TokenId>{} : session_.model().tokenizer().encode(text, o);
 }
 
-void Chat::feed(const std::vector<TokenId>& tokens, Sampler& sampler) {
-  if (tokens.empty()) return;
-  session_.feed(tokens);
-  for (TokenId t : tokens) sampler.accept(t);
-}
-
 ChatReply Chat::send(std::string_view user, Sampler& sampler, const TokenFn& on_token) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   const bool first = starts_.empty();
-  pending_.clear();
+  std::vector<TokenId> turn;
   auto append = [&](const std::vector<TokenId>& ids) {
-    pending_.insert(pending_.end(), ids.begin(), ids.end());
+    turn.insert(turn.end(), ids.begin(), ids.end());
   };
   const int64_t n0 = session_.n_past();
   const size_t new_starts = starts_.size();
   if (first) {
     append(encode_template(format_.start(), /*bos=*/true));
-    if (!pending_.empty()) starts_.push_back(n0);  // the conversation's start
+    if (!turn.empty()) starts_.push_back(n0);  // the conversation's start
   }
   // The user message, then the assistant's turn (from its header) as a message of its own.
-  starts_.push_back(n0 + static_cast<int64_t>(pending_.size()));
+  starts_.push_back(n0 + static_cast<int64_t>(turn.size()));
   append(encode_template(format_.user_prefix(first)));
   append(encode_content(user));
   append(encode_template(format_.user_suffix()));
-  starts_.push_back(n0 + static_cast<int64_t>(pending_.size()));
+  starts_.push_back(n0 + static_cast<int64_t>(turn.size()));
   append(encode_template(format_.assistant_header()));
   for (size_t i = new_starts; i < starts_.size(); ++i) session_.mark_turn_start(starts_[i]);
 
   ChatReply reply;
-  reply.prompt_tokens = static_cast<int64_t>(pending_.size());
+  reply.prompt_tokens = static_cast<int64_t>(turn.size());
   reply.answer.prompt_tokens = reply.prompt_tokens;
-  feed(pending_, sampler);
+  Generator gen(session_, sampler, opts_.generate);
+  gen.feed(turn);
   reply.answer.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
 
   // The answer: every sampled token but an end-of-generation one goes into the stream; the
-  // last one waits to be fed with the end of turn.
+  // last one is fed with the end of turn.
   const auto t1 = clock::now();
-  const Tokenizer& tok = session_.model().tokenizer();
-  const int64_t n_vocab = session_.model().config().n_vocab;
-  const GenerateOptions& go = opts_.generate;
-  StreamDecoder dec(tok);
-  GenerateResult& res = reply.answer;
-  res.stop_reason = "length";
-  pending_.clear();
-  for (int64_t i = 0; i < go.max_new_tokens; ++i) {
-    if (!pending_.empty()) {
-      feed(pending_, sampler);
-      pending_.clear();
-    }
-    const TokenId next = sampler.sample(session_.last_logits(), n_vocab);
-    if (go.stop_at_eog && tok.is_eog(next)) {
-      res.stop_reason = "eog";
-      break;
-    }
-    res.tokens.push_back(next);
-    pending_.push_back(next);
-    const std::string piece = dec.push(next);
-    res.text += piece;
-    if (on_token && !on_token(next, piece)) {
-      res.stop_reason = "callback";
-      break;
-    }
+  while (auto piece = gen.next()) {
+    if (on_token && !on_token(piece->token, piece->text)) gen.cancel();
   }
-  const std::string rest = dec.flush();
-  res.text += rest;
-  if (on_token && !rest.empty() && res.stop_reason != "callback") on_token(-1, rest);
   // Close the turn in the stream: the template's end of turn (it begins with the model's
   // end-of-turn token where the template has one, so an answer that ended by itself gets
   // the same tokens as one cut short).
   const std::vector<TokenId> closing = encode_template(format_.assistant_end());
   reply.closing_tokens = static_cast<int64_t>(closing.size());
-  pending_.insert(pending_.end(), closing.begin(), closing.end());
-  feed(pending_, sampler);
-  pending_.clear();
+  gen.feed(closing);
+  GenerateResult& res = reply.answer;
+  res.tokens = gen.tokens();
+  res.text = gen.text();
+  res.stop_reason = gen.stop_reason();
   res.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
   reply.stream_tokens = session_.n_past();
   return reply;
@@ -132,7 +103,6 @@ ChatReply Chat::send(std::string_view user, Sampler& sampler, const TokenFn& on_
 void Chat::reset() {
   session_.reset();
   starts_.clear();
-  pending_.clear();
 }
 
 ChatStats Chat::stats() const {

@@ -1,63 +1,218 @@
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
 #include <regex>
 
+#include "../tokenizer/utf8.h"
 #include "spillway/core/error.h"
 #include "spillway/session/chat.h"
 #include "spillway/session/generate.h"
 
 namespace spillway {
 
-GenerateResult generate(Session& session, std::span<const TokenId> prompt, Sampler& sampler,
-                        const GenerateOptions& opts, const TokenFn& on_token) {
-  if (prompt.empty()) throw InvalidArgument("generate: the prompt is empty (no tokens)");
+std::string_view stop_reason_name(StopReason r) {
+  switch (r) {
+    case StopReason::kLength:
+      return "length";
+    case StopReason::kEndOfGeneration:
+      return "eog";
+    case StopReason::kStopString:
+      return "stop";
+    case StopReason::kCancelled:
+      return "cancelled";
+    case StopReason::kNone:
+      break;
+  }
+  return "none";
+}
+
+StopMatcher::StopMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {
+  for (const auto& s : stops_) {
+    if (s.empty()) throw InvalidArgument("generate: a stop string is empty");
+    longest_ = std::max(longest_, s.size());
+  }
+}
+
+std::string StopMatcher::push(std::string_view piece) {
+  if (stopped_) return {};
+  text_ += piece;
+  // A stop string that ends in the new text starts at or after this point.
+  const size_t search_from = sent_ > longest_ ? sent_ - longest_ : 0;
+  size_t first = std::string::npos;
+  for (const auto& s : stops_) {
+    const size_t at = text_.find(s, search_from);
+    if (at != std::string::npos) first = std::min(first, at);
+  }
+  if (first != std::string::npos) {
+    stopped_ = true;
+    std::string out = first > sent_ ? text_.substr(sent_, first - sent_) : std::string();
+    sent_ = text_.size();
+    return out;
+  }
+  // Hold back the longest tail that is a proper prefix of some stop string, and never end
+  // inside a UTF-8 sequence.
+  size_t hold = 0;
+  for (const auto& s : stops_) {
+    for (size_t k = std::min(s.size() - 1, text_.size() - sent_); k > hold; --k) {
+      if (text_.compare(text_.size() - k, k, s, 0, k) == 0) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  const std::string_view ready = std::string_view(text_).substr(sent_, text_.size() - hold - sent_);
+  const size_t end = sent_ + tokenizer_detail::utf8_complete_prefix(ready);
+  std::string out = text_.substr(sent_, end - sent_);
+  sent_ = end;
+  return out;
+}
+
+std::string StopMatcher::finish() {
+  if (stopped_) return {};
+  std::string out = text_.substr(sent_);
+  sent_ = text_.size();
+  return out;
+}
+
+Generator::Generator(Session& session, Sampler& sampler, GenerateOptions opts)
+    : session_(session),
+      sampler_(sampler),
+      opts_(std::move(opts)),
+      decoder_(session.model().tokenizer()),
+      matcher_(opts_.stop) {
+  if (opts_.max_new_tokens < 0)
+    throw InvalidArgument(
+        fmt::format("generate: max_new_tokens must be >= 0, found {}", opts_.max_new_tokens));
+}
+
+Generator::Generator(Session& session, const SamplerParams& params, GenerateOptions opts)
+    : session_(session),
+      owned_sampler_(make_sampler(params)),
+      sampler_(*owned_sampler_),
+      opts_(std::move(opts)),
+      decoder_(session.model().tokenizer()),
+      matcher_(opts_.stop) {
+  if (opts_.max_new_tokens < 0)
+    throw InvalidArgument(
+        fmt::format("generate: max_new_tokens must be >= 0, found {}", opts_.max_new_tokens));
+}
+
+Generator::~Generator() = default;
+
+void Generator::feed(std::span<const TokenId> tokens) {
+  if (has_pending_) {
+    // One pass for the pending token and what follows it, as one feed of both would be.
+    std::vector<TokenId> all;
+    all.reserve(tokens.size() + 1);
+    all.push_back(pending_[0]);
+    all.insert(all.end(), tokens.begin(), tokens.end());
+    session_.feed(all);
+    has_pending_ = false;
+  } else if (!tokens.empty()) {
+    session_.feed(tokens);
+  }
+  for (TokenId t : tokens) sampler_.accept(t);
+}
+
+void Generator::accept_history(std::span<const TokenId> tokens) {
+  for (TokenId t : tokens) sampler_.accept(t);
+}
+
+std::span<const TokenId> Generator::pending() const {
+  return {pending_, has_pending_ ? 1u : 0u};
+}
+
+void Generator::mark_pending_fed() {
+  has_pending_ = false;
+}
+
+void Generator::stop(StopReason why) {
+  if (stop_ == StopReason::kNone) stop_ = why;
+}
+
+std::string Generator::drain() {
+  if (tail_given_) return {};
+  tail_given_ = true;
+  std::string rest;
+  if (!matcher_.stopped()) {
+    rest = matcher_.push(decoder_.flush());
+    rest += matcher_.finish();
+  }
+  text_ += rest;
+  return rest;
+}
+
+void Generator::cancel() {
+  stop(StopReason::kCancelled);
+  drain();
+}
+
+std::optional<GeneratedPiece> Generator::next() {
+  if (stop_ == StopReason::kNone && static_cast<int64_t>(tokens_.size()) >= opts_.max_new_tokens)
+    stop(StopReason::kLength);
+  if (stop_ != StopReason::kNone) {
+    std::string rest = drain();
+    if (rest.empty()) return std::nullopt;
+    return GeneratedPiece{GeneratedPiece::kNoToken, std::move(rest)};
+  }
+  if (has_pending_) {
+    session_.feed(pending());
+    has_pending_ = false;
+  }
+  const float* logits = session_.last_logits();
+  if (logits == nullptr)
+    throw InvalidArgument("generate: nothing was fed to the session yet (no logits to sample)");
+  const model::Model& model = session_.model();
+  const TokenId token = sampler_.sample(logits, model.config().n_vocab);
+  if (opts_.stop_at_eog && model.tokenizer().is_eog(token)) {
+    stop(StopReason::kEndOfGeneration);
+    return next();
+  }
+  sampler_.accept(token);
+  tokens_.push_back(token);
+  pending_[0] = token;
+  has_pending_ = true;
+  GeneratedPiece piece{token, matcher_.push(decoder_.push(token))};
+  text_ += piece.text;
+  if (matcher_.stopped())
+    stop(StopReason::kStopString);
+  else if (static_cast<int64_t>(tokens_.size()) >= opts_.max_new_tokens)
+    stop(StopReason::kLength);
+  return piece;
+}
+
+void check_prompt_fits(const Session& session, int64_t n_prompt) {
+  if (n_prompt <= 0) throw InvalidArgument("generate: the prompt is empty (no tokens)");
   const auto cap = session.cache().capacity();
-  if (cap && !session.cache().replay_from(0) &&
-      session.n_past() + static_cast<int64_t>(prompt.size()) > *cap) {
+  if (cap && !session.cache().replay_from(0) && session.n_past() + n_prompt > *cap) {
     // A streaming policy would evict part of the prompt before generation starts.
     throw InvalidArgument(fmt::format(
         "generate: the prompt has {} tokens but the cache of policy '{}' holds {}; use a larger "
         "cache or a shorter prompt",
-        session.n_past() + static_cast<int64_t>(prompt.size()), session.cache().describe(), *cap));
+        session.n_past() + n_prompt, session.cache().describe(), *cap));
   }
-  const model::Model& model = session.model();
-  const Tokenizer& tok = model.tokenizer();
-  const int64_t n_vocab = model.config().n_vocab;
+}
+
+GenerateResult generate(Session& session, std::span<const TokenId> prompt, Sampler& sampler,
+                        const GenerateOptions& opts, const TokenFn& on_token) {
+  check_prompt_fits(session, static_cast<int64_t>(prompt.size()));
+  Generator gen(session, sampler, opts);
   GenerateResult res;
   res.prompt_tokens = static_cast<int64_t>(prompt.size());
   using clock = std::chrono::steady_clock;
   auto t0 = clock::now();
-  session.feed(prompt);
-  for (TokenId t : prompt) sampler.accept(t);
+  gen.feed(prompt);
   res.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
-  StreamDecoder dec(tok);
-  res.stop_reason = "length";
   t0 = clock::now();
-  for (int64_t i = 0; i < opts.max_new_tokens; ++i) {
-    const TokenId next = sampler.sample(session.last_logits(), n_vocab);
-    if (opts.stop_at_eog && tok.is_eog(next)) {
-      res.stop_reason = "eog";
-      break;
-    }
-    sampler.accept(next);
-    res.tokens.push_back(next);
-    const std::string piece = dec.push(next);
-    res.text += piece;
-    if (on_token && !on_token(next, piece)) {
-      res.stop_reason = "callback";
-      break;
-    }
-    if (i + 1 < opts.max_new_tokens) {
-      const TokenId one[1] = {next};
-      session.feed(one);
-    }
+  while (auto piece = gen.next()) {
+    if (on_token && !on_token(piece->token, piece->text)) gen.cancel();
   }
-  const std::string rest = dec.flush();
-  res.text += rest;
-  if (on_token && !rest.empty() && res.stop_reason != "callback") on_token(-1, rest);
   res.decode_seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  res.tokens = gen.tokens();
+  res.text = gen.text();
+  res.stop_reason = gen.stop_reason();
   return res;
 }
 

@@ -41,6 +41,34 @@ check "stats after reset" 1 "$(grep -c '^\[0 tokens in the stream' <<<"$out")"
 check "unknown command" 1 "$(grep -c '^\[unknown command /bogus' <<<"$out")"
 check "reset" 1 "$(grep -c '^\[conversation reset\]' <<<"$out")"
 
+# A character of three tokens comes out whole (on screen and in the JSON), and a stop string
+# across two tokens ("," and " and") ends the answer before it.
+printf 'Say 😀 three times.\n' >"$TMP/emoji.txt"
+"$BIN" chat --model "$MODEL" --script "$TMP/emoji.txt" -n 9 -t 2 --json "$TMP/emoji.json" \
+  >"$TMP/emoji.out" 2>/dev/null
+check "emoji answer: three whole characters beyond the BMP" "True length" "$(python3 - "$TMP/emoji.json" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))["turns"][0]
+print(len(t["answer"]) == 3 and all(ord(c) > 0xFFFF for c in t["answer"]), t["stop"])
+PY
+)"
+check "emoji answer: printed as in the JSON" 1 \
+  "$(grep -cxF "assistant: $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['turns'][0]['answer'])" "$TMP/emoji.json")" "$TMP/emoji.out")"
+printf 'Complete: I love pizza 😀! I love pasta 😀! I love cake\n' >"$TMP/stop.txt"
+check "the stop string is two tokens" 2 \
+  "$("$BIN" tokenize --model "$MODEL" --text ', and' --no-bos --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])')"
+"$BIN" chat --model "$MODEL" --script "$TMP/stop.txt" -n 40 -t 2 --json "$TMP/nostop.json" >/dev/null 2>&1
+"$BIN" chat --model "$MODEL" --script "$TMP/stop.txt" -n 40 -t 2 --stop ", and" \
+  --json "$TMP/stopped.json" >/dev/null 2>&1
+check "stop string: the answer up to it" "True stop" "$(python3 - "$TMP/nostop.json" "$TMP/stopped.json" <<'PY'
+import json, sys
+whole = json.load(open(sys.argv[1]))["turns"][0]["answer"]
+cut = json.load(open(sys.argv[2]))["turns"][0]
+at = whole.find(", and")
+print(at > 0 and cut["answer"] == whole[:at], cut["stop"])
+PY
+)"
+
 # A script (plain and JSON lines) under a small cache: never more than S+W tokens held.
 for i in $(seq 1 30); do
   if ((i % 2)); then echo "Tell me about the number $i."; else echo "{\"user\": \"What is $i plus $i?\"}"; fi

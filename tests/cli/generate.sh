@@ -38,4 +38,17 @@ c=$("$BIN" generate --model "$MODEL" --prompt "Once upon a time" -n 12 --temp 0.
 check "sink policy with room for everything equals full" "$a" "$c"
 out=$("$BIN" generate --model "$MODEL" --chat --prompt "Say hello." -n 8)
 check "chat runs" 0 $?
+
+# A stop string across two tokens ("!" and " I"), after a character of three tokens (the
+# emoji): the text ends before the stop string, the emoji whole.
+EMOJI_PROMPT="I love pizza 😀! I love pasta 😀! I love cake"
+check "the stop string is two tokens" 2 \
+  "$("$BIN" tokenize --model "$MODEL" --text '! I' --no-bos --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])')"
+out=$("$BIN" generate --model "$MODEL" --prompt "$EMOJI_PROMPT" -n 12 -t 2)
+check "without the stop string it goes on" 1 "$(grep -c "cake 😀! I love" <<<"$out")"
+out=$("$BIN" generate --model "$MODEL" --prompt "$EMOJI_PROMPT" -n 12 -t 2 --stop "! I" --stats 2>"$TMP/err")
+check "stop string across two tokens" "$EMOJI_PROMPT 😀" "$out"
+check "stop reason" 1 "$(grep -c 'stop: stop;' "$TMP/err")"
+"$BIN" generate --model "$MODEL" --prompt "hi" --stop "" >/dev/null 2>"$TMP/err"
+check "empty stop string exits 2" 2 $?
 exit $fail

@@ -36,6 +36,14 @@ out=$("$BIN" tokenize --model "$MODEL" --text "<|im_end|>" --json)
 check "special off" "44 108 306 79 486 108 46" "$(ids <<<"$out")"
 out=$("$BIN" tokenize --model "$MODEL" --text "12345678" --json --bos)
 check "digits with --bos" "1 33 34 35 36 37 38 39 40" "$(ids <<<"$out")"
+"$BIN" tokenize --model "$MODEL" --text "x" --bos --no-bos >/dev/null 2>&1
+check "--bos with --no-bos exits 2" 2 $?
+# BOS follows the model's metadata: SmolLM2 asks for none (above), Gemma 3 for one.
+GEMMA=${SPILLWAY_GEMMA3_MODEL:-$SRC/models/gemma-3-270m-q4_k_m.gguf}
+if [[ -f $GEMMA ]]; then
+  check "gemma: BOS by default" "2 9259" "$("$BIN" tokenize --model "$GEMMA" --text "Hello" --json | ids)"
+  check "gemma: --no-bos" "9259" "$("$BIN" tokenize --model "$GEMMA" --text "Hello" --json --no-bos | ids)"
+fi
 
 out=$("$BIN" tokenize --model "$MODEL" --text "" --json)
 check "empty text" '{"tokens":[],"count":0}' "$out"

@@ -79,7 +79,10 @@ uint64_t fnv1a64(const std::vector<TokenId>& ids) {
 
 std::string ids_str(const std::vector<TokenId>& ids) {
   std::string s;
-  for (TokenId id : ids) s += (s.empty() ? "" : " ") + std::to_string(id);
+  for (TokenId id : ids) {
+    if (!s.empty()) s += ' ';
+    s += std::to_string(id);
+  }
   return s;
 }
 

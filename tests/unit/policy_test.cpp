@@ -224,10 +224,14 @@ TEST(Policies, SpansFollowTheContractForAnyBatchSize) {
           std::sort(got.begin(), got.end());
           EXPECT_EQ(got, expected_span(c.kind, c.s, c.w, t.stream_index))
               << c.spec << " batch " << batch << " token " << t.stream_index;
-          if (p->capacity()) EXPECT_LE(static_cast<int64_t>(got.size()), *p->capacity());
+          if (p->capacity()) {
+            EXPECT_LE(static_cast<int64_t>(got.size()), *p->capacity());
+          }
         }
       }
-      if (c.kind != "full") EXPECT_EQ(n_slots_seen, c.s + c.w + batch - 1) << c.spec;
+      if (c.kind != "full") {
+        EXPECT_EQ(n_slots_seen, c.s + c.w + batch - 1) << c.spec;
+      }
     }
   }
 }

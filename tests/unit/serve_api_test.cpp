@@ -1,5 +1,5 @@
-// The request side of `spillway serve` (tools/spillway/serve/api.h): parsing, the
-// prefix-reuse rule of conversations, stop strings.
+// The OpenAI side of `spillway serve` (tools/spillway/serve/api.h): request parsing and
+// the JSON shapes of responses.
 #include <gtest/gtest.h>
 
 #include "serve/api.h"
@@ -78,60 +78,6 @@ TEST(ServeApi, RejectsBadRequests) {
   EXPECT_EQ(status_of(R"({"prompt":[1,2,3]})", Endpoint::Completion), 400);
   EXPECT_EQ(status_of(R"({"messages":[{"role":"user","content":"x"}]})"), 200);
   EXPECT_EQ(status_of(R"({"messages":[{"role":"user","content":"x"}],"max_tokens":0})"), 200);
-}
-
-TEST(ServeApi, PlanFeedReusesAStrictPrefix) {
-  const std::vector<TokenId> have = {1, 2, 3};
-  auto p = plan_feed(have, {1, 2, 3, 4, 5});
-  EXPECT_FALSE(p.reset);
-  EXPECT_EQ(p.from, 3u);
-  EXPECT_TRUE(plan_feed(have, {1, 2, 3}).reset);     // nothing new to feed: no logits
-  EXPECT_TRUE(plan_feed(have, {1, 9, 3, 4}).reset);  // diverged
-  EXPECT_TRUE(plan_feed(have, {1, 2}).reset);        // shorter
-  EXPECT_TRUE(plan_feed({}, {1, 2}).reset);          // fresh session: feed all
-}
-
-TEST(ServeApi, StopMatcherHoldsBackPartialStops) {
-  StopMatcher m({"END", "\n\n"});
-  EXPECT_EQ(m.push("Hello"), "Hello");
-  EXPECT_EQ(m.push(" E"), " ");  // "E" may start "END"
-  EXPECT_EQ(m.push("x"), "Ex");  // it did not
-  EXPECT_EQ(m.push("EN"), "");
-  EXPECT_EQ(m.push("D and more"), "");
-  EXPECT_TRUE(m.stopped());
-  EXPECT_EQ(m.push("later"), "");
-  EXPECT_EQ(m.finish(), "");
-
-  StopMatcher n({"\n\n"});
-  EXPECT_EQ(n.push("a\n"), "a");
-  EXPECT_EQ(n.push("b\nc\n"), "\nb\nc");
-  EXPECT_EQ(n.push("\nrest"), "");
-  EXPECT_TRUE(n.stopped());
-
-  StopMatcher none({});
-  EXPECT_EQ(none.push("x"), "x");
-  EXPECT_EQ(none.finish(), "");
-
-  StopMatcher tail({"STOP"});
-  EXPECT_EQ(tail.push("ab ST"), "ab ");
-  EXPECT_EQ(tail.finish(), "ST");  // generation ended otherwise: nothing is lost
-}
-
-TEST(ServeApi, StopMatcherFindsStopsAcrossPieces) {
-  StopMatcher m({"<end>"});
-  std::string out;
-  for (const char* p : {"one <", "e", "nd", "> two"}) out += m.push(p);
-  EXPECT_EQ(out, "one ");
-  EXPECT_TRUE(m.stopped());
-}
-
-TEST(ServeApi, IncompleteUtf8Tail) {
-  EXPECT_EQ(incomplete_utf8_tail("abc"), 0u);
-  EXPECT_EQ(incomplete_utf8_tail("a\xc3"), 1u);
-  EXPECT_EQ(incomplete_utf8_tail("a\xc3\xa9"), 0u);
-  EXPECT_EQ(incomplete_utf8_tail("\xe2\x82"), 2u);
-  EXPECT_EQ(incomplete_utf8_tail("\xf0\x9f\x98"), 3u);
-  EXPECT_EQ(incomplete_utf8_tail("\xf0\x9f\x98\x80"), 0u);
 }
 
 TEST(ServeApi, ErrorShapeAndInvalidUtf8) {

@@ -4,10 +4,13 @@
 // that head's sink logits at -inf, and an attached observer changes no logit.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 
 #include "spillway/analysis/attention_stats.h"
+#include "spillway/analysis/sink_report.h"
 #include "spillway/analysis/sinks.h"
 #include "spillway/core/error.h"
 #include "spillway/model/model.h"
@@ -222,7 +225,6 @@ TEST(SinkScores, RanksAndSpearman) {
       1e-12);
   EXPECT_EQ(analysis::top_indices(std::vector<double>{0.1, NAN, 0.5, 0.5}, 3),
             (std::vector<int64_t>{2, 3, 0}));
-  EXPECT_DOUBLE_EQ(analysis::median({3, 1, 2, 10}), 2.5);
 }
 
 // Drops the sinks of some heads.
@@ -359,6 +361,71 @@ TEST(SinkAblation, RunsEveryHeadAndChecksItsInput) {
   o.heads = {};
   o.layers = {c.n_layer};
   EXPECT_THROW(analysis::ablate_sinks(*m, tokens, o), InvalidArgument);
+}
+
+// The report is its parts: the same scores as a recording of its own, shares that sum to
+// one per layer, sinks detected by the scores, the layers' own windows; and it refuses
+// what it cannot report.
+TEST(SinkReport, AgreesWithItsOwnRecordingAndChecksItsInput) {
+  for (const char* arch : {"llama", "gemma3"}) {
+    SCOPED_TRACE(arch);
+    const auto m = tiny(DType::Q4_1, arch);
+    const std::vector<TokenId> stream = random_tokens(48, 5);
+    analysis::SinkReportOptions o;
+    o.policy = kv::PolicySpec("sink:2+20");
+    o.tokens = 40;
+    o.eps = 0.1;
+    o.threads = 1;
+    const analysis::SinkReport r = analysis::sink_report(*m, stream, o);
+    const int64_t L = m->config().n_layer, H = m->config().n_head;
+    ASSERT_EQ(r.n_layer, L);
+    EXPECT_EQ(r.tokens, 40);
+    EXPECT_EQ(r.first_tokens, 40);
+
+    SessionOptions so;
+    so.policy = o.policy;
+    so.threads = 1;
+    Session s(*m, so);
+    AttentionStats stats(m->config(), {0, 40, true, 16});
+    s.set_observer(&stats);
+    s.advance(std::span(stream).first(40));
+    EXPECT_EQ(r.alpha1, analysis::sink_scores(stats, 0));
+    EXPECT_EQ(r.sink_rate_stream, analysis::sink_rate(r.alpha1, 0.1));
+    ASSERT_EQ(r.alpha_k.size(), 7u);
+    EXPECT_EQ(r.alpha_k[2], analysis::sink_scores(stats, 3));
+    for (int64_t k = 0; k < 20; ++k) {
+      const auto a = analysis::sink_scores(stats, k);
+      const bool over = std::any_of(a.begin(), a.end(), [](double x) { return x > 0.1; });
+      const bool listed =
+          std::any_of(r.detected_sinks.begin(), r.detected_sinks.end(),
+                      [&](const analysis::DetectedSink& d) { return d.stream_index == k; });
+      EXPECT_EQ(over, listed) << "stream index " << k;
+    }
+    ASSERT_EQ(r.layers.size(), static_cast<size_t>(L));
+    ASSERT_EQ(r.hidden_norm.size(), static_cast<size_t>(L + 1));
+    for (int64_t l = 0; l < L; ++l) {
+      const auto& row = r.mass_by_stream[static_cast<size_t>(l)];
+      EXPECT_NEAR(std::accumulate(row.begin(), row.end(), 0.0), 1.0, 1e-6);
+      const auto& lr = r.layers[static_cast<size_t>(l)];
+      EXPECT_EQ(lr.local_window, m->config().layers[static_cast<size_t>(l)].window);
+      EXPECT_EQ(lr.alpha1_mean, analysis::layer_mean(r.alpha1, l, H));
+      ASSERT_EQ(lr.top_stream.size(), 3u);
+      EXPECT_EQ(lr.top_stream[0].second, *std::max_element(row.begin(), row.end()));
+      EXPECT_EQ(lr.key0_cos_mean_key.size(), static_cast<size_t>(m->config().n_head_kv));
+      EXPECT_EQ(lr.first_token_norm_ratio, stats.hidden_norm(l, 0) / lr.hidden_norm_median);
+    }
+  }
+  const auto m = tiny(DType::Q4_1);
+  const std::vector<TokenId> stream = random_tokens(20, 6);
+  analysis::SinkReportOptions o;
+  o.tokens = 21;
+  EXPECT_THROW(analysis::sink_report(*m, stream, o), InvalidArgument);  // longer than the stream
+  o.tokens = 20;
+  o.eps = 0;
+  EXPECT_THROW(analysis::sink_report(*m, stream, o), InvalidArgument);
+  o.eps = 0.3;
+  o.policy = kv::PolicySpec("recompute:8");
+  EXPECT_THROW(analysis::sink_report(*m, stream, o), InvalidArgument);
 }
 
 }  // namespace

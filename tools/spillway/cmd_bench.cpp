@@ -7,15 +7,10 @@
 // latency percentiles, peak RSS and KV bytes. Every figure is the median over --reps
 // repetitions.
 //
-// The decode tests also report their memory bound: a decoded token reads every weight
-// and every cached key and value it attends to once, so
-//
-//   tokens/s <= read bandwidth / (weight bytes + KV bytes read per token)
-//
-// with the read bandwidth measured here, with the same threads, on a buffer of that
-// working-set size (a buffer that fits a large L3 reads faster than DRAM).
+// The decode tests also report their memory bound (session/memory_bound.h): the bytes a
+// decoded token reads over the read bandwidth measured here, with the same threads, on a
+// buffer of that working-set size (core/bandwidth.h).
 #include <fmt/format.h>
-#include <sys/resource.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -32,14 +27,17 @@
 #include <vector>
 
 #include "command.h"
+#include "spillway/core/bandwidth.h"
 #include "spillway/core/error.h"
-#include "spillway/core/huge_pages.h"
+#include "spillway/core/process.h"
+#include "spillway/core/stats.h"
 #include "spillway/kv/cache.h"
 #include "spillway/kv/policy.h"
 #include "spillway/model/model.h"
 #include "spillway/ops/matmul.h"
 #include "spillway/session/batch.h"
 #include "spillway/session/generate.h"
+#include "spillway/session/memory_bound.h"
 #include "spillway/session/session.h"
 #include "util.h"
 
@@ -87,35 +85,8 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-// Nearest-rank percentile (p in (0, 100]).
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
-  return v[std::clamp<size_t>(rank, 1, v.size()) - 1];
-}
-
-// Peak resident set size in bytes: VmHWM from /proc/self/status, else getrusage.
-uint64_t peak_rss_bytes() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      uint64_t kb = 0;
-      if (std::sscanf(line.c_str() + 6, "%lu", &kb) == 1) return kb * 1024;
-    }
-  }
-  rusage ru{};
-  if (getrusage(RUSAGE_SELF, &ru) == 0) return static_cast<uint64_t>(ru.ru_maxrss) * 1024;
-  return 0;
-}
+using stats::median;
+using stats::percentile;
 
 // `count` token ids of real text (the start of `path`, its tokens repeated if the text is
 // short), or a fixed pseudo-random sequence of ordinary tokens when the file is missing.
@@ -181,88 +152,20 @@ std::string kv_type_label(const Session& s) {
   return "kv=" + t;
 }
 
-// ---- the memory bound of a decoded token ----
+// ---- the memory bound of a decoded token (session/memory_bound.h) ----
 
-// Read bandwidth (bytes/s) of the first `bytes` of a buffer, summed by the pool's threads
-// (each a contiguous share, eight independent accumulators so that loads, not adds, bound
-// the loop): the median of `sweeps` timed sweeps after one untimed one. The buffer grows
-// to the largest size asked for and is written once, so every page is resident. It is
-// allocated as the model's interleaved weights are (2 MiB-aligned, marked for transparent
-// huge pages), so that the bound holds the decode to the same kind of memory: with 4 KiB
-// pages the probe read slower than decode did once the weights sat in huge pages.
-class BandwidthProbe {
- public:
-  double measure(ThreadPool& pool, uint64_t bytes, int sweeps) {
-    const size_t words = static_cast<size_t>((bytes + 7) / 8);
-    if (words > words_) {
-      mem_ = HugePageBuffer(words * 8);
-      words_ = words;
-      for (size_t i = 0; i < words_; ++i) words_at()[i] = i;
-    }
-    const uint64_t* buf = words_at();
-    const auto n = static_cast<int64_t>(words);
-    std::vector<uint64_t> partial(static_cast<size_t>(pool.size()) * 8);  // a line apart
-    std::vector<double> rates;
-    for (int sw = 0; sw <= sweeps; ++sw) {
-      const auto t0 = Clock::now();
-      pool.run([&](int ith, int nth) {
-        const int64_t b = n * ith / nth, e = n * (ith + 1) / nth;
-        uint64_t a[8] = {};
-        int64_t i = b;
-        for (; i + 8 <= e; i += 8)
-          for (int k = 0; k < 8; ++k) a[k] += buf[static_cast<size_t>(i + k)];
-        for (; i < e; ++i) a[0] += buf[static_cast<size_t>(i)];
-        uint64_t sum = 0;
-        for (uint64_t x : a) sum += x;
-        partial[static_cast<size_t>(ith) * 8] = sum;
-      });
-      const double t = seconds_since(t0);
-      uint64_t total = 0;
-      for (size_t i = 0; i < partial.size(); i += 8) total += partial[i];
-      sink_ += total;
-      if (sw > 0) rates.push_back(static_cast<double>(words * 8) / t);
-    }
-    return median(rates);
-  }
-  uint64_t sink() const { return sink_; }  // keeps the sums observable
-
- private:
-  uint64_t* words_at() const { return reinterpret_cast<uint64_t*>(mem_.data()); }
-  HugePageBuffer mem_;  // [words_]: the largest size asked for / 8
-  size_t words_ = 0;
-  uint64_t sink_ = 0;
-};
-
-// KV bytes one decoded token of `s` reads: per group of layers, its layers' keys and
-// values of the tokens a query attends to (the group policy's capacity, at most `depth`).
-uint64_t kv_read_bytes(const Session& s, int64_t depth) {
-  const kv::Cache& c = s.cache();
-  const uint64_t per_token_layer = 2 * static_cast<uint64_t>(s.storage().n_head_kv()) *
-                                   static_cast<uint64_t>(s.storage().row_bytes());
-  uint64_t total = 0;
-  for (int g = 0; g < c.n_groups(); ++g) {
-    const std::optional<int64_t> cap = c.group_policy(g).capacity();
-    const int64_t n = cap ? std::min(*cap, depth) : depth;
-    total += static_cast<uint64_t>(c.group_layers(g).size()) * per_token_layer *
-             static_cast<uint64_t>(n);
-  }
-  return total;
-}
-
-// A decode test's bound: bytes per token, the bandwidth of a buffer of that size, and
-// the tokens/s they allow.
+// A decode test's bound: the bytes a token reads, and the read bandwidth of a buffer of
+// that size probed right after each repetition.
 struct Bound {
-  uint64_t weight_bytes = 0;
-  uint64_t kv_bytes = 0;
-  std::vector<double> bandwidth;  // bytes/s, one probe right after each repetition
-  uint64_t bytes() const { return weight_bytes + kv_bytes; }
-  double tokens_per_s() const { return median(bandwidth) / static_cast<double>(bytes()); }
+  MemoryBound bytes;
+  std::vector<double> bandwidth;  // bytes/s, one probe per repetition
+  double tokens_per_s() const { return bytes.tokens_per_s(median(bandwidth)); }
   // Each repetition's tokens/s over the bound of the probe taken right after it: the
   // host's bandwidth drifts (other tenants), and a pair sees the same moment of it.
   std::vector<double> fractions(const std::vector<double>& tokens_per_s) const {
     std::vector<double> f;
     for (size_t i = 0; i < tokens_per_s.size() && i < bandwidth.size(); ++i)
-      f.push_back(tokens_per_s[i] * static_cast<double>(bytes()) / bandwidth[i]);
+      f.push_back(bytes.fraction(tokens_per_s[i], bandwidth[i]));
     return f;
   }
   double fraction(const std::vector<double>& tokens_per_s) const {
@@ -272,8 +175,8 @@ struct Bound {
 
 nlohmann::ordered_json bound_json(const Bound& b, const std::vector<double>& tokens_per_s) {
   nlohmann::ordered_json j;
-  j["weight_bytes_per_token"] = b.weight_bytes;
-  j["kv_bytes_read_per_token"] = b.kv_bytes;
+  j["weight_bytes_per_token"] = b.bytes.weight_bytes;
+  j["kv_bytes_read_per_token"] = b.bytes.kv_bytes;
   j["read_bandwidth_bytes_per_s"] = median(b.bandwidth);
   j["read_bandwidth_bytes_per_s_reps"] = b.bandwidth;
   j["bound_tokens_per_s"] = b.tokens_per_s();
@@ -414,7 +317,6 @@ int run_bench(const BenchOptions& o) {
   const uint64_t wbytes = model->weight_bytes_per_token();
   BandwidthProbe probe;
   Bound tg_bound;
-  tg_bound.weight_bytes = wbytes;
   Series tg;
   uint64_t kv_bytes_tg = 0;
   std::vector<double> sampler_us;  // per sampled token
@@ -425,15 +327,14 @@ int run_bench(const BenchOptions& o) {
     so.max_stream = o.gen;
     Session s(*model, so, &pool);
     kv_bytes_tg = s.storage().bytes();
-    tg_bound.kv_bytes = kv_bytes_tg / static_cast<uint64_t>(std::max<int64_t>(1, o.gen)) *
-                        static_cast<uint64_t>((o.gen + 1) / 2);  // storage: K+V of gen slots
+    tg_bound.bytes = decode_bound(s, (o.gen + 1) / 2);  // the mean depth of the decode
     Series warm;
     decode_steps(s, gen.first(std::min<size_t>(gen.size(), 8)), warm);
     for (int r = 0; r < o.reps; ++r) {
       s.reset();
       const double t = decode_steps(s, gen, tg);
       tg.tokens_per_s.push_back(static_cast<double>(o.gen) / t);
-      tg_bound.bandwidth.push_back(probe.measure(pool, tg_bound.bytes(), 10));
+      tg_bound.bandwidth.push_back(probe.measure(pool, tg_bound.bytes.bytes(), 10));
       note(fmt::format("tg{}: rep {}: {:.1f} tokens/s", o.gen, r + 1, tg.tokens_per_s.back()));
     }
     // The sampler over the logits of the first decoded tokens, timed alone per token.
@@ -486,8 +387,7 @@ int run_bench(const BenchOptions& o) {
         Series warm;
         decode_steps(*t.session, all.subspan(static_cast<size_t>(t.at), 8), warm);
         t.at += 8;
-        t.bound.weight_bytes = wbytes;
-        t.bound.kv_bytes = kv_read_bytes(*t.session, d);
+        t.bound.bytes = decode_bound(*t.session, d);
         depth_tests.push_back(std::move(t));
       }
     }
@@ -498,7 +398,7 @@ int run_bench(const BenchOptions& o) {
           *t.session, all.subspan(static_cast<size_t>(t.at), static_cast<size_t>(o.gen)), t.series);
       t.at += o.gen;
       t.series.tokens_per_s.push_back(static_cast<double>(o.gen) / secs);
-      t.bound.bandwidth.push_back(probe.measure(pool, t.bound.bytes(), 10));
+      t.bound.bandwidth.push_back(probe.measure(pool, t.bound.bytes.bytes(), 10));
       note(fmt::format("tg{} @ d{} {}: rep {}: {:.1f} tokens/s", o.gen, t.depth, t.policy, r + 1,
                        t.series.tokens_per_s.back()));
     }
@@ -547,7 +447,7 @@ int run_bench(const BenchOptions& o) {
     batched.push_back(bench_batched(*model, policy, all, n, o.gen, o.reps, pool));
   }
 
-  const uint64_t rss = peak_rss_bytes();
+  const uint64_t rss = peak_resident_bytes();
   const double tg_med = median(tg.tokens_per_s);
   const double sampler_med_us = median(sampler_us);
   const double sampler_share = sampler_med_us * 1e-6 * tg_med;  // of a decoded token's time
@@ -647,8 +547,8 @@ int run_bench(const BenchOptions& o) {
              "GB/s", "bound t/s", "reached");
   auto bound_row = [&](const std::string& name, const Bound& b, const std::vector<double>& tps) {
     fmt::print("{:<32} {:>10} {:>10} {:>10.1f} {:>10.1f} {:>8.0f}%\n", name,
-               human_bytes(b.weight_bytes), human_bytes(b.kv_bytes), median(b.bandwidth) / 1e9,
-               b.tokens_per_s(), 100.0 * b.fraction(tps));
+               human_bytes(b.bytes.weight_bytes), human_bytes(b.bytes.kv_bytes),
+               median(b.bandwidth) / 1e9, b.tokens_per_s(), 100.0 * b.fraction(tps));
   };
   bound_row(fmt::format("decode tg{}", o.gen), tg_bound, tg.tokens_per_s);
   for (const DepthTest& t : depth_tests)

@@ -28,10 +28,13 @@ struct ChatCliOptions {
   std::string policy;  // empty: the default for the model (default_policy)
   std::string script;
   std::string json;
-  int64_t n = 256;
   SamplerParams sampling;
+  GenerateOptions gen = [] {
+    GenerateOptions g;
+    g.max_new_tokens = 256;
+    return g;
+  }();  // per answer: -n, --stop, --ignore-eos
   int threads = 0;
-  bool ignore_eos = false;
 };
 
 // sink:4+W,evict=turn with a cache of min(the model's training context, 2048) tokens.
@@ -105,7 +108,8 @@ void print_stats(const ChatStats& s) {
 }
 
 int run_chat(const ChatCliOptions& o) {
-  if (o.n < 1) throw InvalidArgument(fmt::format("chat: -n must be >= 1, found {}", o.n));
+  if (o.gen.max_new_tokens < 1)
+    throw InvalidArgument(fmt::format("chat: -n must be >= 1, found {}", o.gen.max_new_tokens));
   auto sampler = make_sampler(o.sampling);
   std::optional<kv::PolicySpec> policy;
   if (!o.policy.empty()) policy = kv::PolicySpec(o.policy);  // usage error before loading
@@ -128,8 +132,7 @@ int run_chat(const ChatCliOptions& o) {
   Session session(*model, so);
   ChatOptions co;
   co.system = o.system;
-  co.generate.max_new_tokens = o.n;
-  co.generate.stop_at_eog = !o.ignore_eos;
+  co.generate = o.gen;
   Chat chat(session, co);
 
   const bool interactive = o.script.empty();
@@ -198,7 +201,7 @@ int run_chat(const ChatCliOptions& o) {
       std::fflush(stdout);
       return g_interrupts == 0;
     });
-    if (r.answer.stop_reason == "callback") fmt::print(" [stopped]");
+    if (r.answer.stop_reason == StopReason::kCancelled) fmt::print(" [stopped]");
     fmt::print("\n");
     if (!interactive) fmt::print("\n");
     std::fflush(stdout);
@@ -212,7 +215,7 @@ int run_chat(const ChatCliOptions& o) {
       t["prompt_tokens"] = r.prompt_tokens;
       t["answer_tokens"] = r.answer.tokens.size();
       t["closing_tokens"] = r.closing_tokens;
-      t["stop"] = r.answer.stop_reason;
+      t["stop"] = stop_reason_name(r.answer.stop_reason);
       t["stream_tokens"] = r.stream_tokens;
       t["cache_tokens"] = s.held;
       t["cache_capacity"] = s.capacity;
@@ -234,7 +237,7 @@ int run_chat(const ChatCliOptions& o) {
     j["model"] = o.model;
     j["policy"] = session.cache().describe();
     j["system"] = o.system;
-    j["max_new_tokens"] = o.n;
+    j["max_new_tokens"] = o.gen.max_new_tokens;
     j["turns"] = std::move(turns);
     std::ofstream f(o.json);
     if (!f) throw IoError(fmt::format("{}: cannot write", o.json));
@@ -258,22 +261,8 @@ Registrar reg("chat", [](CLI::App& app) {
   sub->add_option("--script", o->script,
                   "Read the user's turns from a file: one per line, or JSON lines {\"user\": ...}");
   sub->add_option("--json", o->json, "Write every turn's prompt, answer, token counts and cache");
-  sub->add_option("-n", o->n, "Tokens per answer at most")->capture_default_str();
-  sub->add_option("--temp", o->sampling.temperature, "Sampling temperature (0: greedy)")
-      ->capture_default_str();
-  sub->add_option("--top-k", o->sampling.top_k, "Keep the k most likely tokens (0: off)");
-  sub->add_option("--top-p", o->sampling.top_p, "Keep the smallest set with this much probability");
-  sub->add_option("--min-p", o->sampling.min_p,
-                  "Drop tokens less likely than this times the most likely (0: off)");
-  sub->add_option("--repeat-penalty", o->sampling.repeat_penalty,
-                  "Divide the logits of recent tokens by this (1: off)");
-  sub->add_option("--repeat-last-n", o->sampling.repeat_last_n,
-                  "Recent tokens the repeat penalty looks at")
-      ->capture_default_str();
-  sub->add_option("--seed", o->sampling.seed, "Random seed (same seed, same output)");
+  add_generation_options(*sub, o->sampling, o->gen, "Tokens per answer at most");
   sub->add_option("--threads,-t", o->threads, "Threads (0: all cores)");
-  sub->add_flag("--ignore-eos", o->ignore_eos,
-                "Answers go on past end-of-generation tokens (up to -n)");
   return [o] { return run_chat(*o); };
 });
 

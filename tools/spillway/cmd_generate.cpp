@@ -22,34 +22,20 @@ struct GenerateCliOptions {
   std::string prompt;
   std::string system;
   std::string messages;  // a JSON file of chat messages (with --chat, instead of --prompt)
-  int64_t n = 64;
-  float temp = 0.0f;
-  int top_k = 0;
-  float top_p = 1.0f;
-  float min_p = 0.0f;
-  float repeat_penalty = 1.0f;
-  int repeat_last_n = 64;
-  uint64_t seed = 0;
+  SamplerParams sampling;
+  GenerateOptions gen;  // -n, --stop, --ignore-eos
   std::string policy = "full";
   int threads = 0;
   bool chat = false;
-  bool ignore_eos = false;
   bool stats = false;
 };
 
 int run_generate(const GenerateCliOptions& o) {
   if (!o.messages.empty() && !o.chat) throw InvalidArgument("generate: --messages needs --chat");
   if (o.messages.empty() && o.prompt.empty()) throw InvalidArgument("generate: --prompt is empty");
-  if (o.n < 0) throw InvalidArgument(fmt::format("generate: -n must be >= 0, found {}", o.n));
-  SamplerParams sp;
-  sp.temperature = o.temp;
-  sp.top_k = o.top_k;
-  sp.top_p = o.top_p;
-  sp.min_p = o.min_p;
-  sp.repeat_penalty = o.repeat_penalty;
-  sp.repeat_last_n = o.repeat_last_n;
-  sp.seed = o.seed;
-  auto sampler = make_sampler(sp);
+  if (o.gen.max_new_tokens < 0)
+    throw InvalidArgument(fmt::format("generate: -n must be >= 0, found {}", o.gen.max_new_tokens));
+  auto sampler = make_sampler(o.sampling);
   const kv::PolicySpec policy(o.policy);  // a bad spec is a usage error before the model loads
   auto model = model::Model::load(o.model);
   const Tokenizer& tok = model->tokenizer();
@@ -89,17 +75,14 @@ int run_generate(const GenerateCliOptions& o) {
   so.policy = policy;
   so.threads = o.threads;
   so.max_batch = 256;
-  so.max_stream = static_cast<int64_t>(prompt.size()) + o.n;
+  so.max_stream = static_cast<int64_t>(prompt.size()) + o.gen.max_new_tokens;
   Session session(*model, so);
-  GenerateOptions go;
-  go.max_new_tokens = o.n;
-  go.stop_at_eog = !o.ignore_eos;
   if (!o.chat) {
     std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
     std::fflush(stdout);
   }
   const GenerateResult r =
-      generate(session, prompt, *sampler, go, [](TokenId, std::string_view text) {
+      generate(session, prompt, *sampler, o.gen, [](TokenId, std::string_view text) {
         std::fwrite(text.data(), 1, text.size(), stdout);
         std::fflush(stdout);
         return true;
@@ -112,7 +95,7 @@ int run_generate(const GenerateCliOptions& o) {
                r.prompt_tokens, r.prefill_seconds,
                r.prefill_seconds > 0 ? r.prompt_tokens / r.prefill_seconds : 0.0, r.tokens.size(),
                r.decode_seconds, r.decode_seconds > 0 ? r.tokens.size() / r.decode_seconds : 0.0,
-               r.stop_reason, session.cache().describe());
+               stop_reason_name(r.stop_reason), session.cache().describe());
   }
   return 0;
 }
@@ -130,23 +113,12 @@ Registrar reg("generate", [](CLI::App& app) {
     if (prompt->count() == 0 && messages->count() == 0)
       throw CLI::RequiredError("--prompt or --messages");
   });
-  sub->add_option("-n", o->n, "Tokens to generate at most")->capture_default_str();
-  sub->add_option("--temp", o->temp, "Sampling temperature (0: greedy)")->capture_default_str();
-  sub->add_option("--top-k", o->top_k, "Keep the k most likely tokens (0: off)");
-  sub->add_option("--top-p", o->top_p, "Keep the smallest set with this much probability");
-  sub->add_option("--min-p", o->min_p,
-                  "Drop tokens less likely than this times the most likely (0: off)");
-  sub->add_option("--repeat-penalty", o->repeat_penalty,
-                  "Divide the logits of recent tokens by this (1: off)");
-  sub->add_option("--repeat-last-n", o->repeat_last_n, "Recent tokens the repeat penalty looks at")
-      ->capture_default_str();
-  sub->add_option("--seed", o->seed, "Random seed (same seed, same output)");
+  add_generation_options(*sub, o->sampling, o->gen, "Tokens to generate at most");
   sub->add_option("--policy", o->policy, "KV-cache policy: " + kv::policy_usage())
       ->capture_default_str();
   sub->add_option("--threads,-t", o->threads, "Threads (0: all cores)");
   sub->add_flag("--chat", o->chat, "Format the prompt with the model's chat template");
   sub->add_option("--system", o->system, "System message for --chat");
-  sub->add_flag("--ignore-eos", o->ignore_eos, "Keep going past end-of-generation tokens");
   sub->add_flag("--stats", o->stats, "Print timing to stderr");
   return [o] { return run_generate(*o); };
 });

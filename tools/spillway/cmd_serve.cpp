@@ -1,7 +1,7 @@
 // spillway serve: an HTTP server with OpenAI-compatible endpoints (/v1/chat/completions,
-// /v1/completions, /v1/models) plus /health and /metrics. Request parsing lives in
-// serve/api.h, the decode thread that batches every request in serve/scheduler.h; this
-// file binds them to HTTP.
+// /v1/completions, /v1/models) plus /health and /metrics. Request parsing and the JSON
+// shapes live in serve/api.h, the decode thread that batches every request in the
+// library's spillway/serve/scheduler.h; this file binds them to HTTP.
 #include <fmt/core.h>
 #include <httplib.h>
 #include <pthread.h>
@@ -24,9 +24,10 @@
 
 #include "command.h"
 #include "serve/api.h"
-#include "serve/scheduler.h"
 #include "spillway/core/error.h"
+#include "spillway/core/process.h"
 #include "spillway/model/model.h"
+#include "spillway/serve/scheduler.h"
 #include "spillway/session/generate.h"
 
 namespace spillway::cli {
@@ -53,13 +54,6 @@ struct ServeCliOptions {
   int64_t default_max_tokens = 256;
   double shutdown_grace = 10.0;
 };
-
-uint64_t rss_bytes() {
-  std::ifstream f("/proc/self/statm");
-  uint64_t size = 0, resident = 0;
-  f >> size >> resident;
-  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-}
 
 bool starts_with_ci(const std::string& s, std::string_view prefix) {
   if (s.size() < prefix.size()) return false;
@@ -151,17 +145,9 @@ class Server {
       res.set_content(R"({"status":"ok"})", "application/json");
     });
     http_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-      json data = json::array();
-      data.push_back({{"id", model_id_},
-                      {"object", "model"},
-                      {"created", created_},
-                      {"owned_by", "spillway"}});
-      if (!o_.alias.empty())
-        data.push_back({{"id", o_.alias},
-                        {"object", "model"},
-                        {"created", created_},
-                        {"owned_by", "spillway"}});
-      res.set_content(serve::dump_json({{"object", "list"}, {"data", data}}), "application/json");
+      std::vector<std::string> ids = {model_id_};
+      if (!o_.alias.empty()) ids.push_back(o_.alias);
+      res.set_content(serve::dump_json(serve::models_json(ids, created_)), "application/json");
     });
     http_.Get("/metrics",
               [this](const httplib::Request& req, httplib::Response& res) { metrics(req, res); });
@@ -174,50 +160,21 @@ class Server {
   }
 
   void metrics(const httplib::Request& req, httplib::Response& res) {
-    const serve::SchedulerMetrics m = scheduler_.metrics();
-    const json j = {
-        {"uptime_s", m.uptime_s},
-        {"requests_total", requests_.load()},
-        {"errors_total", errors_.load()},
-        {"tokens_per_s", m.tokens_per_s},
-        {"completion_tokens_total", m.completion_tokens},
-        {"prompt_tokens_total", m.prompt_tokens},
-        {"cached_prompt_tokens_total", m.cached_prompt_tokens},
-        {"active_requests", m.active},
-        {"queued_requests", m.queued},
-        {"active_conversations", m.conversations},
-        {"sessions", m.sessions},
-        {"kv_bytes", m.kv_bytes},
-        {"kv_budget_bytes", o_.kv_budget},
-        {"rss_bytes", rss_bytes()},
-        {"conversation_prefix_reuse_total", m.reuse_prefix},
-        {"conversation_reset_total", m.reuse_reset},
-        {"conversation_new_total", m.reuse_new},
-        {"session_evictions_total", m.evictions},
-        {"completed_total", m.jobs_completed},
-        {"cancelled_total", m.jobs_cancelled},
-        {"failed_total", m.jobs_failed},
-        {"decode_steps_total", m.steps},
-    };
-    if (req.get_param_value("format") == "prometheus") {
-      std::string out;
-      for (const auto& [k, v] : j.items()) out += fmt::format("spillway_{} {}\n", k, v.dump());
-      res.set_content(out, "text/plain; version=0.0.4");
-      return;
-    }
-    res.set_content(serve::dump_json(j), "application/json");
+    serve::ServerCounters c;
+    c.requests = requests_.load();
+    c.errors = errors_.load();
+    c.kv_budget = o_.kv_budget;
+    c.rss_bytes = resident_bytes();
+    const json j = serve::metrics_json(scheduler_.metrics(), c);
+    if (req.get_param_value("format") == "prometheus")
+      res.set_content(serve::prometheus_text(j), "text/plain; version=0.0.4");
+    else
+      res.set_content(serve::dump_json(j), "application/json");
   }
 
   std::string new_id(const char* prefix) {
     std::lock_guard lk(rng_mu_);
     return fmt::format("{}-{:016x}", prefix, rng_());
-  }
-
-  static json usage_json(const serve::Usage& u) {
-    return {{"prompt_tokens", u.prompt_tokens},
-            {"completion_tokens", u.completion_tokens},
-            {"total_tokens", u.prompt_tokens + u.completion_tokens},
-            {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens}}}};
   }
 
   void completion(const httplib::Request& req, httplib::Response& res, Endpoint ep) {
@@ -253,14 +210,15 @@ class Server {
       for (;;) {
         auto e = job->next(std::chrono::milliseconds(500));
         if (!e) continue;
-        if (e->kind == Event::Kind::Error)
-          throw ApiError(e->status, e->status == 503 ? "server_error" : "server_error",
-                         e->status == 503 ? "unavailable" : "internal_error", e->text);
+        if (e->kind == Event::Kind::Error) throw serve::event_error(*e);
         admitted = std::move(*e);
         break;
       }
     } catch (const ApiError& e) {
       send_error(res, e.status(), e.what(), e.type(), e.code());
+      return;
+    } catch (const serve::Unavailable& e) {
+      send_error(res, 503, e.what(), "server_error", "unavailable");
       return;
     } catch (const spillway::Error& e) {
       send_error(res, 400, e.what(), "invalid_request_error", "invalid_request");
@@ -270,18 +228,13 @@ class Server {
     res.set_header("X-Conversation-Reuse", admitted.reuse);
     res.set_header("X-Cached-Tokens", std::to_string(admitted.usage.cached_tokens));
     const bool chat = ep == Endpoint::Chat;
-    const std::string id = new_id(chat ? "chatcmpl" : "cmpl");
-    const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(
-                                std::chrono::system_clock::now().time_since_epoch())
-                                .count();
-    const std::string model_name = r.model.empty() ? model_id_ : r.model;
-    auto chunk = [=](const json& choice) {
-      return json{{"id", id},
-                  {"object", chat ? "chat.completion.chunk" : "text_completion"},
-                  {"created", created},
-                  {"model", model_name},
-                  {"choices", json::array({choice})}};
-    };
+    serve::ResponseHead head;
+    head.id = new_id(chat ? "chatcmpl" : "cmpl");
+    head.created = std::chrono::duration_cast<std::chrono::seconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+    head.model = r.model.empty() ? model_id_ : r.model;
+    head.endpoint = ep;
 
     if (!r.stream) {
       std::string text;
@@ -291,23 +244,12 @@ class Server {
         if (e->kind == Event::Kind::Text) {
           text += e->text;
         } else if (e->kind == Event::Kind::Error) {
-          send_error(res, e->status, e->text, "server_error", "internal_error");
+          const ApiError err = serve::event_error(*e);
+          send_error(res, err.status(), err.what(), err.type(), err.code());
           return;
         } else if (e->kind == Event::Kind::Done) {
-          json choice = {{"index", 0}, {"finish_reason", e->finish_reason}};
-          if (chat) {
-            choice["message"] = {{"role", "assistant"}, {"content", text}};
-          } else {
-            choice["text"] = text;
-            choice["logprobs"] = nullptr;
-          }
-          json out = {{"id", id},
-                      {"object", chat ? "chat.completion" : "text_completion"},
-                      {"created", created},
-                      {"model", model_name},
-                      {"choices", json::array({choice})},
-                      {"usage", usage_json(e->usage)}};
-          res.set_content(serve::dump_json(out), "application/json");
+          res.set_content(serve::dump_json(serve::completion_json(head, text, e->stop, e->usage)),
+                          "application/json");
           return;
         }
       }
@@ -325,40 +267,19 @@ class Server {
           };
           if (chat && !*sent_role) {
             *sent_role = true;
-            if (!send(chunk({{"index", 0},
-                             {"delta", {{"role", "assistant"}, {"content", ""}}},
-                             {"finish_reason", nullptr}})))
-              return false;
+            if (!send(serve::role_chunk_json(head))) return false;
           }
           std::optional<Event> e;
           while (!(e = job->next(std::chrono::milliseconds(250)))) {
             if (!sink.is_writable()) return false;
           }
-          if (e->kind == Event::Kind::Text) {
-            json choice = {{"index", 0}, {"finish_reason", nullptr}};
-            if (chat) {
-              choice["delta"] = {{"content", e->text}};
-            } else {
-              choice["text"] = e->text;
-              choice["logprobs"] = nullptr;
-            }
-            return send(chunk(choice));
-          }
+          if (e->kind == Event::Kind::Text) return send(serve::text_chunk_json(head, e->text));
           if (e->kind == Event::Kind::Error) {
             ++errors_;
-            send(serve::error_json(e->text, "server_error",
-                                   e->status == 503 ? "unavailable" : "internal_error"));
-          } else {
-            json choice = {{"index", 0}, {"finish_reason", e->finish_reason}};
-            if (chat) {
-              choice["delta"] = json::object();
-            } else {
-              choice["text"] = "";
-              choice["logprobs"] = nullptr;
-            }
-            json last = chunk(choice);
-            last["usage"] = usage_json(e->usage);
-            if (!send(last)) return false;
+            const ApiError err = serve::event_error(*e);
+            send(serve::error_json(err.what(), err.type(), err.code()));
+          } else if (!send(serve::last_chunk_json(head, e->stop, e->usage))) {
+            return false;
           }
           finished->store(true);
           static constexpr std::string_view kDone = "data: [DONE]\n\n";

@@ -27,6 +27,8 @@
 
 #include "command.h"
 #include "spillway/core/error.h"
+#include "spillway/core/process.h"
+#include "spillway/core/stats.h"
 #include "spillway/kv/policy.h"
 #include "spillway/model/model.h"
 #include "spillway/ops/matmul.h"
@@ -50,42 +52,6 @@ struct SoakOptions {
   std::string csv;           // per-checkpoint rows
   std::string json;          // JSON lines: one per checkpoint, then the summary
 };
-
-double median_sorted(const std::vector<double>& v) {
-  const size_t n = v.size();
-  if (n == 0) return 0.0;
-  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-// Nearest-rank percentile of a sorted vector (p in (0, 100]).
-double percentile_sorted(const std::vector<double>& v, double p) {
-  if (v.empty()) return 0.0;
-  const auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
-  return v[std::clamp<size_t>(rank, 1, v.size()) - 1];
-}
-
-// Resident set size now (bytes), from /proc/self/statm (second field, in pages).
-uint64_t current_rss_bytes() {
-  std::FILE* f = std::fopen("/proc/self/statm", "r");
-  if (!f) return 0;
-  unsigned long size = 0, resident = 0;
-  const int got = std::fscanf(f, "%lu %lu", &size, &resident);
-  std::fclose(f);
-  if (got != 2) return 0;
-  return static_cast<uint64_t>(resident) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-}
-
-// Peak resident set size (bytes), VmHWM from /proc/self/status.
-uint64_t peak_rss_bytes() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    unsigned long kb = 0;
-    if (line.rfind("VmHWM:", 0) == 0 && std::sscanf(line.c_str() + 6, "%lu", &kb) == 1)
-      return static_cast<uint64_t>(kb) * 1024;
-  }
-  return 0;
-}
 
 struct Checkpoint {
   int64_t tokens = 0;              // stream tokens decoded so far
@@ -235,11 +201,10 @@ int run_soak(const SoakOptions& o) {
       c.seconds = std::chrono::duration<double>(te - t0).count();
       c.tokens_per_s =
           static_cast<double>(lat.size()) / std::chrono::duration<double>(te - t_interval).count();
-      std::sort(lat.begin(), lat.end());
-      c.latency_ms_median = median_sorted(lat);
-      c.latency_ms_p99 = percentile_sorted(lat, 99.0);
-      c.latency_ms_max = lat.back();
-      c.rss_bytes = current_rss_bytes();
+      c.latency_ms_median = stats::median(lat);
+      c.latency_ms_p99 = stats::percentile(lat, 99.0);
+      c.latency_ms_max = *std::max_element(lat.begin(), lat.end());
+      c.rss_bytes = resident_bytes();
       c.kv_bytes = session.storage().bytes();
       c.nonfinite = nonfinite;
       c.nll_interval = nll_interval_count ? nll_interval_sum / nll_interval_count : 0.0;
@@ -290,7 +255,7 @@ int run_soak(const SoakOptions& o) {
   s["warmup"] = o.warmup;
   s["nonfinite_logits"] = last.nonfinite;
   s["nll_mean"] = last.nll_running;
-  s["peak_rss_bytes"] = peak_rss_bytes();
+  s["peak_rss_bytes"] = peak_resident_bytes();
   s["kv_bytes_peak"] = session.kv_bytes_peak();
   bool ok = last.nonfinite == 0;
   fmt::print("\nsummary  {} of {} tokens in {:.1f} s{}\n", n, o.tokens, last.seconds,

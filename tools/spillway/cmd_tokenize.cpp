@@ -1,6 +1,8 @@
-// spillway tokenize [--model MODEL] (--text STR | --file F) [--json] [--special] [--bos]:
-// the token ids of a text under the model's tokenizer, with each token's vocabulary
-// entry (piece) and the bytes it stands for (text).
+// spillway tokenize [--model MODEL] (--text STR | --file F) [--json] [--special]
+// [--bos | --no-bos]: the token ids of a text under the model's tokenizer, with each
+// token's vocabulary entry (piece) and the bytes it stands for (text). BOS is prepended
+// when the model's metadata asks for it (tokenizer.ggml.add_bos_token), as llama.cpp's
+// llama-tokenize and Hugging Face tokenizers do, unless --bos or --no-bos says otherwise.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -26,7 +28,7 @@ struct TokenizeOptions {
   std::optional<std::string> file;
   bool json = false;
   bool special = false;
-  bool bos = false;
+  std::optional<bool> bos;  // nullopt: as the model's metadata says
 };
 
 // Printable on one line: control characters and bytes that are not valid UTF-8 escaped.
@@ -105,7 +107,12 @@ const Registrar kTokenize("tokenize", [](CLI::App& app) -> std::function<int()> 
   sub->add_flag("--json", opts->json, "Print JSON: {\"tokens\":[{id,piece,text}],\"count\":N}");
   sub->add_flag("--special", opts->special,
                 "Recognize special tokens written in the text (<|im_start|>)");
-  sub->add_flag("--bos", opts->bos, "Prepend the BOS token");
+  auto* bos = sub->add_flag_callback(
+      "--bos", [opts] { opts->bos = true; },
+      "Prepend the BOS token (default: when the model's metadata asks for it)");
+  auto* no_bos = sub->add_flag_callback(
+      "--no-bos", [opts] { opts->bos = false; }, "Never prepend the BOS token");
+  bos->excludes(no_bos);
   sub->callback([sub, opts] {
     if (!opts->text && !opts->file) throw CLI::RequiredError("--text or --file");
   });

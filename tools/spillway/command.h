@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "spillway/session/generate.h"
+
 namespace spillway::cli {
 
 // A command adds its subcommand and options to the app, and returns the function that
@@ -28,7 +30,13 @@ struct Registrar {
   }
 };
 
-// The default model path (DESIGN.md): models/SmolLM2-135M-Instruct.Q4_1.gguf.
+// The default model path (docs/architecture.md): models/SmolLM2-135M-Instruct.Q4_1.gguf.
 inline constexpr const char* kDefaultModel = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+// The options of every command that generates (generate, chat): the sampler chain
+// (--temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed) and when
+// to stop (-n, --ignore-eos, --stop); `what_n` says what -n counts.
+void add_generation_options(CLI::App& sub, SamplerParams& sampling, GenerateOptions& gen,
+                            const std::string& what_n);
 
 }  // namespace spillway::cli

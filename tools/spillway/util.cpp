@@ -1,5 +1,7 @@
 #include "util.h"
 
+#include <CLI/CLI.hpp>
+
 #include <fmt/core.h>
 #include <unistd.h>
 
@@ -8,6 +10,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "command.h"
 #include "spillway/core/error.h"
 
 namespace spillway::cli {
@@ -60,6 +63,28 @@ std::string human_bytes(uint64_t b) {
   if (b < 1024 * 1024) return fmt::format("{:.2f} KiB", static_cast<double>(b) / 1024);
   if (b < 1024ull * 1024 * 1024) return fmt::format("{:.2f} MiB", static_cast<double>(b) / 1048576);
   return fmt::format("{:.2f} GiB", static_cast<double>(b) / 1073741824.0);
+}
+
+void add_generation_options(CLI::App& sub, SamplerParams& sampling, GenerateOptions& gen,
+                            const std::string& what_n) {
+  sub.add_option("-n", gen.max_new_tokens, what_n)->capture_default_str();
+  sub.add_option("--temp", sampling.temperature, "Sampling temperature (0: greedy)")
+      ->capture_default_str();
+  sub.add_option("--top-k", sampling.top_k, "Keep the k most likely tokens (0: off)");
+  sub.add_option("--top-p", sampling.top_p, "Keep the smallest set with this much probability");
+  sub.add_option("--min-p", sampling.min_p,
+                 "Drop tokens less likely than this times the most likely (0: off)");
+  sub.add_option("--repeat-penalty", sampling.repeat_penalty,
+                 "Divide the logits of recent tokens by this (1: off)");
+  sub.add_option("--repeat-last-n", sampling.repeat_last_n,
+                 "Recent tokens the repeat penalty looks at")
+      ->capture_default_str();
+  sub.add_option("--seed", sampling.seed, "Random seed (same seed, same output)");
+  sub.add_option("--stop", gen.stop,
+                 "Stop where this text appears (repeatable); the text before it is kept");
+  sub.add_flag_callback(
+      "--ignore-eos", [&gen] { gen.stop_at_eog = false; },
+      "Keep going past end-of-generation tokens (up to -n)");
 }
 
 }  // namespace spillway::cli

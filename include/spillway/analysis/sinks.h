@@ -34,9 +34,6 @@ std::vector<int64_t> top_indices(std::span<const double> values, int64_t n);
 std::vector<double> ranks(std::span<const double> values);
 double spearman(std::span<const double> a, std::span<const double> b);
 
-// Median of the values (NaN for none).
-double median(std::vector<double> values);
-
 // Cosine of the angle between two vectors of the same length (NaN for a zero vector).
 double cosine(std::span<const float> a, std::span<const float> b);
 

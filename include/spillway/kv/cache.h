@@ -107,6 +107,10 @@ class Cache {
   KvStorage& storage() { return storage_; }
   const KvStorage& storage() const { return storage_; }
   uint64_t bytes_peak() const { return bytes_peak_; }
+  // KV bytes one decoded token reads with `depth` tokens in the stream: in every layer the
+  // keys and values of the tokens its query attends to (its group's capacity, at most
+  // `depth`), every KV head. The KV part of decode's memory bound (session/memory_bound.h).
+  uint64_t kv_bytes_read_per_token(int64_t depth) const;
 
  private:
   struct Group {

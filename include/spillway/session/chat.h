@@ -59,7 +59,7 @@ struct ChatReply {
                                // assistant header (and, on the first turn, the start)
   int64_t closing_tokens = 0;  // tokens fed after the answer to close it
   GenerateResult answer;       // tokens (the end-of-turn token not included), text, stop
-                               // reason ("eog", "length", "callback"), timings
+                               // reason, timings
   int64_t stream_tokens = 0;   // tokens in the stream after the exchange
 };
 
@@ -106,14 +106,10 @@ class Chat {
   std::vector<TokenId> encode_content(std::string_view text) const;
 
  private:
-  // Feeds tokens, marking message starts first; accepts them into the sampler.
-  void feed(const std::vector<TokenId>& tokens, Sampler& sampler);
-
   Session& session_;
   ChatOptions opts_;
   ChatFormat format_;
   std::vector<int64_t> starts_;
-  std::vector<TokenId> pending_;  // [tokens of the next feed]
 };
 
 }  // namespace spillway

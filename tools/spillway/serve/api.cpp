@@ -202,72 +202,116 @@ CompletionRequest parse_request(std::string_view body_text, Endpoint endpoint,
   return r;
 }
 
-FeedPlan plan_feed(const std::vector<TokenId>& have, const std::vector<TokenId>& want) {
-  if (!have.empty() && have.size() < want.size() &&
-      std::equal(have.begin(), have.end(), want.begin()))
-    return {false, have.size()};
-  return {true, 0};
+const char* finish_reason(StopReason r) {
+  return r == StopReason::kLength ? "length" : "stop";
 }
 
-size_t incomplete_utf8_tail(std::string_view s) {
-  // Look back at most 3 bytes for the lead byte of a sequence that is not complete.
-  for (size_t back = 1; back <= 3 && back <= s.size(); ++back) {
-    const auto c = static_cast<unsigned char>(s[s.size() - back]);
-    if ((c & 0xC0) == 0x80) continue;  // continuation byte: keep looking
-    size_t len = 1;
-    if ((c & 0xE0) == 0xC0)
-      len = 2;
-    else if ((c & 0xF0) == 0xE0)
-      len = 3;
-    else if ((c & 0xF8) == 0xF0)
-      len = 4;
-    return len > back ? back : 0;
-  }
-  return 0;
+json usage_json(const Usage& u) {
+  return {{"prompt_tokens", u.prompt_tokens},
+          {"completion_tokens", u.completion_tokens},
+          {"total_tokens", u.prompt_tokens + u.completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens}}}};
 }
 
-StopMatcher::StopMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {
-  for (const auto& s : stops_) longest_ = std::max(longest_, s.size());
+namespace {
+
+bool is_chat(const ResponseHead& h) {
+  return h.endpoint == Endpoint::Chat;
 }
 
-std::string StopMatcher::push(std::string_view piece) {
-  if (stopped_) return {};
-  text_ += piece;
-  // A stop string that ends in the new text starts at or after this point.
-  const size_t search_from = sent_ > longest_ ? sent_ - longest_ : 0;
-  size_t first = std::string::npos;
-  for (const auto& s : stops_) {
-    const size_t at = text_.find(s, search_from);
-    if (at != std::string::npos) first = std::min(first, at);
+json object_json(const ResponseHead& h, const char* chat_object, const json& choice) {
+  return {{"id", h.id},
+          {"object", is_chat(h) ? chat_object : "text_completion"},
+          {"created", h.created},
+          {"model", h.model},
+          {"choices", json::array({choice})}};
+}
+
+// A completion choice carries its text (and no log-probabilities); a chat choice carries
+// `field` ("message" or "delta") instead.
+json choice_json(const ResponseHead& h, const char* field, json content, const json& finish) {
+  json choice = {{"index", 0}, {"finish_reason", finish}};
+  if (is_chat(h)) {
+    choice[field] = std::move(content);
+  } else {
+    choice["text"] = content.is_object() ? content.value("content", "") : std::string();
+    choice["logprobs"] = nullptr;
   }
-  if (first != std::string::npos) {
-    stopped_ = true;
-    std::string out = first > sent_ ? text_.substr(sent_, first - sent_) : std::string();
-    sent_ = text_.size();
-    return out;
-  }
-  // Hold back the longest tail that is a proper prefix of some stop string.
-  size_t hold = 0;
-  for (const auto& s : stops_) {
-    for (size_t k = std::min(s.size() - 1, text_.size() - sent_); k > hold; --k) {
-      if (text_.compare(text_.size() - k, k, s, 0, k) == 0) {
-        hold = k;
-        break;
-      }
-    }
-  }
-  size_t end = text_.size() - hold;
-  end -= incomplete_utf8_tail(std::string_view(text_).substr(0, end).substr(sent_));
-  std::string out = text_.substr(sent_, end - sent_);
-  sent_ = end;
+  return choice;
+}
+
+}  // namespace
+
+json completion_json(const ResponseHead& h, const std::string& text, StopReason stop,
+                     const Usage& usage) {
+  json out = object_json(
+      h, "chat.completion",
+      choice_json(h, "message", {{"role", "assistant"}, {"content", text}}, finish_reason(stop)));
+  out["usage"] = usage_json(usage);
   return out;
 }
 
-std::string StopMatcher::finish() {
-  if (stopped_) return {};
-  std::string out = text_.substr(sent_);
-  sent_ = text_.size();
+json role_chunk_json(const ResponseHead& h) {
+  return object_json(h, "chat.completion.chunk",
+                     choice_json(h, "delta", {{"role", "assistant"}, {"content", ""}}, nullptr));
+}
+
+json text_chunk_json(const ResponseHead& h, const std::string& text) {
+  return object_json(h, "chat.completion.chunk",
+                     choice_json(h, "delta", {{"content", text}}, nullptr));
+}
+
+json last_chunk_json(const ResponseHead& h, StopReason stop, const Usage& usage) {
+  json out = object_json(h, "chat.completion.chunk",
+                         choice_json(h, "delta", json::object(), finish_reason(stop)));
+  out["usage"] = usage_json(usage);
   return out;
+}
+
+json models_json(const std::vector<std::string>& ids, int64_t created) {
+  json data = json::array();
+  for (const auto& id : ids)
+    data.push_back(
+        {{"id", id}, {"object", "model"}, {"created", created}, {"owned_by", "spillway"}});
+  return {{"object", "list"}, {"data", data}};
+}
+
+json metrics_json(const SchedulerMetrics& m, const ServerCounters& c) {
+  return {
+      {"uptime_s", m.uptime_s},
+      {"requests_total", c.requests},
+      {"errors_total", c.errors},
+      {"tokens_per_s", m.tokens_per_s},
+      {"completion_tokens_total", m.completion_tokens},
+      {"prompt_tokens_total", m.prompt_tokens},
+      {"cached_prompt_tokens_total", m.cached_prompt_tokens},
+      {"active_requests", m.active},
+      {"queued_requests", m.queued},
+      {"active_conversations", m.conversations},
+      {"sessions", m.sessions},
+      {"kv_bytes", m.kv_bytes},
+      {"kv_budget_bytes", c.kv_budget},
+      {"rss_bytes", c.rss_bytes},
+      {"conversation_prefix_reuse_total", m.reuse_prefix},
+      {"conversation_reset_total", m.reuse_reset},
+      {"conversation_new_total", m.reuse_new},
+      {"session_evictions_total", m.evictions},
+      {"completed_total", m.jobs_completed},
+      {"cancelled_total", m.jobs_cancelled},
+      {"failed_total", m.jobs_failed},
+      {"decode_steps_total", m.steps},
+  };
+}
+
+std::string prometheus_text(const json& metrics) {
+  std::string out;
+  for (const auto& [k, v] : metrics.items()) out += fmt::format("spillway_{} {}\n", k, v.dump());
+  return out;
+}
+
+ApiError event_error(const Event& e) {
+  return e.unavailable ? ApiError(503, "server_error", "unavailable", e.text)
+                       : ApiError(500, "server_error", "internal_error", e.text);
 }
 
 }  // namespace spillway::serve

@@ -1,7 +1,7 @@
-// The request side of `spillway serve` without any HTTP: parsing OpenAI-style completion
-// requests into typed values, the prefix-reuse rule of conversations, stop strings, and
-// the JSON shapes of errors and responses. Pure functions and small values, so that they
-// can be tested without a socket or a model.
+// The OpenAI side of `spillway serve` without any HTTP: parsing completion requests into
+// typed values, and the JSON shapes of errors, responses, stream chunks and metrics. Pure
+// functions and small values, so that they can be tested without a socket or a model.
+// The scheduler that runs the requests is the library's (spillway/serve/scheduler.h).
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "spillway/serve/scheduler.h"
 #include "spillway/session/generate.h"
 
 namespace spillway::serve {
@@ -74,36 +75,49 @@ CompletionRequest parse_request(std::string_view body, Endpoint endpoint,
                                 const RequestLimits& limits,
                                 std::string_view conversation_header = {});
 
-// How to bring a session that has consumed `have` to the state after `want`:
-// feed want[from..] on top (reset == false: `have` is a prefix of `want`, and want is
-// longer, so that there are logits to sample from), or reset and feed all of `want`.
-struct FeedPlan {
-  bool reset = false;
-  size_t from = 0;  // tokens of `want` already in the session
-};
-FeedPlan plan_feed(const std::vector<TokenId>& have, const std::vector<TokenId>& want);
+// OpenAI's finish_reason for why a generation ended: "length", or "stop" (the model's
+// end of generation or a stop string).
+const char* finish_reason(StopReason r);
 
-// Watches generated text for stop strings. push() returns the text that is safe to send
-// now: everything up to a stop string when one appears (then stopped() is true), else
-// all but the tail that could still be the start of a stop string (never splitting a
-// UTF-8 sequence). finish() returns what was held back once generation ends otherwise.
-class StopMatcher {
- public:
-  explicit StopMatcher(std::vector<std::string> stops);
-  std::string push(std::string_view piece);
-  std::string finish();
-  bool stopped() const { return stopped_; }
+// {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details":
+// {"cached_tokens"}}
+nlohmann::json usage_json(const Usage& u);
 
- private:
-  std::vector<std::string> stops_;
-  size_t longest_ = 0;
-  std::string text_;  // everything generated so far
-  size_t sent_ = 0;   // bytes of text_ handed out
-  bool stopped_ = false;
+// What every object of one response repeats: its id, creation time (Unix seconds), the
+// model name it answers as, and the endpoint (chat objects differ from completion ones).
+struct ResponseHead {
+  std::string id;
+  int64_t created = 0;
+  std::string model;
+  Endpoint endpoint = Endpoint::Chat;
 };
 
-// Bytes at the end of s that begin an incomplete UTF-8 sequence (0..3).
-size_t incomplete_utf8_tail(std::string_view s);
+// A whole response (stream: false): chat.completion with a message, or text_completion.
+nlohmann::json completion_json(const ResponseHead& h, const std::string& text, StopReason stop,
+                               const Usage& usage);
+// Streamed chunks (stream: true), sent as SSE `data:` lines: the chat stream's first chunk
+// (the role), a piece of text, and the last chunk (finish reason and usage).
+nlohmann::json role_chunk_json(const ResponseHead& h);
+nlohmann::json text_chunk_json(const ResponseHead& h, const std::string& text);
+nlohmann::json last_chunk_json(const ResponseHead& h, StopReason stop, const Usage& usage);
+
+// GET /v1/models: the model's ids, each {"id", "object": "model", "created", "owned_by"}.
+nlohmann::json models_json(const std::vector<std::string>& ids, int64_t created);
+
+// What the HTTP side counts, for GET /metrics.
+struct ServerCounters {
+  int64_t requests = 0;
+  int64_t errors = 0;
+  uint64_t kv_budget = 0;
+  uint64_t rss_bytes = 0;
+};
+// GET /metrics as JSON (flat: name -> number), and the same in Prometheus' text format
+// (spillway_<name> <value> per line).
+nlohmann::json metrics_json(const SchedulerMetrics& m, const ServerCounters& c);
+std::string prometheus_text(const nlohmann::json& metrics);
+
+// The HTTP error of a scheduler's Error event: 503 "unavailable" while stopping, else 500.
+ApiError event_error(const Event& e);
 
 // JSON text that never throws on invalid UTF-8 (replaced by U+FFFD).
 std::string dump_json(const nlohmann::json& j);

@@ -1,17 +1,23 @@
-#include "scheduler.h"
+#include "spillway/serve/scheduler.h"
 
 #include <fmt/core.h>
 
 #include <algorithm>
 #include <exception>
 
-#include "api.h"
 #include "spillway/core/error.h"
 #include "spillway/session/session.h"
 
 namespace spillway::serve {
 
 using clock_type = std::chrono::steady_clock;
+
+FeedPlan plan_feed(const std::vector<TokenId>& have, const std::vector<TokenId>& want) {
+  if (!have.empty() && have.size() < want.size() &&
+      std::equal(have.begin(), have.end(), want.begin()))
+    return {false, have.size()};
+  return {true, 0};
+}
 
 std::optional<Event> Job::next(std::chrono::milliseconds timeout) {
   std::unique_lock lk(mu_);
@@ -41,13 +47,10 @@ struct Scheduler::Active {
   std::shared_ptr<Job> job;
   Conversation* conv = nullptr;
   std::unique_ptr<Conversation> owned;  // a one-off request's session
-  std::unique_ptr<Sampler> sampler;
-  std::unique_ptr<StreamDecoder> decoder;
-  std::unique_ptr<StopMatcher> stop;
-  size_t fed = 0;         // tokens of the prompt in the session
-  bool decoding = false;  // prompt done; `pending` is the next token to feed
-  bool batchable = true;  // the policy can share a pass (not a replaying one)
-  TokenId pending = 0;
+  std::unique_ptr<Generator> gen;       // sampler, decoder and stop strings of the request
+  size_t fed = 0;                       // tokens of the prompt in the session
+  bool decoding = false;                // prompt done; the generator samples
+  bool batchable = true;                // the policy can share a pass (not a replaying one)
   Usage usage;
   bool done = false;
 };
@@ -70,14 +73,12 @@ Scheduler::~Scheduler() {
 }
 
 std::shared_ptr<Job> Scheduler::submit(JobSpec spec) {
-  if (spec.prompt.empty())
-    throw ApiError(400, "invalid_request_error", "invalid_request", "the prompt has no tokens");
+  if (spec.prompt.empty()) throw InvalidArgument("the prompt has no tokens");
   auto job = std::make_shared<Job>();
   job->spec_ = std::move(spec);
   {
     std::lock_guard lk(mu_);
-    if (stopping_)
-      throw ApiError(503, "server_error", "shutting_down", "the server is shutting down");
+    if (stopping_) throw Unavailable("the server is shutting down");
     queue_.push_back(job);
     metrics_.queued = static_cast<int64_t>(queue_.size());
   }
@@ -111,13 +112,13 @@ void Scheduler::run() {
         for (auto& job : queue_) {
           Event e;
           e.kind = Event::Kind::Error;
-          e.status = 503;
+          e.unavailable = true;
           e.text = "the server is shutting down";
           job->push(std::move(e));
         }
         queue_.clear();
         lk.unlock();
-        for (auto& a : active_) fail(*a, "the server is shutting down");
+        for (auto& a : active_) fail(*a, "the server is shutting down", true);
         active_.clear();
         refresh_metrics();
         return;
@@ -218,13 +219,13 @@ void Scheduler::admit() {
       auto a = std::make_unique<Active>();
       a->job = job;
       a->conv = conv;
-      a->owned = std::move(owned);
-      a->sampler = make_sampler(spec.sampling);
-      a->decoder = std::make_unique<StreamDecoder>(model_.tokenizer());
-      a->stop = std::make_unique<StopMatcher>(spec.stop);
+      GenerateOptions go;
+      go.max_new_tokens = spec.max_tokens;
+      go.stop = spec.stop;
+      a->gen = spec.sampler
+                   ? std::make_unique<Generator>(*conv->session, *spec.sampler, std::move(go))
+                   : std::make_unique<Generator>(*conv->session, spec.sampling, std::move(go));
       a->batchable = !conv->session->cache().replay_from(0).has_value();
-      conv->busy = true;
-      conv->last_used = ++lru_clock_;
       a->usage.prompt_tokens = static_cast<int64_t>(spec.prompt.size());
       if (spec.conversation_id.empty()) {
         admitted.reuse = "none";
@@ -240,6 +241,8 @@ void Scheduler::admit() {
           ++counters_.reuse_reset;
         } else {
           a->fed = plan.from;
+          // The sampler looks back over the conversation as if it had been fed now.
+          a->gen->accept_history(std::span<const TokenId>(spec.prompt.data(), plan.from));
           admitted.reuse = "prefix";
           ++counters_.reuse_prefix;
         }
@@ -247,13 +250,16 @@ void Scheduler::admit() {
       a->usage.cached_tokens = static_cast<int64_t>(a->fed);
       counters_.cached_prompt_tokens += a->usage.cached_tokens;
       admitted.usage = a->usage;
+      // Nothing throws from here on.
+      conv->busy = true;
+      conv->last_used = ++lru_clock_;
+      a->owned = std::move(owned);
       job->push(std::move(admitted));
       active_.push_back(std::move(a));
     } catch (const std::exception& e) {
       if (owned) --anonymous_sessions_;
       Event err;
       err.kind = Event::Kind::Error;
-      err.status = 500;
       err.text = e.what();
       job->push(std::move(err));
       ++counters_.jobs_failed;
@@ -271,7 +277,7 @@ void Scheduler::prefill(Active& a) {
       std::min<size_t>(static_cast<size_t>(opts_.prefill_chunk), prompt.size() - a.fed);
   std::span<const TokenId> chunk(prompt.data() + a.fed, n);
   try {
-    a.conv->session->feed(chunk);
+    a.gen->feed(chunk);
   } catch (const std::exception& e) {
     a.conv->session->reset();
     a.conv->tokens.clear();
@@ -283,11 +289,7 @@ void Scheduler::prefill(Active& a) {
   counters_.prompt_tokens += static_cast<int64_t>(n);
   if (a.fed < prompt.size()) return;
   a.decoding = true;
-  if (a.job->spec_.max_tokens == 0) {
-    finish(a, "length");
-    return;
-  }
-  on_token(a, a.sampler->sample(a.conv->session->last_logits(), model_.config().n_vocab));
+  advance(a);
 }
 
 void Scheduler::decode_step() {
@@ -297,19 +299,11 @@ void Scheduler::decode_step() {
     if (a->done || !a->decoding) continue;
     if (a->batchable) {
       batch.push_back(a.get());
-      entries.push_back({a->conv->session.get(), std::span<const TokenId>(&a->pending, 1)});
+      entries.push_back({a->conv->session.get(), a->gen->pending()});
     } else {
-      // A replaying policy recomputes its window per token and cannot share a pass.
-      try {
-        a->conv->session->feed(std::span<const TokenId>(&a->pending, 1));
-        a->conv->tokens.push_back(a->pending);
-      } catch (const std::exception& e) {
-        a->conv->session->reset();
-        a->conv->tokens.clear();
-        fail(*a, e.what());
-        continue;
-      }
-      on_token(*a, a->sampler->sample(a->conv->session->last_logits(), model_.config().n_vocab));
+      // A replaying policy recomputes its window per token and cannot share a pass: its
+      // generator feeds the token itself.
+      advance(*a);
     }
   }
   if (entries.empty()) return;
@@ -325,65 +319,67 @@ void Scheduler::decode_step() {
   }
   ++counters_.steps;
   for (Active* a : batch) {
-    a->conv->tokens.push_back(a->pending);
-    on_token(*a, a->sampler->sample(a->conv->session->last_logits(), model_.config().n_vocab));
+    const std::span<const TokenId> fed = a->gen->pending();
+    a->conv->tokens.insert(a->conv->tokens.end(), fed.begin(), fed.end());
+    a->gen->mark_pending_fed();
+    advance(*a);
   }
 }
 
-void Scheduler::on_token(Active& a, TokenId token) {
-  const Tokenizer& tok = model_.tokenizer();
-  if (tok.is_eog(token)) {
-    finish(a, "stop");
+// One token of a request: the generator feeds its pending token unless a batched step did,
+// samples, and says what text is final.
+void Scheduler::advance(Active& a) {
+  Generator& gen = *a.gen;
+  const std::span<const TokenId> unfed = gen.pending();
+  const std::vector<TokenId> feeding(unfed.begin(), unfed.end());
+  std::optional<GeneratedPiece> piece;
+  try {
+    piece = gen.next();
+  } catch (const std::exception& e) {
+    a.conv->session->reset();
+    a.conv->tokens.clear();
+    fail(a, e.what());
     return;
   }
-  ++a.usage.completion_tokens;
-  ++counters_.completion_tokens;
-  recent_tokens_.emplace_back(clock_type::now(), 1);
-  std::string out = a.stop->push(a.decoder->push(token));
-  if (!out.empty()) {
+  a.conv->tokens.insert(a.conv->tokens.end(), feeding.begin(), feeding.end());
+  if (piece && piece->token != GeneratedPiece::kNoToken) {
+    ++a.usage.completion_tokens;
+    ++counters_.completion_tokens;
+    recent_tokens_.emplace_back(clock_type::now(), 1);
+  }
+  if (piece && !piece->text.empty()) {
     Event e;
     e.kind = Event::Kind::Text;
-    e.text = std::move(out);
+    e.text = std::move(piece->text);
     a.job->push(std::move(e));
   }
-  if (a.stop->stopped()) {
-    finish(a, "stop");
-    return;
-  }
-  if (a.usage.completion_tokens >= a.job->spec_.max_tokens) {
-    finish(a, "length");
-    return;
-  }
-  a.pending = token;
+  if (gen.done()) finish(a);
 }
 
-void Scheduler::finish(Active& a, const std::string& reason) {
-  if (!a.stop->stopped()) {
-    std::string rest = a.stop->push(a.decoder->flush());
-    rest += a.stop->finish();
-    if (!rest.empty()) {
-      Event e;
-      e.kind = Event::Kind::Text;
-      e.text = std::move(rest);
-      a.job->push(std::move(e));
-    }
+void Scheduler::finish(Active& a) {
+  // What the generator held back (an incomplete character, a possible stop string's start).
+  while (auto rest = a.gen->next()) {
+    if (rest->text.empty()) continue;
+    Event e;
+    e.kind = Event::Kind::Text;
+    e.text = std::move(rest->text);
+    a.job->push(std::move(e));
   }
   Event e;
   e.kind = Event::Kind::Done;
-  e.finish_reason = reason;
+  e.stop = a.gen->stop_reason();
   e.usage = a.usage;
   a.job->push(std::move(e));
   ++counters_.jobs_completed;
   release(a);
 }
 
-void Scheduler::fail(Active& a, const std::string& message) {
+void Scheduler::fail(Active& a, const std::string& message, bool unavailable) {
   if (a.done) return;
   Event e;
   e.kind = Event::Kind::Error;
-  e.status = 500;
   e.text = message;
-  if (message == "the server is shutting down") e.status = 503;
+  e.unavailable = unavailable;
   a.job->push(std::move(e));
   ++counters_.jobs_failed;
   release(a);

@@ -1,7 +1,8 @@
-// The scheduler of `spillway serve`: one decode thread owns every Session and runs all
-// active requests together, one token of each per forward pass (BatchDecoder). New
-// requests' prompts are fed first, in chunks, through their own Session::feed between
-// steps. HTTP threads only submit jobs and read their events.
+// The scheduler behind `spillway serve`, without any HTTP: one decode thread owns every
+// Session and runs all active requests together, one token of each per forward pass
+// (BatchDecoder), each request generating through its own Generator
+// (session/generate.h). New requests' prompts are fed first, in chunks, between steps.
+// Other threads only submit jobs and read their events.
 //
 // Conversations: a job with a conversation id reuses that conversation's Session. The
 // scheduler keeps the tokens the session has consumed; when they are a prefix of the new
@@ -24,6 +25,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "spillway/core/error.h"
 #include "spillway/core/thread_pool.h"
 #include "spillway/kv/policy.h"
 #include "spillway/model/model.h"
@@ -31,6 +33,21 @@
 #include "spillway/session/generate.h"
 
 namespace spillway::serve {
+
+// Thrown by Scheduler::submit once the scheduler is stopping (a server answers 503).
+class Unavailable : public Error {
+ public:
+  using Error::Error;
+};
+
+// How to bring a session that has consumed `have` to the state after `want`:
+// feed want[from..] on top (reset == false: `have` is a prefix of `want`, and want is
+// longer, so that there are logits to sample from), or reset and feed all of `want`.
+struct FeedPlan {
+  bool reset = false;
+  size_t from = 0;  // tokens of `want` already in the session
+};
+FeedPlan plan_feed(const std::vector<TokenId>& have, const std::vector<TokenId>& want);
 
 struct SchedulerOptions {
   kv::PolicySpec policy = kv::PolicySpec("sink:4+1020");
@@ -52,17 +69,20 @@ struct Usage {
 struct Event {
   enum class Kind { Admitted, Text, Done, Error };
   Kind kind = Kind::Text;
-  std::string text;           // Text: the next piece; Error: the message
-  std::string finish_reason;  // Done: "stop" or "length"
-  Usage usage;                // Admitted (prompt and cached tokens) and Done
-  std::string reuse;          // Admitted: "none" (no conversation), "new", "prefix", "reset"
-  int status = 0;             // Error: HTTP status
+  std::string text;                     // Text: the next piece; Error: the message
+  StopReason stop = StopReason::kNone;  // Done: why generation ended
+  Usage usage;                          // Admitted (prompt and cached tokens) and Done
+  std::string reuse;         // Admitted: "none" (no conversation), "new", "prefix", "reset"
+  bool unavailable = false;  // Error: the scheduler is stopping (else the request failed)
 };
 
 struct JobSpec {
   std::vector<TokenId> prompt;  // the whole rendered prompt (at least one token)
   std::string conversation_id;  // empty: a fresh session, dropped at the end
   SamplerParams sampling;
+  // A sampler of the caller's instead of one made from `sampling` (e.g. a constrained
+  // one); the job owns it, and it is used on the decode thread only.
+  std::unique_ptr<Sampler> sampler;
   int64_t max_tokens = 256;
   std::vector<std::string> stop;
 };
@@ -116,7 +136,8 @@ class Scheduler {
   Scheduler(const model::Model& model, const SchedulerOptions& opts);
   ~Scheduler();  // stop()
 
-  // Queues a job. Throws ApiError 503 once stopping.
+  // Queues a job. Throws InvalidArgument for a prompt without tokens, Unavailable once
+  // stopping.
   std::shared_ptr<Job> submit(JobSpec spec);
   // Cancels every queued and active job (each gets an Error event, 503) and joins the
   // decode thread. Idempotent.
@@ -131,9 +152,9 @@ class Scheduler {
   bool make_room(bool need_new_session);
   void prefill(Active& a);
   void decode_step();
-  void on_token(Active& a, TokenId token);
-  void finish(Active& a, const std::string& reason);
-  void fail(Active& a, const std::string& message);
+  void advance(Active& a);
+  void finish(Active& a);
+  void fail(Active& a, const std::string& message, bool unavailable = false);
   void release(Active& a);
   void refresh_metrics();
 

@@ -1,0 +1,207 @@
+// The serve scheduler as a library component (serve/scheduler.h), without HTTP: the
+// prefix-reuse rule, conversations picked up again giving what a fresh session gives,
+// many requests batched together giving what each gives alone, and its errors.
+#include "spillway/serve/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "spillway/core/error.h"
+#include "spillway/model/model.h"
+#include "spillway/session/generate.h"
+#include "spillway/session/session.h"
+#include "util/paths.h"
+#include "util/tiny_model.h"
+
+namespace spillway::serve {
+namespace {
+
+// With an output matrix of its own: a tied one makes the tiny model repeat its last token,
+// and generations that repeat one token cannot tell a token fed twice from once.
+const model::Model& tiny() {
+  static const auto m = [] {
+    test::TinyModelSpec spec;
+    spec.tied_output = false;
+    return model::Model::load(test::write_tiny_model(test::temp_dir(), spec, "scheduler.gguf"));
+  }();
+  return *m;
+}
+
+struct Outcome {
+  std::string reuse;
+  std::string text;
+  Usage usage;
+  StopReason stop = StopReason::kNone;
+};
+
+Outcome wait(Job& job) {
+  Outcome o;
+  for (;;) {
+    auto e = job.next(std::chrono::seconds(60));
+    if (!e) throw std::runtime_error("the scheduler did not answer");
+    switch (e->kind) {
+      case Event::Kind::Admitted:
+        o.reuse = e->reuse;
+        o.usage = e->usage;
+        break;
+      case Event::Kind::Text:
+        o.text += e->text;
+        break;
+      case Event::Kind::Done:
+        o.stop = e->stop;
+        o.usage = e->usage;
+        return o;
+      case Event::Kind::Error:
+        throw std::runtime_error(e->text);
+    }
+  }
+}
+
+// Sampled at temperature 1 with a seed of the prompt's length: unlike greedy choices on a
+// random tiny model (which repeat one token), a draw notices logits that are off.
+SamplerParams sampling_for(const std::vector<TokenId>& prompt) {
+  SamplerParams p;
+  p.temperature = 1.0f;
+  p.seed = prompt.size();
+  return p;
+}
+
+JobSpec job_spec(std::vector<TokenId> prompt, int64_t max_tokens, std::string conversation = {}) {
+  JobSpec s;
+  s.sampling = sampling_for(prompt);
+  s.prompt = std::move(prompt);
+  s.max_tokens = max_tokens;
+  s.conversation_id = std::move(conversation);
+  return s;
+}
+
+SchedulerOptions options(int64_t prefill_chunk = 64) {
+  SchedulerOptions o;
+  o.threads = 1;
+  o.policy = kv::PolicySpec("sink:4+60");
+  o.prefill_chunk = prefill_chunk;
+  return o;
+}
+
+// What one session generates alone: the reference for the scheduler's answers.
+GenerateResult alone_result(const std::vector<TokenId>& prompt, int64_t n) {
+  SessionOptions so;
+  so.policy = kv::PolicySpec("sink:4+60");
+  so.threads = 1;
+  Session s(tiny(), so);
+  auto sampler = make_sampler(sampling_for(prompt));
+  GenerateOptions go;
+  go.max_new_tokens = n;
+  return generate(s, prompt, *sampler, go);
+}
+
+std::string alone(const std::vector<TokenId>& prompt, int64_t n) {
+  return alone_result(prompt, n).text;
+}
+
+// The scheduler's metrics are refreshed by its thread after each step: waits until
+// `ready` holds (or a few seconds have passed) and returns them.
+template <typename Pred>
+SchedulerMetrics metrics_when(const Scheduler& s, Pred ready) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  SchedulerMetrics m = s.metrics();
+  while (!ready(m) && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    m = s.metrics();
+  }
+  return m;
+}
+
+TEST(Scheduler, PlanFeedReusesAStrictPrefix) {
+  const std::vector<TokenId> have = {1, 2, 3};
+  auto p = plan_feed(have, {1, 2, 3, 4, 5});
+  EXPECT_FALSE(p.reset);
+  EXPECT_EQ(p.from, 3u);
+  EXPECT_TRUE(plan_feed(have, {1, 2, 3}).reset);     // nothing new to feed: no logits
+  EXPECT_TRUE(plan_feed(have, {1, 9, 3, 4}).reset);  // diverged
+  EXPECT_TRUE(plan_feed(have, {1, 2}).reset);        // shorter
+  EXPECT_TRUE(plan_feed({}, {1, 2}).reset);          // fresh session: feed all
+}
+
+TEST(Scheduler, RequestsBatchedTogetherGiveWhatEachGivesAlone) {
+  std::vector<std::vector<TokenId>> prompts;
+  for (int i = 0; i < 5; ++i) prompts.push_back(test::random_tokens(10 + 7 * i, 40 + i));
+  Scheduler sched(tiny(), options(/*prefill_chunk=*/8));
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (const auto& p : prompts) jobs.push_back(sched.submit(job_spec(p, 20)));
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const Outcome o = wait(*jobs[i]);
+    EXPECT_EQ(o.text, alone(prompts[i], 20)) << "request " << i;
+    EXPECT_EQ(o.reuse, "none");
+    EXPECT_EQ(o.usage.completion_tokens, 20);
+    EXPECT_EQ(o.stop, StopReason::kLength);
+  }
+  const SchedulerMetrics m =
+      metrics_when(sched, [](const SchedulerMetrics& x) { return x.jobs_completed == 5; });
+  EXPECT_EQ(m.jobs_completed, 5);
+  EXPECT_GT(m.steps, 0);
+  EXPECT_EQ(m.completion_tokens, 100);
+}
+
+TEST(Scheduler, AConversationPickedUpAgainGivesWhatAFreshSessionGives) {
+  Scheduler sched(tiny(), options());
+  const std::vector<TokenId> first = test::random_tokens(30, 7);
+  auto j1 = sched.submit(job_spec(first, 8, "c"));
+  const Outcome o1 = wait(*j1);
+  EXPECT_EQ(o1.reuse, "new");
+  const GenerateResult answer = alone_result(first, 8);
+  EXPECT_EQ(o1.text, answer.text);
+  // The next prompt repeats the conversation, the answer included, and adds to it.
+  std::vector<TokenId> second = first;
+  second.insert(second.end(), answer.tokens.begin(), answer.tokens.end());
+  const std::vector<TokenId> more = test::random_tokens(12, 8);
+  second.insert(second.end(), more.begin(), more.end());
+  auto j2 = sched.submit(job_spec(second, 8, "c"));
+  const Outcome o2 = wait(*j2);
+  EXPECT_EQ(o2.reuse, "prefix");
+  // The session holds the prompt and the answer but its last token (never fed).
+  EXPECT_EQ(o2.usage.cached_tokens, 30 + 7);
+  EXPECT_EQ(o2.text, alone(second, 8));
+  // A prompt that departs from it starts the session over.
+  auto j3 = sched.submit(job_spec(more, 8, "c"));
+  const Outcome o3 = wait(*j3);
+  EXPECT_EQ(o3.reuse, "reset");
+  EXPECT_EQ(o3.text, alone(more, 8));
+  const SchedulerMetrics m =
+      metrics_when(sched, [](const SchedulerMetrics& x) { return x.jobs_completed == 3; });
+  EXPECT_EQ(m.reuse_new, 1);
+  EXPECT_EQ(m.reuse_prefix, 1);
+  EXPECT_EQ(m.reuse_reset, 1);
+  EXPECT_EQ(m.cached_prompt_tokens, 37);
+}
+
+TEST(Scheduler, ErrorsAndStopping) {
+  Scheduler sched(tiny(), options());
+  EXPECT_THROW(sched.submit(job_spec({}, 4)), InvalidArgument);
+  JobSpec bad = job_spec({1, 2}, 4);
+  bad.stop = {""};
+  auto j = sched.submit(std::move(bad));
+  auto e = j->next(std::chrono::seconds(30));
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->kind, Event::Kind::Error);
+  EXPECT_NE(e->text.find("stop string"), std::string::npos) << e->text;
+  EXPECT_EQ(
+      metrics_when(sched, [](const SchedulerMetrics& x) { return x.jobs_failed == 1; }).jobs_failed,
+      1);
+  sched.stop();
+  EXPECT_THROW(sched.submit(job_spec({1, 2}, 4)), Unavailable);
+  EXPECT_THROW(Scheduler(tiny(),
+                         [] {
+                           SchedulerOptions o;
+                           o.max_active = 0;
+                           return o;
+                         }()),
+               InvalidArgument);
+}
+
+}  // namespace
+}  // namespace spillway::serve
