@@ -110,7 +110,7 @@ Session& session_at(const std::string& spec, int64_t position) {
   auto& s = g->sessions[spec];
   if (!s) {
     SessionOptions so;
-    so.policy = spec;
+    so.policy = spillway::kv::PolicySpec(spec);
     so.max_batch = kAdvanceBatch;
     s = std::make_unique<Session>(*g->model, so, g->pool.get());
   }

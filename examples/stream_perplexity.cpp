@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
     if (max_tokens > 0 && static_cast<long>(tokens.size()) > max_tokens) tokens.resize(max_tokens);
 
     spillway::PerplexityOptions opts;
-    opts.policy = policy;  // "full", "window:1024", "sink:4+1020", "recompute:1024", ...
+    opts.policy = spillway::kv::PolicySpec(
+        policy);  // "full", "window:1024", "sink:4+1020", "recompute:1024", ...
     opts.progress = [](int64_t done, int64_t total) {
       std::fprintf(stderr, "\r%lld/%lld tokens", static_cast<long long>(done),
                    static_cast<long long>(total));

@@ -224,7 +224,7 @@ AblationResult ablate_sinks(const model::Model& model, std::span<const TokenId> 
   // residual stream comes from a short run over the start of the stream.
   {
     SessionOptions so0 = so;
-    so0.policy = "full";
+    so0.policy = kv::PolicySpec("full");
     Session s0(model, so0);
     AttentionStatsOptions ao;
     ao.attention = false;

@@ -307,10 +307,6 @@ bool Value::is_integer() const {
   }
 }
 
-bool Value::is_float() const {
-  return type() == ValueType::FLOAT32 || type() == ValueType::FLOAT64;
-}
-
 template <class T>
 std::optional<T> Value::to_integer() const {
   static_assert(kIsInteger<T>, "to_integer needs an integer type");

@@ -25,8 +25,6 @@ class SlotSet {
   // Held tokens as (stream index, slot), in stream order.
   const std::vector<std::pair<int64_t, int32_t>>& held() const { return held_; }
   bool contains(int64_t stream) const;
-  // Stream index in `slot`, or -1.
-  int64_t stream_at(int32_t slot) const { return slot_stream_[static_cast<size_t>(slot)]; }
 
   // Forgets a held token (its slot becomes free).
   void evict(int64_t stream);

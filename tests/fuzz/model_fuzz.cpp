@@ -32,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       tokens.push_back(static_cast<spillway::TokenId>(t % cfg.n_vocab));
     tokens.push_back(static_cast<spillway::TokenId>(cfg.n_vocab - 1));
     spillway::SessionOptions so;
-    so.policy = "sink:1+2";
+    so.policy = spillway::kv::PolicySpec("sink:1+2");
     so.max_batch = 4;
     spillway::Session session(*model, so, &pool);
     session.feed(tokens);

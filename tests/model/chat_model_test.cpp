@@ -33,7 +33,7 @@ std::string user_line(int i) {
 struct Reference {
   Reference(const model::Model& m, const kv::PolicySpec& policy) : m_(m) {
     SessionOptions so;
-    so.policy = policy;
+    so.policy = kv::PolicySpec(policy);
     so.threads = 2;
     s_ = std::make_unique<Session>(m, so);
     tmpl_ = *m.chat_template();
@@ -116,7 +116,7 @@ TEST(ChatModel, TwoHundredScriptedTurnsThroughTheCliEqualAPlainSession) {
   EXPECT_EQ(j["policy"], "sink:4+252");
 
   auto m = model::Model::load(test::default_model_path());
-  Reference ref(*m, "sink:4+252");
+  Reference ref(*m, kv::PolicySpec("sink:4+252"));
   int64_t max_cache = 0;
   for (int i = 0; i < 200; ++i) {
     const auto& t = j["turns"][static_cast<size_t>(i)];
@@ -137,7 +137,7 @@ TEST(ChatModel, EvictByTurnKeepsWholeMessagesAndEqualsAPlainSession) {
   auto m = model::Model::load(test::default_model_path());
   const kv::PolicySpec policy("sink:4+252,evict=turn");
   SessionOptions so;
-  so.policy = policy;
+  so.policy = kv::PolicySpec(policy);
   so.threads = 2;
   Session s(*m, so);
   ChatOptions co;
@@ -171,7 +171,7 @@ TEST(ChatModel, ABaseModelWithoutTemplateIsRefused) {
   auto m = model::Model::load(test::gemma3_model_path());
   ASSERT_FALSE(m->chat_template());
   SessionOptions so;
-  so.policy = "sink:4+252";
+  so.policy = kv::PolicySpec("sink:4+252");
   Session s(*m, so);
   EXPECT_THROW(Chat(s, ChatOptions{}), FormatError);
 }

@@ -97,8 +97,8 @@ std::map<std::string, std::unique_ptr<model::Model>> GoldenTest::models_;
 std::vector<std::vector<float>> all_logits(const model::Model& m, const std::vector<TokenId>& ids,
                                            int64_t chunk) {
   SessionOptions so;
-  so.policy =
-      std::getenv("SPILLWAY_GOLDEN_POLICY") ? std::getenv("SPILLWAY_GOLDEN_POLICY") : "full";
+  so.policy = kv::PolicySpec(
+      std::getenv("SPILLWAY_GOLDEN_POLICY") ? std::getenv("SPILLWAY_GOLDEN_POLICY") : "full");
   so.max_batch = chunk;
   Session s(m, so);
   std::vector<std::vector<float>> out;
@@ -190,7 +190,7 @@ TEST_P(GoldenTest, PerplexityOfTheFirst2048CorpusTokensMatchesLlamaCpp) {
   const json g = golden("ppl.json");
   const auto ids = g["ids"].get<std::vector<TokenId>>();
   PerplexityOptions o;
-  o.policy = "full";
+  o.policy = kv::PolicySpec("full");
   o.chunk = 256;
   const PerplexityResult r = evaluate_perplexity(*model_, ids, o);
   const double want = g["ppl"].get<double>();
@@ -216,7 +216,7 @@ TEST_P(GoldenTest, ChunkedPerplexityEqualsPerToken) {
   ids.resize(560);
   for (const char* spec : {"sink:4+156", "window:160,kv=f16"}) {
     PerplexityOptions one, many;
-    one.policy = many.policy = spec;
+    one.policy = many.policy = kv::PolicySpec(spec);
     one.chunk = 1;
     many.chunk = 96;
     const auto a = evaluate_perplexity(*model_, ids, one);
@@ -282,7 +282,7 @@ TEST_P(GoldenTest, DistanceOfBothEnginesFromAnUnroundedReference) {
   const size_t nt = std::min<size_t>(env ? std::strtoul(env, nullptr, 10) : 128, cids.size());
   cids.resize(nt);
   PerplexityOptions o;
-  o.policy = "full";
+  o.policy = kv::PolicySpec("full");
   o.chunk = 256;
   const PerplexityResult r = evaluate_perplexity(*model_, cids, o);
   test::NaiveReference cref(*model_, 0, -1, false);

@@ -116,7 +116,7 @@ TEST_F(SinksModel, AblatingEveryHeadEqualsMaskingTheSinkSlotsEverywhere) {
 
   // The ablation of every head, through the session.
   SessionOptions so;
-  so.policy = spec;
+  so.policy = kv::PolicySpec(spec);
   so.max_batch = 1;
   so.threads = 2;
   Session s(*model_, so);

@@ -28,7 +28,7 @@ std::string read_prefix(const std::string& path, size_t bytes) {
 std::vector<float> run_stream(const model::Model& m, const std::string& spec,
                               std::span<const TokenId> tokens, ThreadPool* pool) {
   SessionOptions o;
-  o.policy = spec;
+  o.policy = kv::PolicySpec(spec);
   o.threads = 2;  // with pool == nullptr: a pool of two threads per session
   o.max_batch = 48;
   Session s(m, o, pool);

@@ -1,5 +1,5 @@
-// Decoding allocates nothing per token once warmed up (DESIGN.md: "no allocation per
-// token"). This file replaces the global operator new/delete of the test executable with
+// Decoding allocates nothing per token once warmed up (docs/architecture.md, KV storage).
+// This file replaces the global operator new/delete of the test executable with
 // versions that count calls, but only while an AllocationCounter is alive: outside one
 // they behave like the defaults (malloc/free), so the other tests are unaffected. No
 // other file of the test executable may replace them.
@@ -177,7 +177,7 @@ TEST_P(DecodeAllocations, NoneAfterWarmUp) {
   auto model = model::Model::load(path);
   constexpr int64_t kWarm = 48, kCounted = 64;
   SessionOptions so;
-  so.policy = dc.policy;
+  so.policy = kv::PolicySpec(dc.policy);
   so.max_batch = 1;
   so.max_stream = dc.max_stream;
   so.threads = dc.threads;

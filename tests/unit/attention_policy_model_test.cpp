@@ -38,7 +38,7 @@ std::unique_ptr<Model> tiny(DType t, bool gemma = false) {
 std::vector<float> nlls(const Model& m, const std::vector<TokenId>& tokens, const char* spec,
                         int64_t chunk) {
   PerplexityOptions o;
-  o.policy = spec;
+  o.policy = kv::PolicySpec(spec);
   o.chunk = chunk;
   o.threads = 2;
   return evaluate_perplexity(m, tokens, o).nll;
@@ -80,7 +80,7 @@ struct Recorded {
 
 Recorded run_recording(const Model& m, const std::vector<TokenId>& tokens, const char* spec) {
   SessionOptions so;
-  so.policy = spec;
+  so.policy = kv::PolicySpec(spec);
   so.max_batch = 1;
   so.threads = 1;
   Session s(m, so);
@@ -138,7 +138,7 @@ TEST(AttentionPolicyModel, NullSinkMatchesTheNaiveCalibration) {
     auto m = tiny(DType::F32, gemma);
     const auto tokens = random_tokens(120, 4);
     SessionOptions so;
-    so.policy = "nullsink:20,calib=first:3";
+    so.policy = kv::PolicySpec("nullsink:20,calib=first:3");
     so.max_batch = 1;
     Session s(*m, so);
     test::NaiveReference ref(*m, 0, 20, false);
@@ -242,9 +242,9 @@ TEST(CustomPolicy, APolicyFromOutsideTheRegistryRunsLikeTheBuiltIn) {
   const auto tokens = random_tokens(120, 8);
   PerplexityOptions o;
   o.chunk = 7;
-  o.policy = "sink:3+20";
+  o.policy = kv::PolicySpec("sink:3+20");
   const auto want = evaluate_perplexity(*m, tokens, o);
-  o.policy = "full,kv=f32";
+  o.policy = kv::PolicySpec("full,kv=f32");
   o.policy_factory = [](const kv::PolicyLimits& l) {
     return std::make_unique<OutsideSinkPolicy>(3, 20, l);
   };

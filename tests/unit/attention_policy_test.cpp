@@ -44,7 +44,7 @@ std::vector<std::tuple<int32_t, int32_t, int64_t, bool>> ranges(const BatchPlan&
 using R = std::tuple<int32_t, int32_t, int64_t, bool>;
 
 TEST(H2oPolicy, EvictsTheLightestTokenOutsideTheWindow) {
-  auto p = make_policy("h2o:1+2");
+  auto p = make_policy(kv::PolicySpec("h2o:1+2"));
   EXPECT_EQ(p->spec(), "h2o:1+2");
   EXPECT_EQ(*p->capacity(), 3);
   EXPECT_TRUE(p->wants_attention());
@@ -71,7 +71,7 @@ TEST(H2oPolicy, EvictsTheLightestTokenOutsideTheWindow) {
 }
 
 TEST(TovaPolicy, EvictsWhatTheLatestQueryAttendedToLeast) {
-  auto p = make_policy("tova:2");
+  auto p = make_policy(kv::PolicySpec("tova:2"));
   step(*p, 0, {1.0f});
   step(*p, 1, {0.7f, 0.3f});
   BatchPlan b = step(*p, 2, {0.2f, 0.8f});  // 1 evicted; 0 moves to slot 1
@@ -88,7 +88,7 @@ TEST(TovaPolicy, EvictsWhatTheLatestQueryAttendedToLeast) {
 }
 
 TEST(DetectedPolicy, KeepsTheHeaviestEarlyTokensAsSinks) {
-  auto p = make_policy("detected:1+2");
+  auto p = make_policy(kv::PolicySpec("detected:1+2"));
   EXPECT_EQ(p->n_sinks(), 1);
   step(*p, 0, {1.0f});
   step(*p, 1, {0.2f, 0.8f});
@@ -103,12 +103,13 @@ TEST(DetectedPolicy, KeepsTheHeaviestEarlyTokensAsSinks) {
   EXPECT_EQ(b.moves[0].from, 1);
   EXPECT_EQ(b.moves[0].to, 2);
   EXPECT_EQ(ranges(b), (std::vector<R>{{2, 3, 3, true}, {0, 2, 4, false}}));
-  EXPECT_EQ(make_policy("detected:4+8,pick=first")->spec(), "detected:4+8,pick=first");
-  EXPECT_FALSE(make_policy("detected:4+8,pick=first")->wants_attention());
+  EXPECT_EQ(make_policy(kv::PolicySpec("detected:4+8,pick=first"))->spec(),
+            "detected:4+8,pick=first");
+  EXPECT_FALSE(make_policy(kv::PolicySpec("detected:4+8,pick=first"))->wants_attention());
 }
 
 TEST(NullSinkPolicy, CalibratesOnTheFirstTokensThenAddsAVirtualSink) {
-  auto p = make_policy("nullsink:3,calib=first:1");
+  auto p = make_policy(kv::PolicySpec("nullsink:3,calib=first:1"));
   EXPECT_EQ(p->spec(), "nullsink:3,calib=first:1");
   EXPECT_TRUE(p->wants_attention());
   step(*p, 0, {1.0f}, 0.5);          // sees token 0, but is token 0: not counted
@@ -123,7 +124,7 @@ TEST(NullSinkPolicy, CalibratesOnTheFirstTokensThenAddsAVirtualSink) {
   EXPECT_TRUE(b.tokens[0].virtual_sink);
   EXPECT_EQ(ranges(b), (std::vector<R>{{1, 3, 3, false}, {0, 1, 3, false}}));
 
-  auto c = make_policy("nullsink:3,calib=const:-2.5");
+  auto c = make_policy(kv::PolicySpec("nullsink:3,calib=const:-2.5"));
   EXPECT_FALSE(c->wants_attention());
   EXPECT_FALSE(c->per_layer());
   EXPECT_EQ(c->spec(), "nullsink:3,calib=const:-2.5");
@@ -136,7 +137,7 @@ TEST(NullSinkPolicy, CalibratesOnTheFirstTokensThenAddsAVirtualSink) {
   }
   ASSERT_EQ(cb.sink_logits.size(), 1u);
   EXPECT_EQ(cb.sink_logits[0], -2.5f);
-  EXPECT_EQ(make_policy("nullsink:8")->spec(), "nullsink:8");
+  EXPECT_EQ(make_policy(kv::PolicySpec("nullsink:8"))->spec(), "nullsink:8");
 }
 
 TEST(AttentionPolicies, BadSpecsSayWhy) {

@@ -38,7 +38,7 @@ std::unique_ptr<Model> tiny(DType t, bool gemma) {
 
 SessionOptions opts(const std::string& spec) {
   SessionOptions o;
-  o.policy = spec;
+  o.policy = kv::PolicySpec(spec);
   o.threads = 2;
   o.max_batch = 8;
   return o;

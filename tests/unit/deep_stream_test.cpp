@@ -81,7 +81,7 @@ Deviation check_token(Policy& p, int64_t n, int64_t sinks, int64_t window, bool 
   const TokenPlan& t = plan.tokens.at(0);
   EXPECT_EQ(t.key_pos, n);  // keys are rotated at their stream index
 
-  // The span by the contract (DESIGN.md): 0..S-1 and max(S, n-W+1)..n.
+  // The span by the contract (docs/architecture.md): 0..S-1 and max(S, n-W+1)..n.
   std::vector<int64_t> span;
   for (int64_t m = 0; m < std::min(sinks, n + 1); ++m) span.push_back(m);
   for (int64_t m = std::max(sinks, n - window + 1); m <= n; ++m) span.push_back(m);
@@ -117,13 +117,13 @@ Deviation check_token(Policy& p, int64_t n, int64_t sinks, int64_t window, bool 
 }
 
 TEST(DeepStream, SeekPlansExactlyAsPlanningEveryToken) {
-  auto walked = make_policy("sink:4+60");
+  auto walked = make_policy(kv::PolicySpec("sink:4+60"));
   BatchPlan scratch;
   for (int64_t n = 0; n < 1000; ++n) {
     scratch.clear();
     walked->plan(n, 1, scratch);
   }
-  auto sought = make_policy("sink:4+60");
+  auto sought = make_policy(kv::PolicySpec("sink:4+60"));
   sought->seek(1000);
   EXPECT_EQ(sought->slot_contents(), walked->slot_contents());
   for (int64_t n = 1000; n < 1300; ++n) {
@@ -138,8 +138,9 @@ TEST(DeepStream, SeekPlansExactlyAsPlanningEveryToken) {
     }
     EXPECT_EQ(a.tokens[0].write_slot, b.tokens[0].write_slot);
   }
-  EXPECT_THROW(sought->seek(5), InvalidArgument);                     // backwards
-  EXPECT_THROW(make_policy("h2o:4+12")->seek(100), InvalidArgument);  // not seekable
+  EXPECT_THROW(sought->seek(5), InvalidArgument);  // backwards
+  EXPECT_THROW(make_policy(kv::PolicySpec("h2o:4+12"))->seek(100),
+               InvalidArgument);  // not seekable
 }
 
 // Rounding bound of one rotated dot product in float: a few float epsilons of |q| |k|.
@@ -152,7 +153,7 @@ TEST(DeepStream, PositionsAndScoresExactAtABillionTokens) {
                                std::to_string(w) + (absolute ? ",positions=absolute" : "");
       Deviation shallow, deep;
       for (const int64_t start : {int64_t{3000}, int64_t{1'000'000'000}}) {
-        auto p = make_policy(spec);
+        auto p = make_policy(kv::PolicySpec(spec));
         p->seek(start);
         Deviation& d = start < 1'000'000 ? shallow : deep;
         for (int64_t n = start; n < start + 3; ++n) {

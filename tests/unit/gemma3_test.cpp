@@ -46,7 +46,7 @@ std::vector<std::vector<float>> session_logits(const Model& m, const std::string
                                                const std::vector<TokenId>& tokens, int64_t chunk,
                                                int threads = 1) {
   SessionOptions so;
-  so.policy = spec;
+  so.policy = kv::PolicySpec(spec);
   so.max_batch = chunk;
   so.threads = threads;
   Session s(m, so);
@@ -140,7 +140,7 @@ TEST(Gemma3, ChunkedPerplexityEqualsPerTokenAndPrefillEqualsDecode) {
   for (const char* spec :
        {"full", "window:24", "sink:2+22", "recompute:16", "sink:2+22,local=policy"}) {
     PerplexityOptions one, many;
-    one.policy = many.policy = spec;
+    one.policy = many.policy = kv::PolicySpec(spec);
     one.chunk = 1;
     many.chunk = 29;
     one.threads = many.threads = 2;
@@ -158,10 +158,10 @@ TEST(Gemma3, KvBytesFollowThePerLayerWindows) {
   const uint64_t per_slot_layer = 2 * 2 * 32 * 4;  // K and V, 2 KV heads of 32, f32
   PerplexityOptions o;
   o.chunk = 4;
-  o.policy = "sink:2+40";
+  o.policy = kv::PolicySpec("sink:2+40");
   // 2 global layers of 2 + 40 + 3 slots, 2 local layers of 12 + 3.
   EXPECT_EQ(evaluate_perplexity(*m, tokens, o).kv_bytes_peak, per_slot_layer * (2 * 45 + 2 * 15));
-  o.policy = "sink:2+40,local=policy";
+  o.policy = kv::PolicySpec("sink:2+40,local=policy");
   EXPECT_EQ(evaluate_perplexity(*m, tokens, o).kv_bytes_peak, per_slot_layer * 4 * 45);
 }
 

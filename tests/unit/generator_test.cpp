@@ -64,7 +64,7 @@ const model::Model& tiny() {
 
 SessionOptions opts(const std::string& spec = "full") {
   SessionOptions o;
-  o.policy = spec;
+  o.policy = kv::PolicySpec(spec);
   o.threads = 1;
   return o;
 }

@@ -119,7 +119,7 @@ TEST(HostileSizes, ContextLengthOf2To40IsABoundedRun) {
   EXPECT_EQ(m->config().n_ctx_train, int64_t{1} << 40);
   for (const char* spec : {"sink:4+8", "full"}) {
     SessionOptions so;
-    so.policy = spec;
+    so.policy = kv::PolicySpec(spec);
     so.threads = 1;
     so.max_batch = 8;
     Session session(*m, so);
@@ -272,7 +272,7 @@ TEST(HostileSizes, KvCacheLargerThanMemoryIsAnErrorBeforeAllocating) {
     SCOPED_TRACE(spec);
     kv::PolicyLimits limits;
     limits.max_stream = std::string_view(spec) == "full" ? int64_t{1} << 20 : 0;
-    expect_error<InvalidArgument>([&] { kv::Cache cache(spec, shape, limits); },
+    expect_error<InvalidArgument>([&] { kv::Cache cache(kv::PolicySpec(spec), shape, limits); },
                                   {"KV cache of policy", "more than this machine's"});
   }
 }

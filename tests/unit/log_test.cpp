@@ -62,7 +62,7 @@ class LogTest : public ::testing::Test {
   }
   static SessionOptions opts(const std::string& spec) {
     SessionOptions o;
-    o.policy = spec;
+    o.policy = kv::PolicySpec(spec);
     o.threads = 1;
     o.max_batch = 16;
     return o;

@@ -51,7 +51,7 @@ class TinyF32ModelTest : public ::testing::Test {
 std::vector<std::vector<float>> session_logits(const Model& m, const std::string& spec,
                                                const std::vector<TokenId>& tokens, int64_t chunk) {
   SessionOptions so;
-  so.policy = spec;
+  so.policy = kv::PolicySpec(spec);
   so.max_batch = chunk;
   so.threads = 1;
   Session s(m, so);
@@ -143,7 +143,7 @@ TEST_F(TinyModelTest, ChunkedPerplexityEqualsPerToken) {
   const auto tokens = random_tokens(700, 9);
   for (const char* spec : {"full", "window:64", "sink:4+60", "recompute:32"}) {
     PerplexityOptions one, many;
-    one.policy = many.policy = spec;
+    one.policy = many.policy = kv::PolicySpec(spec);
     one.chunk = 1;
     many.chunk = 50;
     one.threads = many.threads = 2;
@@ -165,13 +165,13 @@ TEST_F(TinyModelTest, KvMemoryStaysWithinThePolicysCapacity) {
   const uint64_t per_slot = 2 * c.n_layer * c.n_head_kv * c.head_dim * 4;
   for (int64_t chunk : {1, 16}) {
     PerplexityOptions o;
-    o.policy = "sink:4+60";
+    o.policy = kv::PolicySpec("sink:4+60");
     o.chunk = chunk;
     const auto r = evaluate_perplexity(*model_, tokens, o);
     EXPECT_EQ(r.kv_bytes_peak, per_slot * (64 + chunk - 1));
   }
   PerplexityOptions o;
-  o.policy = "sink:4+60,kv=f16";
+  o.policy = kv::PolicySpec("sink:4+60,kv=f16");
   o.chunk = 1;
   EXPECT_EQ(evaluate_perplexity(*model_, tokens, o).kv_bytes_peak, per_slot / 2 * 64);
 }
@@ -195,7 +195,7 @@ TEST_F(TinyQ8KvModelTest, ChunkedEqualsPerTokenBitForBit) {
   const auto tokens = random_tokens(500, 13);
   for (const char* spec : {"full,kv=q8_0", "sink:4+60,kv=q8_0", "window:64,kv=q8_0"}) {
     PerplexityOptions one, many;
-    one.policy = many.policy = spec;
+    one.policy = many.policy = kv::PolicySpec(spec);
     one.chunk = 1;
     many.chunk = 50;
     one.threads = many.threads = 2;
@@ -223,7 +223,7 @@ TEST_F(TinyQ8KvModelTest, StaysCloseToF32KvAndHoldsAQuarterOfItsBytesPlusScales)
   EXPECT_GT(moved, 0) << "q8_0 keys and values should round somewhere";
   const auto& c = model_->config();
   PerplexityOptions o;
-  o.policy = "sink:4+60,kv=q8_0";
+  o.policy = kv::PolicySpec("sink:4+60,kv=q8_0");
   o.chunk = 1;
   // Per slot, layer and KV head: a key and a value row of head_dim / 32 blocks of 34 bytes.
   EXPECT_EQ(evaluate_perplexity(*model_, tokens, o).kv_bytes_peak,
@@ -232,7 +232,8 @@ TEST_F(TinyQ8KvModelTest, StaysCloseToF32KvAndHoldsAQuarterOfItsBytesPlusScales)
 
 TEST_F(TinyModelTest, Q8KvNeedsAHeadSizeOfWholeBlocks) {
   SessionOptions so;
-  so.policy = "sink:4+60,kv=q8_0";  // the spec is fine; this model's head size (16) is not
+  so.policy =
+      kv::PolicySpec("sink:4+60,kv=q8_0");  // the spec is fine; this model's head size (16) is not
   try {
     Session s(*model_, so);
     FAIL() << "a q8_0 cache for head size 16 was made";
@@ -244,8 +245,8 @@ TEST_F(TinyModelTest, Q8KvNeedsAHeadSizeOfWholeBlocks) {
 
 TEST_F(TinyModelTest, BadInputIsRejectedWithClearErrors) {
   SessionOptions so;
-  EXPECT_THROW(so.policy = "sink:4", InvalidArgument);  // parsed where it is given
-  so.policy = "full";
+  EXPECT_THROW(so.policy = kv::PolicySpec("sink:4"), InvalidArgument);  // parsed where it is given
+  so.policy = kv::PolicySpec("full");
   Session s(*model_, so);
   const TokenId bad[1] = {static_cast<TokenId>(test::kTinyVocab)};
   EXPECT_THROW(s.feed(bad), InvalidArgument);

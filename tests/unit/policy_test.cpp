@@ -50,15 +50,15 @@ std::vector<int64_t> attended_streams(const std::vector<Flat>& flats, size_t n) 
 }
 
 TEST(PolicySpec, ParsesCanonicalForms) {
-  EXPECT_EQ(make_policy("full")->spec(), "full");
-  EXPECT_EQ(make_policy("window:1024")->spec(), "window:1024");
-  EXPECT_EQ(make_policy("sink:4+1020")->spec(), "sink:4+1020");
-  EXPECT_EQ(make_policy("recompute:1024")->spec(), "recompute:1024");
-  EXPECT_EQ(make_policy("sink:4+1020,positions=absolute")->spec(),
+  EXPECT_EQ(make_policy(kv::PolicySpec("full"))->spec(), "full");
+  EXPECT_EQ(make_policy(kv::PolicySpec("window:1024"))->spec(), "window:1024");
+  EXPECT_EQ(make_policy(kv::PolicySpec("sink:4+1020"))->spec(), "sink:4+1020");
+  EXPECT_EQ(make_policy(kv::PolicySpec("recompute:1024"))->spec(), "recompute:1024");
+  EXPECT_EQ(make_policy(kv::PolicySpec("sink:4+1020,positions=absolute"))->spec(),
             "sink:4+1020,positions=absolute");
-  EXPECT_EQ(make_policy("sink:4+1020,positions=cache")->spec(), "sink:4+1020");
+  EXPECT_EQ(make_policy(kv::PolicySpec("sink:4+1020,positions=cache"))->spec(), "sink:4+1020");
   // Storage and layer options belong to the spec, not to the policy.
-  EXPECT_EQ(make_policy("sink:0+8,kv=f16")->spec(), "sink:0+8");
+  EXPECT_EQ(make_policy(kv::PolicySpec("sink:0+8,kv=f16"))->spec(), "sink:0+8");
   EXPECT_EQ(PolicySpec("sink:0+8,kv=f16").str(), "sink:0+8,kv=f16");
   EXPECT_EQ(PolicySpec("sink:00+8,local=native,kv=f32").str(), "sink:0+8");
   EXPECT_EQ(PolicySpec("window:8,local=policy,kv=f16").str(), "window:8,kv=f16,local=policy");
@@ -71,9 +71,9 @@ TEST(PolicySpec, ParsesCanonicalForms) {
   EXPECT_EQ(PolicySpec().str(), "full");
   EXPECT_EQ(PolicySpec("sink:4+60").kind(), "sink");
   EXPECT_EQ(PolicySpec("sink:4+60").args(), "4+60");
-  EXPECT_EQ(*make_policy("sink:4+1020")->capacity(), 1024);
-  EXPECT_EQ(*make_policy("window:7")->capacity(), 7);
-  EXPECT_FALSE(make_policy("full")->capacity().has_value());
+  EXPECT_EQ(*make_policy(kv::PolicySpec("sink:4+1020"))->capacity(), 1024);
+  EXPECT_EQ(*make_policy(kv::PolicySpec("window:7"))->capacity(), 7);
+  EXPECT_FALSE(make_policy(kv::PolicySpec("full"))->capacity().has_value());
 }
 
 TEST(PolicySpec, RejectsBadSpecsWithUsage) {
@@ -105,7 +105,7 @@ TEST(PolicySpec, RejectsBadSpecsWithUsage) {
                           "window:2000000000",
                           "bogus:1"}) {
     try {
-      make_policy(bad);
+      make_policy(kv::PolicySpec(bad));
       ADD_FAILURE() << "accepted '" << bad << "'";
     } catch (const InvalidArgument& e) {
       const std::string msg = e.what();
@@ -117,7 +117,7 @@ TEST(PolicySpec, RejectsBadSpecsWithUsage) {
 
 TEST(SinkPolicy, ExactSlotsAndPositionsPerToken) {
   // sink:2+3 over 8 tokens, one at a time. Slots: sinks 0,1; ring of 3 slots 2,3,4.
-  auto p = make_policy("sink:2+3");
+  auto p = make_policy(kv::PolicySpec("sink:2+3"));
   EXPECT_EQ(p->n_slots(), 5);
   auto f = run(*p, 8, 1);
   const std::vector<int32_t> slots = {0, 1, 2, 3, 4, 2, 3, 4};
@@ -140,14 +140,14 @@ TEST(SinkPolicy, ExactSlotsAndPositionsPerToken) {
 }
 
 TEST(SinkPolicy, AbsolutePositionsUseTheStreamIndexForSinks) {
-  auto p = make_policy("sink:2+3,positions=absolute");
+  auto p = make_policy(kv::PolicySpec("sink:2+3,positions=absolute"));
   auto f = run(*p, 8, 1);
   EXPECT_EQ(f[7].span,
             (std::vector<std::pair<int32_t, int64_t>>{{0, 7}, {1, 7}, {2, 7}, {3, 7}, {4, 7}}));
 }
 
 TEST(WindowPolicy, ExactSlotsAndSpans) {
-  auto p = make_policy("window:3");
+  auto p = make_policy(kv::PolicySpec("window:3"));
   EXPECT_EQ(p->n_slots(), 3);
   auto f = run(*p, 6, 1);
   const std::vector<int32_t> slots = {0, 1, 2, 0, 1, 2};
@@ -159,7 +159,7 @@ TEST(WindowPolicy, ExactSlotsAndSpans) {
 }
 
 TEST(FullPolicy, GrowsAndAttendsEverything) {
-  auto p = make_policy("full", {2, 0});
+  auto p = make_policy(kv::PolicySpec("full"), {2, 0});
   auto f = run(*p, 5, 2);
   EXPECT_EQ(p->n_slots(), 5);
   for (size_t n = 0; n < 5; ++n) {
@@ -169,7 +169,7 @@ TEST(FullPolicy, GrowsAndAttendsEverything) {
 }
 
 TEST(RecomputePolicy, ReplaysTheWindowFromPositionZero) {
-  auto p = make_policy("recompute:4", {4, 0});
+  auto p = make_policy(kv::PolicySpec("recompute:4"), {4, 0});
   EXPECT_EQ(*p->replay_from(0), 0);
   EXPECT_EQ(*p->replay_from(3), 0);
   EXPECT_EQ(*p->replay_from(10), 7);
@@ -204,7 +204,7 @@ TEST(Policies, SpansFollowTheContractForAnyBatchSize) {
        {Case{"full", "full", 0, 0}, Case{"window:5", "sink", 0, 5}, Case{"sink:1+4", "sink", 1, 4},
         Case{"sink:4+3", "sink", 4, 3}, Case{"sink:3+1", "sink", 3, 1}}) {
     for (int64_t batch : {1, 2, 3, 7, 16}) {
-      auto p = make_policy(c.spec, {batch, 0});
+      auto p = make_policy(kv::PolicySpec(c.spec), {batch, 0});
       const int64_t n_tokens = 40;
       int64_t n_slots_seen = 0;
       std::map<int32_t, int64_t> owner;
@@ -240,7 +240,7 @@ TEST(Policies, CachePositionsGiveRankDistances) {
   // positions=cache: query position minus key position must equal (rank of query in the
   // span) - (rank of key in the span), for every attended key.
   for (const char* spec : {"sink:4+6", "sink:1+3", "window:5"}) {
-    auto p = make_policy(spec, {3, 0});
+    auto p = make_policy(kv::PolicySpec(spec), {3, 0});
     std::map<int32_t, int64_t> owner;
     for (int64_t n0 = 0; n0 < 30; n0 += 3) {
       BatchPlan plan;
@@ -262,7 +262,7 @@ TEST(Policies, CachePositionsGiveRankDistances) {
 }
 
 TEST(Policies, OutOfOrderPlansAreRejected) {
-  auto p = make_policy("sink:2+3", {2, 0});
+  auto p = make_policy(kv::PolicySpec("sink:2+3"), {2, 0});
   BatchPlan plan;
   EXPECT_THROW(p->plan(1, 1, plan), InvalidArgument);
   EXPECT_THROW(p->plan(0, 3, plan), InvalidArgument);
@@ -287,7 +287,7 @@ CacheShape shape_with_windows(std::vector<int64_t> windows) {
 TEST(Cache, LocalLayersKeepTheirNativeWindowAndSizeTheirOwnStorage) {
   // Layers 0, 1, 3, 4 local (window 6), layer 2 and 5 global.
   const CacheShape shape = shape_with_windows({6, 6, 0, 6, 6, 0});
-  Cache c("sink:2+10", shape, {3, 0});
+  Cache c(kv::PolicySpec("sink:2+10"), shape, {3, 0});
   ASSERT_EQ(c.n_groups(), 2);
   EXPECT_EQ(c.group_layers(0), (std::vector<int64_t>{2, 5}));
   EXPECT_EQ(c.group_layers(1), (std::vector<int64_t>{0, 1, 3, 4}));
@@ -308,16 +308,16 @@ TEST(Cache, LocalLayersKeepTheirNativeWindowAndSizeTheirOwnStorage) {
 }
 
 TEST(Cache, LocalPolicyPutsEveryLayerUnderTheSpec) {
-  Cache c("sink:2+10,local=policy", shape_with_windows({6, 0, 6}), {1, 0});
+  Cache c(kv::PolicySpec("sink:2+10,local=policy"), shape_with_windows({6, 0, 6}), {1, 0});
   EXPECT_EQ(c.n_groups(), 1);
   EXPECT_EQ(c.storage().n_slots(0), 12);
   EXPECT_EQ(c.storage().n_slots(1), 12);
   // A model without local layers has one group whatever local= says.
-  EXPECT_EQ(Cache("full", shape_with_windows({0, 0}), {1, 16}).n_groups(), 1);
+  EXPECT_EQ(Cache(kv::PolicySpec("full"), shape_with_windows({0, 0}), {1, 16}).n_groups(), 1);
 }
 
 TEST(Cache, FullCacheGrowsOnlyTheGlobalLayers) {
-  Cache c("full", shape_with_windows({4, 0}), {2, 0});
+  Cache c(kv::PolicySpec("full"), shape_with_windows({4, 0}), {2, 0});
   for (int64_t n = 0; n < 40; n += 2) c.plan(n, 2);
   EXPECT_GE(c.storage().n_slots(1), 40);
   EXPECT_EQ(c.storage().n_slots(0), 5);
@@ -325,7 +325,7 @@ TEST(Cache, FullCacheGrowsOnlyTheGlobalLayers) {
 }
 
 TEST(Cache, CopiesAreIndependent) {
-  Cache a("sink:1+4", shape_with_windows({0}), {1, 0});
+  Cache a(kv::PolicySpec("sink:1+4"), shape_with_windows({0}), {1, 0});
   for (int64_t n = 0; n < 7; ++n) a.plan(n, 1);
   static_cast<float*>(a.storage().k(0, 0))[0] = 1.0f;
   Cache b(a);
@@ -344,7 +344,7 @@ TEST(Cache, CopiesAreIndependent) {
 }
 
 TEST(Cache, SinkRangesAreMarked) {
-  auto p = make_policy("sink:2+3");
+  auto p = make_policy(kv::PolicySpec("sink:2+3"));
   BatchPlan plan;
   for (int64_t n = 0; n < 6; ++n) {
     plan.clear();

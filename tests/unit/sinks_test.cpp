@@ -70,7 +70,7 @@ TEST(AttentionStats, RecordedProbabilitiesSumToOneOverTheSpan) {
     auto m = tiny(DType::Q8_0, arch);
     for (const char* spec : {"full", "sink:2+9", "window:7"}) {
       SessionOptions so;
-      so.policy = spec;
+      so.policy = kv::PolicySpec(spec);
       so.max_batch = 5;
       Session s(*m, so);
       SumChecker check;
@@ -89,7 +89,7 @@ TEST(AttentionStats, MassByStreamIndexEqualsANaiveRecomputation) {
     const auto tokens = random_tokens(60, 5);
     const int64_t first = 20;
     SessionOptions so;
-    so.policy = spec;
+    so.policy = kv::PolicySpec(spec);
     so.max_batch = 7;
     Session s(*m, so);
     AttentionStats stats(c, {first, 30});
@@ -261,7 +261,7 @@ TEST(SinkAblation, DroppingAHeadsSinksEqualsTheNaiveForwardWithoutThem) {
     ref.drop_sinks(1, 3);  // layer 1, head 3
     ref.drop_sinks(0, 0);
     SessionOptions so;
-    so.policy = "sink:2+16";
+    so.policy = kv::PolicySpec("sink:2+16");
     so.max_batch = chunk;
     so.threads = 2;
     Session s(*m, so);
@@ -284,7 +284,7 @@ TEST(SinkAblation, DroppingAHeadsSinksEqualsTheNaiveForwardWithoutThem) {
   }
   // And the edit does change the output once the sinks are separate.
   SessionOptions so;
-  so.policy = "sink:2+16";
+  so.policy = kv::PolicySpec("sink:2+16");
   Session a(*m, so), b(*m, so);
   Dropper drop(m->config().n_layer, m->config().n_head);
   drop.drop(1, 3);
@@ -305,11 +305,11 @@ TEST(AttentionStats, AnAttachedObserverChangesNoLogit) {
   const auto tokens = random_tokens(100, 4);
   for (const char* spec : {"full", "sink:4+20"}) {
     PerplexityOptions po;
-    po.policy = spec;
+    po.policy = kv::PolicySpec(spec);
     po.chunk = 9;
     const auto plain = evaluate_perplexity(*m, tokens, po);
     SessionOptions so;
-    so.policy = spec;
+    so.policy = kv::PolicySpec(spec);
     so.max_batch = 9;
     Session s(*m, so);
     AttentionStats stats(m->config());
@@ -330,7 +330,7 @@ TEST(SinkAblation, RunsEveryHeadAndChecksItsInput) {
   auto m = tiny(DType::Q8_0);
   const auto tokens = random_tokens(80, 3);
   analysis::AblationOptions o;
-  o.policy = "sink:2+20";
+  o.policy = kv::PolicySpec("sink:2+20");
   o.score_from = 40;
   o.chunk = 8;
   const auto r = analysis::ablate_sinks(*m, tokens, o);
@@ -345,7 +345,7 @@ TEST(SinkAblation, RunsEveryHeadAndChecksItsInput) {
   }
   // The baseline equals a plain perplexity run over the same targets.
   PerplexityOptions po;
-  po.policy = "sink:2+20";
+  po.policy = kv::PolicySpec("sink:2+20");
   po.score_from = 40;
   po.chunk = 8;
   EXPECT_NEAR(evaluate_perplexity(*m, tokens, po).mean_nll, r.base_nll, 1e-9);
@@ -353,9 +353,9 @@ TEST(SinkAblation, RunsEveryHeadAndChecksItsInput) {
   o.score_from = 20;  // the window is not full before it
   EXPECT_THROW(analysis::ablate_sinks(*m, tokens, o), InvalidArgument);
   o.score_from = 40;
-  o.policy = "window:20";
+  o.policy = kv::PolicySpec("window:20");
   EXPECT_THROW(analysis::ablate_sinks(*m, tokens, o), InvalidArgument);
-  o.policy = "sink:2+20";
+  o.policy = kv::PolicySpec("sink:2+20");
   o.heads = {{0, c.n_head}};
   EXPECT_THROW(analysis::ablate_sinks(*m, tokens, o), InvalidArgument);
   o.heads = {};
@@ -383,7 +383,7 @@ TEST(SinkReport, AgreesWithItsOwnRecordingAndChecksItsInput) {
     EXPECT_EQ(r.first_tokens, 40);
 
     SessionOptions so;
-    so.policy = o.policy;
+    so.policy = kv::PolicySpec(o.policy);
     so.threads = 1;
     Session s(*m, so);
     AttentionStats stats(m->config(), {0, 40, true, 16});

@@ -30,7 +30,7 @@ struct Stream {
 // decoded one token at a time; all logits in order.
 std::vector<float> run_stream(const Model& m, const Stream& st, ThreadPool* pool, int threads) {
   SessionOptions o;
-  o.policy = st.spec;
+  o.policy = kv::PolicySpec(st.spec);
   o.threads = threads;
   o.max_batch = 16;
   Session s(m, o, pool);

@@ -49,7 +49,7 @@ std::vector<std::vector<float>> run(const Model& m, const std::vector<TokenId>& 
                                     const std::vector<int64_t>& marks, const char* spec,
                                     int64_t chunk) {
   SessionOptions so;
-  so.policy = spec;
+  so.policy = kv::PolicySpec(spec);
   so.max_batch = chunk;
   so.threads = 2;
   Session s(m, so);
@@ -104,7 +104,8 @@ TEST(TurnPolicyModel, MatchesTheNaiveReference) {
     const auto marks = turn_marks(160);
     for (bool absolute : {false, true}) {
       SessionOptions so;
-      so.policy = absolute ? "sink:2+22,evict=turn,positions=absolute" : "sink:2+22,evict=turn";
+      so.policy = kv::PolicySpec(absolute ? "sink:2+22,evict=turn,positions=absolute"
+                                          : "sink:2+22,evict=turn");
       so.max_batch = 1;
       so.threads = 1;
       Session s(*m, so);

@@ -34,7 +34,7 @@ TEST(TurnPolicy, DropsTheOldestWholeTurns) {
   // Cache of 8: the system turn is tokens 0..2 (the first mark, 3, becomes K = 3 sinks,
   // since max(2, 3) <= 8 / 2); the window has 5 slots in a ring of 5 (slots 3..7).
   // Turns: [3, 6), [6, 9), [9, ...).
-  auto p = make_policy("sink:2+6,evict=turn");
+  auto p = make_policy(kv::PolicySpec("sink:2+6,evict=turn"));
   EXPECT_EQ(p->spec(), "sink:2+6,evict=turn");
   EXPECT_EQ(*p->capacity(), 8);
   EXPECT_EQ(p->n_slots(), 8);
@@ -81,8 +81,8 @@ TEST(TurnPolicy, DropsTheOldestWholeTurns) {
 
 TEST(TurnPolicy, ChunkedPlansKeepEveryTokensSpanIntact) {
   // max_batch 3: ring of 5 + 2; a chunk never overwrites what its own earlier tokens see.
-  auto one = make_policy("sink:2+6,evict=turn");
-  auto chunked = make_policy("sink:2+6,evict=turn", PolicyLimits{3, 0});
+  auto one = make_policy(kv::PolicySpec("sink:2+6,evict=turn"));
+  auto chunked = make_policy(kv::PolicySpec("sink:2+6,evict=turn"), PolicyLimits{3, 0});
   for (Policy* p : {one.get(), chunked.get()})
     for (int64_t m : {3, 6, 9, 15, 17}) p->mark_turn_start(m);
   std::vector<std::vector<int64_t>> spans_one, spans_chunked;
@@ -116,8 +116,8 @@ TEST(TurnPolicy, ChunkedPlansKeepEveryTokensSpanIntact) {
 
 TEST(TurnPolicy, WithoutMarksItIsSinkSW) {
   for (int64_t batch : {1, 4}) {
-    auto turn = make_policy("sink:2+6,evict=turn", PolicyLimits{batch, 0});
-    auto sink = make_policy("sink:2+6", PolicyLimits{batch, 0});
+    auto turn = make_policy(kv::PolicySpec("sink:2+6,evict=turn"), PolicyLimits{batch, 0});
+    auto sink = make_policy(kv::PolicySpec("sink:2+6"), PolicyLimits{batch, 0});
     EXPECT_EQ(turn->n_slots(), sink->n_slots());
     for (int64_t n0 = 0; n0 < 40; n0 += batch) {
       BatchPlan a, b;
@@ -138,7 +138,7 @@ TEST(TurnPolicy, WithoutMarksItIsSinkSW) {
 }
 
 TEST(TurnPolicy, TheConversationStartBecomesTheSinksUnlessTooLong) {
-  auto p = make_policy("sink:2+6,evict=turn");
+  auto p = make_policy(kv::PolicySpec("sink:2+6,evict=turn"));
   p->mark_turn_start(5);  // more than half the cache (4): the sinks stay the first 2
   EXPECT_EQ(p->n_sinks(), 2);
   for (int64_t n = 0; n < 8; ++n) plan_one(*p, n);
@@ -146,11 +146,11 @@ TEST(TurnPolicy, TheConversationStartBecomesTheSinksUnlessTooLong) {
   const BatchPlan b = plan_one(*p, 8);
   expect_ranges(b, {{0, 2, 5, true}, {5, 8, 8, false}, {2, 3, 8, false}});
   // A system turn shorter than S: the sinks are the first S tokens.
-  auto q = make_policy("sink:3+5,evict=turn");
+  auto q = make_policy(kv::PolicySpec("sink:3+5,evict=turn"));
   q->mark_turn_start(1);
   EXPECT_EQ(q->n_sinks(), 3);
   // The cache filled before any mark: K = S, and a later mark only starts a turn.
-  auto r = make_policy("sink:2+6,evict=turn");
+  auto r = make_policy(kv::PolicySpec("sink:2+6,evict=turn"));
   for (int64_t n = 0; n < 9; ++n) plan_one(*r, n);
   r->mark_turn_start(9);
   EXPECT_EQ(r->n_sinks(), 2);
@@ -168,7 +168,7 @@ TEST(TurnPolicy, TheConversationStartBecomesTheSinksUnlessTooLong) {
 }
 
 TEST(TurnPolicy, MarksBehindTheStreamAreRejected) {
-  auto p = make_policy("sink:2+6,evict=turn");
+  auto p = make_policy(kv::PolicySpec("sink:2+6,evict=turn"));
   p->mark_turn_start(4);
   p->mark_turn_start(4);  // repeated: ignored
   EXPECT_THROW(p->mark_turn_start(3), InvalidArgument);
@@ -176,7 +176,7 @@ TEST(TurnPolicy, MarksBehindTheStreamAreRejected) {
   EXPECT_THROW(p->mark_turn_start(5), InvalidArgument);
   p->mark_turn_start(6);
   // Other policies accept marks and ignore them.
-  auto s = make_policy("sink:2+6");
+  auto s = make_policy(kv::PolicySpec("sink:2+6"));
   s->mark_turn_start(3);
   EXPECT_EQ(s->n_sinks(), 2);
 }

@@ -1,9 +1,9 @@
 // A naive reference decoder for tests: the same weights and matrix products as the
-// library, but attention written out from the policy table of DESIGN.md. Each step takes
-// the token's span of stream indices per layer, gives them positions (rank in the span, or
-// the stream index), rotates every cached un-rotated key at its position in double
-// precision and attends in double. Llama and Gemma 3 (QK-norm, post-norms, GELU, NeoX
-// RoPE with per-layer bases, local layers with their own window).
+// library, but attention written out from the policy table of docs/architecture.md.
+// Each step takes the token's span of stream indices per layer, gives them positions
+// (rank in the span, or the stream index), rotates every cached un-rotated key at its
+// position in double precision and attends in double. Llama and Gemma 3 (QK-norm,
+// post-norms, GELU, NeoX RoPE with per-layer bases, local layers with their own window).
 #pragma once
 
 #include <cstdint>

@@ -212,7 +212,7 @@ BatchedResult bench_batched(const model::Model& model, const kv::PolicySpec& pol
   r.streams = n;
   std::vector<std::unique_ptr<Session>> sessions;
   SessionOptions so;
-  so.policy = policy;
+  so.policy = kv::PolicySpec(policy);
   so.max_batch = kPrompt;
   so.max_stream = kPrompt + gen * (reps + 1);
   for (int64_t i = 0; i < n; ++i) sessions.push_back(std::make_unique<Session>(model, so, &pool));
@@ -296,7 +296,7 @@ int run_bench(const BenchOptions& o) {
   uint64_t kv_bytes_pp = 0;
   {
     SessionOptions so;
-    so.policy = "full";
+    so.policy = kv::PolicySpec("full");
     so.max_batch = o.prompt;
     so.max_stream = o.prompt;
     Session s(*model, so, &pool);
@@ -322,7 +322,7 @@ int run_bench(const BenchOptions& o) {
   std::vector<double> sampler_us;  // per sampled token
   {
     SessionOptions so;
-    so.policy = "full";
+    so.policy = kv::PolicySpec("full");
     so.max_batch = 1;
     so.max_stream = o.gen;
     Session s(*model, so, &pool);
@@ -371,7 +371,7 @@ int run_bench(const BenchOptions& o) {
         t.depth = d;
         t.policy = depth_specs[i];
         SessionOptions so;
-        so.policy = t.policy;
+        so.policy = kv::PolicySpec(t.policy);
         so.max_batch = o.stream_batch;
         so.max_stream = d + o.gen * (o.reps + 1);
         t.session = std::make_unique<Session>(*model, so, &pool);
@@ -410,7 +410,7 @@ int run_bench(const BenchOptions& o) {
   uint64_t kv_bytes_deep = 0;
   if (o.stream > 0) {
     SessionOptions so;
-    so.policy = policy;
+    so.policy = kv::PolicySpec(policy);
     so.max_batch = o.stream_batch;
     so.max_stream = n_stream_tokens;
     Session s(*model, so, &pool);

@@ -43,7 +43,7 @@ double cosine(std::span<const float> a, std::span<const float> b);
 // (or every head of a layer, or every head) whose softmax leaves out the sink slots and
 // renormalizes over its window, all other heads unchanged.
 struct AblationOptions {
-  kv::PolicySpec policy = "sink:4+252";  // must keep sinks (a sink:S+W with S >= 1)
+  kv::PolicySpec policy = kv::PolicySpec("sink:4+252");  // must keep sinks (a sink:S+W with S >= 1)
   int64_t score_from = 0;  // first scored target; must leave the window full before it
   int64_t chunk = 64;      // tokens per forward pass
   int threads = 0;

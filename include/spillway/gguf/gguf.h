@@ -62,7 +62,6 @@ class Value {
   const Storage& storage() const { return v_; }
 
   bool is_integer() const;
-  bool is_float() const;
   // Lossless integer conversion; nullopt when not an integer type or out of range.
   template <class T>
   std::optional<T> to_integer() const;

@@ -3,13 +3,13 @@
 // attends to with its query rotated at which position. It knows nothing of tensors or
 // weights; the model asks it for a BatchPlan and follows it.
 //
-// Position semantics (DESIGN.md, contract). With positions=cache the span's tokens get
-// positions 0,1,2,... in stream order and token n sits at |span|-1. RoPE scores depend
-// only on the query-key distance, so no cached key is ever re-rotated: every key is
-// rotated once at its stream index (TokenPlan::key_pos), window ranges are scored with
-// the query rotated at n (exact distances n-m), and sink ranges with a query copy rotated
-// at min(n, S+W-1) (distances S+W-1-j, as if the window sat right after the sinks).
-// With positions=absolute every range uses the query at n.
+// Position semantics (docs/architecture.md, the contract). With positions=cache the
+// span's tokens get positions 0,1,2,... in stream order and token n sits at |span|-1. RoPE
+// scores depend only on the query-key distance, so no cached key is ever re-rotated:
+// every key is rotated once at its stream index (TokenPlan::key_pos), window ranges are
+// scored with the query rotated at n (exact distances n-m), and sink ranges with a query
+// copy rotated at min(n, S+W-1) (distances S+W-1-j, as if the window sat right after the
+// sinks). With positions=absolute every range uses the query at n.
 #pragma once
 
 #include <cstdint>
@@ -118,10 +118,9 @@ class PolicySpec {
   // "full".
   PolicySpec();
   // Parses and checks the spec (arguments included). Throws InvalidArgument naming the bad
-  // part and listing the valid forms. Implicit, so that a string can stand for a spec.
-  PolicySpec(std::string_view text);  // NOLINT(google-explicit-constructor)
-  PolicySpec(const char* text) : PolicySpec(std::string_view(text)) {}         // NOLINT
-  PolicySpec(const std::string& text) : PolicySpec(std::string_view(text)) {}  // NOLINT
+  // part and listing the valid forms. Explicit: parsing can throw, so it is spelled out
+  // where it happens.
+  explicit PolicySpec(std::string_view text);
 
   const std::string& kind() const { return kind_; }  // registered name ("sink")
   const std::string& args() const { return args_; }  // text after ':' ("4+1020")

@@ -28,7 +28,7 @@
 namespace spillway {
 
 struct SessionOptions {
-  kv::PolicySpec policy;   // parsed policy spec (kv/policy.h); a string converts
+  kv::PolicySpec policy;   // parsed policy spec (kv/policy.h), "full" by default
   int64_t max_batch = 64;  // tokens per forward pass when feeding many at once
   int64_t max_stream = 0;  // expected stream length (pre-sizes a growing cache), 0: unknown
   int threads = 0;         // threads of the session's own pool (0: all cores)
