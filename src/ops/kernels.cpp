@@ -77,7 +77,7 @@ Kernels make_avx2() {
 }
 
 // The AVX-512 VNNI family: its own kernel in every entry where it beat AVX2 on the machine
-// it was measured on (Zen 4 class; docs/performance.md, "AVX-512 kernels"), AVX2's in the
+// it was measured on (Zen 4 class; docs/performance-history.md, 15286e6), AVX2's in the
 // others (the f32 dot product of the dequantizing fallback, which has no AVX-512 version).
 Kernels make_avx512() {
   Kernels k = make_avx2();
@@ -104,7 +104,40 @@ Kernels make_avx512() {
   return k;
 }
 
+// The families, narrowest first: the scalar reference runs everywhere.
+const Family kFamilies[] = {
+    {KernelIsa::kScalar, "scalar", nullptr, "nothing", [](const CpuFeatures&) { return true; },
+     make_scalar},
+    {KernelIsa::kAvx2, "avx2", nullptr, "AVX2, FMA and F16C with YMM state saved by the OS",
+     [](const CpuFeatures& c) { return c.avx2; }, make_avx2},
+    {KernelIsa::kAvx512Vnni, "avx512-vnni", "avx512",
+     "AVX-512 F/BW/VL/DQ with VNNI and ZMM state saved by the OS",
+     [](const CpuFeatures& c) { return c.avx512_vnni; }, make_avx512},
+};
+constexpr size_t kNumFamilies = sizeof(kFamilies) / sizeof(kFamilies[0]);
+
 }  // namespace
+
+const Family* families_begin() {
+  return kFamilies;
+}
+const Family* families_end() {
+  return kFamilies + kNumFamilies;
+}
+
+const Family& family(KernelIsa isa) {
+  for (const Family& f : kFamilies)
+    if (f.isa == isa) return f;
+  return kFamilies[0];
+}
+
+const Family* family_named(const char* name) {
+  if (name == nullptr) return nullptr;
+  const std::string_view v(name);
+  for (const Family& f : kFamilies)
+    if (v == f.name || (f.alias != nullptr && v == f.alias)) return &f;
+  return nullptr;
+}
 
 const CpuFeatures& cpu_features() {
   static const CpuFeatures f = detect();
@@ -112,54 +145,31 @@ const CpuFeatures& cpu_features() {
 }
 
 bool can_run(const CpuFeatures& cpu, KernelIsa isa) {
-  switch (isa) {
-    case KernelIsa::kAvx512Vnni:
-      return cpu.avx512_vnni;
-    case KernelIsa::kAvx2:
-      return cpu.avx2;
-    case KernelIsa::kScalar:
-      break;
-  }
-  return true;
+  return family(isa).runs(cpu);
 }
 
 KernelIsa select_isa(const CpuFeatures& cpu, const char* env) {
-  const KernelIsa best = cpu.avx512_vnni ? KernelIsa::kAvx512Vnni
-                         : cpu.avx2      ? KernelIsa::kAvx2
-                                         : KernelIsa::kScalar;
-  if (env == nullptr) return best;
-  const std::string_view v(env);
-  KernelIsa want = best;
-  if (v == "scalar") {
-    want = KernelIsa::kScalar;
-  } else if (v == "avx2") {
-    want = KernelIsa::kAvx2;
-  } else if (v == "avx512" || v == "avx512-vnni") {
-    want = KernelIsa::kAvx512Vnni;
-  }
-  return can_run(cpu, want) ? want : best;
+  KernelIsa best = KernelIsa::kScalar;
+  for (const Family& f : kFamilies)
+    if (f.runs(cpu)) best = f.isa;
+  const Family* want = family_named(env);
+  return want != nullptr && want->runs(cpu) ? want->isa : best;
 }
 
 const Kernels& kernels_for(KernelIsa isa) {
-  if (!can_run(cpu_features(), isa)) {
-    throw UnsupportedError(isa == KernelIsa::kAvx2
-                               ? "kernels: this CPU (or OS) has no AVX2/FMA/F16C"
-                               : "kernels: this CPU (or OS) has no AVX-512 F/BW/VL/DQ with VNNI");
-  }
-  switch (isa) {
-    case KernelIsa::kAvx512Vnni: {
-      static const Kernels k = make_avx512();
-      return k;
+  const Family& f = family(isa);
+  if (!f.runs(cpu_features()))
+    throw UnsupportedError(fmt::format(
+        "kernels: this CPU (or OS) cannot run the {} kernels (they need {})", f.name, f.needs));
+  // Every family this CPU runs, made once.
+  static const struct Tables {
+    Kernels k[kNumFamilies];
+    Tables() {
+      for (size_t i = 0; i < kNumFamilies; ++i)
+        if (kFamilies[i].runs(cpu_features())) k[i] = kFamilies[i].make();
     }
-    case KernelIsa::kAvx2: {
-      static const Kernels k = make_avx2();
-      return k;
-    }
-    case KernelIsa::kScalar:
-      break;
-  }
-  static const Kernels k = make_scalar();
-  return k;
+  } tables;
+  return tables.k[static_cast<size_t>(&f - kFamilies)];
 }
 
 const Kernels& kernels() {
@@ -169,18 +179,16 @@ const Kernels& kernels() {
     const KernelIsa isa = select_isa(cpu, env);
     auto lg = logger();
     if (env != nullptr) {
-      const std::string_view v(env);
-      const std::optional<KernelIsa> want = v == "scalar" ? std::optional(KernelIsa::kScalar)
-                                            : v == "avx2" ? std::optional(KernelIsa::kAvx2)
-                                            : v == "avx512" || v == "avx512-vnni"
-                                                ? std::optional(KernelIsa::kAvx512Vnni)
-                                                : std::nullopt;
-      if (!want)
-        lg->warn("SPILLWAY_ISA='{}' names no kernel family (scalar, avx2, avx512-vnni); using {}",
-                 env, isa_name(isa));
-      else if (!can_run(cpu, *want))
-        lg->warn("SPILLWAY_ISA='{}': this CPU cannot run those kernels; using {}", env,
+      const Family* want = family_named(env);
+      if (want == nullptr) {
+        std::string names;
+        for (const Family& f : kFamilies) names += std::string(names.empty() ? "" : ", ") + f.name;
+        lg->warn("SPILLWAY_ISA='{}' names no kernel family ({}); using {}", env, names,
                  isa_name(isa));
+      } else if (!want->runs(cpu)) {
+        lg->warn("SPILLWAY_ISA='{}': this CPU cannot run those kernels (they need {}); using {}",
+                 env, want->needs, isa_name(isa));
+      }
     }
     lg->info("kernels: {} (best this CPU runs: {}{})", isa_name(isa),
              isa_name(select_isa(cpu, nullptr)),

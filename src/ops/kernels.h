@@ -1,9 +1,14 @@
 // Private to ops/: one table of kernels per instruction-set family (scalar, avx2,
 // avx512-vnni), chosen once at start-up from what the CPU and the OS support and the
-// SPILLWAY_ISA override. matmul.cpp, attention.cpp and ops.cpp read only this table; each
-// family's kernel files fill their entries, and kernels.cpp assembles the tables (an
-// entry of a wider family points at the narrower family's kernel where that one is as
-// fast).
+// SPILLWAY_ISA override. matmul.cpp, attention.cpp and ops.cpp read only this table.
+//
+// The families are one list (families() in kernels.cpp: name, aliases, what the CPU must
+// have, how the table is made). The SIMD kernels are written once per operation, as
+// templates on a small trait of the instructions that differ between families
+// (matmul_groups.h: the integer dot products; simd.h: vectors of f32 for attention and the
+// row ops), and each family's file instantiates them under its target pragma. Adding a
+// family: its KernelIsa value and CpuFeatures bit (with the detection), one row of
+// families(), its trait, and one file that instantiates the kernels with it.
 #pragma once
 
 #include <cmath>
@@ -27,12 +32,31 @@ struct CpuFeatures {
 // CPUID and XGETBV, read once.
 const CpuFeatures& cpu_features();
 
+struct Kernels;
+
+// One kernel family.
+struct Family {
+  KernelIsa isa;
+  const char* name;   // as kernel_isa() reports it and SPILLWAY_ISA names it
+  const char* alias;  // another name SPILLWAY_ISA accepts (nullptr: none)
+  const char* needs;  // what the CPU and the OS must support, for messages
+  bool (*runs)(const CpuFeatures& cpu);
+  Kernels (*make)();  // the family's table
+};
+
+// Every family, the scalar reference first, then narrowest to widest.
+const Family* families_begin();
+const Family* families_end();
+const Family& family(KernelIsa isa);
+// The family SPILLWAY_ISA's value names (by name or alias), or nullptr.
+const Family* family_named(const char* name);
+
 // Whether a CPU with `cpu` runs family `isa`.
 bool can_run(const CpuFeatures& cpu, KernelIsa isa);
 
-// The family to use: the best `cpu` runs, unless `env` (the SPILLWAY_ISA value, null when
-// unset) names one it can run: "scalar", "avx2", "avx512" or "avx512-vnni". Names of
-// families the CPU cannot run, and unknown names, are ignored.
+// The family to use: the widest `cpu` runs, unless `env` (the SPILLWAY_ISA value, null
+// when unset) names one it can run ("scalar", "avx2", "avx512-vnni" or an alias such as
+// "avx512"). Names of families the CPU cannot run, and unknown names, are ignored.
 KernelIsa select_isa(const CpuFeatures& cpu, const char* env);
 
 // Bytes of n consecutive elements of a KV cache of type t (F32, F16, or Q8_0 with n a
@@ -44,7 +68,7 @@ constexpr uint64_t kv_bytes(DType t, int64_t n) {
 
 // How many blocks of 4 keys ahead the attention kernels prefetch keys (into L2, with this
 // block's values): decode at depth 4096 ran 5-13 % faster with 8 than with 2
-// (docs/performance.md).
+// (docs/performance-history.md, 67e99c7).
 inline constexpr uint64_t kKeyPrefetch = 8;
 
 // The attention kernels' prefetch for the block of 4 keys whose rows (`row` bytes each)

@@ -417,15 +417,7 @@ void matvec(const WeightMatrix& w, const float* x, float* y, ThreadPool& pool) {
 }
 
 const char* isa_name(KernelIsa isa) {
-  switch (isa) {
-    case KernelIsa::kAvx512Vnni:
-      return "avx512-vnni";
-    case KernelIsa::kAvx2:
-      return "avx2";
-    case KernelIsa::kScalar:
-      break;
-  }
-  return "scalar";
+  return detail::family(isa).name;
 }
 
 const char* kernel_isa() {
@@ -434,9 +426,8 @@ const char* kernel_isa() {
 
 std::vector<KernelIsa> available_isas() {
   std::vector<KernelIsa> v;
-  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni}) {
-    if (detail::can_run(detail::cpu_features(), isa)) v.push_back(isa);
-  }
+  for (const auto* f = detail::families_begin(); f != detail::families_end(); ++f)
+    if (f->runs(detail::cpu_features())) v.push_back(f->isa);
   return v;
 }
 

@@ -4,7 +4,8 @@
 //
 // Every type runs groups of 8 weight rows x C tokens, each weight block unpacked once per
 // tile and reused for C tokens, with the 8 rows' integer sums per block reduced into one
-// vector (see "legacy types" and "K types" below).
+// vector (see "legacy types" below and the K types in matmul_groups.h). The group kernels
+// are matmul_groups.h's, instantiated here with this family's integer products (Avx2Dots).
 //
 // Everything here sits in an anonymous namespace and uses no standard-library templates:
 // code compiled for AVX2 must not leak into inline functions shared with other files.
@@ -23,7 +24,7 @@
 #pragma GCC target("avx2,fma,f16c")
 #endif
 
-#include "matmul_groups_avx2.h"
+#include "matmul_groups.h"
 #include "simd_avx2.h"
 
 namespace spillway::ops::detail {
@@ -91,24 +92,6 @@ inline __m256i packed_fivebit_dot8(const PackedNibbles8& u, const int8_t* xq) {
   return _mm256_add_epi32(_mm256_madd_epi16(s[0], ones), _mm256_madd_epi16(s[1], ones));
 }
 
-// Weight block types: the blocks of matmul_groups_avx2.h (unpack, scales) with dot(), their
-// 8 integer row sums against one activation block.
-struct Q4_0W : Q4_0Blocks {
-  static constexpr int kC = 4;
-  static SPW_INLINE __m256i dot(const Nibbles8& u, const int8_t* xq) { return nibble_dot8(u, xq); }
-  static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
-    return packed_nibble_dot8(u, xq);
-  }
-};
-
-struct Q4_1W : Q4_1Blocks {
-  static constexpr int kC = 4;
-  static SPW_INLINE __m256i dot(const Nibbles8& u, const int8_t* xq) { return nibble_dot8(u, xq); }
-  static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
-    return packed_nibble_dot8(u, xq);
-  }
-};
-
 // Row sums of 8 unpacked 5-bit rows . one activation block. A vpmaddubsw pair reaches
 // 2 * 31 * 127, so 8 products (31496) still fit int16 but 16 do not: one round of vphaddw,
 // then vpmaddwd widens before the last round of horizontal adds.
@@ -129,28 +112,28 @@ inline __m256i fivebit_dot8(const Nibbles8& u, const int8_t* xq) {
   return _mm256_hadd_epi32(a, b);
 }
 
-// Q5_0: {f16 d, qh[4], qs[16]}.
-struct Q5_0W : Q5_0Blocks {
-  static constexpr int kC = 4;
-  static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) {
-    return fivebit_dot8(u.q, xq);
+// The AVX2 family's integer products (the trait D of matmul_groups.h).
+struct Avx2Dots {
+  static constexpr int kLegacyTile = 4;
+  static SPW_INLINE __m256i nibbles(const Nibbles8& u, const int8_t* xq) {
+    return nibble_dot8(u, xq);
   }
-  static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
+  static SPW_INLINE __m256i fivebit(const Nibbles8& u, const int8_t* xq) {
+    return fivebit_dot8(u, xq);
+  }
+  static SPW_INLINE __m256i packed_nibbles(const PackedNibbles8& u, const int8_t* xq) {
+    return packed_nibble_dot8(u, xq);
+  }
+  static SPW_INLINE __m256i packed_fivebit(const PackedNibbles8& u, const int8_t* xq) {
     return packed_fivebit_dot8(u, xq);
+  }
+  // vpmaddwd + vpaddd.
+  static SPW_INLINE __m256i madd_acc(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
   }
 };
 
-// Q5_1: {f16 d, f16 m, qh[4], qs[16]}.
-struct Q5_1W : Q5_1Blocks {
-  static constexpr int kC = 4;
-  static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) {
-    return fivebit_dot8(u.q, xq);
-  }
-  static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
-    return packed_fivebit_dot8(u, xq);
-  }
-};
-
+// Q8_0 (read per token, not unpacked): its own block type.
 struct Q8_0W {
   static constexpr int kBytes = sizeof(BlockQ8_0);
   static constexpr bool kHasMin = false;
@@ -183,220 +166,6 @@ struct Q8_0W {
     d = f16x8(p, off);
   }
 };
-
-// ---- K types (Q4_K, Q6_K): groups of 8 weight rows ----
-//
-// Per 256-element super-block, each of the 8 rows' integer dot products with one Q8_K
-// activation block, sub-block scales applied in integer arithmetic (vpmaddwd), is one
-// vector of 8 int32 partial sums; the 8 rows' vectors are reduced with horizontal adds
-// into one vector of 8 row sums, converted and accumulated with one FMA:
-// acc[r] += isum[r] * (d_w[r] * d_x). The sub-block mins of Q4_K (against the
-// activations' 16-element sums) are summed the same way, 8 rows at once, into a second
-// vector subtracted at the end; Q6_K's offset of -32 is folded into the integer sums. A
-// tile of C tokens reads each row's super-block once and repeats exactly the per-token
-// arithmetic, so, as for the legacy types, a token's outputs do not depend on the tile
-// shape, the row range or the thread count.
-
-struct Q4KGroups {
-  static constexpr int kBytes = sizeof(BlockQ4_K);
-  static constexpr int kElems = kQKK;
-  static constexpr int kC = 4;
-  using X = const BlockQ8_K*;
-  static X x_row(const void* xq, int64_t cols, int64_t t) {
-    return reinterpret_cast<X>(static_cast<const uint8_t*>(xq) + t * q8k_row_bytes(cols));
-  }
-  template <int C>
-  static void run(const uint8_t* const* p, int64_t bs, const X* x, int64_t nb, float* y,
-                  int64_t ldy, int n_rows, const uint8_t* pf) {
-    constexpr int kStep = 8 * kBytes;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256 acc[C], macc[C];
-    SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = macc[c] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      if (pf != nullptr) prefetch_step<kStep>(pf + b * kStep);
-      const int64_t off = b * bs;
-      // Register i: row i in the low lane, row i + 4 in the high lane.
-      __m256i h[4], sm[4];
-      SPW_UNROLL for (int i = 0; i < 4; ++i) {
-        h[i] = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p[i + 4] + off),
-                                   reinterpret_cast<const __m128i*>(p[i] + off));
-        sm[i] = q4_k_scales_mins(h[i]);
-      }
-      __m256 d, dmin;
-      head_f16_pairs8(h, d, dmin);
-      // Mins as int16 (words 0..7 of each lane) . sub-block sums of the activations.
-      const __m256i min_words =
-          _mm256_setr_epi8(8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1, 8, -1, 9,
-                           -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1);
-      __m256i mins[4];
-      SPW_UNROLL for (int i = 0; i < 4; ++i) mins[i] = _mm256_shuffle_epi8(sm[i], min_words);
-      __m256i rs[C][8];  // [token][row] partial sums
-      SPW_UNROLL for (int r = 0; r < 8; ++r) {
-        const __m256i sc = r < 4 ? _mm256_permute2x128_si256(sm[r], sm[r], 0x00)
-                                 : _mm256_permute2x128_si256(sm[r - 4], sm[r - 4], 0x11);
-        const uint8_t* qs = p[r] + off + 16;
-        __m256i iacc[C];
-        SPW_UNROLL for (int c = 0; c < C; ++c) iacc[c] = _mm256_setzero_si256();
-        SPW_UNROLL for (int k = 0; k < 4; ++k) {
-          // 32 bytes: sub-block 2k in the low nibbles, 2k + 1 in the high ones.
-          const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * k));
-          const __m256i lo = _mm256_and_si256(raw, m4);
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-          // Words 0..3 of each lane: scale of sub-block 2k; words 4..7: of 2k + 1.
-          const __m256i s_pair = _mm256_shuffle_epi8(
-              sc, _mm256_setr_epi8(2 * k, -1, 2 * k, -1, 2 * k, -1, 2 * k, -1, 2 * k + 1, -1,
-                                   2 * k + 1, -1, 2 * k + 1, -1, 2 * k + 1, -1, 2 * k, -1, 2 * k,
-                                   -1, 2 * k, -1, 2 * k, -1, 2 * k + 1, -1, 2 * k + 1, -1,
-                                   2 * k + 1, -1, 2 * k + 1, -1));
-          SPW_UNROLL for (int c = 0; c < C; ++c) {
-            const int8_t* xq = x[c][b].qs + 64 * k;
-            const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
-            const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
-            // vpmaddubsw pairs reach 2 * 15 * 127: two of them still fit int16.
-            const __m256i pairs =
-                _mm256_hadd_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1));
-            iacc[c] = _mm256_add_epi32(iacc[c], _mm256_madd_epi16(pairs, s_pair));
-          }
-        }
-        SPW_UNROLL for (int c = 0; c < C; ++c) rs[c][r] = iacc[c];
-      }
-      SPW_UNROLL for (int c = 0; c < C; ++c) {
-        const BlockQ8_K& xb = x[c][b];
-        const __m256i bs = bsums32(xb);
-        const __m256i msum = _mm256_hadd_epi32(
-            _mm256_hadd_epi32(_mm256_madd_epi16(mins[0], bs), _mm256_madd_epi16(mins[1], bs)),
-            _mm256_hadd_epi32(_mm256_madd_epi16(mins[2], bs), _mm256_madd_epi16(mins[3], bs)));
-        const __m256 dx = _mm256_set1_ps(xb.d);
-        acc[c] =
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows8_epi32(rs[c])), _mm256_mul_ps(d, dx), acc[c]);
-        macc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), macc[c]);
-      }
-    }
-    SPW_UNROLL for (int c = 0; c < C; ++c) {
-      store_rows8(_mm256_sub_ps(acc[c], macc[c]), y + c * ldy, n_rows);
-    }
-  }
-};
-
-struct Q6KGroups {
-  static constexpr int kBytes = sizeof(BlockQ6_K);
-  static constexpr int kElems = kQKK;
-  static constexpr int kC = 4;
-  using X = const BlockQ8_K*;
-  static X x_row(const void* xq, int64_t cols, int64_t t) {
-    return reinterpret_cast<X>(static_cast<const uint8_t*>(xq) + t * q8k_row_bytes(cols));
-  }
-  template <int C>
-  static void run(const uint8_t* const* p, int64_t bs, const X* x, int64_t nb, float* y,
-                  int64_t ldy, int n_rows, const uint8_t* pf) {
-    constexpr int kStep = 8 * kBytes;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const __m256i m30 = _mm256_set1_epi8(0x30);
-    __m256 acc[C];
-    SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      if (pf != nullptr) prefetch_step<kStep>(pf + b * kStep);
-      const int64_t off = b * bs;
-      const __m256 d = f16x8(p, off + offsetof(BlockQ6_K, d));
-      __m256i bs[C];  // the activations' 16 sums of 16
-      SPW_UNROLL for (int c = 0; c < C; ++c) {
-        bs[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[c][b].bsums));
-      }
-      __m256i rs[C][8];  // [token][row] partial sums
-      SPW_UNROLL for (int r = 0; r < 8; ++r) {
-        const uint8_t* blk = p[r] + off;
-        // Scales as int16: groups 0..7 in the low lane, 8..15 in the high lane.
-        const __m256i sc = _mm256_cvtepi8_epi16(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + offsetof(BlockQ6_K, scales))));
-        __m256i iacc[C];
-        // q - 32: the offset against the activations' group sums, subtracted up front.
-        SPW_UNROLL for (int c = 0; c < C; ++c) {
-          iacc[c] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                     _mm256_slli_epi32(_mm256_madd_epi16(sc, bs[c]), 5));
-        }
-        SPW_UNROLL for (int n = 0; n < 2; ++n) {
-          // Half n: elements 128 n + 32 k + l, k = 0..3, l = 0..31; lane 0 holds group
-          // 8 n + 2 k, lane 1 group 8 n + 2 k + 1.
-          const __m256i scn = n == 0 ? _mm256_permute2x128_si256(sc, sc, 0x00)
-                                     : _mm256_permute2x128_si256(sc, sc, 0x11);
-          const uint8_t* ql = blk + 64 * n;
-          const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
-          const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
-          const __m256i qh =
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * n));
-          __m256i q[4];
-          q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
-                                 _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-          q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                                 _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-          q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                 _mm256_and_si256(qh, m30));
-          q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                 _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
-          // Pairs of vpmaddubsw results (each word at most 2 * 63 * 127) are combined with
-          // one vphaddw (two words still fit int16): for q[2j] and q[2j + 1], words 0..3 of
-          // lane 0 belong to group 8n + 4j, words 4..7 to 8n + 4j + 2; lane 1 to the next
-          // groups (+1). sv[j] holds those groups' scales.
-          __m256i sv[2];
-          SPW_UNROLL for (int j = 0; j < 2; ++j) {
-            const int wa = 8 * j, wb = 8 * j + 4;  // bytes of words 4j, 4j + 2
-            sv[j] = _mm256_shuffle_epi8(
-                scn, _mm256_setr_epi8(wa, wa + 1, wa, wa + 1, wa, wa + 1, wa, wa + 1, wb, wb + 1,
-                                      wb, wb + 1, wb, wb + 1, wb, wb + 1, wa + 2, wa + 3, wa + 2,
-                                      wa + 3, wa + 2, wa + 3, wa + 2, wa + 3, wb + 2, wb + 3,
-                                      wb + 2, wb + 3, wb + 2, wb + 3, wb + 2, wb + 3));
-          }
-          SPW_UNROLL for (int c = 0; c < C; ++c) {
-            const int8_t* xq = x[c][b].qs + 128 * n;
-            SPW_UNROLL for (int j = 0; j < 2; ++j) {
-              const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * j));
-              const __m256i x1 =
-                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * j + 32));
-              const __m256i pairs = _mm256_hadd_epi16(_mm256_maddubs_epi16(q[2 * j], x0),
-                                                      _mm256_maddubs_epi16(q[2 * j + 1], x1));
-              iacc[c] = _mm256_add_epi32(iacc[c], _mm256_madd_epi16(pairs, sv[j]));
-            }
-          }
-        }
-        SPW_UNROLL for (int c = 0; c < C; ++c) rs[c][r] = iacc[c];
-      }
-      SPW_UNROLL for (int c = 0; c < C; ++c) {
-        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows8_epi32(rs[c])),
-                                 _mm256_mul_ps(d, _mm256_set1_ps(x[c][b].d)), acc[c]);
-      }
-    }
-    SPW_UNROLL for (int c = 0; c < C; ++c) store_rows8(acc[c], y + c * ldy, n_rows);
-  }
-};
-
-void tile_q4_0(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
-               int64_t t1, float* y, int64_t ldy) {
-  tile_groups<LegacyGroups<Q4_0W>>(w, xq, r0, r1, t0, t1, y, ldy);
-}
-void tile_q4_1(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
-               int64_t t1, float* y, int64_t ldy) {
-  tile_groups<LegacyGroups<Q4_1W>>(w, xq, r0, r1, t0, t1, y, ldy);
-}
-void tile_q5_0(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
-               int64_t t1, float* y, int64_t ldy) {
-  tile_groups<LegacyGroups<Q5_0W>>(w, xq, r0, r1, t0, t1, y, ldy);
-}
-void tile_q5_1(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
-               int64_t t1, float* y, int64_t ldy) {
-  tile_groups<LegacyGroups<Q5_1W>>(w, xq, r0, r1, t0, t1, y, ldy);
-}
-void tile_q8_0(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
-               int64_t t1, float* y, int64_t ldy) {
-  tile_groups<LegacyGroups<Q8_0W>>(w, xq, r0, r1, t0, t1, y, ldy);
-}
-void tile_q4_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
-               int64_t t1, float* y, int64_t ldy) {
-  tile_groups<Q4KGroups>(w, xq, r0, r1, t0, t1, y, ldy);
-}
-void tile_q6_k(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, int64_t t0,
-               int64_t t1, float* y, int64_t ldy) {
-  tile_groups<Q6KGroups>(w, xq, r0, r1, t0, t1, y, ldy);
-}
 
 // QuantizeFn (matmul_internal.h): the scalar reference's arithmetic, 8 lanes at a time,
 // to the same bytes. max(|x|, acc) keeps acc where |x| is NaN (vmaxps returns its second
@@ -460,8 +229,12 @@ float dot_f32(const float* a, const float* b, int64_t n) {
 }  // namespace
 
 const MatmulKernels& avx2_matmul_kernels() {
-  static const MatmulKernels k = {tile_q4_0, tile_q4_1, tile_q5_0, tile_q5_1,   tile_q8_0,
-                                  tile_q4_k, tile_q6_k, dot_f32,   quantize_q8a};
+  static const MatmulKernels k = [] {
+    MatmulKernels t = group_matmul_kernels<Avx2Dots, Q8_0W>();
+    t.dot_f32 = dot_f32;
+    t.quantize_q8a = quantize_q8a;
+    return t;
+  }();
   return k;
 }
 

@@ -13,6 +13,7 @@
 #include "spillway/core/error.h"
 #include "spillway/core/quant.h"
 #include "spillway/ops/matmul.h"
+#include "util/families.h"
 
 namespace spillway::ops {
 namespace {
@@ -238,21 +239,15 @@ void expect_pieces_match_scalar(KernelIsa isa) {
   }
 }
 
-TEST(Attention, Avx2PiecesMatchScalar) {
-  const auto isas = available_isas();
-  if (std::find(isas.begin(), isas.end(), KernelIsa::kAvx2) == isas.end()) {
-    GTEST_SKIP() << "this CPU (or OS) does not run the avx2 family";
-  }
-  expect_pieces_match_scalar(KernelIsa::kAvx2);
+class AttentionFamily : public ::testing::TestWithParam<KernelIsa> {};
+
+TEST_P(AttentionFamily, PiecesMatchScalar) {
+  SPILLWAY_SKIP_UNLESS_RUNS(GetParam());
+  expect_pieces_match_scalar(GetParam());
 }
 
-TEST(Attention, Avx512PiecesMatchScalar) {
-  const auto isas = available_isas();
-  if (std::find(isas.begin(), isas.end(), KernelIsa::kAvx512Vnni) == isas.end()) {
-    GTEST_SKIP() << "this CPU (or OS) does not run the avx512-vnni family";
-  }
-  expect_pieces_match_scalar(KernelIsa::kAvx512Vnni);
-}
+INSTANTIATE_TEST_SUITE_P(EveryFamily, AttentionFamily, ::testing::ValuesIn(test::simd_families()),
+                         test::FamilyName());
 
 }  // namespace
 }  // namespace spillway::ops

@@ -18,6 +18,7 @@
 #include "spillway/core/quant.h"
 #include "spillway/core/types.h"
 #include "spillway/ops/ops.h"
+#include "util/families.h"
 
 namespace spillway::ops {
 namespace {
@@ -804,16 +805,17 @@ TEST(Matmul, FamilySelectionHonoursTheCpuAndTheOverride) {
   EXPECT_STREQ(isa_name(K::kAvx512Vnni), "avx512-vnni");
 }
 
-// The AVX-512 VNNI kernels (vpdpbusd / vpdpwssd) compute the AVX2 kernels' integer block
-// sums with other instructions and then the same float arithmetic: against the scalar
-// reference within the bound the AVX2 kernels are held to, and equal to AVX2 bit for bit.
-// Rows around the 8-row groups and 64-row panels, one block and many blocks per row,
-// T = 1 and T > 1 (tile remainders), 1 and 2 threads, misaligned weights and outputs.
-TEST(Matmul, Avx512VnniKernelsMatchScalarAndEqualAvx2) {
-  const std::vector<KernelIsa> isas = available_isas();
-  if (std::find(isas.begin(), isas.end(), KernelIsa::kAvx512Vnni) == isas.end()) {
-    GTEST_SKIP() << "this CPU (or OS) does not run the avx512-vnni family";
-  }
+// Every SIMD family runs matmul_groups.h's kernels with its own integer products (AVX2:
+// vpmaddubsw / vpmaddwd; AVX-512 VNNI: vpdpbusd / vpdpwssd) and then the same float
+// arithmetic: against the scalar reference within the bound the AVX2 kernels are held to,
+// and equal to AVX2 bit for bit. Rows around the 8-row groups and 64-row panels, one block
+// and many blocks per row, T = 1 and T > 1 (tile remainders), 1 and 2 threads, misaligned
+// weights and outputs.
+class MatmulFamily : public ::testing::TestWithParam<KernelIsa> {};
+
+TEST_P(MatmulFamily, MatchesScalarAndEqualsAvx2) {
+  const KernelIsa isa = GetParam();
+  SPILLWAY_SKIP_UNLESS_RUNS(isa);
   ThreadPool pools[2] = {ThreadPool(1), ThreadPool(2)};
   uint32_t seed = 900;
   for (DType t : kIntegerTypes) {
@@ -838,7 +840,7 @@ TEST(Matmul, Avx512VnniKernelsMatchScalarAndEqualAvx2) {
             a2.set(a.x, T, cols);
             a5.set(a.x, T, cols);
             matmul_with(KernelIsa::kAvx2, m.w, a2, y2.data() + 1, ldy, pool);
-            matmul_with(KernelIsa::kAvx512Vnni, m.w, a5, y5.data() + 1, ldy, pool);
+            matmul_with(isa, m.w, a5, y5.data() + 1, ldy, pool);
             for (int64_t tt = 0; tt < T; ++tt) {
               for (int64_t r = 0; r < ldy; ++r) {
                 const float got = y5[1 + tt * ldy + r];
@@ -861,6 +863,9 @@ TEST(Matmul, Avx512VnniKernelsMatchScalarAndEqualAvx2) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(EveryFamily, MatmulFamily, ::testing::ValuesIn(test::simd_families()),
+                         test::FamilyName());
 
 }  // namespace
 }  // namespace spillway::ops

@@ -14,6 +14,7 @@
 #include "ops/kernels.h"
 #include "spillway/core/error.h"
 #include "spillway/ops/matmul.h"
+#include "util/families.h"
 
 namespace spillway::ops {
 namespace {
@@ -204,8 +205,8 @@ TEST(Ops, RopeLeavesUnrotatedDimsAndRejectsBadSizes) {
 // within 1e-5: their exp arguments reach -15 (softmax, x - max) and about -50 (geglu, -2u)
 // here, where the two exps part further and geglu's argument is rounded differently
 // (fused or not).
-// The AVX-512 swiglu and geglu compute each element as the AVX2 ones do (geglu: as the
-// AVX2 8-lane body does): equal bit for bit.
+// Every wider family's swiglu and geglu compute each element as the AVX2 ones do (the
+// same row_ops.h formula; geglu: as the AVX2 8-lane body does): equal bit for bit.
 void expect_row_ops_match_scalar(KernelIsa isa) {
   const detail::Kernels& ref = detail::kernels_for(KernelIsa::kScalar);
   const detail::Kernels& k = detail::kernels_for(isa);
@@ -244,7 +245,7 @@ void expect_row_ops_match_scalar(KernelIsa isa) {
         ASSERT_NEAR(g[i], gr[i], (gelu ? 1e-5 : 2e-6) * std::fabs(gr[i]) + 1e-30)
             << (gelu ? "geglu" : "swiglu") << " at " << i;
       }
-      if (isa == KernelIsa::kAvx512Vnni) {
+      if (isa != KernelIsa::kAvx2) {
         const detail::Kernels& avx2 = detail::kernels_for(KernelIsa::kAvx2);
         (gelu ? avx2.geglu : avx2.swiglu)(g2.data(), w.data(), n);
         // AVX2's scalar tail of geglu (n % 8 elements) orders the cubic term differently.
@@ -256,21 +257,15 @@ void expect_row_ops_match_scalar(KernelIsa isa) {
   }
 }
 
-TEST(Ops, Avx2RowOpsMatchScalar) {
-  const auto isas = available_isas();
-  if (std::find(isas.begin(), isas.end(), KernelIsa::kAvx2) == isas.end()) {
-    GTEST_SKIP() << "this CPU (or OS) does not run the avx2 family";
-  }
-  expect_row_ops_match_scalar(KernelIsa::kAvx2);
+class RowOpsFamily : public ::testing::TestWithParam<KernelIsa> {};
+
+TEST_P(RowOpsFamily, MatchesScalar) {
+  SPILLWAY_SKIP_UNLESS_RUNS(GetParam());
+  expect_row_ops_match_scalar(GetParam());
 }
 
-TEST(Ops, Avx512RowOpsMatchScalar) {
-  const auto isas = available_isas();
-  if (std::find(isas.begin(), isas.end(), KernelIsa::kAvx512Vnni) == isas.end()) {
-    GTEST_SKIP() << "this CPU (or OS) does not run the avx512-vnni family";
-  }
-  expect_row_ops_match_scalar(KernelIsa::kAvx512Vnni);
-}
+INSTANTIATE_TEST_SUITE_P(EveryFamily, RowOpsFamily, ::testing::ValuesIn(test::simd_families()),
+                         test::FamilyName());
 
 }  // namespace
 }  // namespace spillway::ops

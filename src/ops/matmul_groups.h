@@ -1,9 +1,22 @@
-// Building blocks of the 8-row group kernels, shared by the AVX2 and the AVX-512 matmul
-// files (internal linkage in each): block loads of 8 rows (GGUF's rows and the packed
-// groups of WeightLayout::kRows8), the 32-element types' unpacking and scales, row
-// reductions, stores and the tile driver tile_groups. Include only after the file's target pragma
-// (or clang's attribute push), and after matmul_internal.h; see matmul_avx2.cpp for the group
-// layout these assume.
+// The 8-row group matmul kernels, written once for the families that run them with 256-bit
+// vectors (AVX2, and AVX-512 VNNI through AVX512VL): block loads of 8 rows (GGUF's rows
+// and the packed groups of WeightLayout::kRows8), the 32-element types' unpacking and
+// scales, the K types' kernels, row reductions, stores and the tile driver tile_groups.
+// What differs between the families is a trait D of integer dot products (matmul_avx2.cpp:
+// Avx2Dots; matmul_avx512.cpp: VnniDots) with:
+//   kLegacyTile                       tokens per unpacked block of the 32-element types
+//   nibbles(Nibbles8, xq)             8 row sums of unsigned 4-bit rows . 32 activations
+//   fivebit(Nibbles8, xq)             the same for 5-bit values
+//   packed_nibbles(PackedNibbles8, xq), packed_fivebit(PackedNibbles8, xq)
+//                                     the same from a packed group (row r in lane r)
+//   madd_acc(acc, a, b)               acc + the int16 pairwise products of a and b, int32
+// group_matmul_kernels<D, Q8>() is a family's table of tile kernels (Q8: its Q8_0 block
+// type, whose algorithm differs). Every instantiation computes the same integer sums and
+// the same float arithmetic, so the families' outputs are equal bit for bit.
+//
+// Internal linkage: include only after the family file's target pragma (or clang's
+// attribute push), and after matmul_internal.h, so that each family compiles its own copy
+// for its instruction set.
 #pragma once
 
 #include "simd_avx2.h"
@@ -215,7 +228,7 @@ SPW_INLINE void unpack_fivebit8(const P& p, int64_t off, Fivebit8& u) {
 // Prefetches kBytes from p on (cache lines of 64 bytes) into L2 (the T1 hint): the
 // L1 and its own prefetcher take them from there. With the next-but-one group of rows as
 // the target (see tile_groups), decode on 1 and 2 threads ran 5-8 % faster than with
-// T0 prefetches of the next group (docs/performance.md).
+// T0 prefetches of the next group (docs/performance-history.md, bcb1b5e).
 template <int kBytes>
 inline void prefetch_step(const uint8_t* p) {
   SPW_UNROLL for (int i = 0; i < kBytes; i += 64) {
@@ -277,6 +290,7 @@ inline __m256i q4_k_scales_mins(__m256i h) {
 // kC (tokens per unpacked block).
 
 struct Q4_0Blocks {
+  static constexpr bool kFiveBit = false;
   static constexpr int kBytes = sizeof(BlockQ4_0);
   static constexpr bool kHasMin = true;
   template <class P>
@@ -301,6 +315,7 @@ struct Q4_0Blocks {
 };
 
 struct Q4_1Blocks {
+  static constexpr bool kFiveBit = false;
   static constexpr int kBytes = sizeof(BlockQ4_1);
   static constexpr bool kHasMin = true;
   template <class P>
@@ -334,6 +349,7 @@ struct Q4_1Blocks {
 };
 
 struct Q5_0Blocks {
+  static constexpr bool kFiveBit = true;
   static constexpr int kBytes = sizeof(BlockQ5_0);
   static constexpr bool kHasMin = true;
   template <class P>
@@ -360,6 +376,7 @@ struct Q5_0Blocks {
 };
 
 struct Q5_1Blocks {
+  static constexpr bool kFiveBit = true;
   static constexpr int kBytes = sizeof(BlockQ5_1);
   static constexpr bool kHasMin = true;
   template <class P>
@@ -432,6 +449,22 @@ struct LegacyGroups {
   static void run(const P& p, int64_t bs, const X* x, int64_t nb, float* y, int64_t ldy, int n_rows,
                   const uint8_t* pf) {
     group8<W, C>(p, bs, x, nb, y, ldy, n_rows, pf);
+  }
+};
+
+// A 32-element type's blocks (Q4_0Blocks .. Q5_1Blocks: unpack, scales) with family D's
+// integer products.
+template <class Blocks, class D>
+struct LegacyW : Blocks {
+  static constexpr int kC = D::kLegacyTile;
+  static SPW_INLINE __m256i dot(const Nibbles8& u, const int8_t* xq) { return D::nibbles(u, xq); }
+  static SPW_INLINE __m256i dot(const Fivebit8& u, const int8_t* xq) { return D::fivebit(u.q, xq); }
+  static SPW_INLINE __m256i dot(const PackedNibbles8& u, const int8_t* xq) {
+    if constexpr (Blocks::kFiveBit) {
+      return D::packed_fivebit(u, xq);
+    } else {
+      return D::packed_nibbles(u, xq);
+    }
   }
 };
 
@@ -529,6 +562,208 @@ void tile_groups(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
       }
     }
   }
+}
+
+// ---- K types (Q4_K, Q6_K): groups of 8 weight rows ----
+//
+// Per 256-element super-block, each of the 8 rows' integer dot products with one Q8_K
+// activation block, sub-block scales applied in integer arithmetic (D::madd_acc: vpmaddwd
+// and vpaddd in AVX2, one vpdpwssd in AVX-512 VNNI), is one
+// vector of 8 int32 partial sums; the 8 rows' vectors are reduced with horizontal adds
+// into one vector of 8 row sums, converted and accumulated with one FMA:
+// acc[r] += isum[r] * (d_w[r] * d_x). The sub-block mins of Q4_K (against the
+// activations' 16-element sums) are summed the same way, 8 rows at once, into a second
+// vector subtracted at the end; Q6_K's offset of -32 is folded into the integer sums. A
+// tile of C tokens reads each row's super-block once and repeats exactly the per-token
+// arithmetic, so, as for the legacy types, a token's outputs do not depend on the tile
+// shape, the row range or the thread count.
+
+template <class D>
+struct Q4KGroups {
+  static constexpr int kBytes = sizeof(BlockQ4_K);
+  static constexpr int kElems = kQKK;
+  static constexpr int kC = 4;
+  using X = const BlockQ8_K*;
+  static X x_row(const void* xq, int64_t cols, int64_t t) {
+    return reinterpret_cast<X>(static_cast<const uint8_t*>(xq) + t * q8k_row_bytes(cols));
+  }
+  template <int C>
+  static void run(const uint8_t* const* p, int64_t bs, const X* x, int64_t nb, float* y,
+                  int64_t ldy, int n_rows, const uint8_t* pf) {
+    constexpr int kStep = 8 * kBytes;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[C], macc[C];
+    SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = macc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      if (pf != nullptr) prefetch_step<kStep>(pf + b * kStep);
+      const int64_t off = b * bs;
+      // Register i: row i in the low lane, row i + 4 in the high lane.
+      __m256i h[4], sm[4];
+      SPW_UNROLL for (int i = 0; i < 4; ++i) {
+        h[i] = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(p[i + 4] + off),
+                                   reinterpret_cast<const __m128i*>(p[i] + off));
+        sm[i] = q4_k_scales_mins(h[i]);
+      }
+      __m256 d, dmin;
+      head_f16_pairs8(h, d, dmin);
+      // Mins as int16 (words 0..7 of each lane) . sub-block sums of the activations.
+      const __m256i min_words =
+          _mm256_setr_epi8(8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1, 8, -1, 9,
+                           -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1);
+      __m256i mins[4];
+      SPW_UNROLL for (int i = 0; i < 4; ++i) mins[i] = _mm256_shuffle_epi8(sm[i], min_words);
+      __m256i rs[C][8];  // [token][row] partial sums
+      SPW_UNROLL for (int r = 0; r < 8; ++r) {
+        const __m256i sc = r < 4 ? _mm256_permute2x128_si256(sm[r], sm[r], 0x00)
+                                 : _mm256_permute2x128_si256(sm[r - 4], sm[r - 4], 0x11);
+        const uint8_t* qs = p[r] + off + offsetof(BlockQ4_K, qs);
+        __m256i iacc[C];
+        SPW_UNROLL for (int c = 0; c < C; ++c) iacc[c] = _mm256_setzero_si256();
+        SPW_UNROLL for (int k = 0; k < 4; ++k) {
+          // 32 bytes: sub-block 2k in the low nibbles, 2k + 1 in the high ones.
+          const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * k));
+          const __m256i lo = _mm256_and_si256(raw, m4);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+          // Words 0..3 of each lane: scale of sub-block 2k; words 4..7: of 2k + 1.
+          const __m256i s_pair = _mm256_shuffle_epi8(
+              sc, _mm256_setr_epi8(2 * k, -1, 2 * k, -1, 2 * k, -1, 2 * k, -1, 2 * k + 1, -1,
+                                   2 * k + 1, -1, 2 * k + 1, -1, 2 * k + 1, -1, 2 * k, -1, 2 * k,
+                                   -1, 2 * k, -1, 2 * k, -1, 2 * k + 1, -1, 2 * k + 1, -1,
+                                   2 * k + 1, -1, 2 * k + 1, -1));
+          SPW_UNROLL for (int c = 0; c < C; ++c) {
+            const int8_t* xq = x[c][b].qs + 64 * k;
+            const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+            const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
+            // vpmaddubsw pairs reach 2 * 15 * 127: two of them still fit int16.
+            const __m256i pairs =
+                _mm256_hadd_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1));
+            iacc[c] = D::madd_acc(iacc[c], pairs, s_pair);
+          }
+        }
+        SPW_UNROLL for (int c = 0; c < C; ++c) rs[c][r] = iacc[c];
+      }
+      SPW_UNROLL for (int c = 0; c < C; ++c) {
+        const BlockQ8_K& xb = x[c][b];
+        const __m256i bs = bsums32(xb);
+        const __m256i msum = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(_mm256_madd_epi16(mins[0], bs), _mm256_madd_epi16(mins[1], bs)),
+            _mm256_hadd_epi32(_mm256_madd_epi16(mins[2], bs), _mm256_madd_epi16(mins[3], bs)));
+        const __m256 dx = _mm256_set1_ps(xb.d);
+        acc[c] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows8_epi32(rs[c])), _mm256_mul_ps(d, dx), acc[c]);
+        macc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), macc[c]);
+      }
+    }
+    SPW_UNROLL for (int c = 0; c < C; ++c) {
+      store_rows8(_mm256_sub_ps(acc[c], macc[c]), y + c * ldy, n_rows);
+    }
+  }
+};
+
+template <class D>
+struct Q6KGroups {
+  static constexpr int kBytes = sizeof(BlockQ6_K);
+  static constexpr int kElems = kQKK;
+  static constexpr int kC = 4;
+  using X = const BlockQ8_K*;
+  static X x_row(const void* xq, int64_t cols, int64_t t) {
+    return reinterpret_cast<X>(static_cast<const uint8_t*>(xq) + t * q8k_row_bytes(cols));
+  }
+  template <int C>
+  static void run(const uint8_t* const* p, int64_t bs, const X* x, int64_t nb, float* y,
+                  int64_t ldy, int n_rows, const uint8_t* pf) {
+    constexpr int kStep = 8 * kBytes;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m30 = _mm256_set1_epi8(0x30);
+    __m256 acc[C];
+    SPW_UNROLL for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      if (pf != nullptr) prefetch_step<kStep>(pf + b * kStep);
+      const int64_t off = b * bs;
+      const __m256 d = f16x8(p, off + offsetof(BlockQ6_K, d));
+      __m256i bs[C];  // the activations' 16 sums of 16
+      SPW_UNROLL for (int c = 0; c < C; ++c) {
+        bs[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[c][b].bsums));
+      }
+      __m256i rs[C][8];  // [token][row] partial sums
+      SPW_UNROLL for (int r = 0; r < 8; ++r) {
+        const uint8_t* blk = p[r] + off;
+        // Scales as int16: groups 0..7 in the low lane, 8..15 in the high lane.
+        const __m256i sc = _mm256_cvtepi8_epi16(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + offsetof(BlockQ6_K, scales))));
+        __m256i iacc[C];
+        // q - 32: the offset against the activations' group sums, subtracted up front.
+        SPW_UNROLL for (int c = 0; c < C; ++c) {
+          iacc[c] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                     _mm256_slli_epi32(_mm256_madd_epi16(sc, bs[c]), 5));
+        }
+        SPW_UNROLL for (int n = 0; n < 2; ++n) {
+          // Half n: elements 128 n + 32 k + l, k = 0..3, l = 0..31; lane 0 holds group
+          // 8 n + 2 k, lane 1 group 8 n + 2 k + 1.
+          const __m256i scn = n == 0 ? _mm256_permute2x128_si256(sc, sc, 0x00)
+                                     : _mm256_permute2x128_si256(sc, sc, 0x11);
+          const uint8_t* ql = blk + offsetof(BlockQ6_K, ql) + 64 * n;
+          const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+          const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+          const __m256i qh = _mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(blk + offsetof(BlockQ6_K, qh) + 32 * n));
+          __m256i q[4];
+          q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                 _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+          q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                 _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+          q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                 _mm256_and_si256(qh, m30));
+          q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                 _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+          // Pairs of vpmaddubsw results (each word at most 2 * 63 * 127) are combined with
+          // one vphaddw (two words still fit int16): for q[2j] and q[2j + 1], words 0..3 of
+          // lane 0 belong to group 8n + 4j, words 4..7 to 8n + 4j + 2; lane 1 to the next
+          // groups (+1). sv[j] holds those groups' scales.
+          __m256i sv[2];
+          SPW_UNROLL for (int j = 0; j < 2; ++j) {
+            const int wa = 8 * j, wb = 8 * j + 4;  // bytes of words 4j, 4j + 2
+            sv[j] = _mm256_shuffle_epi8(
+                scn, _mm256_setr_epi8(wa, wa + 1, wa, wa + 1, wa, wa + 1, wa, wa + 1, wb, wb + 1,
+                                      wb, wb + 1, wb, wb + 1, wb, wb + 1, wa + 2, wa + 3, wa + 2,
+                                      wa + 3, wa + 2, wa + 3, wa + 2, wa + 3, wb + 2, wb + 3,
+                                      wb + 2, wb + 3, wb + 2, wb + 3, wb + 2, wb + 3));
+          }
+          SPW_UNROLL for (int c = 0; c < C; ++c) {
+            const int8_t* xq = x[c][b].qs + 128 * n;
+            SPW_UNROLL for (int j = 0; j < 2; ++j) {
+              const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * j));
+              const __m256i x1 =
+                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 64 * j + 32));
+              const __m256i pairs = _mm256_hadd_epi16(_mm256_maddubs_epi16(q[2 * j], x0),
+                                                      _mm256_maddubs_epi16(q[2 * j + 1], x1));
+              iacc[c] = D::madd_acc(iacc[c], pairs, sv[j]);
+            }
+          }
+        }
+        SPW_UNROLL for (int c = 0; c < C; ++c) rs[c][r] = iacc[c];
+      }
+      SPW_UNROLL for (int c = 0; c < C; ++c) {
+        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows8_epi32(rs[c])),
+                                 _mm256_mul_ps(d, _mm256_set1_ps(x[c][b].d)), acc[c]);
+      }
+    }
+    SPW_UNROLL for (int c = 0; c < C; ++c) store_rows8(acc[c], y + c * ldy, n_rows);
+  }
+};
+
+// A family's table of tile kernels: D its integer products, Q8 its Q8_0 block type.
+template <class D, class Q8>
+MatmulKernels group_matmul_kernels() {
+  MatmulKernels k;
+  k.q4_0 = tile_groups<LegacyGroups<LegacyW<Q4_0Blocks, D>>>;
+  k.q4_1 = tile_groups<LegacyGroups<LegacyW<Q4_1Blocks, D>>>;
+  k.q5_0 = tile_groups<LegacyGroups<LegacyW<Q5_0Blocks, D>>>;
+  k.q5_1 = tile_groups<LegacyGroups<LegacyW<Q5_1Blocks, D>>>;
+  k.q8_0 = tile_groups<LegacyGroups<Q8>>;
+  k.q4_k = tile_groups<Q4KGroups<D>>;
+  k.q6_k = tile_groups<Q6KGroups<D>>;
+  return k;
 }
 
 }  // namespace
