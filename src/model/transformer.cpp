@@ -145,6 +145,31 @@ const float* bind_vector(const gguf::GgufFile& f, const std::string& name, int64
   return reinterpret_cast<const float*>(t.data);
 }
 
+RopeKeys read_rope_keys(const gguf::GgufFile& file, const ModelConfig& common) {
+  const auto& meta = file.metadata();
+  const std::string p = common.architecture + ".";
+  auto bad = [&](const std::string& what) {
+    return FormatError(fmt::format("{}: inconsistent hyperparameters: {}", file.path(), what));
+  };
+  RopeKeys k;
+  k.n_rot = meta.find<uint32_t>(p + "rope.dimension_count").value_or(common.head_dim);
+  if (k.n_rot < 2 || k.n_rot > common.head_dim || k.n_rot % 2 != 0)
+    throw bad(fmt::format("rope.dimension_count {} must be even and in [2, head_dim {}]", k.n_rot,
+                          common.head_dim));
+  const std::string scaling = meta.find<std::string>(p + "rope.scaling.type").value_or("none");
+  if (scaling == "linear") {
+    const double factor = meta.get<double>(p + "rope.scaling.factor");
+    if (!(factor > 0)) throw bad(fmt::format("rope.scaling.factor {} <= 0", factor));
+    k.freq_scale = 1.0 / factor;
+  } else if (scaling != "none") {
+    throw UnsupportedError(
+        fmt::format("{}: RoPE scaling type '{}' ({}rope.scaling.type) is not supported "
+                    "(supported: none, linear)",
+                    file.path(), scaling, p));
+  }
+  return k;
+}
+
 RopeTable make_rope(ops::RopeStyle style, int64_t n_rot, double base, double freq_scale,
                     const float* factors) {
   RopeTable r;

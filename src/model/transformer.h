@@ -1,14 +1,17 @@
 // The parts of a forward pass that decoder-only transformers share, for architectures to
 // compose (private to model/): checking a step's plan against the storage and scheduling
 // its attention, embedding lookup, RMSNorm over rows, RoPE + K/V store + attention over a
-// plan (with the observer's hooks), the residual add and the output head. Also the
-// binding helpers every architecture's loader uses.
+// plan (with the observer's hooks), the residual add and the output head. Also the loading
+// side: the binding helpers, and BlockModel, which binds, interleaves, counts and finds an
+// architecture's tensors from one table per architecture.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "spillway/core/huge_pages.h"
@@ -32,11 +35,11 @@ ModelConfig read_common_config(const gguf::GgufFile& file);
 ops::WeightMatrix bind_matrix(const gguf::GgufFile& f, const std::string& name, int64_t cols,
                               int64_t rows);
 // Private copies of a model's weight matrices in the kernels' interleaved layout
-// (ops::WeightLayout::kRows8), which a matrix-vector product reads front to back: on the
-// Zen 4 host of docs/performance.md, single-token decoding ran faster with it than with
-// the file's rows. Matrices of the types ops::can_interleave() accepts are copied and
-// repointed; the others stay bound in place. The copied ranges of the file's mapping are
-// released, so resident memory stays at about the weights' size.
+// (ops::WeightLayout::kRows8), which a matrix-vector product reads front to back: on a
+// Zen 4 host, single-token decoding ran faster with it than with the file's rows
+// (docs/performance-history.md, a4868e6). Matrices of the types ops::can_interleave()
+// accepts are copied and repointed; the others stay bound in place. The copied ranges of
+// the file's mapping are released, so resident memory stays at about the weights' size.
 class InterleavedWeights {
  public:
   // Rewrites *m for each m in ms; entries bound to the same bytes (a tied output matrix
@@ -51,6 +54,16 @@ class InterleavedWeights {
 // A 1-D F32 weight of n elements bound in place.
 const float* bind_vector(const gguf::GgufFile& f, const std::string& name, int64_t n);
 
+// The RoPE keys architectures share: rope.dimension_count (default head_dim; must be even
+// and at most head_dim) and rope.scaling.type / rope.scaling.factor (none, or linear:
+// freq_scale = 1 / factor). FormatError naming the key for a bad value, UnsupportedError
+// for another scaling type.
+struct RopeKeys {
+  int64_t n_rot = 0;
+  double freq_scale = 1.0;
+};
+RopeKeys read_rope_keys(const gguf::GgufFile& file, const ModelConfig& common);
+
 // RoPE of one layer: which pairs rotate and at what frequencies.
 struct RopeTable {
   ops::RopeStyle style = ops::RopeStyle::kAdjacent;
@@ -64,6 +77,152 @@ RopeTable make_rope(ops::RopeStyle style, int64_t n_rot, double base, double fre
 inline uint64_t matrix_bytes(const ops::WeightMatrix& w) {
   return w.row_bytes * static_cast<uint64_t>(w.rows);
 }
+
+// --- an architecture's tensors -------------------------------------------------------------
+
+// Sizes of an architecture's tensors, from its configuration.
+using DimFn = int64_t (*)(const ModelConfig&);
+namespace dims {
+inline int64_t embd(const ModelConfig& c) {
+  return c.n_embd;
+}
+inline int64_t head(const ModelConfig& c) {
+  return c.head_dim;
+}
+inline int64_t q(const ModelConfig& c) {
+  return c.n_head * c.head_dim;
+}
+inline int64_t kv(const ModelConfig& c) {
+  return c.n_head_kv * c.head_dim;
+}
+inline int64_t ff(const ModelConfig& c) {
+  return c.n_ff;
+}
+}  // namespace dims
+
+// One tensor of every block of an architecture, as its table lists it: the GGUF name after
+// "blk.N.", the size from the configuration, and the member of the architecture's layer
+// struct it binds to. A matrix (rows x cols, GGUF shape [cols, rows]) is quantized, read
+// once per decoded token and copied into the interleaved layout where its type allows; a
+// vector (a norm's weights, [cols] F32) is bound in place. The table drives binding,
+// interleaving, the bytes a token reads and the lookup by name (BlockModel).
+template <class Layer>
+struct LayerTensor {
+  const char* name;
+  DimFn cols;
+  DimFn rows = nullptr;  // nullptr: a vector
+  ops::WeightMatrix Layer::*matrix = nullptr;
+  const float* Layer::*vector = nullptr;
+};
+
+template <class Layer>
+constexpr LayerTensor<Layer> matrix_tensor(const char* name, DimFn cols, DimFn rows,
+                                           ops::WeightMatrix Layer::*m) {
+  return {name, cols, rows, m, nullptr};
+}
+template <class Layer>
+constexpr LayerTensor<Layer> vector_tensor(const char* name, DimFn n, const float* Layer::*v) {
+  return {name, n, nullptr, nullptr, v};
+}
+
+// A model made of the embedding, blocks whose tensors a table lists (one Layer each), and
+// the output norm and matrix. The architecture reads its configuration, then calls
+// bind_tensors(); everything about its tensors follows from the table.
+template <class Layer>
+class BlockModel : public Model {
+ public:
+  const Layer& layer(int64_t i) const { return layers_[static_cast<size_t>(i)]; }
+  const ops::WeightMatrix& token_embd() const { return token_embd_; }
+  const ops::WeightMatrix& output() const { return output_; }
+  const float* output_norm() const { return output_norm_; }
+
+  // Every matrix and vector once (the output matrix's bytes, tied or not), one row of the
+  // embedding.
+  uint64_t weight_bytes_per_token() const override {
+    const ModelConfig& c = config_;
+    uint64_t total = matrix_bytes(output_) + token_embd_.row_bytes +
+                     4 * static_cast<uint64_t>(c.n_embd);  // output norm
+    for (const Layer& L : layers_) {
+      for (const LayerTensor<Layer>& t : table_) {
+        total += t.matrix ? matrix_bytes(L.*t.matrix) : 4 * static_cast<uint64_t>(t.cols(c));
+      }
+    }
+    return total;
+  }
+
+  const ops::WeightMatrix* find_matrix(std::string_view name) const override {
+    if (name == "token_embd.weight") return &token_embd_;
+    if (name == "output.weight") return &output_;
+    const LayerTensor<Layer>* t = nullptr;
+    const Layer* L = block_tensor(name, &t);
+    return L && t->matrix ? &(L->*t->matrix) : nullptr;
+  }
+
+  const float* find_vector(std::string_view name) const override {
+    if (name == "output_norm.weight") return output_norm_;
+    const LayerTensor<Layer>* t = nullptr;
+    const Layer* L = block_tensor(name, &t);
+    return L && t->vector ? L->*t->vector : nullptr;
+  }
+
+ protected:
+  BlockModel(std::unique_ptr<gguf::GgufFile> file, std::span<const LayerTensor<Layer>> table)
+      : Model(std::move(file)), table_(table) {}
+
+  // Binds the embedding, the output matrix (the embedding when tied), the output norm and
+  // every block's tensors (shapes checked: FormatError naming the tensor), then copies the
+  // matrices into the interleaved layout.
+  void bind_tensors() {
+    const gguf::GgufFile& f = *file_;
+    const ModelConfig& c = config_;
+    token_embd_ = bind_matrix(f, "token_embd.weight", c.n_embd, c.n_vocab);
+    output_ = c.tied_output ? token_embd_ : bind_matrix(f, "output.weight", c.n_embd, c.n_vocab);
+    output_norm_ = bind_vector(f, "output_norm.weight", c.n_embd);
+    layers_.resize(static_cast<size_t>(c.n_layer));
+    std::vector<ops::WeightMatrix*> matrices = {&token_embd_, &output_};
+    for (int64_t i = 0; i < c.n_layer; ++i) {
+      const std::string b = "blk." + std::to_string(i) + ".";
+      Layer& L = layers_[static_cast<size_t>(i)];
+      for (const LayerTensor<Layer>& t : table_) {
+        if (t.matrix) {
+          L.*t.matrix = bind_matrix(f, b + t.name, t.cols(c), t.rows(c));
+          matrices.push_back(&(L.*t.matrix));
+        } else {
+          L.*t.vector = bind_vector(f, b + t.name, t.cols(c));
+        }
+      }
+    }
+    interleaved_.interleave(f, matrices);
+  }
+
+  std::vector<Layer> layers_;
+  ops::WeightMatrix token_embd_, output_;
+  const float* output_norm_ = nullptr;
+
+ private:
+  // "blk.N.<name>" -> block N and its table entry; nullptr when there is none.
+  const Layer* block_tensor(std::string_view name, const LayerTensor<Layer>** t) const {
+    if (name.substr(0, 4) != "blk.") return nullptr;
+    const size_t dot = name.find('.', 4);
+    if (dot == std::string_view::npos || dot == 4) return nullptr;
+    int64_t n = 0;
+    for (char ch : name.substr(4, dot - 4)) {
+      if (ch < '0' || ch > '9' || n > config_.n_layer) return nullptr;
+      n = 10 * n + (ch - '0');
+    }
+    if (n >= config_.n_layer) return nullptr;
+    for (const LayerTensor<Layer>& e : table_) {
+      if (name.substr(dot + 1) == e.name) {
+        *t = &e;
+        return &layers_[static_cast<size_t>(n)];
+      }
+    }
+    return nullptr;
+  }
+
+  std::span<const LayerTensor<Layer>> table_;
+  InterleavedWeights interleaved_;  // the matrices' interleaved copies
+};
 
 // --- the forward pass ------------------------------------------------------------------------
 

@@ -302,4 +302,53 @@ TEST(ModelLoad, LinearRopeScalingIsApplied) {
 }
 
 }  // namespace
+// The architectures' tensor tables: every tensor of the file is bound and found by its
+// name, and a decoded token reads every tensor once but the embedding, of which it reads
+// one row (the output matrix when the embedding is tied to it), counted from the file's
+// own tensor list, not from the tables.
+TEST(ModelLoad, TensorTablesBindEveryTensorOnce) {
+  for (const char* arch : {"llama", "gemma3"}) {
+    for (bool tied : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << arch << (tied ? " tied" : " untied"));
+      test::TinyModelSpec spec;
+      spec.architecture = arch;
+      spec.tied_output = tied;
+      if (std::string(arch) == "gemma3") {
+        spec.n_layer = 3;
+        spec.sliding_window = 10;
+        spec.swa_pattern = 3;
+      }
+      auto m = model::Model::load(test::write_tiny_model(test::temp_dir(), spec, "tables.gguf"));
+      const gguf::GgufFile& f = m->file();
+      uint64_t want = 0;
+      for (const gguf::TensorInfo& t : f.tensors()) {
+        const bool is_matrix = t.n_dims == 2;
+        EXPECT_TRUE(is_matrix ? m->find_matrix(t.name) != nullptr
+                              : m->find_vector(t.name) != nullptr)
+            << t.name << " is not bound";
+        if (t.name == "token_embd.weight") {
+          want += t.row_bytes() + (tied ? t.n_bytes : 0);
+        } else {
+          want += t.n_bytes;
+        }
+        if (!is_matrix) {
+          EXPECT_EQ(m->find_vector(t.name), static_cast<const void*>(t.data));
+        }
+      }
+      EXPECT_EQ(m->weight_bytes_per_token(), want);
+      const ops::WeightMatrix* q = m->find_matrix("blk.1.attn_q.weight");
+      ASSERT_NE(q, nullptr);
+      EXPECT_EQ(q->rows, m->config().n_head * m->config().head_dim);
+      EXPECT_EQ(q->cols, m->config().n_embd);
+      EXPECT_EQ(m->find_matrix("output.weight") == m->find_matrix("token_embd.weight"), false);
+      for (const char* none : {"blk.99.attn_q.weight", "blk.1.attn_norm.weight", "blk..x", "blk.1",
+                               "blk.-1.attn_q.weight", "attn_q.weight", ""}) {
+        EXPECT_EQ(m->find_matrix(none), nullptr) << none;
+      }
+      EXPECT_EQ(m->find_vector("blk.1.attn_q.weight"), nullptr);
+      EXPECT_NE(m->find_vector("output_norm.weight"), nullptr);
+    }
+  }
+}
+
 }  // namespace spillway

@@ -1,21 +1,27 @@
-// A naive reference decoder for tests: the same weights and matrix products as the
-// library, but attention written out from the policy table of docs/architecture.md.
-// Each step takes the token's span of stream indices per layer, gives them positions
-// (rank in the span, or the stream index), rotates every cached un-rotated key at its
-// position in double precision and attends in double. Llama and Gemma 3 (QK-norm,
-// post-norms, GELU, NeoX RoPE with per-layer bases, local layers with their own window).
+// A naive reference decoder for tests, written with Eigen so that it reads like the
+// equations: the same weights (found by their GGUF names, Model::find_matrix) and, by
+// default, the library's matrix products, but everything else in double and written out
+// from the definitions: attention from the policy table of docs/architecture.md (each
+// step takes the token's span of stream indices per layer, gives them positions, rank in
+// the span or the stream index, and rotates every cached un-rotated key at its position),
+// RoPE frequencies from the file's metadata, norms, gates and the output head. Llama and
+// Gemma 3 (QK-norm, post-norms, GELU, NeoX RoPE with per-layer bases, local layers with
+// their own window), chosen by general.architecture.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "spillway/core/thread_pool.h"
 #include "spillway/model/model.h"
 #include "spillway/ops/matmul.h"
+
+#include <Eigen/Dense>
 
 namespace spillway::test {
 
@@ -60,20 +66,31 @@ class NaiveReference {
     int64_t n_rot = 0;
     std::vector<double> inv_freq;
   };
+  // What the architecture's equations need beyond ModelConfig, read from the metadata.
+  struct Arch {
+    bool gemma = false;          // else llama
+    double embd_scale = 1.0;     // the embedding row's factor (gemma: sqrt(n_embd))
+    double attn_scale = 0.0;     // multiplies q.k
+    double logit_softcap = 0.0;  // > 0: z -> c tanh(z / c)
+    Rope rope_global, rope_local;
+  };
+  static Arch read_arch(const model::Model& m);
+  const Rope& rope_of(int64_t layer) const;
   std::vector<int64_t> span(int64_t n, int64_t layer) const;
-  std::vector<double> rotate(const float* x, int64_t hd, const Rope& r, int64_t pos) const;
-  void mm(const ops::WeightMatrix& w, const std::vector<float>& in, std::vector<float>& out);
-  // Attention of one layer for the new token n: q [n_head*hd] (un-rotated), into out.
-  void attend(int64_t l, int64_t n, const std::vector<float>& q, const Rope& rope, double scale,
-              std::vector<float>& out);
+  Eigen::VectorXd rotate(const float* x, int64_t hd, const Rope& r, int64_t pos) const;
+  // W x for the bound matrix named `name` (library products, or exact ones in double).
+  Eigen::VectorXf mm(const std::string& name, const Eigen::VectorXf& x);
+  // Attention of layer l for the new token n: q [n_head*hd] (un-rotated) -> [n_head*hd].
+  Eigen::VectorXf attend(int64_t l, int64_t n, const Eigen::VectorXf& q);
 
   const model::Model& m_;
+  Arch arch_;
   int64_t sinks_, window_;
   bool absolute_, local_native_;
   bool exact_ = false;
   ThreadPool pool_;
   int64_t n_ = 0;
-  std::vector<std::map<int64_t, std::vector<float>>> k_, v_;  // [layer][stream index] -> row
+  std::vector<std::map<int64_t, Eigen::VectorXf>> k_, v_;  // [layer][stream index] -> row
   SpanFn span_fn_;
   int64_t null_calib_ = 0;
   std::map<std::pair<int64_t, int64_t>, std::pair<double, int64_t>> null_lse_;  // sum, count

@@ -17,12 +17,14 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "spillway/core/thread_pool.h"
 #include "spillway/gguf/gguf.h"
 #include "spillway/kv/cache.h"
 #include "spillway/kv/kv_storage.h"
+#include "spillway/ops/matmul.h"
 #include "spillway/tokenizer/tokenizer.h"
 
 namespace spillway::model {
@@ -118,6 +120,14 @@ class Model {
 
   // Bytes of weights one decoded token reads (all matrices, norms, one embedding row).
   virtual uint64_t weight_bytes_per_token() const = 0;
+  // A bound weight matrix by its GGUF name ("blk.3.attn_q.weight", "token_embd.weight";
+  // "output.weight" is the embedding when the output is tied), as the forward pass reads
+  // it: possibly in the interleaved layout, so read its rows with ops::dequantize_weight_row.
+  // nullptr when the architecture binds no such matrix.
+  virtual const ops::WeightMatrix* find_matrix(std::string_view name) const = 0;
+  // A bound 1-D F32 weight (a norm's, RoPE frequency factors) by its GGUF name; nullptr
+  // when there is none.
+  virtual const float* find_vector(std::string_view name) const = 0;
   // Working buffers for forward passes of up to max_batch tokens (max_batch >= 1).
   virtual std::unique_ptr<Forward> make_forward(ThreadPool& pool, int64_t max_batch) const = 0;
 

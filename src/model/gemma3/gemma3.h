@@ -47,30 +47,21 @@ struct Gemma3Layer {
   const float* post_ffn_norm = nullptr;   // [n_embd]
 };
 
-class Gemma3Model final : public Model {
+class Gemma3Model final : public detail::BlockModel<Gemma3Layer> {
  public:
   explicit Gemma3Model(std::unique_ptr<gguf::GgufFile> file);
 
   const Gemma3Config& gemma_config() const { return gemma_; }
-  const Gemma3Layer& layer(int64_t i) const { return layers_[static_cast<size_t>(i)]; }
-  const ops::WeightMatrix& token_embd() const { return token_embd_; }
-  const ops::WeightMatrix& output() const { return output_; }
-  const float* output_norm() const { return output_norm_; }
   // RoPE of layer i (local layers and global layers differ).
   const detail::RopeTable& rope(int64_t i) const {
     return config_.layers[static_cast<size_t>(i)].window > 0 ? rope_local_ : rope_global_;
   }
 
-  uint64_t weight_bytes_per_token() const override;
   std::unique_ptr<Forward> make_forward(ThreadPool& pool, int64_t max_batch) const override;
 
  private:
   Gemma3Config gemma_;
-  std::vector<Gemma3Layer> layers_;
-  ops::WeightMatrix token_embd_, output_;
-  const float* output_norm_ = nullptr;
   detail::RopeTable rope_local_, rope_global_;
-  detail::InterleavedWeights interleaved_;  // the matrices' interleaved copies
 };
 
 std::unique_ptr<Model> bind(std::unique_ptr<gguf::GgufFile> file);

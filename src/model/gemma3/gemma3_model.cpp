@@ -20,27 +20,15 @@ Gemma3Config Gemma3Config::from_gguf(const gguf::GgufFile& file, ModelConfig& co
     return FormatError(fmt::format("{}: inconsistent hyperparameters: {}", file.path(), what));
   };
   Gemma3Config c;
-  c.n_rot = meta.find<uint32_t>(p + "rope.dimension_count").value_or(common.head_dim);
-  if (c.n_rot < 2 || c.n_rot > common.head_dim || c.n_rot % 2 != 0)
-    throw bad(fmt::format("rope.dimension_count {} must be even and in [2, head_dim {}]", c.n_rot,
-                          common.head_dim));
+  const detail::RopeKeys rope = detail::read_rope_keys(file, common);
+  c.n_rot = rope.n_rot;
+  c.rope_freq_scale = rope.freq_scale;
   c.rope_freq_base = meta.find<double>(p + "rope.freq_base").value_or(c.rope_freq_base);
   c.rope_freq_base_local =
       meta.find<double>(p + "rope.freq_base_swa").value_or(c.rope_freq_base_local);
   if (!(c.rope_freq_base > 0) || !(c.rope_freq_base_local > 0))
     throw bad(fmt::format("rope.freq_base {} and rope.freq_base_swa {} must be > 0",
                           c.rope_freq_base, c.rope_freq_base_local));
-  const std::string scaling = meta.find<std::string>(p + "rope.scaling.type").value_or("none");
-  if (scaling == "linear") {
-    const double factor = meta.get<double>(p + "rope.scaling.factor");
-    if (!(factor > 0)) throw bad(fmt::format("rope.scaling.factor {} <= 0", factor));
-    c.rope_freq_scale = 1.0 / factor;
-  } else if (scaling != "none") {
-    throw UnsupportedError(fmt::format(
-        "{}: RoPE scaling type '{}' ({}rope.scaling.type) is not supported (supported: none, "
-        "linear)",
-        file.path(), scaling, p));
-  }
 
   c.sliding_window = meta.find<uint32_t>(p + "attention.sliding_window").value_or(0);
   if (c.sliding_window > 0) {
@@ -75,57 +63,44 @@ Gemma3Config Gemma3Config::from_gguf(const gguf::GgufFile& file, ModelConfig& co
   return c;
 }
 
-Gemma3Model::Gemma3Model(std::unique_ptr<gguf::GgufFile> file) : Model(std::move(file)) {
+namespace {
+
+using detail::dims::embd;
+using detail::dims::ff;
+using detail::dims::head;
+using detail::dims::kv;
+using detail::dims::q;
+
+// A block's tensors: what binding, interleaving, byte counts and lookups by name read.
+constexpr detail::LayerTensor<Gemma3Layer> kLayerTensors[] = {
+    detail::vector_tensor("attn_norm.weight", embd, &Gemma3Layer::attn_norm),
+    detail::matrix_tensor("attn_q.weight", embd, q, &Gemma3Layer::wq),
+    detail::matrix_tensor("attn_k.weight", embd, kv, &Gemma3Layer::wk),
+    detail::matrix_tensor("attn_v.weight", embd, kv, &Gemma3Layer::wv),
+    detail::vector_tensor("attn_q_norm.weight", head, &Gemma3Layer::q_norm),
+    detail::vector_tensor("attn_k_norm.weight", head, &Gemma3Layer::k_norm),
+    detail::matrix_tensor("attn_output.weight", q, embd, &Gemma3Layer::wo),
+    detail::vector_tensor("post_attention_norm.weight", embd, &Gemma3Layer::post_attn_norm),
+    detail::vector_tensor("ffn_norm.weight", embd, &Gemma3Layer::ffn_norm),
+    detail::matrix_tensor("ffn_gate.weight", embd, ff, &Gemma3Layer::w_gate),
+    detail::matrix_tensor("ffn_up.weight", embd, ff, &Gemma3Layer::w_up),
+    detail::matrix_tensor("ffn_down.weight", ff, embd, &Gemma3Layer::w_down),
+    detail::vector_tensor("post_ffw_norm.weight", embd, &Gemma3Layer::post_ffn_norm),
+};
+
+}  // namespace
+
+Gemma3Model::Gemma3Model(std::unique_ptr<gguf::GgufFile> file)
+    : BlockModel(std::move(file), kLayerTensors) {
   const gguf::GgufFile& f = *file_;
   config_ = detail::read_common_config(f);
   gemma_ = Gemma3Config::from_gguf(f, config_);
   load_tokenizer();
-  const ModelConfig& c = config_;
-  const int64_t d = c.n_embd, hd = c.head_dim;
-  using detail::bind_matrix;
-  using detail::bind_vector;
-  token_embd_ = bind_matrix(f, "token_embd.weight", d, c.n_vocab);
-  output_ = c.tied_output ? token_embd_ : bind_matrix(f, "output.weight", d, c.n_vocab);
-  output_norm_ = bind_vector(f, "output_norm.weight", d);
-  layers_.resize(static_cast<size_t>(c.n_layer));
-  for (int64_t i = 0; i < c.n_layer; ++i) {
-    const std::string b = fmt::format("blk.{}.", i);
-    Gemma3Layer& L = layers_[static_cast<size_t>(i)];
-    L.attn_norm = bind_vector(f, b + "attn_norm.weight", d);
-    L.wq = bind_matrix(f, b + "attn_q.weight", d, c.n_head * hd);
-    L.wk = bind_matrix(f, b + "attn_k.weight", d, c.n_head_kv * hd);
-    L.wv = bind_matrix(f, b + "attn_v.weight", d, c.n_head_kv * hd);
-    L.q_norm = bind_vector(f, b + "attn_q_norm.weight", hd);
-    L.k_norm = bind_vector(f, b + "attn_k_norm.weight", hd);
-    L.wo = bind_matrix(f, b + "attn_output.weight", c.n_head * hd, d);
-    L.post_attn_norm = bind_vector(f, b + "post_attention_norm.weight", d);
-    L.ffn_norm = bind_vector(f, b + "ffn_norm.weight", d);
-    L.w_gate = bind_matrix(f, b + "ffn_gate.weight", d, c.n_ff);
-    L.w_up = bind_matrix(f, b + "ffn_up.weight", d, c.n_ff);
-    L.w_down = bind_matrix(f, b + "ffn_down.weight", c.n_ff, d);
-    L.post_ffn_norm = bind_vector(f, b + "post_ffw_norm.weight", d);
-  }
-  std::vector<ops::WeightMatrix*> matrices = {&token_embd_, &output_};
-  for (Gemma3Layer& L : layers_)
-    for (ops::WeightMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
-      matrices.push_back(w);
-  interleaved_.interleave(f, matrices);
+  bind_tensors();
   rope_global_ = detail::make_rope(ops::RopeStyle::kHalves, gemma_.n_rot, gemma_.rope_freq_base,
                                    gemma_.rope_freq_scale);
   rope_local_ =
       detail::make_rope(ops::RopeStyle::kHalves, gemma_.n_rot, gemma_.rope_freq_base_local, 1.0);
-}
-
-uint64_t Gemma3Model::weight_bytes_per_token() const {
-  const uint64_t d = static_cast<uint64_t>(config_.n_embd);
-  const uint64_t hd = static_cast<uint64_t>(config_.head_dim);
-  uint64_t total = detail::matrix_bytes(output_) + token_embd_.row_bytes + 4 * d;
-  for (const Gemma3Layer& L : layers_) {
-    for (const ops::WeightMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
-      total += detail::matrix_bytes(*w);
-    total += 4 * 4 * d + 2 * 4 * hd;
-  }
-  return total;
 }
 
 std::unique_ptr<Model> bind(std::unique_ptr<gguf::GgufFile> file) {

@@ -32,28 +32,22 @@ struct LlamaLayer {
   ops::WeightMatrix w_down;          // [n_embd x n_ff]
 };
 
-class LlamaModel final : public Model {
+class LlamaModel final : public detail::BlockModel<LlamaLayer> {
  public:
   // Binds the file's weights (shapes checked against the metadata).
   explicit LlamaModel(std::unique_ptr<gguf::GgufFile> file);
 
   const LlamaConfig& llama_config() const { return llama_; }
-  const LlamaLayer& layer(int64_t i) const { return layers_[static_cast<size_t>(i)]; }
-  const ops::WeightMatrix& token_embd() const { return token_embd_; }
-  const ops::WeightMatrix& output() const { return output_; }
-  const float* output_norm() const { return output_norm_; }
   const detail::RopeTable& rope() const { return rope_; }
 
-  uint64_t weight_bytes_per_token() const override;
+  // The block tensors, and rope_freqs.weight when the file has it.
+  const float* find_vector(std::string_view name) const override;
   std::unique_ptr<Forward> make_forward(ThreadPool& pool, int64_t max_batch) const override;
 
  private:
   LlamaConfig llama_;
-  std::vector<LlamaLayer> layers_;
-  ops::WeightMatrix token_embd_, output_;
-  const float* output_norm_ = nullptr;
+  const float* rope_factors_ = nullptr;  // [n_rot / 2] rope_freqs.weight, if any
   detail::RopeTable rope_;
-  detail::InterleavedWeights interleaved_;  // the matrices' interleaved copies
 };
 
 std::unique_ptr<Model> bind(std::unique_ptr<gguf::GgufFile> file);
