@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the llama.cpp reference goldens under tests/golden/.
+"""Write the llama.cpp reference goldens under tests/golden/<profile>/.
 
 llama.cpp is the independent implementation the tests compare spillway against: token
 ids (tokens.json), logits (logits.json) and perplexity (ppl.json) of a model. It is
@@ -11,7 +11,7 @@ bindings (the llama_cpp directory of the unpacked sdist), loading those librarie
 Regenerate (from the repository root, after scripts/setup.sh and
 scripts/build-llama-cpp.sh):
 
-    # the default model, SmolLM2 (tests/golden/*.json)
+    # the default model, SmolLM2 (tests/golden/smollm2/*.json)
     python3 scripts/make-golden.py \
         --llama-lib .cache/llama.cpp/build/bin \
         --llama-py  .cache/llama.cpp/llama_cpp_python-0.3.36
@@ -24,9 +24,9 @@ The Python needs numpy plus the bindings' imports (typing-extensions, diskcache,
 jinja2). Options: --model (default models/SmolLM2-135M-Instruct.Q4_1.gguf), --profile
 (smollm2 or gemma3: the strings and prompts that fit the model's vocabulary and chat
 format; default: gemma3 when the model's file name says gemma-3, else smollm2), --corpus
-(default data/austen.txt), --out (default tests/golden for smollm2, tests/golden/gemma3
-for gemma3), --only tokens|logits|ppl (repeatable). Runs with n_threads=2 in a minute or
-two; each profile's files stay well under 2 MB together.
+(default data/austen.txt), --out (default tests/golden/smollm2 for smollm2,
+tests/golden/gemma3 for gemma3), --only tokens|logits|ppl (repeatable). Runs with
+n_threads=2 in a minute or two; each profile's files stay well under 2 MB together.
 
 Outputs (each records the llama-cpp-python version and the model's sha256):
   tokens.json  ids of varied strings, with special-token parsing on and off, and the
@@ -211,7 +211,7 @@ GEMMA3_LOGIT_PROMPTS = [
 PROFILES = {
     "smollm2": {
         "model": "models/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "out": "tests/golden",
+        "out": "tests/golden/smollm2",
         "cases": CASES,
         "add_special_cases": ADD_SPECIAL_CASES,
         "logit_prompts": LOGIT_PROMPTS,

@@ -90,7 +90,7 @@ def test_logits_agree_with_the_evaluator(model, stream):
 
 
 def test_logits_near_the_llama_cpp_goldens(model):
-    golden = json.loads((ROOT / "tests/golden/logits.json").read_text())
+    golden = json.loads((ROOT / "tests/golden/smollm2/logits.json").read_text())
     diffs, top1_same, positions = [], 0, 0
     for p in golden["prompts"]:
         s = spillway.Session(model, threads=2)

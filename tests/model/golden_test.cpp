@@ -1,5 +1,5 @@
 // The decoders against llama.cpp on the real models (golden files written by
-// scripts/make-golden.py: tests/golden/ for SmolLM2, tests/golden/gemma3/ for Gemma 3):
+// scripts/make-golden.py: tests/golden/smollm2/ for SmolLM2, tests/golden/gemma3/ for Gemma 3):
 // logits at fixed positions of a few prompts, and the perplexity of the first 2,048
 // corpus tokens in one context; prefill against decode, chunked against per-token.
 #include <gtest/gtest.h>
@@ -74,7 +74,7 @@ struct Golden {
 // llama.cpp: SmolLM2 0.058 vs 0.056, Gemma 3 0.079 vs 0.074. Both engines' activation
 // rounding raises perplexity; on Gemma 3 this engine's more (+1.9 % against +0.8 %).
 const Golden kGoldens[] = {
-    {"smollm2", test::default_model_path, "tests/golden", 1.5, 0.35, 0.8, 0.1, 0.3},
+    {"smollm2", test::default_model_path, "tests/golden/smollm2", 1.5, 0.35, 0.8, 0.1, 0.3},
     {"gemma3", test::gemma3_model_path, "tests/golden/gemma3", 3.5, 0.5, 2.0, 0.12, 0.6},
 };
 

@@ -1,5 +1,5 @@
 // The tokenizers of the default model (byte-level BPE) and of Gemma 3 (SentencePiece)
-// against llama.cpp's ids (tests/golden/tokens.json and tests/golden/gemma3/tokens.json,
+// against llama.cpp's ids (tests/golden/smollm2/tokens.json and tests/golden/gemma3/tokens.json,
 // written by scripts/make-golden.py).
 #include <gtest/gtest.h>
 
@@ -171,7 +171,7 @@ class TokenizerGolden : public ::testing::Test {
  protected:
   void SetUp() override {
     SPILLWAY_REQUIRE_FILE(test::default_model_path());
-    golden_ = load_json(test::source_path("tests/golden/tokens.json"));
+    golden_ = load_json(test::source_path("tests/golden/smollm2/tokens.json"));
     file_ = gguf::GgufFile::open(test::default_model_path());
     tok_ = Tokenizer::from_gguf(*file_);
   }

@@ -44,7 +44,7 @@ std::vector<float> nlls(const Model& m, const std::vector<TokenId>& tokens, cons
   return evaluate_perplexity(m, tokens, o).nll;
 }
 
-TEST(AttentionPolicyModel, EquivalencesHoldBitForBit) {
+TEST(AttentionPolicyForward, EquivalencesHoldBitForBit) {
   auto m = tiny(DType::Q4_1);
   const auto tokens = random_tokens(160, 21);
   EXPECT_EQ(nlls(*m, tokens, "h2o:0+24", 1), nlls(*m, tokens, "window:24", 16));
@@ -60,7 +60,7 @@ TEST(AttentionPolicyModel, EquivalencesHoldBitForBit) {
   EXPECT_NE(a, b);
 }
 
-TEST(AttentionPolicyModel, ChunkedEqualsPerTokenForEveryNewPolicy) {
+TEST(AttentionPolicyForward, ChunkedEqualsPerTokenForEveryNewPolicy) {
   for (bool gemma : {false, true}) {
     auto m = tiny(DType::Q8_0, gemma);
     const auto tokens = random_tokens(140, 5);
@@ -107,7 +107,7 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   return d;
 }
 
-TEST(AttentionPolicyModel, ScatteredCachesMatchTheNaiveReference) {
+TEST(AttentionPolicyForward, ScatteredCachesMatchTheNaiveReference) {
   for (bool gemma : {false, true}) {
     auto m = tiny(DType::F32, gemma);
     const auto tokens = random_tokens(150, 13);
@@ -133,7 +133,7 @@ TEST(AttentionPolicyModel, ScatteredCachesMatchTheNaiveReference) {
   }
 }
 
-TEST(AttentionPolicyModel, NullSinkMatchesTheNaiveCalibration) {
+TEST(AttentionPolicyForward, NullSinkMatchesTheNaiveCalibration) {
   for (bool gemma : {false, true}) {
     auto m = tiny(DType::F32, gemma);
     const auto tokens = random_tokens(120, 4);

@@ -70,7 +70,7 @@ std::vector<std::vector<float>> run(const Model& m, const std::vector<TokenId>& 
   return out;
 }
 
-TEST(TurnPolicyModel, ChunkedEqualsPerToken) {
+TEST(TurnPolicyForward, ChunkedEqualsPerToken) {
   for (bool gemma : {false, true}) {
     auto m = tiny(DType::Q8_0, gemma);
     const auto tokens = random_tokens(170, 5);
@@ -82,7 +82,7 @@ TEST(TurnPolicyModel, ChunkedEqualsPerToken) {
   }
 }
 
-TEST(TurnPolicyModel, WithoutMarksItIsSinkSWBitForBit) {
+TEST(TurnPolicyForward, WithoutMarksItIsSinkSWBitForBit) {
   for (bool gemma : {false, true}) {
     auto m = tiny(DType::Q8_0, gemma);
     const auto tokens = random_tokens(120, 9);
@@ -97,7 +97,7 @@ double max_abs_diff(const float* a, const std::vector<float>& b) {
   return d;
 }
 
-TEST(TurnPolicyModel, MatchesTheNaiveReference) {
+TEST(TurnPolicyForward, MatchesTheNaiveReference) {
   for (bool gemma : {false, true}) {
     auto m = tiny(DType::F32, gemma);
     const auto tokens = random_tokens(160, 13);
