@@ -10,16 +10,10 @@
 #include "kernels.h"
 #include "spillway/ops/attention.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+#include "target_avx2_begin.h"
 
-#include "simd_avx2.h"
-//
 #include "attention_piece.h"
+#include "simd_avx2.h"
 
 namespace spillway::ops::detail {
 
@@ -43,8 +37,4 @@ void attend_piece_avx2(const AttentionShape& s, int64_t kv_head, const KeyRun* s
 
 }  // namespace spillway::ops::detail
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+#include "target_end.h"

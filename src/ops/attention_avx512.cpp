@@ -12,23 +12,10 @@
 #include "kernels.h"
 #include "spillway/ops/attention.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(                                                               \
-    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), \
-    apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
-// GCC 12's AVX-512 intrinsics start from _mm*_undefined_*() (a self-initialised variable),
-// which -Wmaybe-uninitialized and -Wuninitialized report once they are inlined here.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+#include "target_avx512_begin.h"
 
-#include "simd_avx512.h"
-//
 #include "attention_piece.h"
+#include "simd_avx512.h"
 
 namespace spillway::ops::detail {
 
@@ -67,9 +54,4 @@ void attend_piece_avx512(const AttentionShape& s, int64_t kv_head, const KeyRun*
 
 }  // namespace spillway::ops::detail
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
-#endif
+#include "target_end.h"

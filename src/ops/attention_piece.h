@@ -18,6 +18,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "simd_avx2.h"  // SPW_INLINE, SPW_UNROLL, exp_v (compiled under the file's target)
+
 #include "kernels.h"
 #include "spillway/ops/attention.h"
 

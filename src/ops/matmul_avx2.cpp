@@ -17,12 +17,7 @@
 
 #include "matmul_internal.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+#include "target_avx2_begin.h"
 
 #include "matmul_groups.h"
 #include "simd_avx2.h"
@@ -240,8 +235,4 @@ const MatmulKernels& avx2_matmul_kernels() {
 
 }  // namespace spillway::ops::detail
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+#include "target_end.h"

@@ -8,16 +8,10 @@
 
 #include "kernels.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+#include "target_avx2_begin.h"
 
-#include "simd_avx2.h"
-//
 #include "row_ops.h"
+#include "simd_avx2.h"
 
 namespace spillway::ops::detail {
 
@@ -39,8 +33,4 @@ void rmsnorm_avx2(const float* x, const float* w, float* y, int64_t n, float eps
 
 }  // namespace spillway::ops::detail
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+#include "target_end.h"

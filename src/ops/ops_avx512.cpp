@@ -11,23 +11,10 @@
 
 #include "kernels.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(                                                               \
-    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), \
-    apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
-// GCC 12's AVX-512 intrinsics start from _mm*_undefined_*() (a self-initialised variable),
-// which -Wmaybe-uninitialized and -Wuninitialized report once they are inlined here.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+#include "target_avx512_begin.h"
 
-#include "simd_avx512.h"
-//
 #include "row_ops.h"
+#include "simd_avx512.h"
 
 namespace spillway::ops::detail {
 
@@ -49,9 +36,4 @@ void rmsnorm_avx512(const float* x, const float* w, float* y, int64_t n, float e
 
 }  // namespace spillway::ops::detail
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
-#endif
+#include "target_end.h"
