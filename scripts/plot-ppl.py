@@ -45,6 +45,7 @@ def read_csv(path):
             )
         policies = header[1:]
         columns = {p: [] for p in policies}
+        # Columns of `--reference` runs (kl:<policy>, top1:<policy>) are not NLLs.
         for line_no, row in enumerate(reader, start=2):
             if not row:
                 continue
@@ -99,6 +100,7 @@ def main():
         sys.exit("plot-ppl.py: --window must be at least 1, got %d" % args.window)
 
     policies, columns = read_csv(args.csv)
+    policies = [p for p in policies if not p.startswith(("kl:", "top1:"))]
     plt = import_pyplot(__file__)
 
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)

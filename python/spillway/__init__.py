@@ -32,6 +32,7 @@ from ._spillway import (
     UnsupportedError,
     ablate_sinks,
     perplexity,
+    recall,
     sink_rate,
     sink_report,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "attention_stats",
     "generate",
     "perplexity",
+    "recall",
     "sink_rate",
     "sink_report",
 ]
@@ -161,6 +163,9 @@ def _result_as_dict(self: PerplexityResult) -> dict[str, Any]:
         "kv_slots": self.kv_slots,
         "capacity": self.capacity,
         "nll": self.nll,
+        "reference": self.reference,
+        "kl_mean": self.kl_mean,
+        "top1_agree": self.top1_agree,
     }
 
 

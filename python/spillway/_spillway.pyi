@@ -278,6 +278,25 @@ class PerplexityResult:
         Per-token NLL (float32, read-only): nll[k] = -log p(token first_target+k | the cache at the token before it).
         """
 
+    @property
+    def reference(self) -> str:
+        """The reference policy of perplexity(reference=...), or ''."""
+
+    @property
+    def kl_mean(self) -> float:
+        """Mean KL(reference || policy) of the next-token distributions, nats (NaN without a reference)."""
+
+    @property
+    def top1_agree(self) -> float:
+        """Share of tokens where policy and reference put the most mass on the same token."""
+
+    @property
+    def reference_mean_nll(self) -> float: ...
+
+    @property
+    def kl(self) -> Annotated[NDArray[numpy.float32], dict(shape=(None,), writable=False)]:
+        """Per-token KL(reference || policy) (float32, read-only; empty without a reference)."""
+
     def __repr__(self) -> str: ...
 
     def as_dict(self) -> dict[str, Any]:
@@ -285,14 +304,16 @@ class PerplexityResult:
 
 def _generate(session: Session, prompt: str | ArrayLike, max_new_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float, repeat_last_n: int, seed: int, stop_at_eog: bool, stop: Sequence[str]) -> Generator: ...
 
-def perplexity(model: Model, ids: ArrayLike, policies: str | Policy | Sequence[str | Policy] = 'full', chunk: int = 128, score_from: int = 1, threads: int = 0, progress: Callable[[int, int], object] | None = None) -> list[PerplexityResult]:
+def perplexity(model: Model, ids: ArrayLike, policies: str | Policy | Sequence[str | Policy] = 'full', chunk: int = 128, score_from: int = 1, threads: int = 0, progress: Callable[[int, int], object] | None = None, reference: str | None = None) -> list[PerplexityResult]:
     """
     Streaming perplexity of `ids` under each policy (the library's evaluator, the
     GIL released). `policies`: one policy or a list (spec strings and/or spillway.Policy
     instances). chunk: tokens per forward pass (1: per-token decode; every chunk size gives
     the same NLLs). score_from: first scored stream index. progress: called as
-    progress(done, total) after each chunk. Returns a list of PerplexityResult, one per
-    policy, in order.
+    progress(done, total) after each chunk. reference: a policy spec (e.g. "full") run in
+    lockstep; each result then holds kl, kl_mean and top1_agree, the divergence of its
+    next-token distributions from the reference's. Returns a list of PerplexityResult, one
+    per policy, in order.
     """
 
 class Generator:
@@ -565,4 +586,9 @@ class SinkReport:
 def sink_report(model: Model, ids: ArrayLike, policy: str = 'full', tokens: int = 64, eps: float = 0.3, top: int = 3, chunk: int = 64, threads: int = 0) -> SinkReport:
     """
     The sink report of the first `tokens` ids under `policy` (analysis/sink_report.h), as `spillway sinks` computes it. The GIL is released.
+    """
+
+def recall(model: Model, filler: ArrayLike, policies: str | Sequence[str], probe: str = 'copy', distances: Sequence[int] = [64, 128, 256, 512, 1024, 2048, 4096], seeds: int = 3, span: int = 32, lead: int = 64, chunk: int = 128, threads: int = 0) -> list[dict[str, Any]]:
+    """
+    What a cache policy remembers (analysis/recall.h): probes streamed through each policy at each distance, seeds per distance. filler: token ids of real text (model.tokenize). probe: 'copy' (a random span of `span` tokens seen again after `distance` filler tokens; recall = 1 - NLL(again)/NLL(first)), 'passkey' or 'lines' (greedy answers; accuracy). Returns one dict per (policy, distance), as `spillway recall --json` rows. The GIL is released.
     """

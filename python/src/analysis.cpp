@@ -12,6 +12,7 @@
 
 #include "common.h"
 #include "spillway/analysis/attention_stats.h"
+#include "spillway/analysis/recall.h"
 #include "spillway/analysis/sink_report.h"
 #include "spillway/analysis/sinks.h"
 #include "spillway/core/error.h"
@@ -483,6 +484,69 @@ Records the queries of stream indices [first, first+count). Not for replaying po
       "chunk"_a = 64, "threads"_a = 0,
       "The sink report of the first `tokens` ids under `policy` (analysis/sink_report.h), as "
       "`spillway sinks` computes it. The GIL is released.");
+
+  m.def(
+      "recall",
+      [](const PyModel& m, nb::handle filler, nb::handle policies, const std::string& probe,
+         std::vector<int64_t> distances, int64_t seeds, int64_t span, int64_t lead, int64_t chunk,
+         int threads) {
+        const auto kind = analysis::parse_probe_kind(probe);
+        if (!kind)
+          throw InvalidArgument(
+              fmt::format("recall: probe '{}' is not one of copy, passkey, lines", probe));
+        const auto ids = token_ids(filler, m.model->config().n_vocab, "recall");
+        analysis::RecallOptions o;
+        if (nb::isinstance<nb::str>(policies)) {
+          o.policies.emplace_back(nb::cast<std::string>(policies));
+        } else {
+          for (nb::handle p : policies) o.policies.emplace_back(nb::cast<std::string>(p));
+        }
+        o.kind = *kind;
+        o.distances = std::move(distances);
+        o.seeds = seeds;
+        o.span = span;
+        o.lead = lead;
+        o.chunk = chunk;
+        o.threads = threads;
+        std::vector<analysis::RecallRow> rows;
+        {
+          nb::gil_scoped_release release;
+          rows = analysis::measure_recall(*m.model, ids, o);
+        }
+        nb::list out;
+        for (const auto& r : rows) {
+          nb::dict d;
+          d["spec"] = r.spec;
+          d["probe"] = analysis::probe_kind_name(r.kind);
+          d["distance"] = r.distance;
+          d["n"] = r.n;
+          if (r.kind == analysis::ProbeKind::kCopy) {
+            d["recall"] = r.recall;
+            d["nll_first"] = r.nll_first;
+            d["nll_repeat"] = r.nll_repeat;
+            d["recall_seeds"] = r.recall_seeds;
+          } else {
+            d["accuracy"] = r.accuracy;
+            d["answers"] = r.answers;
+            d["expected"] = r.expected;
+          }
+          d["kv_slots"] = r.kv_slots;
+          d["kv_bytes_peak"] = r.kv_bytes_peak;
+          d["capacity"] = r.capacity;
+          d["seconds"] = r.seconds;
+          out.append(d);
+        }
+        return out;
+      },
+      "model"_a, "filler"_a, "policies"_a, "probe"_a = "copy",
+      "distances"_a = std::vector<int64_t>{64, 128, 256, 512, 1024, 2048, 4096}, "seeds"_a = 3,
+      "span"_a = 32, "lead"_a = 64, "chunk"_a = 128, "threads"_a = 0,
+      "What a cache policy remembers (analysis/recall.h): probes streamed through each policy "
+      "at each distance, seeds per distance. filler: token ids of real text (model.tokenize). "
+      "probe: 'copy' (a random span of `span` tokens seen again after `distance` filler "
+      "tokens; recall = 1 - NLL(again)/NLL(first)), 'passkey' or 'lines' (greedy answers; "
+      "accuracy). Returns one dict per (policy, distance), as `spillway recall --json` rows. "
+      "The GIL is released.");
 }
 
 }  // namespace spillway::python

@@ -210,10 +210,12 @@ std::vector<PolicyChoice> policy_list(nb::handle policies) {
 
 std::vector<PerplexityResult> perplexity(const PyModel& m, nb::handle ids, nb::handle policies,
                                          int64_t chunk, int64_t score_from, int threads,
-                                         nb::object progress) {
+                                         nb::object progress, std::optional<std::string> reference) {
   const std::vector<TokenId> tokens = token_ids(ids, m.model->config().n_vocab, "perplexity");
   // Every policy is checked before the long work starts.
   const std::vector<PolicyChoice> choices = policy_list(policies);
+  std::optional<kv::PolicySpec> ref;
+  if (reference) ref = kv::PolicySpec(*reference);
   std::vector<PerplexityResult> results;
   nb::gil_scoped_release release;
   ThreadPool pool(threads);
@@ -223,6 +225,7 @@ std::vector<PerplexityResult> perplexity(const PyModel& m, nb::handle ids, nb::h
     po.policy_factory = c.factory;
     po.chunk = chunk;
     po.score_from = score_from;
+    po.reference = ref;
     if (progress.is_valid() && !progress.is_none())
       po.progress = [&progress](int64_t done, int64_t total) {
         nb::gil_scoped_acquire gil;
@@ -551,6 +554,22 @@ NB_MODULE(_spillway, m) {
           },
           "Per-token NLL (float32, read-only): nll[k] = -log p(token first_target+k | the "
           "cache at the token before it).")
+      .def_ro("reference", &PerplexityResult::reference_spec,
+              "The reference policy of perplexity(reference=...), or ''.")
+      .def_ro("kl_mean", &PerplexityResult::kl_mean,
+              "Mean KL(reference || policy) of the next-token distributions, nats (NaN "
+              "without a reference).")
+      .def_ro("top1_agree", &PerplexityResult::top1_agree_rate,
+              "Share of tokens where policy and reference put the most mass on the same token.")
+      .def_ro("reference_mean_nll", &PerplexityResult::reference_mean_nll)
+      .def_prop_ro(
+          "kl",
+          [](nb::handle self) {
+            const auto& r = nb::cast<const PerplexityResult&>(self);
+            const size_t n = r.kl.size();
+            return nb::ndarray<nb::numpy, const float, nb::ndim<1>>(r.kl.data(), 1, &n, self);
+          },
+          "Per-token KL(reference || policy) (float32, read-only; empty without a reference).")
       .def("__repr__", [](const PerplexityResult& r) {
         return fmt::format(
             "<spillway.PerplexityResult '{}': ppl {:.4f} over {} tokens, {:.1f} "
@@ -559,13 +578,15 @@ NB_MODULE(_spillway, m) {
       });
 
   m.def("perplexity", &perplexity, "model"_a, "ids"_a, "policies"_a = "full", "chunk"_a = 128,
-        "score_from"_a = 1, "threads"_a = 0, "progress"_a = nb::none(),
+        "score_from"_a = 1, "threads"_a = 0, "progress"_a = nb::none(), "reference"_a = nb::none(),
         R"(Streaming perplexity of `ids` under each policy (the library's evaluator, the
 GIL released). `policies`: one policy or a list (spec strings and/or spillway.Policy
 instances). chunk: tokens per forward pass (1: per-token decode; every chunk size gives
 the same NLLs). score_from: first scored stream index. progress: called as
-progress(done, total) after each chunk. Returns a list of PerplexityResult, one per
-policy, in order.)");
+progress(done, total) after each chunk. reference: a policy spec (e.g. "full") run in
+lockstep; each result then holds kl, kl_mean and top1_agree, the divergence of its
+next-token distributions from the reference's. Returns a list of PerplexityResult, one
+per policy, in order.)");
 
   nb::class_<PyGenerator>(m, "Generator",
                           "Iterator of generated text pieces (spillway.generate); `tokens` and "

@@ -1,7 +1,8 @@
 """The package gives the C++ library's numbers: token ids, perplexity and per-token NLLs
 as `spillway tokenize` / `spillway ppl` print them, logits consistent with both and with
 the llama.cpp goldens, generation as `spillway generate`, sink scores as `spillway
-sinks`."""
+sinks`, divergence from a reference and recall probes as `spillway ppl --reference` and
+`spillway recall`."""
 
 from __future__ import annotations
 
@@ -194,3 +195,42 @@ def test_checkpoint_restore_and_generate_from_a_session(model, stream):
     text = "".join(gen)
     assert fresh.n_past == 20 + 4 and gen.session_obj is fresh
     assert text == model.detokenize(gen.tokens)
+
+
+def test_divergence_from_a_reference_equals_the_cli(model, corpus_text, cli, tmp_path):
+    f = tmp_path / "text.txt"
+    f.write_text(corpus_text, encoding="utf-8")
+    out = tmp_path / "ppl.json"
+    run_cli(cli, "ppl", "--model", str(MODEL), "--file", str(f), "--max-tokens", "300", "--policy", "window:64",
+            "--policy", "sink:4+60", "--reference", "full", "--json", str(out), "--threads", "2")
+    want = json.loads(out.read_text())["policies"]
+    ids = model.tokenize(corpus_text)[:300]
+    got = spillway.perplexity(model, ids, ["window:64", "sink:4+60"], reference="full", threads=2)
+    for r, w in zip(got, want):
+        assert r.reference == w["reference"] == "full"
+        assert r.kl_mean == w["kl_mean"]
+        assert r.top1_agree == w["top1_agree"]
+        np.testing.assert_array_equal(r.kl, np.asarray(w["kl"], dtype=np.float32))
+        # Nothing evicted before token 64: no divergence there; after it, some.
+        assert np.all(r.kl[:62] == 0)
+        assert r.kl[100:].max() > 0
+    # The sinks keep the model closer to the full cache than the window does.
+    assert got[1].kl_mean < got[0].kl_mean
+
+
+def test_recall_equals_the_cli(model, corpus_text, cli, tmp_path):
+    f = tmp_path / "text.txt"
+    f.write_text(corpus_text, encoding="utf-8")
+    out = tmp_path / "recall.json"
+    run_cli(cli, "recall", "--model", str(MODEL), "--file", str(f), "--policy", "full", "--policy", "window:64",
+            "--distances", "16,96", "--seeds", "2", "--span", "12", "--json", str(out), "--threads", "2")
+    want = json.loads(out.read_text())["rows"]
+    filler = model.tokenize(corpus_text, add_bos=False)  # the whole file, as the CLI reads it
+    got = spillway.recall(model, filler, ["full", "window:64"], distances=[16, 96], seeds=2, span=12, threads=2)
+    assert [(r["spec"], r["distance"]) for r in got] == [(w["spec"], w["distance"]) for w in want]
+    for r, w in zip(got, want):
+        assert r["recall"] == pytest.approx(w["recall"], rel=1e-12)
+        assert r["nll_first"] == pytest.approx(w["nll_first"], rel=1e-12)
+    # The full cache copies the span at both distances; the window has lost it at 96.
+    assert got[0]["recall"] > 0.5 and got[1]["recall"] > 0.5
+    assert got[3]["recall"] < 0.2

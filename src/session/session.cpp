@@ -151,6 +151,11 @@ int64_t Session::feed(std::span<const TokenId> tokens, const LogitsFn& on_logits
   bool stop = false;
   int64_t done = 0;
   const bool replay = cache_->replay_from(0).has_value();
+  if (replay && !on_logits && tokens.size() > 1) {
+    // Only the last token's logits are kept: the others need no replay of their own.
+    advance(tokens.first(tokens.size() - 1));
+    done = static_cast<int64_t>(tokens.size()) - 1;
+  }
   while (done < static_cast<int64_t>(tokens.size()) && !stop) {
     if (replay) {
       feed_replay(tokens[static_cast<size_t>(done)], on_logits, &stop);

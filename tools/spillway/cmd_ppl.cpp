@@ -31,6 +31,7 @@ struct PplOptions {
   int64_t chunk = 128;
   int threads = 0;
   std::optional<std::string> replace_head;
+  std::optional<std::string> reference;
   std::optional<std::string> json_out, csv_out, plot_out;
   std::string title;
 };
@@ -40,11 +41,16 @@ std::string plot_script() {
   return std::string(SPILLWAY_SCRIPTS_DIR) + "/plot-ppl.py";
 }
 
+// token, then per policy its NLL column (and with a reference kl:<spec> and top1:<spec>),
+// every value with the digits that give its float back.
 void write_csv(const std::string& path, const std::vector<PerplexityResult>& results) {
   std::ofstream f(path);
   if (!f) throw IoError(fmt::format("cannot open '{}' for writing", path));
   f << "token";
-  for (const auto& r : results) f << "," << r.spec;
+  for (const auto& r : results) {
+    f << "," << r.spec;
+    if (!r.kl.empty()) f << ",kl:" << r.spec << ",top1:" << r.spec;
+  }
   f << "\n";
   int64_t first = results[0].first_target, last = first + results[0].tokens;
   for (const auto& r : results) {
@@ -55,8 +61,16 @@ void write_csv(const std::string& path, const std::vector<PerplexityResult>& res
     f << i;
     for (const auto& r : results) {
       const int64_t k = i - r.first_target;
+      const bool in = k >= 0 && k < r.tokens;
+      const auto kk = static_cast<size_t>(k);
       f << ",";
-      if (k >= 0 && k < r.tokens) f << fmt::format("{:.6f}", r.nll[static_cast<size_t>(k)]);
+      if (in) f << fmt::format("{:.9g}", r.nll[kk]);
+      if (!r.kl.empty()) {
+        f << ",";
+        if (in) f << fmt::format("{:.9g}", r.kl[kk]);
+        f << ",";
+        if (in) f << static_cast<int>(r.top1_agree[kk]);
+      }
     }
     f << "\n";
   }
@@ -67,6 +81,8 @@ int run_ppl(const PplOptions& o) {
   if (o.policies.empty()) throw InvalidArgument("ppl: give at least one --policy");
   // Parse every spec before the long work starts (a bad one is a usage error).
   std::vector<kv::PolicySpec> specs(o.policies.begin(), o.policies.end());
+  std::optional<kv::PolicySpec> reference;
+  if (o.reference) reference = kv::PolicySpec(*o.reference);
   if (o.max_tokens < 0 || o.skip_tokens < 0)
     throw InvalidArgument("ppl: --max-tokens and --skip-tokens must be >= 0");
   std::ifstream in(o.file, std::ios::binary);
@@ -107,6 +123,7 @@ int run_ppl(const PplOptions& o) {
     po.policy = spec;
     po.chunk = o.chunk;
     po.score_from = o.score_from;
+    po.reference = reference;
     if (!kv::make_policy(spec)->capacity() && static_cast<int64_t>(tokens.size()) > n_ctx)
       fmt::print(stderr,
                  "warning: policy '{}' runs {} tokens, past the model's trained context of {}\n",
@@ -117,11 +134,20 @@ int run_ppl(const PplOptions& o) {
     progress.finish();
   }
 
-  fmt::print("{:<34} {:>8} {:>12} {:>9} {:>10} {:>12}\n", "policy", "tokens", "perplexity",
+  fmt::print("{:<34} {:>8} {:>12} {:>9} {:>10} {:>12}", "policy", "tokens", "perplexity",
              "mean NLL", "tokens/s", "peak KV");
-  for (const auto& r : results)
-    fmt::print("{:<34} {:>8} {:>12.3f} {:>9.4f} {:>10.1f} {:>12}\n", r.spec, r.tokens, r.ppl,
+  if (reference) fmt::print(" {:>10} {:>8}", "KL", "top-1");
+  fmt::print("\n");
+  for (const auto& r : results) {
+    fmt::print("{:<34} {:>8} {:>12.3f} {:>9.4f} {:>10.1f} {:>12}", r.spec, r.tokens, r.ppl,
                r.mean_nll, r.tokens_per_s, human_bytes(r.kv_bytes_peak));
+    if (reference) fmt::print(" {:>10.5f} {:>7.1f}%", r.kl_mean, 100.0 * r.top1_agree_rate);
+    fmt::print("\n");
+  }
+  if (reference)
+    fmt::print("(KL: mean KL({} || policy) of the next-token distributions, nats; top-1: "
+               "tokens where both put the most mass on the same token)\n",
+               results[0].reference_spec);
 
   if (o.json_out) {
     nlohmann::json j;
@@ -143,6 +169,13 @@ int run_ppl(const PplOptions& o) {
       p["kv_slots"] = r.kv_slots;
       p["capacity"] = r.capacity ? nlohmann::json(*r.capacity) : nlohmann::json(nullptr);
       p["nll"] = r.nll;
+      if (!r.kl.empty()) {
+        p["reference"] = r.reference_spec;
+        p["kl_mean"] = r.kl_mean;
+        p["top1_agree"] = r.top1_agree_rate;
+        p["reference_mean_nll"] = r.reference_mean_nll;
+        p["kl"] = r.kl;
+      }
       j["policies"].push_back(p);
     }
     std::ofstream f(*o.json_out);
@@ -183,8 +216,13 @@ Registrar reg("ppl", [](CLI::App& app) {
   sub->add_option("--threads,-t", o->threads, "Threads (0: all cores)");
   sub->add_option("--replace-head", o->replace_head,
                   "Replace the stream's first tokens with this text's tokens (e.g. four newlines)");
+  sub->add_option("--reference", o->reference,
+                  "Run this policy (e.g. full, recompute:W) in lockstep and report each "
+                  "policy's KL divergence from it and top-1 agreement, per token and on average");
   sub->add_option("--json", o->json_out, "Write results and per-token NLL as JSON");
-  sub->add_option("--csv", o->csv_out, "Write per-token NLL as CSV (a column per policy)");
+  sub->add_option("--csv", o->csv_out,
+                  "Write per-token NLL as CSV (a column per policy; with --reference also "
+                  "kl:<policy> and top1:<policy>)");
   sub->add_option("--plot", o->plot_out, "Draw perplexity against tokens into a PNG");
   sub->add_option("--title", o->title, "Plot title");
   return [o] { return run_ppl(*o); };

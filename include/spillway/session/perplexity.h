@@ -3,6 +3,7 @@
 // exactly as the policy leaves the cache at that token.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -15,7 +16,7 @@
 namespace spillway {
 
 struct PerplexityOptions {
-  kv::PolicySpec policy;  // "full" by default; a string converts
+  kv::PolicySpec policy;  // "full" by default
   // A policy of the caller's instead of the spec's kind (see SessionOptions).
   kv::Cache::PolicyFactory policy_factory;
   // Tokens per forward pass. 1 is the per-token decode path (the reference); larger
@@ -28,6 +29,10 @@ struct PerplexityOptions {
   int64_t score_from = 1;
   // Called after each chunk with (tokens processed, total).
   std::function<void(int64_t, int64_t)> progress;
+  // A reference policy run in lockstep over the same stream (e.g. "full", or the
+  // recompute:W oracle): every scored token also gets KL(reference || policy) of the two
+  // next-token distributions and whether their most likely tokens agree.
+  std::optional<kv::PolicySpec> reference;
 };
 
 struct PerplexityResult {
@@ -43,6 +48,14 @@ struct PerplexityResult {
   std::optional<int64_t> capacity;  // tokens a query attends to at most
   // [tokens]: nll[k] = -log p(token first_target+k | the cache at the token before it)
   std::vector<float> nll;
+
+  // With a reference (PerplexityOptions::reference), else empty / NaN:
+  std::string reference_spec;         // the reference policy in words
+  std::vector<float> kl;              // [tokens] KL(reference || policy) in nats
+  std::vector<uint8_t> top1_agree;    // [tokens] 1 where both put the most mass on one token
+  double kl_mean = std::nan("");      // mean of kl
+  double top1_agree_rate = std::nan("");  // mean of top1_agree
+  double reference_mean_nll = std::nan("");  // the reference's own mean NLL
 };
 
 // Throws InvalidArgument for a bad spec or a stream of fewer than 2 tokens.
@@ -51,5 +64,15 @@ PerplexityResult evaluate_perplexity(const model::Model& model, std::span<const 
 
 // -log softmax(logits)[target] over n entries, accumulated in double.
 double token_nll(const float* logits, int64_t n, TokenId target);
+
+// KL(P || Q) in nats between the distributions softmax(p_logits) and softmax(q_logits) over
+// n entries (sums in double; an entry where P has mass and Q none gives +inf), and whether
+// their largest entries are the same one (lowest index among equals): the divergence of a
+// policy's next-token distribution from a reference's.
+struct Divergence {
+  double kl = 0;
+  bool top1_agree = false;
+};
+Divergence divergence(const float* p_logits, const float* q_logits, int64_t n);
 
 }  // namespace spillway
