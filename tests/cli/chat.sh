@@ -121,7 +121,10 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 echo "/stats" >&3
-sleep 1
+for _ in $(seq 1 100); do  # the chat is back at its prompt once /stats has answered
+  grep -q 'tokens in the stream' "$TMP/int.txt" && break
+  sleep 0.2
+done
 kill -INT $pid
 sleep 0.5
 kill -INT $pid

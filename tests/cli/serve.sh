@@ -44,7 +44,7 @@ trap cleanup EXIT
 # wait_for_server PID LOG: prints the server's URL once /health answers
 wait_for_server() {
   local port=
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 1200); do  # two minutes: a sanitizer build on a loaded machine
     port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$2")
     [[ -n $port ]] && break
     kill -0 "$1" 2>/dev/null || break
@@ -186,8 +186,13 @@ check "health needs no key" 200 "$(curl -s -o /dev/null -w '%{http_code}' "$URL/
 # A client that hangs up mid-stream cancels its request.
 curl -s -N --max-time 0.5 "${AUTH[@]}" "${JSON[@]}" -d '{"prompt":"Once upon a time","max_tokens":4000,"stream":true}' \
   "$URL/v1/completions" >/dev/null
-sleep 1
-curl -s -o "$TMP/body" "${AUTH[@]}" "$URL/metrics"
+# The server notices at its next token; a loaded machine (the sanitizer build) may take a
+# while: poll for up to a minute.
+for _ in $(seq 1 600); do
+  curl -s -o "$TMP/body" "${AUTH[@]}" "$URL/metrics"
+  [[ $(jq_py "d['cancelled_total'] >= 1, d['active_requests']") == "True 0" ]] && break
+  sleep 0.1
+done
 check "hang-up cancelled, nothing left active" "True 0" "$(jq_py "d['cancelled_total'] >= 1, d['active_requests']")"
 check "metrics: counted errors and requests" True "$(jq_py "d['errors_total'] >= 13 and d['requests_total'] > d['errors_total']")"
 curl -s -o "$TMP/body" "${AUTH[@]}" "$URL/metrics?format=prometheus"
