@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <optional>
-#include <regex>
 
 #include "../tokenizer/utf8.h"
 #include "spillway/core/error.h"
@@ -221,10 +220,14 @@ namespace {
 // ChatML templates may insert a default system message when the first message is not a
 // system one (SmolLM2 does): its text, taken from the template itself.
 std::optional<std::string> chatml_default_system(const std::string& tmpl) {
-  std::smatch m;
-  static const std::regex kDefaultSystem(R"(<\|im_start\|>system\n([^<]*)<\|im_end\|>)");
-  if (tmpl.find("!= 'system'") != std::string::npos && std::regex_search(tmpl, m, kDefaultSystem))
-    return m[1].str();
+  if (tmpl.find("!= 'system'") == std::string::npos) return std::nullopt;
+  // The first "<|im_start|>system\n" whose text runs to "<|im_end|>" without another tag.
+  constexpr std::string_view kOpen = "<|im_start|>system\n", kClose = "<|im_end|>";
+  for (size_t at = tmpl.find(kOpen); at != std::string::npos; at = tmpl.find(kOpen, at + 1)) {
+    const size_t begin = at + kOpen.size(), end = tmpl.find('<', begin);
+    if (end != std::string::npos && tmpl.compare(end, kClose.size(), kClose) == 0)
+      return tmpl.substr(begin, end - begin);
+  }
   return std::nullopt;
 }
 

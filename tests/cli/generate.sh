@@ -40,15 +40,28 @@ out=$("$BIN" generate --model "$MODEL" --chat --prompt "Say hello." -n 8)
 check "chat runs" 0 $?
 
 # A stop string across two tokens ("!" and " I"), after a character of three tokens (the
-# emoji): the text ends before the stop string, the emoji whole.
+# emoji, which the model copies): the text ends before the stop string, the emoji whole.
+# The expectation comes from the same run without the stop string, so it holds whatever
+# the model writes.
 EMOJI_PROMPT="I love pizza 😀! I love pasta 😀! I love cake"
 check "the stop string is two tokens" 2 \
   "$("$BIN" tokenize --model "$MODEL" --text '! I' --no-bos --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])')"
-out=$("$BIN" generate --model "$MODEL" --prompt "$EMOJI_PROMPT" -n 12 -t 2)
-check "without the stop string it goes on" 1 "$(grep -c "cake 😀! I love" <<<"$out")"
-out=$("$BIN" generate --model "$MODEL" --prompt "$EMOJI_PROMPT" -n 12 -t 2 --stop "! I" --stats 2>"$TMP/err")
-check "stop string across two tokens" "$EMOJI_PROMPT 😀" "$out"
-check "stop reason" 1 "$(grep -c 'stop: stop;' "$TMP/err")"
+"$BIN" generate --model "$MODEL" --prompt "$EMOJI_PROMPT" -n 12 -t 2 >"$TMP/whole.txt"
+"$BIN" generate --model "$MODEL" --prompt "$EMOJI_PROMPT" -n 12 -t 2 --stop "! I" --stats \
+  >"$TMP/cut.txt" 2>"$TMP/err"
+check "stop string across two tokens: the text up to it, whole characters" "True True" \
+  "$(python3 - "$TMP/whole.txt" "$TMP/cut.txt" "$TMP/err" <<'PY'
+import sys
+whole = open(sys.argv[1], encoding="utf-8").read()[:-1]
+cut = open(sys.argv[2], encoding="utf-8").read()[:-1]  # strict UTF-8: a split character fails
+stats = open(sys.argv[3]).read()
+at = whole.find("! I", len("I love pizza 😀! I love pasta 😀! I love cake"))
+want, reason = (whole[:at], "stop: stop;") if at >= 0 else (whole, "stop: length;")
+print(cut == want, reason in stats)
+PY
+)"
+check "the model copies the emoji here (the stop string is met)" 1 \
+  "$(grep -c "cake 😀! I" "$TMP/whole.txt")"
 "$BIN" generate --model "$MODEL" --prompt "hi" --stop "" >/dev/null 2>"$TMP/err"
 check "empty stop string exits 2" 2 $?
 exit $fail

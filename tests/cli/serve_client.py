@@ -112,12 +112,29 @@ for user in turns:
         model="spillway", messages=msgs, max_tokens=24, temperature=0,
         extra_headers={"X-Conversation-Id": "greedy-reference"})
     reuse.append(raw.headers.get("x-conversation-reuse"))
-    got = raw.parse().choices[0].message.content
-    asked.append((list(msgs), got))
+    parsed = raw.parse()
+    got = parsed.choices[0].message.content
+    asked.append((list(msgs), got, parsed.usage.completion_tokens))
     msgs.append({"role": "assistant", "content": got})
-check("conversation turns after the first feed only the new suffix",
-      reuse[1:] == ["prefix"] * (len(turns) - 1), f"X-Conversation-Reuse: {reuse}")
-for turn, (sent, got) in enumerate(asked):
+
+
+def tokens_of(text):
+    out = subprocess.run([spillway, "tokenize", "--model", model, "--text", text, "--no-bos",
+                          "--json"], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["count"]
+
+
+# A turn can reuse the conversation's session only when the previous answer, sent back as
+# text, tokenizes to the tokens that were generated (greedy decoding of a small model may
+# produce a split that the tokenizer would not, e.g. " I" "on" for " Ion"): then the
+# server must feed only the new suffix; otherwise it must start over.
+want = ["new"]
+for _, got, n_generated in asked[:-1]:
+    want.append("prefix" if tokens_of(got) == n_generated else "reset")
+check("a turn after an answer that tokenizes back to its own tokens feeds only the new suffix",
+      reuse == want, f"X-Conversation-Reuse: {reuse}, expected {want}")
+check("some turn reused the conversation's session", "prefix" in reuse, f"{reuse}")
+for turn, (sent, got, _) in enumerate(asked):
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(sent, f)
     ref = subprocess.run([spillway, "generate", "--model", model, "--chat", "--messages", f.name,
