@@ -8,6 +8,7 @@
 
 #include "spillway/core/error.h"
 #include "spillway/core/quant.h"
+#include "spillway/kv/virtual_sinks.h"
 
 namespace spillway::model::detail {
 
@@ -254,6 +255,21 @@ void TransformerForward::prepare_group(const Seq& s, const kv::BatchPlan& plan, 
       static_cast<int64_t>(plan.sink_logits.size()) != config_.n_head)
     throw InvalidArgument(fmt::format("forward: {} virtual sink logits for {} heads",
                                       plan.sink_logits.size(), config_.n_head));
+  if (const kv::VirtualSinks* vs = plan.fitted_sinks.get()) {
+    // The policy checked the model when the cache was made (Cache, check_shape); a plan
+    // from elsewhere is checked here, so that a table of another size is never read past.
+    const auto heads = static_cast<size_t>(config_.n_layer * config_.n_head);
+    if (!plan.sink_logits.empty())
+      throw InvalidArgument("forward: a plan with both virtual sink logits and fitted sinks");
+    if (vs->n_layer != config_.n_layer || vs->n_head != config_.n_head ||
+        vs->head_dim != config_.head_dim || vs->logits.size() != heads ||
+        (vs->has_values() && vs->values.size() != heads * static_cast<size_t>(config_.head_dim)))
+      throw InvalidArgument(fmt::format(
+          "forward: fitted virtual sinks for {} layers x {} heads x head size {} ({} logits, {} "
+          "values); the model has {} x {} x {}",
+          vs->n_layer, vs->n_head, vs->head_dim, vs->logits.size(), vs->values.size(),
+          config_.n_layer, config_.n_head, config_.head_dim));
+  }
   if (g.qpos.capacity() < run_reserve_) {
     g.qpos.reserve(run_reserve_);
     g.q_index.reserve(run_reserve_);
@@ -463,19 +479,25 @@ void TransformerForward::rotate_and_store(int64_t l, const Seq& s, const kv::Bat
   });
 }
 
-const float* TransformerForward::sink_logits(const kv::BatchPlan& plan) {
-  if (plan.sink_logits.empty()) return nullptr;
+TransformerForward::Sinks TransformerForward::virtual_sinks(const kv::BatchPlan& plan, int64_t l) {
+  if (const kv::VirtualSinks* vs = plan.fitted_sinks.get())
+    return {vs->layer_logits(l), vs->layer_values(l)};
+  if (plan.sink_logits.empty()) return {};
   if (plan.sink_logits.size() == 1) {
     sinks_.assign(static_cast<size_t>(config_.n_head), plan.sink_logits[0]);
-    return sinks_.data();
+    return {sinks_.data(), nullptr};
   }
-  return plan.sink_logits.data();
+  return {plan.sink_logits.data(), nullptr};
 }
 
 void TransformerForward::attend(const Seq& s, const kv::BatchPlan& plan, const Group& g,
                                 const ops::AttentionShape& shape, const void* kbase,
-                                const void* vbase, const float* sinks) {
+                                const void* vbase, Sinks sinks) {
   const int64_t nkv = config_.n_head_kv, qdim = config_.n_head * config_.head_dim;
+  // A token's sink (logits and values), or none.
+  const auto sink_of = [&](int64_t t) {
+    return plan.tokens[static_cast<size_t>(t)].virtual_sink ? sinks : Sinks{};
+  };
   const int64_t part_floats = ops::attention_part_floats(shape);
   float* out = attn_.data() + s.t0 * qdim;
   const auto token_runs = [&](int64_t t, int& n_runs) {
@@ -504,9 +526,9 @@ void TransformerForward::attend(const Seq& s, const kv::BatchPlan& plan, const G
       const int64_t n_pieces = ops::attention_pieces(plan.span_size(static_cast<size_t>(t)));
       for (int64_t kvh = 0; kvh < nkv; ++kvh) {
         const int64_t first = g.first_item[static_cast<size_t>(t)] + kvh * n_pieces;
+        const Sinks st = sink_of(t);
         ops::attend_merge(shape, kvh, attn_parts_.data() + first * part_floats, n_pieces,
-                          out + t * qdim,
-                          plan.tokens[static_cast<size_t>(t)].virtual_sink ? sinks : nullptr);
+                          out + t * qdim, st.logits, st.values);
       }
     }
   } else {
@@ -519,8 +541,9 @@ void TransformerForward::attend(const Seq& s, const kv::BatchPlan& plan, const G
         const int64_t t = item / nkv, kvh = item % nkv;
         int n_runs = 0;
         const ops::KeyRun* runs = token_runs(t, n_runs);
+        const Sinks st = sink_of(t);
         ops::attend_group(shape, kvh, runs, n_runs, kbase, vbase, out + t * qdim, parts, nullptr,
-                          plan.tokens[static_cast<size_t>(t)].virtual_sink ? sinks : nullptr);
+                          st.logits, st.values);
       }
     });
   }
@@ -529,7 +552,7 @@ void TransformerForward::attend(const Seq& s, const kv::BatchPlan& plan, const G
 void TransformerForward::apply_edit(const Seq& s, const AttentionEdit& edit,
                                     const kv::BatchPlan& plan, const Group& g,
                                     const ops::AttentionShape& shape, const void* kbase,
-                                    const void* vbase, const float* sinks) {
+                                    const void* vbase, Sinks sinks) {
   const int64_t nh = config_.n_head, nkv = config_.n_head_kv, hd = config_.head_dim;
   const int64_t G = nh / nkv;
   if (!edit.drop_sinks.empty() && static_cast<int64_t>(edit.drop_sinks.size()) != nh)
@@ -559,8 +582,9 @@ void TransformerForward::apply_edit(const Seq& s, const AttentionEdit& edit,
       // attend_group writes the group's rows of a [n_head][hd] row; the edited heads take
       // theirs from it.
       std::vector<float>& row = edit_out_;
+      const Sinks st = tp.virtual_sink ? sinks : Sinks{};
       ops::attend_group(shape, kvh, kept.data(), n_kept, kbase, vbase, row.data(),
-                        attn_parts_.data(), nullptr, tp.virtual_sink ? sinks : nullptr);
+                        attn_parts_.data(), nullptr, st.logits, st.values);
       float* dst = attn_.data() + (s.t0 + t) * nh * hd;
       for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h)
         if (edit.drop_sinks[h])
@@ -629,7 +653,7 @@ void TransformerForward::attention(int64_t l, const RopeTable& rope) {
                                     kv.type(),        attn_scale_};
     const void* kbase = kv.k(l, 0);
     const void* vbase = kv.v(l, 0);
-    const float* sinks = sink_logits(plan);
+    const Sinks sinks = virtual_sinks(plan, l);
     attend(s, plan, g, shape, kbase, vbase, sinks);
     if (obs) {
       if (const AttentionEdit* e = obs->edit(l))
