@@ -555,40 +555,91 @@ void TransformerForward::apply_edit(const Seq& s, const AttentionEdit& edit,
                                     const void* vbase, Sinks sinks) {
   const int64_t nh = config_.n_head, nkv = config_.n_head_kv, hd = config_.head_dim;
   const int64_t G = nh / nkv;
-  if (!edit.drop_sinks.empty() && static_cast<int64_t>(edit.drop_sinks.size()) != nh)
+  if (edit.sinks.empty()) return;
+  if (static_cast<int64_t>(edit.sinks.size()) != nh)
     throw InvalidArgument(
-        fmt::format("attention edit for {} heads; the model has {}", edit.drop_sinks.size(), nh));
-  // The group of an edited head is attended again over the runs it keeps, with the same
-  // kernel, and the edited heads take their rows from that result.
-  for (int64_t kvh = 0; kvh < nkv && !edit.drop_sinks.empty(); ++kvh) {
-    bool any = false;
-    for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h) any |= edit.drop_sinks[h] != 0;
-    if (!any) continue;
+        fmt::format("attention edit for {} heads; the model has {}", edit.sinks.size(), nh));
+  bool any_logit = false;
+  split_modes_.assign(static_cast<size_t>(nh), ops::SinkSplit::kNone);
+  for (int64_t h = 0; h < nh; ++h) {
+    switch (edit.sinks[h]) {
+      case SinkEdit::kNone:
+      case SinkEdit::kDrop:
+        break;
+      case SinkEdit::kKeys:
+        split_modes_[h] = ops::SinkSplit::kKeys;
+        break;
+      case SinkEdit::kValues:
+        split_modes_[h] = ops::SinkSplit::kValues;
+        break;
+      case SinkEdit::kLogit:
+        split_modes_[h] = ops::SinkSplit::kLogit;
+        any_logit = true;
+        break;
+      default:
+        throw InvalidArgument(fmt::format("attention edit: unknown sink edit {} for head {}",
+                                          static_cast<int>(edit.sinks[h]), h));
+    }
+  }
+  if (any_logit && static_cast<int64_t>(edit.sink_logit.size()) != nh)
+    throw InvalidArgument(
+        fmt::format("attention edit: {} sink logits for {} heads", edit.sink_logit.size(), nh));
+  for (int64_t kvh = 0; kvh < nkv; ++kvh) {
+    bool drop = false, split = false;
+    for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h) {
+      drop |= edit.sinks[h] == SinkEdit::kDrop;
+      split |= edit.sinks[h] > SinkEdit::kDrop;
+    }
+    if (!drop && !split) continue;
     for (int64_t t = 0; t < s.T; ++t) {
       const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
       std::vector<ops::KeyRun>& kept = kept_runs_;
+      std::vector<ops::KeyRun>& sink_runs = sink_runs_;
       kept.clear();
+      sink_runs.clear();
       for (int32_t r = tp.range_begin; r < tp.range_end; ++r)
-        if (!plan.ranges[static_cast<size_t>(r)].sink)
-          kept.push_back(g.key_runs[static_cast<size_t>(r)]);
+        (plan.ranges[static_cast<size_t>(r)].sink ? sink_runs : kept)
+            .push_back(g.key_runs[static_cast<size_t>(r)]);
       const int n_kept = static_cast<int>(kept.size());
-      if (n_kept == tp.range_end - tp.range_begin) continue;  // no sink run for this token
-      if (n_kept == 0) continue;  // nothing would remain: leave the head as it is
-      int64_t span = 0;
-      for (int i = 0; i < n_kept; ++i) span += kept[i].end - kept[i].begin;
-      const size_t need =
-          static_cast<size_t>(ops::attention_pieces(span) * ops::attention_part_floats(shape));
-      if (attn_parts_.size() < need) attn_parts_.resize(need);
-      // attend_group writes the group's rows of a [n_head][hd] row; the edited heads take
-      // theirs from it.
-      std::vector<float>& row = edit_out_;
-      const Sinks st = tp.virtual_sink ? sinks : Sinks{};
-      ops::attend_group(shape, kvh, kept.data(), n_kept, kbase, vbase, row.data(),
-                        attn_parts_.data(), nullptr, st.logits, st.values);
+      if (sink_runs.empty()) continue;  // no sink run for this token
+      if (n_kept == 0) continue;        // nothing would remain: leave the head as it is
       float* dst = attn_.data() + (s.t0 + t) * nh * hd;
-      for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h)
-        if (edit.drop_sinks[h])
-          std::memcpy(dst + h * hd, row.data() + h * hd, static_cast<size_t>(hd) * sizeof(float));
+      const Sinks st = tp.virtual_sink ? sinks : Sinks{};
+      if (drop) {
+        // The group is attended again over the runs it keeps, with the same kernel, and the
+        // dropped heads take their rows from that result.
+        int64_t span = 0;
+        for (int i = 0; i < n_kept; ++i) span += kept[i].end - kept[i].begin;
+        const size_t need =
+            static_cast<size_t>(ops::attention_pieces(span) * ops::attention_part_floats(shape));
+        if (attn_parts_.size() < need) attn_parts_.resize(need);
+        // attend_group writes the group's rows of a [n_head][hd] row.
+        std::vector<float>& row = edit_out_;
+        ops::attend_group(shape, kvh, kept.data(), n_kept, kbase, vbase, row.data(),
+                          attn_parts_.data(), nullptr, st.logits, st.values);
+        for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h)
+          if (edit.sinks[h] == SinkEdit::kDrop)
+            std::memcpy(dst + h * hd, row.data() + h * hd, static_cast<size_t>(hd) * sizeof(float));
+      }
+      if (!split) continue;
+      // The other edits recombine the sinks' and the window's sums, which a virtual sink
+      // would join as a third part; no policy makes both, so that case is refused.
+      if (st.logits)
+        throw InvalidArgument(fmt::format(
+            "attention edit: token {} has sink ranges and a virtual sink; only dropping the "
+            "sinks is defined then",
+            tp.stream_index));
+      int64_t nw = 0, ns = 0;
+      for (const ops::KeyRun& r : kept) nw += r.end - r.begin;
+      for (const ops::KeyRun& r : sink_runs) ns += r.end - r.begin;
+      const size_t need =
+          static_cast<size_t>((ops::attention_pieces(nw) + ops::attention_pieces(ns)) *
+                              ops::attention_part_floats(shape));
+      if (attn_parts_.size() < need) attn_parts_.resize(need);
+      ops::attend_split(shape, kvh, kept.data(), n_kept, sink_runs.data(),
+                        static_cast<int>(sink_runs.size()), kbase, vbase, split_modes_.data(),
+                        edit.sink_logit.empty() ? nullptr : edit.sink_logit.data(), dst,
+                        attn_parts_.data());
     }
   }
 }

@@ -341,7 +341,9 @@ class TransformerForward : public Forward {
   std::vector<float> sinks_;          // [n_head] a plan's virtual sink logits, broadcast
   std::vector<float> k_raw_;          // [T][n_head_kv*hd] keys before RoPE (only with an observer)
   std::vector<float> edit_out_;       // [n_head][head_dim] an edited group's attention output
-  std::vector<ops::KeyRun> kept_runs_;  // an edited token's runs without the sink ranges
+  std::vector<ops::KeyRun> kept_runs_;       // an edited token's runs without the sink ranges
+  std::vector<ops::KeyRun> sink_runs_;       // and its sink ranges' runs
+  std::vector<ops::SinkSplit> split_modes_;  // [n_head] the edit's sink splits
 };
 
 }  // namespace spillway::model::detail

@@ -87,7 +87,9 @@ kv::StepPlan without_sinks(const kv::StepPlan& in) {
 
 class DropAll final : public model::AttentionObserver {
  public:
-  explicit DropAll(int64_t n_head) { e_.drop_sinks.assign(static_cast<size_t>(n_head), 1); }
+  explicit DropAll(int64_t n_head) {
+    e_.sinks.assign(static_cast<size_t>(n_head), model::SinkEdit::kDrop);
+  }
   const model::AttentionEdit* edit(int64_t) override { return &e_; }
 
  private:

@@ -1,6 +1,9 @@
-// Fitted virtual sinks (nullsink:W,fit=FILE) on the tiny models: the engine's sinks
-// (logits and values, per layer and head) match the naive reference, chunked equals
-// per-token, and a value-less table gives the bits of a constant logit.
+// Fitted virtual sinks (nullsink:W,fit=FILE) and the sink decomposition on the tiny models:
+// - the engine's fitted sinks (logits and values, per layer and head) match the naive
+//   reference, chunked equals per-token, and a value-less table gives the bits of a
+//   constant logit;
+// - a model whose keys are all zero attends by plain means, so its real sinks' logit is
+//   log S for every query and the decomposition's "keys" and "logit" ablations agree.
 #include <fmt/core.h>
 #include <gtest/gtest.h>
 
@@ -8,6 +11,7 @@
 #include <limits>
 #include <random>
 
+#include "spillway/analysis/sinks.h"
 #include "spillway/core/error.h"
 #include "spillway/kv/virtual_sinks.h"
 #include "spillway/model/model.h"
@@ -112,6 +116,41 @@ TEST(FittedSinks, AValueLessTableGivesTheBitsOfAConstantLogit) {
   kv::save_virtual_sinks(table, path);
   EXPECT_EQ(nlls(*m, tokens, "nullsink:24,fit=" + path, 16),
             nlls(*m, tokens, "nullsink:24,calib=const:0.5", 16));
+}
+
+// The decomposition: every mode runs, "drop" is what it was, and with zero keys the
+// sinks' mean logit is log S, so "logit" is exactly "keys".
+TEST(SinkAblation, TheModesTakeTheSinkApart) {
+  const auto m = tiny(DType::F32, false, 2, true);
+  const auto tokens = random_tokens(80, 3);
+  analysis::AblationOptions o;
+  o.policy = kv::PolicySpec("sink:4+16");
+  o.score_from = 40;
+  o.chunk = 8;
+  o.per_head = false;
+  const analysis::AblationResult drop = analysis::ablate_sinks(*m, tokens, o);
+  o.modes = {analysis::SinkAblation::kKeys, analysis::SinkAblation::kDrop,
+             analysis::SinkAblation::kValues, analysis::SinkAblation::kLogit};
+  const analysis::AblationResult r = analysis::ablate_sinks(*m, tokens, o);
+  ASSERT_EQ(r.modes.size(), 4u);
+  EXPECT_EQ(r.modes[1].all_heads_delta, drop.all_heads_delta);
+  EXPECT_EQ(r.modes[1].layer_delta, drop.layer_delta);
+  EXPECT_EQ(r.all_heads_delta, r.modes[0].all_heads_delta);  // the first mode's
+  for (double x : r.sink_logit_mean) EXPECT_NEAR(x, std::log(4.0), 1e-6);
+  EXPECT_NEAR(r.modes[3].all_heads_delta, r.modes[0].all_heads_delta, 1e-5);
+  for (size_t l = 0; l < 2; ++l)
+    EXPECT_NEAR(r.modes[3].layer_delta[l], r.modes[0].layer_delta[l], 1e-5);
+  // Each of the three changes something, and not the same thing.
+  for (size_t i = 0; i < 3; ++i) EXPECT_GT(std::abs(r.modes[i].all_heads_delta), 1e-4);
+  EXPECT_GT(std::abs(r.modes[0].all_heads_delta - r.modes[2].all_heads_delta), 1e-4);
+  EXPECT_GT(std::abs(r.modes[1].all_heads_delta - r.modes[2].all_heads_delta), 1e-4);
+
+  o.modes = {analysis::SinkAblation::kDrop, analysis::SinkAblation::kDrop};
+  EXPECT_THROW(analysis::ablate_sinks(*m, tokens, o), InvalidArgument);
+  o.modes = {};
+  EXPECT_THROW(analysis::ablate_sinks(*m, tokens, o), InvalidArgument);
+  EXPECT_EQ(analysis::parse_sink_ablation("values"), analysis::SinkAblation::kValues);
+  EXPECT_THROW(analysis::parse_sink_ablation("value"), InvalidArgument);
 }
 
 }  // namespace

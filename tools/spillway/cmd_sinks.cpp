@@ -1,7 +1,8 @@
 // spillway sinks: where the model dumps its attention surplus. Sink scores and the sink
 // rate (Gu et al.), which stream indices and cache positions receive the mass, massive
 // activations and value norms of the sinks, the sink key's direction, and with --ablate the
-// causal dependence of every head on its sink slots. The analyses are the library's
+// causal dependence of every head on its sink slots, taken apart into the mass the sinks
+// absorb and the value they add (--ablate-mode). The analyses are the library's
 // (analysis/sink_report.h, analysis/sinks.h); this file builds the stream, prints the
 // tables and writes the JSON.
 #include <fmt/core.h>
@@ -52,8 +53,45 @@ struct SinksOptions {
   bool layers_only = false;
   std::vector<std::string> heads;
   std::vector<int64_t> layers;
+  std::vector<std::string> ablate_modes;
   bool quiet = false;
 };
+
+// --ablate-mode values (repeatable, comma-separated, "all") -> the ablations, in order.
+std::vector<analysis::SinkAblation> parse_modes(const std::vector<std::string>& given) {
+  std::vector<analysis::SinkAblation> modes;
+  const auto add = [&](analysis::SinkAblation a) {
+    if (std::find(modes.begin(), modes.end(), a) == modes.end()) modes.push_back(a);
+  };
+  for (const std::string& g : given) {
+    for (size_t pos = 0; pos <= g.size();) {
+      const size_t comma = std::min(g.find(',', pos), g.size());
+      const std::string name = g.substr(pos, comma - pos);
+      if (name == "all") {
+        for (analysis::SinkAblation a : analysis::kSinkAblations) add(a);
+      } else {
+        add(analysis::parse_sink_ablation(name));
+      }
+      pos = comma + 1;
+    }
+  }
+  if (modes.empty()) modes.push_back(analysis::SinkAblation::kDrop);
+  return modes;
+}
+
+// What an ablation leaves of a head's output p o_s + (1 - p) o_w.
+const char* mode_formula(analysis::SinkAblation a) {
+  switch (a) {
+    case analysis::SinkAblation::kKeys:
+      return "(1 - p) o_w: the mass kept, the value zeroed";
+    case analysis::SinkAblation::kValues:
+      return "o_w + p o_s: the value kept, the mass given back";
+    case analysis::SinkAblation::kLogit:
+      return "(1 - p') o_w: a value-less sink of constant logit";
+    default:
+      return "o_w: no sinks";
+  }
+}
 
 // "L:H" -> (L, H), checked against the model.
 std::pair<int64_t, int64_t> parse_head(const std::string& s, const model::ModelConfig& c) {
@@ -212,10 +250,22 @@ ordered_json ablation_json(const analysis::AblationResult& r, const kv::PolicySp
   a["score_from"] = score_from;
   a["scored_tokens"] = r.scored;
   a["base_mean_nll"] = r.base_nll;
+  a["mode"] = analysis::sink_ablation_name(r.modes[0].mode);
   a["all_heads_delta"] = r.all_heads_delta;
   a["layer_delta"] = r.layer_delta;
   if (!r.head_delta.empty()) a["head_delta"] = table_json(r.head_delta, r.n_layer, r.n_head);
+  ordered_json modes = ordered_json::array();
+  for (const analysis::AblationDeltas& d : r.modes) {
+    ordered_json m;
+    m["mode"] = analysis::sink_ablation_name(d.mode);
+    m["all_heads_delta"] = d.all_heads_delta;
+    m["layer_delta"] = d.layer_delta;
+    if (!d.head_delta.empty()) m["head_delta"] = table_json(d.head_delta, r.n_layer, r.n_head);
+    modes.push_back(m);
+  }
+  a["modes"] = modes;
   a["sink_mass"] = table_json(r.sink_mass, r.n_layer, r.n_head);
+  a["sink_logit_mean"] = table_json(r.sink_logit_mean, r.n_layer, r.n_head);
   a["sink_hidden_ratio"] = r.sink_hidden_ratio;
   a["seconds"] = r.seconds;
   if (!r.head_delta.empty()) a["spearman"] = correlations_json(analysis::head_correlations(r));
@@ -256,14 +306,42 @@ void print_report(const analysis::SinkReport& r, const std::string& model, const
   }
 }
 
+// The modes side by side: every head at once, then per layer.
+void print_modes(const analysis::AblationResult& r) {
+  fmt::print(
+      "  the sinks taken apart (p: the sinks' share of a head's softmax, o_s their mean value, "
+      "o_w the window's;\n  intact p o_s + (1 - p) o_w; mean NLL change with every head "
+      "edited):\n");
+  for (const analysis::AblationDeltas& d : r.modes)
+    fmt::print("    {:<7} {:<52} {:+.4f}\n", analysis::sink_ablation_name(d.mode),
+               mode_formula(d.mode), d.all_heads_delta);
+  if (r.modes[0].layer_delta.empty()) return;
+  fmt::print("  per layer (all heads of the layer):\n    {:>5}", "layer");
+  for (const analysis::AblationDeltas& d : r.modes)
+    fmt::print(" {:>8}", analysis::sink_ablation_name(d.mode));
+  fmt::print("\n");
+  for (int64_t l = 0; l < r.n_layer; ++l) {
+    if (std::isnan(r.modes[0].layer_delta[static_cast<size_t>(l)])) continue;
+    fmt::print("    {:>5}", l);
+    for (const analysis::AblationDeltas& d : r.modes)
+      fmt::print(" {:>+8.3f}", d.layer_delta[static_cast<size_t>(l)]);
+    fmt::print("\n");
+  }
+}
+
 void print_ablation(const analysis::AblationResult& r, const std::string& policy,
                     int64_t score_from) {
   const int64_t L = r.n_layer, H = r.n_head;
   fmt::print(
       "\nsink ablation under {}: {} scored tokens from stream index {}, base mean NLL {:.4f}\n",
       policy, r.scored, score_from, r.base_nll);
-  fmt::print("  every head without its sinks: mean NLL {:+.4f}\n", r.all_heads_delta);
-  if (!r.layer_delta.empty()) {
+  const analysis::SinkAblation first = r.modes[0].mode;
+  if (r.modes.size() > 1 || first != analysis::SinkAblation::kDrop) {
+    print_modes(r);
+  } else {
+    fmt::print("  every head without its sinks: mean NLL {:+.4f}\n", r.all_heads_delta);
+  }
+  if (r.modes.size() == 1 && first == analysis::SinkAblation::kDrop && !r.layer_delta.empty()) {
     fmt::print("  per layer (all heads of the layer):");
     for (int64_t l = 0; l < L; ++l)
       fmt::print("{}{}:{:+.3f}", l % 10 ? " " : "\n    ", l, r.layer_delta[static_cast<size_t>(l)]);
@@ -272,7 +350,11 @@ void print_ablation(const analysis::AblationResult& r, const std::string& policy
   if (!r.head_delta.empty()) {
     const std::vector<double>& delta = r.head_delta;
     const std::vector<double>& mass = r.sink_mass;
-    fmt::print("\n  heads ranked by causal dependence (mean NLL change without the sinks):\n");
+    if (first == analysis::SinkAblation::kDrop)
+      fmt::print("\n  heads ranked by causal dependence (mean NLL change without the sinks):\n");
+    else
+      fmt::print("\n  heads ranked by causal dependence (mean NLL change, {}: {}):\n",
+                 analysis::sink_ablation_name(first), mode_formula(first));
     fmt::print("  {:>4} {:>6} {:>10} {:>10} {:>10} {:>12}\n", "rank", "head", "dNLL", "sink mass",
                "mass rank", "hidden ratio");
     // Heads with sink mass (a head whose layer keeps no sinks, e.g. a local layer under
@@ -383,6 +465,7 @@ int run_sinks(const SinksOptions& o, bool policy_given) {
     ao.heads = heads;
     // Heads asked for by name: those only, no per-layer pass unless layers are named too.
     ao.per_layer = heads.empty() || !o.layers.empty();
+    ao.modes = parse_modes(o.ablate_modes);
     Progress progress("ablation");
     ao.progress = [&](int64_t done, int64_t total) { progress.update(done, total); };
     ablation = analysis::ablate_sinks(*model, stream, ao);
@@ -443,8 +526,17 @@ Registrar reg("sinks", [](CLI::App& app) {
   sub->add_flag("--layers-only", o->layers_only, "Ablate whole layers only (fast first pass)");
   sub->add_option("--layer", o->layers, "Ablate only this layer (repeatable)");
   sub->add_option("--head", o->heads, "Ablate only this head, LAYER:HEAD (repeatable)");
+  sub->add_option("--ablate-mode", o->ablate_modes,
+                  "What an ablated head loses (repeatable, comma-separated): drop (the sinks), "
+                  "keys (their value: mass kept), values (their mass: value kept), logit (the "
+                  "sinks as a constant value-less logit), all")
+      ->delimiter(',');
   sub->add_flag("--quiet,-q", o->quiet, "Print nothing (with --json/--plot)");
-  return [o, pol] { return run_sinks(*o, pol->count() > 0); };
+  return [o, pol] {
+    if (!o->ablate_modes.empty() && !o->ablate)
+      throw InvalidArgument("sinks: --ablate-mode needs --ablate");
+    return run_sinks(*o, pol->count() > 0);
+  };
 });
 
 }  // namespace
