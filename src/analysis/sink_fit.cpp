@@ -20,6 +20,8 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// The ridge on a fitted value, per sample (fit_head_sink).
+constexpr double kValueRidge = 1e-8;
 
 // The sink's share of a head's softmax for a sink of logit c against a window of
 // log-sum-exp lse_w: sigmoid(c - lse_w), 1 for a window without mass, 0 for no sink.
@@ -189,10 +191,17 @@ HeadFit fit_head_sink(const HeadSamples& s, bool values) {
   const double err_window = (T - Wn).squaredNorm();
   f.error = err_window;
 
-  // The error at c, with u at its least-squares optimum for that c when fitting values.
+  // The objective at c: the squared error plus ridge |u|^2, with u at its optimum for that
+  // c when fitting values, u = sum pi r / (sum pi^2 + ridge). With 1e-8 per sample,
+  // ridge / sum pi^2 = 1e-8 / mean(pi^2): 1e-4 for a sink whose share is about 1 %, nothing
+  // to speak of. It matters for shares under about 1e-4, where the least-squares u grows as
+  // 1 / pi: without it a head can fit a sink of vanishing share and a value thousands of
+  // times any value's size, exact on the calibration stream and wild on another
+  // (SmolLM2's heads 0:6 and 0:7 did, |u| 40,000 and 24,000).
+  const double ridge = kValueRidge * static_cast<double>(n);
   Eigen::ArrayXd pi(n);
   Eigen::VectorXd u(d);
-  const auto error_at = [&](double c, Eigen::VectorXd* u_out) {
+  const auto objective_at = [&](double c, Eigen::VectorXd* u_out) {
     for (int64_t t = 0; t < n; ++t) pi[t] = sink_share(c, lse[t]);
     Eigen::MatrixXd R = T - (1.0 - pi).matrix().asDiagonal() * Wn;
     const double pp = pi.square().sum();
@@ -200,10 +209,10 @@ HeadFit fit_head_sink(const HeadSamples& s, bool values) {
       if (u_out) u_out->setZero();
       return R.squaredNorm();
     }
-    const Eigen::VectorXd best = R.transpose() * pi.matrix() / pp;
+    const Eigen::VectorXd best = R.transpose() * pi.matrix() / (pp + ridge);
     if (u_out) *u_out = best;
     R.noalias() -= pi.matrix() * best.transpose();
-    return R.squaredNorm();
+    return R.squaredNorm() + ridge * best.squaredNorm();
   };
 
   // The scan covers the windows' log-sum-exps with a margin where the sink's share goes
@@ -223,7 +232,7 @@ HeadFit fit_head_sink(const HeadSamples& s, bool values) {
   int best_k = 0;
   for (int k = 0; k < kScan; ++k) {
     const double c = lo + (hi - lo) * k / (kScan - 1);
-    const double e = error_at(c, nullptr);
+    const double e = objective_at(c, nullptr);
     if (e < best_err) {
       best_err = e;
       best_c = c;
@@ -235,31 +244,31 @@ HeadFit fit_head_sink(const HeadSamples& s, bool values) {
   double a = best_k > 0 ? best_c - step : best_c, b = best_k < kScan - 1 ? best_c + step : best_c;
   const double phi = (std::sqrt(5.0) - 1) / 2;
   double x1 = b - phi * (b - a), x2 = a + phi * (b - a);
-  double e1 = error_at(x1, nullptr), e2 = error_at(x2, nullptr);
+  double e1 = objective_at(x1, nullptr), e2 = objective_at(x2, nullptr);
   for (int it = 0; it < 60 && b - a > 1e-9; ++it) {
     if (e1 < e2) {
       b = x2;
       x2 = x1;
       e2 = e1;
       x1 = b - phi * (b - a);
-      e1 = error_at(x1, nullptr);
+      e1 = objective_at(x1, nullptr);
     } else {
       a = x1;
       x1 = x2;
       e1 = e2;
       x2 = a + phi * (b - a);
-      e2 = error_at(x2, nullptr);
+      e2 = objective_at(x2, nullptr);
     }
   }
   double c = e1 < e2 ? x1 : x2;
-  double e = error_at(c, &u);
+  double e = objective_at(c, &u);
   if (best_err < e) {
     c = best_c;
-    e = error_at(c, &u);
+    e = objective_at(c, &u);
   }
   if (!(e < err_window)) return f;  // no sink does better than none
   f.logit = c;
-  f.error = e;
+  f.error = e - (values ? ridge * u.squaredNorm() : 0.0);
   if (values) f.value.assign(u.data(), u.data() + d);
   return f;
 }
