@@ -107,26 +107,149 @@ double cosine(std::span<const float> a, std::span<const float> b) {
   return den > 0 ? static_cast<double>(x.dot(y)) / den : kNaN;
 }
 
+const char* sink_ablation_name(SinkAblation a) {
+  switch (a) {
+    case SinkAblation::kKeys:
+      return "keys";
+    case SinkAblation::kValues:
+      return "values";
+    case SinkAblation::kLogit:
+      return "logit";
+    default:
+      return "drop";
+  }
+}
+
+SinkAblation parse_sink_ablation(std::string_view name) {
+  for (SinkAblation a : kSinkAblations)
+    if (name == sink_ablation_name(a)) return a;
+  throw InvalidArgument(
+      fmt::format("unknown sink ablation '{}' (expected drop, keys, values or logit)", name));
+}
+
 namespace {
 
-// Edits one layer's softmax: the marked heads leave out their sink slots.
-class SinkDropper final : public model::AttentionObserver {
+// Edits one layer's softmax: the marked heads ablate their sinks one way.
+class SinkEditor final : public model::AttentionObserver {
  public:
-  SinkDropper(int64_t n_layer, int64_t n_head)
-      : n_head_(n_head), edits_(static_cast<size_t>(n_layer)) {}
-  void drop(int64_t layer, int64_t head) {
-    auto& e = edits_[static_cast<size_t>(layer)].drop_sinks;
-    e.resize(static_cast<size_t>(n_head_), 0);
-    e[static_cast<size_t>(head)] = 1;
+  // logits: [n_layer * n_head], the kLogit heads' logits.
+  SinkEditor(int64_t n_layer, int64_t n_head, SinkAblation mode, const std::vector<double>& logits)
+      : n_head_(n_head), mode_(mode), logits_(logits), edits_(static_cast<size_t>(n_layer)) {}
+  void edit_head(int64_t layer, int64_t head) {
+    model::AttentionEdit& e = edits_[static_cast<size_t>(layer)];
+    e.sinks.resize(static_cast<size_t>(n_head_), model::SinkEdit::kNone);
+    const auto i = static_cast<size_t>(layer * n_head_ + head);
+    switch (mode_) {
+      case SinkAblation::kDrop:
+        e.sinks[static_cast<size_t>(head)] = model::SinkEdit::kDrop;
+        break;
+      case SinkAblation::kKeys:
+        e.sinks[static_cast<size_t>(head)] = model::SinkEdit::kKeys;
+        break;
+      case SinkAblation::kValues:
+        e.sinks[static_cast<size_t>(head)] = model::SinkEdit::kValues;
+        break;
+      case SinkAblation::kLogit:
+        // A head that never had sink slots has no mean logit; it has nothing to replace.
+        if (std::isnan(logits_[i])) return;
+        e.sinks[static_cast<size_t>(head)] = model::SinkEdit::kLogit;
+        e.sink_logit.resize(static_cast<size_t>(n_head_), 0.0f);
+        e.sink_logit[static_cast<size_t>(head)] = static_cast<float>(logits_[i]);
+        break;
+    }
   }
   const model::AttentionEdit* edit(int64_t layer) override {
     const auto& e = edits_[static_cast<size_t>(layer)];
-    return e.drop_sinks.empty() ? nullptr : &e;
+    return e.sinks.empty() ? nullptr : &e;
   }
 
  private:
   int64_t n_head_;
+  SinkAblation mode_;
+  const std::vector<double>& logits_;
   std::vector<model::AttentionEdit> edits_;
+};
+
+// Per head, the log-sum-exp of its scaled scores on the sink slots, summed over the
+// recorded queries that have sink slots (lse + log of the sinks' probability), and the
+// count of those queries.
+class SinkLogitMeter final : public model::AttentionObserver {
+ public:
+  SinkLogitMeter(int64_t n_layer, int64_t n_head)
+      : n_head_(n_head),
+        sum_(static_cast<size_t>(n_layer * n_head), 0.0),
+        count_(static_cast<size_t>(n_layer), 0) {}
+  bool wants_probs(int64_t) override { return true; }
+  void on_attention(const model::AttentionRecord& r) override {
+    for (int64_t t = 0; t < r.n_tokens; ++t) {
+      const kv::TokenPlan& tp = r.plan->tokens[static_cast<size_t>(t)];
+      const int64_t span = r.plan->span_size(static_cast<size_t>(t));
+      bool any = false;
+      for (int64_t h = 0; h < r.n_head; ++h) {
+        const float* p = r.probs + r.prob_offset[t] + h * span;
+        double mass = 0;
+        int64_t k = 0;
+        for (int32_t i = tp.range_begin; i < tp.range_end; ++i) {
+          const kv::SlotRange& sr = r.plan->ranges[static_cast<size_t>(i)];
+          for (int32_t j = sr.begin; j < sr.end; ++j, ++k)
+            if (sr.sink) {
+              mass += p[k];
+              any = true;
+            }
+        }
+        if (!any) break;
+        sum_[static_cast<size_t>(r.layer * n_head_ + h)] +=
+            r.lse[t * r.n_head + h] + std::log(std::max(mass, 1e-300));
+      }
+      if (any) ++count_[static_cast<size_t>(r.layer)];
+    }
+  }
+  // [n_layer * n_head] the mean (NaN for a layer without sink slots).
+  std::vector<double> means() const {
+    std::vector<double> m(sum_.size(), kNaN);
+    for (size_t i = 0; i < m.size(); ++i) {
+      const int64_t c = count_[i / static_cast<size_t>(n_head_)];
+      if (c > 0) m[i] = sum_[i] / static_cast<double>(c);
+    }
+    return m;
+  }
+
+ private:
+  int64_t n_head_;
+  std::vector<double> sum_;
+  std::vector<int64_t> count_;
+};
+
+// Hands every call to two observers (the first one's edits).
+class Tee final : public model::AttentionObserver {
+ public:
+  Tee(model::AttentionObserver& a, model::AttentionObserver& b) : a_(a), b_(b) {}
+  void on_attach(const kv::Cache& c) override {
+    a_.on_attach(c);
+    b_.on_attach(c);
+  }
+  void on_step(const kv::StepPlan& p) override {
+    a_.on_step(p);
+    b_.on_step(p);
+  }
+  bool wants_probs(int64_t l) override {
+    // Both are asked (neither call is skipped); the records carry probabilities when either
+    // wants them.
+    const bool wa = a_.wants_probs(l), wb = b_.wants_probs(l);
+    return wa || wb;
+  }
+  void on_attention(const model::AttentionRecord& r) override {
+    a_.on_attention(r);
+    b_.on_attention(r);
+  }
+  void on_hidden(int64_t l, const float* x, int64_t n, int64_t d) override {
+    a_.on_hidden(l, x, n, d);
+    b_.on_hidden(l, x, n, d);
+  }
+  const model::AttentionEdit* edit(int64_t l) override { return a_.edit(l); }
+
+ private:
+  model::AttentionObserver &a_, &b_;
 };
 
 }  // namespace
@@ -148,6 +271,12 @@ AblationResult ablate_sinks(const model::Model& model, std::span<const TokenId> 
         "from >= {}) and leave at least one target (< {}); got score from {} with {} tokens",
         o.policy.str(), cap + 1, n, o.score_from, n));
   if (o.chunk < 1) throw InvalidArgument("sink ablation: chunk must be >= 1");
+  if (o.modes.empty()) throw InvalidArgument("sink ablation: no ablation mode");
+  for (size_t i = 0; i < o.modes.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (o.modes[i] == o.modes[j])
+        throw InvalidArgument(
+            fmt::format("sink ablation: mode '{}' given twice", sink_ablation_name(o.modes[i])));
   for (int64_t l : o.layers)
     if (l < 0 || l >= c.n_layer)
       throw InvalidArgument(fmt::format("sink ablation: layer {} outside [0, {})", l, c.n_layer));
@@ -198,8 +327,9 @@ AblationResult ablate_sinks(const model::Model& model, std::span<const TokenId> 
   r.n_layer = c.n_layer;
   r.n_head = c.n_head;
   r.scored = static_cast<int64_t>(queries.size());
-  const int64_t runs = 2 + (o.per_layer ? static_cast<int64_t>(layers.size()) : 0) +
-                       (o.per_head ? static_cast<int64_t>(heads.size()) : 0);
+  const int64_t runs = 1 + static_cast<int64_t>(o.modes.size()) *
+                               (1 + (o.per_layer ? static_cast<int64_t>(layers.size()) : 0) +
+                                (o.per_head ? static_cast<int64_t>(heads.size()) : 0));
   int64_t done_runs = 0;
   auto tick = [&] {
     ++done_runs;
@@ -210,7 +340,10 @@ AblationResult ablate_sinks(const model::Model& model, std::span<const TokenId> 
   AttentionStatsOptions so_stats;
   so_stats.first = first_query;
   AttentionStats stats(c, so_stats);
-  r.base_nll = run(&stats, &r.base_token_nll);
+  SinkLogitMeter meter(c.n_layer, c.n_head);
+  Tee both(stats, meter);
+  r.base_nll = run(&both, &r.base_token_nll);
+  r.sink_logit_mean = meter.means();
   tick();
   r.sink_mass.resize(static_cast<size_t>(c.n_layer * c.n_head));
   r.sink_hidden_ratio.resize(static_cast<size_t>(c.n_layer));
@@ -244,31 +377,40 @@ AblationResult ablate_sinks(const model::Model& model, std::span<const TokenId> 
     throw InvalidArgument(
         fmt::format("sink ablation: no scored query of '{}' had sink slots", o.policy.str()));
 
-  {
-    SinkDropper all(c.n_layer, c.n_head);
-    for (int64_t l = 0; l < c.n_layer; ++l)
-      for (int64_t h = 0; h < c.n_head; ++h) all.drop(l, h);
-    r.all_heads_delta = run(&all, nullptr) - r.base_nll;
-    tick();
-  }
-  if (o.per_layer) {
-    r.layer_delta.assign(static_cast<size_t>(c.n_layer), kNaN);
-    for (int64_t l : layers) {
-      SinkDropper layer(c.n_layer, c.n_head);
-      for (int64_t h = 0; h < c.n_head; ++h) layer.drop(l, h);
-      r.layer_delta[static_cast<size_t>(l)] = run(&layer, nullptr) - r.base_nll;
+  for (SinkAblation mode : o.modes) {
+    AblationDeltas d;
+    d.mode = mode;
+    const auto editor = [&] { return SinkEditor(c.n_layer, c.n_head, mode, r.sink_logit_mean); };
+    {
+      SinkEditor all = editor();
+      for (int64_t l = 0; l < c.n_layer; ++l)
+        for (int64_t h = 0; h < c.n_head; ++h) all.edit_head(l, h);
+      d.all_heads_delta = run(&all, nullptr) - r.base_nll;
       tick();
     }
-  }
-  if (o.per_head) {
-    r.head_delta.assign(static_cast<size_t>(c.n_layer * c.n_head), kNaN);
-    for (auto [l, h] : heads) {
-      SinkDropper one(c.n_layer, c.n_head);
-      one.drop(l, h);
-      r.head_delta[static_cast<size_t>(l * c.n_head + h)] = run(&one, nullptr) - r.base_nll;
-      tick();
+    if (o.per_layer) {
+      d.layer_delta.assign(static_cast<size_t>(c.n_layer), kNaN);
+      for (int64_t l : layers) {
+        SinkEditor layer = editor();
+        for (int64_t h = 0; h < c.n_head; ++h) layer.edit_head(l, h);
+        d.layer_delta[static_cast<size_t>(l)] = run(&layer, nullptr) - r.base_nll;
+        tick();
+      }
     }
+    if (o.per_head) {
+      d.head_delta.assign(static_cast<size_t>(c.n_layer * c.n_head), kNaN);
+      for (auto [l, h] : heads) {
+        SinkEditor one = editor();
+        one.edit_head(l, h);
+        d.head_delta[static_cast<size_t>(l * c.n_head + h)] = run(&one, nullptr) - r.base_nll;
+        tick();
+      }
+    }
+    r.modes.push_back(std::move(d));
   }
+  r.all_heads_delta = r.modes[0].all_heads_delta;
+  r.layer_delta = r.modes[0].layer_delta;
+  r.head_delta = r.modes[0].head_delta;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return r;
 }

@@ -64,6 +64,7 @@ Cache::Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits
     max_batch_ = 1;
     proto = make(PolicyLimits{1, limits.max_stream});
   }
+  proto->check_shape(shape);
   check_memory(spec, static_cast<int64_t>(shape.layers.size()), shape.n_head_kv, shape.head_dim,
                proto->n_slots());
   // The layers the spec's policy governs, and those that keep a native window.

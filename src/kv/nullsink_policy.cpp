@@ -8,15 +8,23 @@
 //                  head's logit when token 0 is evicted. One cache per layer (each layer
 //                  has its heads' logits); streams are fed one token per step.
 //   calib=const:x  the same logit x for every head of every layer (-inf: window:W).
+//   fit=FILE       per layer and head a logit and, if the file has them, a value vector,
+//                  fitted to the real sink's effect on each head's output
+//                  (kv/virtual_sinks.h; `spillway sinks --fit-null FILE`). Nothing is
+//                  learned from the stream, so the policy reads no attention and streams
+//                  are evaluated in chunks, as window:W is. FILE may not hold a comma.
 #include <fmt/core.h>
 
 #include <charconv>
 #include <cmath>
 #include <limits>
+#include <memory>
 
 #include "policies.h"
 #include "slot_set.h"
 #include "spillway/core/error.h"
+#include "spillway/kv/cache.h"
+#include "spillway/kv/virtual_sinks.h"
 
 namespace spillway::kv {
 
@@ -26,22 +34,31 @@ constexpr int64_t kDefaultCalibTokens = 4;
 
 class NullSinkPolicy final : public Policy {
  public:
-  // calib_tokens > 0: calib=first:S; else the constant logit.
-  NullSinkPolicy(int64_t window, int64_t calib_tokens, float logit, const PolicyOptions& opts,
-                 const PolicyLimits& limits)
+  // fitted: fit=FILE (calib_tokens 0); else calib_tokens > 0: calib=first:S, 0: the
+  // constant logit.
+  NullSinkPolicy(int64_t window, int64_t calib_tokens, float logit,
+                 std::shared_ptr<const VirtualSinks> fitted, std::string fit_path,
+                 const PolicyOptions& opts, const PolicyLimits& limits)
       : Policy(opts, limits),
         window_(window),
         calib_tokens_(calib_tokens),
         logit_(logit),
+        fitted_(std::move(fitted)),
+        fit_path_(std::move(fit_path)),
         slots_(window + limits.max_batch - 1) {}
 
   std::string spec() const override {
     std::string calib;
-    if (calib_tokens_ == 0)
+    if (fitted_)
+      calib = ",fit=" + fit_path_;
+    else if (calib_tokens_ == 0)
       calib = fmt::format(",calib=const:{}", logit_);
     else if (calib_tokens_ != kDefaultCalibTokens)
       calib = fmt::format(",calib=first:{}", calib_tokens_);
     return fmt::format("nullsink:{}{}{}", window_, calib, options_suffix(options_));
+  }
+  void check_shape(const CacheShape& shape) const override {
+    if (fitted_) check_virtual_sinks_model(*fitted_, shape, fit_path_);
   }
   int64_t n_slots() const override { return slots_.n_slots(); }
   std::optional<int64_t> capacity() const override { return window_; }
@@ -91,7 +108,9 @@ class NullSinkPolicy final : public Policy {
       out.tokens.push_back(t);
     }
     if (n0 + count - 1 >= window_) {
-      if (calib_tokens_ == 0)
+      if (fitted_)
+        out.fitted_sinks = fitted_;
+      else if (calib_tokens_ == 0)
         out.sink_logits.assign(1, logit_);
       else
         out.sink_logits = frozen_logits_;
@@ -116,6 +135,8 @@ class NullSinkPolicy final : public Policy {
 
   int64_t window_, calib_tokens_;
   float logit_;
+  std::shared_ptr<const VirtualSinks> fitted_;  // shared by clones: never changed
+  std::string fit_path_;
   SlotSet slots_;
   bool frozen_ = false;
   std::vector<float> frozen_logits_;  // [n_head]
@@ -132,6 +153,19 @@ std::unique_ptr<Policy> make_nullsink_policy(std::string_view args, const Policy
       parse_count(args, 1, std::numeric_limits<int32_t>::max() / 2, "W (window)", spec);
   int64_t calib_tokens = kDefaultCalibTokens;
   float logit = 0.0f;
+  if (auto fit = opts.find("fit")) {
+    if (opts.find("calib"))
+      throw InvalidArgument(fmt::format(
+          "bad policy spec '{}': calib= and fit= exclude each other (a fitted sink is not "
+          "calibrated on the stream); {}",
+          spec, policy_usage()));
+    if (fit->empty())
+      throw InvalidArgument(fmt::format(
+          "bad policy spec '{}': fit= needs a file (spillway sinks --fit-null FILE); {}", spec,
+          policy_usage()));
+    auto sinks = std::make_shared<const VirtualSinks>(load_virtual_sinks(*fit));
+    return std::make_unique<NullSinkPolicy>(w, 0, 0.0f, std::move(sinks), *fit, opts, limits);
+  }
   if (auto calib = opts.find("calib")) {
     const auto bad = [&] {
       return InvalidArgument(fmt::format(
@@ -159,7 +193,7 @@ std::unique_ptr<Policy> make_nullsink_policy(std::string_view args, const Policy
       throw bad();
     }
   }
-  return std::make_unique<NullSinkPolicy>(w, calib_tokens, logit, opts, limits);
+  return std::make_unique<NullSinkPolicy>(w, calib_tokens, logit, nullptr, "", opts, limits);
 }
 
 }  // namespace spillway::kv

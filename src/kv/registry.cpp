@@ -22,9 +22,10 @@ const std::vector<PolicyKind>& policy_kinds() {
        {"pick"}},
       {"nullsink",
        "nullsink:W",
-       "the last W tokens plus a virtual sink logit per head, no value",
+       "the last W tokens plus a virtual sink per head: a logit, calibrated on the first "
+       "tokens, or a logit and value fitted to the real sink (fit=FILE)",
        make_nullsink_policy,
-       {"calib"}},
+       {"calib", "fit"}},
       {"h2o", "h2o:H+W", "the H tokens with the most accumulated attention plus the last W",
        make_h2o_policy},
       {"tova", "tova:C", "C tokens; a new one evicts the least attended by the latest query",

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <string_view>
 #include <vector>
 
 #include "spillway/core/error.h"
@@ -53,6 +54,41 @@ void log_loaded(const Model& m, double seconds) {
       seconds * 1e3);
 }
 
+// FNV-1a, 64 bits: enough to tell models apart, not a defence against forgery.
+class Fnv64 {
+ public:
+  void add(const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < n; ++i) h_ = (h_ ^ p[i]) * 0x100000001b3ULL;
+  }
+  void add(std::string_view s) {
+    add_int(static_cast<int64_t>(s.size()));
+    add(s.data(), s.size());
+  }
+  void add_int(int64_t v) { add(&v, sizeof v); }
+  uint64_t value() const { return h_; }
+
+ private:
+  uint64_t h_ = 0xcbf29ce484222325ULL;
+};
+
+// ModelConfig::fingerprint. The 1-D tensors are a few hundred kilobytes at most (norm
+// weights), so hashing their bytes costs little at load and tells fine-tunes of one base
+// model apart, which the tensor table alone would not.
+uint64_t model_fingerprint(const gguf::GgufFile& f, const ModelConfig& c) {
+  Fnv64 h;
+  h.add(c.architecture);
+  for (int64_t x : {c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.n_vocab})
+    h.add_int(x);
+  for (const gguf::TensorInfo& t : f.tensors()) {
+    h.add(t.name);
+    h.add_int(static_cast<int64_t>(t.type));
+    for (int64_t n : t.ne) h.add_int(n);
+    if (t.n_dims == 1) h.add(t.data, static_cast<size_t>(t.n_bytes));
+  }
+  return h.value();
+}
+
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::string& path) {
@@ -63,6 +99,7 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
   for (const Architecture& a : architectures()) {
     if (a.name == arch) {
       auto model = a.bind(std::move(file));
+      model->config_.fingerprint = model_fingerprint(*model->file_, model->config_);
       log_loaded(*model,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       return model;

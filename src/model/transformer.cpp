@@ -8,6 +8,7 @@
 
 #include "spillway/core/error.h"
 #include "spillway/core/quant.h"
+#include "spillway/kv/virtual_sinks.h"
 
 namespace spillway::model::detail {
 
@@ -254,6 +255,21 @@ void TransformerForward::prepare_group(const Seq& s, const kv::BatchPlan& plan, 
       static_cast<int64_t>(plan.sink_logits.size()) != config_.n_head)
     throw InvalidArgument(fmt::format("forward: {} virtual sink logits for {} heads",
                                       plan.sink_logits.size(), config_.n_head));
+  if (const kv::VirtualSinks* vs = plan.fitted_sinks.get()) {
+    // The policy checked the model when the cache was made (Cache, check_shape); a plan
+    // from elsewhere is checked here, so that a table of another size is never read past.
+    const auto heads = static_cast<size_t>(config_.n_layer * config_.n_head);
+    if (!plan.sink_logits.empty())
+      throw InvalidArgument("forward: a plan with both virtual sink logits and fitted sinks");
+    if (vs->n_layer != config_.n_layer || vs->n_head != config_.n_head ||
+        vs->head_dim != config_.head_dim || vs->logits.size() != heads ||
+        (vs->has_values() && vs->values.size() != heads * static_cast<size_t>(config_.head_dim)))
+      throw InvalidArgument(fmt::format(
+          "forward: fitted virtual sinks for {} layers x {} heads x head size {} ({} logits, {} "
+          "values); the model has {} x {} x {}",
+          vs->n_layer, vs->n_head, vs->head_dim, vs->logits.size(), vs->values.size(),
+          config_.n_layer, config_.n_head, config_.head_dim));
+  }
   if (g.qpos.capacity() < run_reserve_) {
     g.qpos.reserve(run_reserve_);
     g.q_index.reserve(run_reserve_);
@@ -463,19 +479,25 @@ void TransformerForward::rotate_and_store(int64_t l, const Seq& s, const kv::Bat
   });
 }
 
-const float* TransformerForward::sink_logits(const kv::BatchPlan& plan) {
-  if (plan.sink_logits.empty()) return nullptr;
+TransformerForward::Sinks TransformerForward::virtual_sinks(const kv::BatchPlan& plan, int64_t l) {
+  if (const kv::VirtualSinks* vs = plan.fitted_sinks.get())
+    return {vs->layer_logits(l), vs->layer_values(l)};
+  if (plan.sink_logits.empty()) return {};
   if (plan.sink_logits.size() == 1) {
     sinks_.assign(static_cast<size_t>(config_.n_head), plan.sink_logits[0]);
-    return sinks_.data();
+    return {sinks_.data(), nullptr};
   }
-  return plan.sink_logits.data();
+  return {plan.sink_logits.data(), nullptr};
 }
 
 void TransformerForward::attend(const Seq& s, const kv::BatchPlan& plan, const Group& g,
                                 const ops::AttentionShape& shape, const void* kbase,
-                                const void* vbase, const float* sinks) {
+                                const void* vbase, Sinks sinks) {
   const int64_t nkv = config_.n_head_kv, qdim = config_.n_head * config_.head_dim;
+  // A token's sink (logits and values), or none.
+  const auto sink_of = [&](int64_t t) {
+    return plan.tokens[static_cast<size_t>(t)].virtual_sink ? sinks : Sinks{};
+  };
   const int64_t part_floats = ops::attention_part_floats(shape);
   float* out = attn_.data() + s.t0 * qdim;
   const auto token_runs = [&](int64_t t, int& n_runs) {
@@ -504,9 +526,9 @@ void TransformerForward::attend(const Seq& s, const kv::BatchPlan& plan, const G
       const int64_t n_pieces = ops::attention_pieces(plan.span_size(static_cast<size_t>(t)));
       for (int64_t kvh = 0; kvh < nkv; ++kvh) {
         const int64_t first = g.first_item[static_cast<size_t>(t)] + kvh * n_pieces;
+        const Sinks st = sink_of(t);
         ops::attend_merge(shape, kvh, attn_parts_.data() + first * part_floats, n_pieces,
-                          out + t * qdim,
-                          plan.tokens[static_cast<size_t>(t)].virtual_sink ? sinks : nullptr);
+                          out + t * qdim, st.logits, st.values);
       }
     }
   } else {
@@ -519,8 +541,9 @@ void TransformerForward::attend(const Seq& s, const kv::BatchPlan& plan, const G
         const int64_t t = item / nkv, kvh = item % nkv;
         int n_runs = 0;
         const ops::KeyRun* runs = token_runs(t, n_runs);
+        const Sinks st = sink_of(t);
         ops::attend_group(shape, kvh, runs, n_runs, kbase, vbase, out + t * qdim, parts, nullptr,
-                          plan.tokens[static_cast<size_t>(t)].virtual_sink ? sinks : nullptr);
+                          st.logits, st.values);
       }
     });
   }
@@ -529,42 +552,94 @@ void TransformerForward::attend(const Seq& s, const kv::BatchPlan& plan, const G
 void TransformerForward::apply_edit(const Seq& s, const AttentionEdit& edit,
                                     const kv::BatchPlan& plan, const Group& g,
                                     const ops::AttentionShape& shape, const void* kbase,
-                                    const void* vbase, const float* sinks) {
+                                    const void* vbase, Sinks sinks) {
   const int64_t nh = config_.n_head, nkv = config_.n_head_kv, hd = config_.head_dim;
   const int64_t G = nh / nkv;
-  if (!edit.drop_sinks.empty() && static_cast<int64_t>(edit.drop_sinks.size()) != nh)
+  if (edit.sinks.empty()) return;
+  if (static_cast<int64_t>(edit.sinks.size()) != nh)
     throw InvalidArgument(
-        fmt::format("attention edit for {} heads; the model has {}", edit.drop_sinks.size(), nh));
-  // The group of an edited head is attended again over the runs it keeps, with the same
-  // kernel, and the edited heads take their rows from that result.
-  for (int64_t kvh = 0; kvh < nkv && !edit.drop_sinks.empty(); ++kvh) {
-    bool any = false;
-    for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h) any |= edit.drop_sinks[h] != 0;
-    if (!any) continue;
+        fmt::format("attention edit for {} heads; the model has {}", edit.sinks.size(), nh));
+  bool any_logit = false;
+  split_modes_.assign(static_cast<size_t>(nh), ops::SinkSplit::kNone);
+  for (int64_t h = 0; h < nh; ++h) {
+    switch (edit.sinks[h]) {
+      case SinkEdit::kNone:
+      case SinkEdit::kDrop:
+        break;
+      case SinkEdit::kKeys:
+        split_modes_[h] = ops::SinkSplit::kKeys;
+        break;
+      case SinkEdit::kValues:
+        split_modes_[h] = ops::SinkSplit::kValues;
+        break;
+      case SinkEdit::kLogit:
+        split_modes_[h] = ops::SinkSplit::kLogit;
+        any_logit = true;
+        break;
+      default:
+        throw InvalidArgument(fmt::format("attention edit: unknown sink edit {} for head {}",
+                                          static_cast<int>(edit.sinks[h]), h));
+    }
+  }
+  if (any_logit && static_cast<int64_t>(edit.sink_logit.size()) != nh)
+    throw InvalidArgument(
+        fmt::format("attention edit: {} sink logits for {} heads", edit.sink_logit.size(), nh));
+  for (int64_t kvh = 0; kvh < nkv; ++kvh) {
+    bool drop = false, split = false;
+    for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h) {
+      drop |= edit.sinks[h] == SinkEdit::kDrop;
+      split |= edit.sinks[h] > SinkEdit::kDrop;
+    }
+    if (!drop && !split) continue;
     for (int64_t t = 0; t < s.T; ++t) {
       const kv::TokenPlan& tp = plan.tokens[static_cast<size_t>(t)];
       std::vector<ops::KeyRun>& kept = kept_runs_;
+      std::vector<ops::KeyRun>& sink_runs = sink_runs_;
       kept.clear();
+      sink_runs.clear();
       for (int32_t r = tp.range_begin; r < tp.range_end; ++r)
-        if (!plan.ranges[static_cast<size_t>(r)].sink)
-          kept.push_back(g.key_runs[static_cast<size_t>(r)]);
+        (plan.ranges[static_cast<size_t>(r)].sink ? sink_runs : kept)
+            .push_back(g.key_runs[static_cast<size_t>(r)]);
       const int n_kept = static_cast<int>(kept.size());
-      if (n_kept == tp.range_end - tp.range_begin) continue;  // no sink run for this token
-      if (n_kept == 0) continue;  // nothing would remain: leave the head as it is
-      int64_t span = 0;
-      for (int i = 0; i < n_kept; ++i) span += kept[i].end - kept[i].begin;
-      const size_t need =
-          static_cast<size_t>(ops::attention_pieces(span) * ops::attention_part_floats(shape));
-      if (attn_parts_.size() < need) attn_parts_.resize(need);
-      // attend_group writes the group's rows of a [n_head][hd] row; the edited heads take
-      // theirs from it.
-      std::vector<float>& row = edit_out_;
-      ops::attend_group(shape, kvh, kept.data(), n_kept, kbase, vbase, row.data(),
-                        attn_parts_.data(), nullptr, tp.virtual_sink ? sinks : nullptr);
+      if (sink_runs.empty()) continue;  // no sink run for this token
+      if (n_kept == 0) continue;        // nothing would remain: leave the head as it is
       float* dst = attn_.data() + (s.t0 + t) * nh * hd;
-      for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h)
-        if (edit.drop_sinks[h])
-          std::memcpy(dst + h * hd, row.data() + h * hd, static_cast<size_t>(hd) * sizeof(float));
+      const Sinks st = tp.virtual_sink ? sinks : Sinks{};
+      if (drop) {
+        // The group is attended again over the runs it keeps, with the same kernel, and the
+        // dropped heads take their rows from that result.
+        int64_t span = 0;
+        for (int i = 0; i < n_kept; ++i) span += kept[i].end - kept[i].begin;
+        const size_t need =
+            static_cast<size_t>(ops::attention_pieces(span) * ops::attention_part_floats(shape));
+        if (attn_parts_.size() < need) attn_parts_.resize(need);
+        // attend_group writes the group's rows of a [n_head][hd] row.
+        std::vector<float>& row = edit_out_;
+        ops::attend_group(shape, kvh, kept.data(), n_kept, kbase, vbase, row.data(),
+                          attn_parts_.data(), nullptr, st.logits, st.values);
+        for (int64_t h = kvh * G; h < (kvh + 1) * G; ++h)
+          if (edit.sinks[h] == SinkEdit::kDrop)
+            std::memcpy(dst + h * hd, row.data() + h * hd, static_cast<size_t>(hd) * sizeof(float));
+      }
+      if (!split) continue;
+      // The other edits recombine the sinks' and the window's sums, which a virtual sink
+      // would join as a third part; no policy makes both, so that case is refused.
+      if (st.logits)
+        throw InvalidArgument(fmt::format(
+            "attention edit: token {} has sink ranges and a virtual sink; only dropping the "
+            "sinks is defined then",
+            tp.stream_index));
+      int64_t nw = 0, ns = 0;
+      for (const ops::KeyRun& r : kept) nw += r.end - r.begin;
+      for (const ops::KeyRun& r : sink_runs) ns += r.end - r.begin;
+      const size_t need =
+          static_cast<size_t>((ops::attention_pieces(nw) + ops::attention_pieces(ns)) *
+                              ops::attention_part_floats(shape));
+      if (attn_parts_.size() < need) attn_parts_.resize(need);
+      ops::attend_split(shape, kvh, kept.data(), n_kept, sink_runs.data(),
+                        static_cast<int>(sink_runs.size()), kbase, vbase, split_modes_.data(),
+                        edit.sink_logit.empty() ? nullptr : edit.sink_logit.data(), dst,
+                        attn_parts_.data());
     }
   }
 }
@@ -629,7 +704,7 @@ void TransformerForward::attention(int64_t l, const RopeTable& rope) {
                                     kv.type(),        attn_scale_};
     const void* kbase = kv.k(l, 0);
     const void* vbase = kv.v(l, 0);
-    const float* sinks = sink_logits(plan);
+    const Sinks sinks = virtual_sinks(plan, l);
     attend(s, plan, g, shape, kbase, vbase, sinks);
     if (obs) {
       if (const AttentionEdit* e = obs->edit(l))

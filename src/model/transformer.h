@@ -312,16 +312,21 @@ class TransformerForward : public Forward {
   const float* trig_for(const Seq& s, Group& g, const kv::BatchPlan& plan, const RopeTable& rope);
   void rotate_and_store(int64_t l, const Seq& s, const kv::BatchPlan& plan, Group& g,
                         const RopeTable& rope);
+  // A layer's virtual sinks: logits [n_head] (nullptr: none) and values [n_head][head_dim]
+  // (nullptr: value-less).
+  struct Sinks {
+    const float* logits = nullptr;
+    const float* values = nullptr;
+  };
   void attend(const Seq& s, const kv::BatchPlan& plan, const Group& g,
-              const ops::AttentionShape& shape, const void* kbase, const void* vbase,
-              const float* sink_logits);
+              const ops::AttentionShape& shape, const void* kbase, const void* vbase, Sinks sinks);
   void apply_edit(const Seq& s, const AttentionEdit& edit, const kv::BatchPlan& plan,
                   const Group& g, const ops::AttentionShape& shape, const void* kbase,
-                  const void* vbase, const float* sink_logits);
+                  const void* vbase, Sinks sinks);
   void record(int64_t l, const Seq& s, const kv::BatchPlan& plan, const Group& g,
               const ops::AttentionShape& shape, const void* kbase);
-  // The plan's virtual sink logits as [n_head] (nullptr for none).
-  const float* sink_logits(const kv::BatchPlan& plan);
+  // The plan's virtual sinks of layer l (logits as [n_head]).
+  Sinks virtual_sinks(const kv::BatchPlan& plan, int64_t l);
 
   AttentionObserver* observer_ = nullptr;  // of run()
   std::vector<Seq> seqs_;
@@ -336,7 +341,9 @@ class TransformerForward : public Forward {
   std::vector<float> sinks_;          // [n_head] a plan's virtual sink logits, broadcast
   std::vector<float> k_raw_;          // [T][n_head_kv*hd] keys before RoPE (only with an observer)
   std::vector<float> edit_out_;       // [n_head][head_dim] an edited group's attention output
-  std::vector<ops::KeyRun> kept_runs_;  // an edited token's runs without the sink ranges
+  std::vector<ops::KeyRun> kept_runs_;       // an edited token's runs without the sink ranges
+  std::vector<ops::KeyRun> sink_runs_;       // and its sink ranges' runs
+  std::vector<ops::SinkSplit> split_modes_;  // [n_head] the edit's sink splits
 };
 
 }  // namespace spillway::model::detail

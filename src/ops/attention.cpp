@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -125,7 +126,7 @@ void attend_piece(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, 
 }
 
 void attend_merge(const AttentionShape& s, int64_t kv_head, const float* parts, int64_t n_pieces,
-                  float* out, const float* sink_logit) {
+                  float* out, const float* sink_logit, const float* sink_value) {
   const int64_t d = s.head_dim;
   const int64_t G = s.n_head / s.n_head_kv;
   const int64_t pf = attention_part_floats(s);
@@ -148,12 +149,19 @@ void attend_merge(const AttentionShape& s, int64_t kv_head, const float* parts, 
       const float* a = parts + p * pf + 2 * G + g * d;
       for (int64_t i = 0; i < d; ++i) o[i] += w * a[i];
     }
+    // The sink's value, last: a value-less sink (no sink_value) keeps the bits it had
+    // before sinks could carry one.
+    if (sink && sink_value) {
+      const auto w = static_cast<float>(std::exp(z - m) / l);
+      const float* u = sink_value + (kv_head * G + g) * d;
+      for (int64_t i = 0; i < d; ++i) o[i] += w * u[i];
+    }
   }
 }
 
 void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
                   const void* k, const void* v, float* out, float* scratch, float* probs_out,
-                  const float* sink_logit) {
+                  const float* sink_logit, const float* sink_value) {
   int64_t total = 0;
   for (int r = 0; r < n_runs; ++r) total += runs[r].end - runs[r].begin;
   if (total <= 0) throw InvalidArgument("attend_group: no keys to attend to");
@@ -163,8 +171,77 @@ void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, 
     attend_piece(s, kv_head, runs, n_runs, p * kAttnPiece, std::min(total, (p + 1) * kAttnPiece), k,
                  v, scratch + p * pf);
   }
-  attend_merge(s, kv_head, scratch, n_pieces, out, sink_logit);
+  attend_merge(s, kv_head, scratch, n_pieces, out, sink_logit, sink_value);
   if (probs_out != nullptr) attention_probs(s, kv_head, runs, n_runs, k, probs_out);
+}
+
+namespace {
+
+// Pieces of `runs` into parts (attention_pieces(keys) of them); returns how many.
+int64_t pieces_of(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
+                  const void* k, const void* v, float* parts) {
+  int64_t total = 0;
+  for (int r = 0; r < n_runs; ++r) total += runs[r].end - runs[r].begin;
+  if (total <= 0) throw InvalidArgument("attend_split: a part without keys");
+  const int64_t n_pieces = attention_pieces(total), pf = attention_part_floats(s);
+  for (int64_t p = 0; p < n_pieces; ++p)
+    attend_piece(s, kv_head, runs, n_runs, p * kAttnPiece, std::min(total, (p + 1) * kAttnPiece), k,
+                 v, parts + p * pf);
+  return n_pieces;
+}
+
+// Head g's max score and sum of exp(score - max) over n pieces.
+std::pair<double, double> max_and_sum(const float* parts, int64_t n, int64_t G, int64_t pf,
+                                      int64_t g) {
+  double m = -INFINITY, z = 0;
+  for (int64_t p = 0; p < n; ++p) m = std::max<double>(m, parts[p * pf + g]);
+  for (int64_t p = 0; p < n; ++p)
+    z += static_cast<double>(parts[p * pf + G + g]) * std::exp(parts[p * pf + g] - m);
+  return {m, z};
+}
+
+// Head g's exp-weighted value sum, element i, relative to m.
+double value_sum(const float* parts, int64_t n, int64_t G, int64_t pf, int64_t d, int64_t g,
+                 double m, int64_t i) {
+  double a = 0;
+  for (int64_t p = 0; p < n; ++p)
+    a += std::exp(parts[p * pf + g] - m) * parts[p * pf + 2 * G + g * d + i];
+  return a;
+}
+
+}  // namespace
+
+void attend_split(const AttentionShape& s, int64_t kv_head, const KeyRun* window, int n_window,
+                  const KeyRun* sinks, int n_sinks, const void* k, const void* v,
+                  const SinkSplit* modes, const float* logits, float* out, float* scratch) {
+  const int64_t d = s.head_dim, G = s.n_head / s.n_head_kv, pf = attention_part_floats(s);
+  const int64_t nw = pieces_of(s, kv_head, window, n_window, k, v, scratch);
+  float* sink_parts = scratch + nw * pf;
+  const int64_t ns = pieces_of(s, kv_head, sinks, n_sinks, k, v, sink_parts);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t h = kv_head * G + g;
+    const SinkSplit mode = modes[h];
+    if (mode == SinkSplit::kNone) continue;
+    const auto [mw, zw0] = max_and_sum(scratch, nw, G, pf, g);
+    const auto [ms, zs0] = max_and_sum(sink_parts, ns, G, pf, g);
+    // The window's sum zw and the sinks' zs (or the logit's exp) relative to the larger of
+    // their maxima, so that neither overflows and their sum is at least 1; o_w from the
+    // window's own sums (zw0 is at least 1 too).
+    const bool logit = mode == SinkSplit::kLogit;
+    const double c = logit ? static_cast<double>(logits[h]) : -INFINITY;
+    const double m = std::max(mw, logit ? c : ms);
+    const double zw = zw0 * std::exp(mw - m);
+    const double zs = logit ? std::exp(c - m) : zs0 * std::exp(ms - m);
+    const double keep = zw / (zw + zs);  // 1 - p: the window's share
+    float* o = out + h * d;
+    for (int64_t i = 0; i < d; ++i) {
+      const double ow = value_sum(scratch, nw, G, pf, d, g, mw, i) / zw0;
+      double x = keep * ow;
+      if (mode == SinkSplit::kValues)
+        x = ow + value_sum(sink_parts, ns, G, pf, d, g, m, i) / (zw + zs);
+      o[i] = static_cast<float>(x);
+    }
+  }
 }
 
 void attention_probs(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,

@@ -23,6 +23,16 @@ usage "bad policy" "bad policy spec" --file "$TMP/text.txt" --policy sink:4
 usage "ablate without sinks" "--ablate needs a policy that keeps sink tokens" \
   --file "$TMP/text.txt" --ablate --policy window:64
 usage "recompute" "replays the window" --file "$TMP/text.txt" --policy recompute:8
+usage "ablate mode unknown" "unknown sink ablation 'value'" --file "$TMP/text.txt" --ablate \
+  --ablate-mode keys,value
+usage "ablate mode without ablate" "--ablate-mode needs --ablate" --file "$TMP/text.txt" \
+  --ablate-mode keys
+usage "fit without sinks" "--fit-null imitates real sinks" --file "$TMP/text.txt" \
+  --fit-null "$TMP/x.sinks" --policy window:64
+usage "fit logit only alone" "--fit-logit-only needs --fit-null" --file "$TMP/text.txt" \
+  --fit-logit-only
+usage "fit with ablate" "--fit-null goes without --ablate" --file "$TMP/text.txt" \
+  --fit-null "$TMP/x.sinks" --ablate
 "$BIN" sinks --model "$MODEL" --file "$TMP/nope.txt" >/dev/null 2>"$TMP/err"
 check "missing file exits 1" 1 $?
 
@@ -68,4 +78,39 @@ done = [(l, h) for l, row in enumerate(a["head_delta"]) for h, x in enumerate(ro
 assert done == [(3, 1), (12, 4)], done
 print("ok   ablation json")
 PY
+
+"$BIN" sinks --model "$MODEL" --file "$TMP/text.txt" --tokens 16 -t 2 --ablate \
+  --policy sink:2+30 --score-tokens 8 --head 12:4 --ablate-mode all --json "$TMP/m.json" \
+  >"$TMP/out" 2>"$TMP/err"
+check "ablation in every mode exits 0" 0 $?
+check "a row per mode" 4 "$(grep -cE '^    (drop|keys|values|logit) ' "$TMP/out")"
+python3 - "$TMP/m.json" <<'PY' || fail=1
+import json, sys
+a = json.load(open(sys.argv[1]))["ablation"]
+assert [m["mode"] for m in a["modes"]] == ["drop", "keys", "values", "logit"], a["modes"]
+assert a["mode"] == "drop" and a["all_heads_delta"] == a["modes"][0]["all_heads_delta"]
+assert a["modes"][1]["head_delta"][12][4] is not None
+assert a["sink_logit_mean"][12][4] is not None
+print("ok   ablation modes json")
+PY
+
+# Virtual sinks fitted, used, and refused when the file is broken (exit 1, the file named).
+"$BIN" sinks --model "$MODEL" --file "$TMP/text.txt" --tokens 64 -t 2 --policy sink:2+30 \
+  --fit-null "$TMP/fit.sinks" --json "$TMP/f.json" >"$TMP/out" 2>"$TMP/err"
+check "fit exits 0" 0 $?
+check "fit prints a row per layer" 30 "$(grep -cE '^ +[0-9]+ +[0-9.]+ ' "$TMP/out")"
+check "fit json" 1 "$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['fit']['samples'] == 33))" "$TMP/f.json")"
+"$BIN" ppl --model "$MODEL" --file "$TMP/text.txt" --max-tokens 80 -t 2 \
+  -p "nullsink:30,fit=$TMP/fit.sinks" >"$TMP/out" 2>"$TMP/err"
+check "ppl with the fit exits 0" 0 $?
+head -c 60 "$TMP/fit.sinks" >"$TMP/short.sinks"
+"$BIN" ppl --model "$MODEL" --file "$TMP/text.txt" --max-tokens 80 \
+  -p "nullsink:30,fit=$TMP/short.sinks" >/dev/null 2>"$TMP/err"
+check "truncated fit exits 1" 1 $?
+check "truncated fit says why" 1 "$(grep -cE "^error: $TMP/short.sinks: .*truncated" "$TMP/err")"
+printf 'GGUF' | dd of="$TMP/fit.sinks" bs=1 conv=notrunc 2>/dev/null
+"$BIN" ppl --model "$MODEL" --file "$TMP/text.txt" --max-tokens 80 \
+  -p "nullsink:30,fit=$TMP/fit.sinks" >/dev/null 2>"$TMP/err"
+check "bad magic exits 1" 1 $?
+check "bad magic says why" 1 "$(grep -cE "^error: $TMP/fit.sinks: .*bad magic" "$TMP/err")"
 exit $fail

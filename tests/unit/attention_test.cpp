@@ -239,11 +239,142 @@ void expect_pieces_match_scalar(KernelIsa isa) {
   }
 }
 
+// One query head with a virtual sink of logit z and value u, or one whose keys are split
+// into window slots [w0, w1) and sink slots [s0, s1) and recombined as `mode` says: the
+// equations in double, written out (f32 cache).
+std::vector<double> sink_ref(const AttentionShape& s, int64_t head, const float* q, const float* k,
+                             const float* v, int32_t w0, int32_t w1, int32_t s0, int32_t s1,
+                             SinkSplit mode, double z, const float* u) {
+  const int64_t d = s.head_dim, kvh = head / (s.n_head / s.n_head_kv);
+  const auto sum = [&](int32_t a, int32_t b, double m, std::vector<double>* acc) {
+    double l = 0;
+    for (int32_t j = a; j < b; ++j) {
+      double x = 0;
+      for (int64_t i = 0; i < d; ++i)
+        x += double(q[head * d + i]) * k[kvh * s.head_stride + j * d + i];
+      const double e = std::exp(x * s.scale - m);
+      l += e;
+      for (int64_t i = 0; i < d; ++i) (*acc)[i] += e * v[kvh * s.head_stride + j * d + i];
+    }
+    return l;
+  };
+  std::vector<double> aw(d, 0.0), as(d, 0.0), out(d, 0.0);
+  const double m = 8.0;  // any reference point: scores here are a few units
+  const double zw = sum(w0, w1, m, &aw), zs = sum(s0, s1, m, &as);
+  for (int64_t i = 0; i < d; ++i) {
+    const double ow = aw[i] / zw;
+    switch (mode) {
+      case SinkSplit::kKeys:
+        out[i] = aw[i] / (zw + zs);
+        break;
+      case SinkSplit::kValues:
+        out[i] = ow + as[i] / (zw + zs);
+        break;
+      case SinkSplit::kLogit:
+        out[i] = aw[i] / (zw + std::exp(z - m));
+        break;
+      default: {  // the window with a virtual sink (z, u); u null: value-less
+        const double e = std::exp(z - m);
+        out[i] = (aw[i] + (u ? e * u[head * d + i] : 0.0)) / (zw + e);
+      }
+    }
+  }
+  return out;
+}
+
+// A virtual sink with a value, and the sink splits of the analyses, in one family: the
+// family's pieces with the common merge against the equations; a value-less sink and a
+// zero value give the same bits.
+void expect_sinks_match_reference(KernelIsa isa) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const detail::Kernels& ks = detail::kernels_for(isa);
+  for (auto [n_head, n_head_kv, head_dim] :
+       {std::tuple{9, 3, 64}, std::tuple{4, 1, 256}, std::tuple{6, 2, 96}, std::tuple{2, 1, 12}}) {
+    for (int64_t window : {1, 7, 200}) {
+      SCOPED_TRACE(::testing::Message() << isa_name(isa) << " heads " << n_head << "/" << n_head_kv
+                                        << " dim " << head_dim << " window " << window);
+      const int64_t sinks = 4, n_slots = sinks + window;
+      const size_t n = static_cast<size_t>(n_head_kv * n_slots * head_dim);
+      std::vector<float> k(n), v(n), q(static_cast<size_t>(n_head * head_dim));
+      for (auto& x : k) x = nd(rng) * 1.5f;
+      for (auto& x : v) x = nd(rng);
+      for (auto& x : q) x = nd(rng);
+      std::vector<float> z(static_cast<size_t>(n_head)), u(q.size()), zero(q.size(), 0.0f);
+      for (auto& x : z) x = nd(rng) * 2.0f;
+      z[0] = -INFINITY;  // a head without a sink
+      for (auto& x : u) x = nd(rng) * 3.0f;
+      const AttentionShape s{n_head,     n_head_kv,
+                             head_dim,   n_slots * head_dim,
+                             DType::F32, 1.0f / std::sqrt(static_cast<float>(head_dim))};
+      const KeyRun win[1] = {
+          {static_cast<int32_t>(sinks), static_cast<int32_t>(n_slots), q.data()}};
+      const KeyRun snk[1] = {{0, static_cast<int32_t>(sinks), q.data()}};
+      const int64_t pf = attention_part_floats(s);
+      const int64_t n_pieces = attention_pieces(window);
+      std::vector<float> parts(static_cast<size_t>((n_pieces + 1) * pf));
+      std::vector<float> with_value(q.size()), no_value(q.size()), zero_value(q.size());
+      for (int64_t g = 0; g < n_head_kv; ++g) {
+        for (int64_t p = 0; p < n_pieces; ++p)
+          detail::attend_piece_with(ks, s, g, win, 1, p * kAttnPiece,
+                                    std::min(window, (p + 1) * kAttnPiece), k.data(), v.data(),
+                                    parts.data() + p * pf);
+        attend_merge(s, g, parts.data(), n_pieces, with_value.data(), z.data(), u.data());
+        attend_merge(s, g, parts.data(), n_pieces, no_value.data(), z.data());
+        attend_merge(s, g, parts.data(), n_pieces, zero_value.data(), z.data(), zero.data());
+      }
+      ASSERT_EQ(std::memcmp(no_value.data(), zero_value.data(), q.size() * sizeof(float)), 0)
+          << "a zero value changed the bits of a value-less sink";
+      for (int64_t h = 0; h < n_head; ++h) {
+        const auto want = sink_ref(s, h, q.data(), k.data(), v.data(), sinks, n_slots, 0, 0,
+                                   SinkSplit::kNone, z[h], u.data());
+        const auto want0 = sink_ref(s, h, q.data(), k.data(), v.data(), sinks, n_slots, 0, 0,
+                                    SinkSplit::kNone, z[h], nullptr);
+        for (int64_t i = 0; i < head_dim; ++i) {
+          ASSERT_NEAR(with_value[h * head_dim + i], want[i], 2e-5) << "head " << h << " dim " << i;
+          ASSERT_NEAR(no_value[h * head_dim + i], want0[i], 2e-5) << "head " << h << " dim " << i;
+        }
+      }
+      // The splits, through the family's kernels (attend_split runs kernels(): this family
+      // when it is the one chosen, which SPILLWAY_ISA selects; the pieces are checked above).
+      for (SinkSplit mode : {SinkSplit::kKeys, SinkSplit::kValues, SinkSplit::kLogit}) {
+        std::vector<SinkSplit> modes(static_cast<size_t>(n_head), mode);
+        modes[1] = SinkSplit::kNone;  // left alone
+        std::vector<float> out(q.size(), 7.0f);
+        std::vector<float> scratch(static_cast<size_t>((n_pieces + 1) * pf));
+        for (int64_t g = 0; g < n_head_kv; ++g)
+          attend_split(s, g, win, 1, snk, 1, k.data(), v.data(), modes.data(), u.data(), out.data(),
+                       scratch.data());
+        for (int64_t h = 0; h < n_head; ++h) {
+          if (h == 1) {
+            for (int64_t i = 0; i < head_dim; ++i) ASSERT_EQ(out[h * head_dim + i], 7.0f);
+            continue;
+          }
+          const auto want = sink_ref(s, h, q.data(), k.data(), v.data(), sinks, n_slots, 0, sinks,
+                                     mode, u[h], nullptr);
+          for (int64_t i = 0; i < head_dim; ++i)
+            ASSERT_NEAR(out[h * head_dim + i], want[i], 2e-5)
+                << "split " << static_cast<int>(mode) << " head " << h << " dim " << i;
+        }
+      }
+    }
+  }
+}
+
 class AttentionFamily : public ::testing::TestWithParam<KernelIsa> {};
 
 TEST_P(AttentionFamily, PiecesMatchScalar) {
   SPILLWAY_SKIP_UNLESS_RUNS(GetParam());
   expect_pieces_match_scalar(GetParam());
+}
+
+TEST_P(AttentionFamily, SinkValuesAndSplitsMatchTheEquations) {
+  SPILLWAY_SKIP_UNLESS_RUNS(GetParam());
+  expect_sinks_match_reference(GetParam());
+}
+
+TEST(Attention, SinkValuesAndSplitsMatchTheEquationsInTheScalarFamily) {
+  expect_sinks_match_reference(KernelIsa::kScalar);
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryFamily, AttentionFamily, ::testing::ValuesIn(test::simd_families()),

@@ -233,13 +233,12 @@ class Dropper final : public model::AttentionObserver {
   Dropper(int64_t n_layer, int64_t n_head)
       : edits_(static_cast<size_t>(n_layer)), n_head_(n_head) {}
   void drop(int64_t l, int64_t h) {
-    auto& d = edits_[static_cast<size_t>(l)].drop_sinks;
-    d.resize(static_cast<size_t>(n_head_), 0);
-    d[static_cast<size_t>(h)] = 1;
+    auto& d = edits_[static_cast<size_t>(l)].sinks;
+    d.resize(static_cast<size_t>(n_head_), model::SinkEdit::kNone);
+    d[static_cast<size_t>(h)] = model::SinkEdit::kDrop;
   }
   const model::AttentionEdit* edit(int64_t l) override {
-    return edits_[static_cast<size_t>(l)].drop_sinks.empty() ? nullptr
-                                                             : &edits_[static_cast<size_t>(l)];
+    return edits_[static_cast<size_t>(l)].sinks.empty() ? nullptr : &edits_[static_cast<size_t>(l)];
   }
 
  private:

@@ -189,13 +189,22 @@ VectorXf NaiveReference::attend(int64_t l, int64_t n, const VectorXf& q) {
       }
       if (n >= window_ && zcount > 0) z = zsum / static_cast<double>(zcount);
     }
+    // A fitted sink: the table's logit and value of (l, h) once token 0 has left the window.
+    const bool fitted = fitted_ && !native && n >= window_;
+    if (fitted) z = fitted_->logits[static_cast<size_t>(l * nh + h)];
     const double mx = std::max(sc.maxCoeff(), z);
     const ArrayXd e = (sc - mx).exp();
-    const VectorXd p = (e / (e.sum() + (z > -INFINITY ? std::exp(z - mx) : 0.0))).matrix();
+    const double ez = z > -INFINITY ? std::exp(z - mx) : 0.0;
+    const VectorXd p = (e / (e.sum() + ez)).matrix();
     std::map<int64_t, double>& probs = probs_[{l, h}];
     probs.clear();
     for (int64_t i = 0; i < ns; ++i) probs[sp[static_cast<size_t>(i)]] = p[i];
-    out.segment(h * hd, hd) = (V.transpose() * p).cast<float>();
+    VectorXd o = V.transpose() * p;
+    if (fitted && fitted_->has_values() && ez > 0) {
+      const float* u = fitted_->values.data() + (l * nh + h) * hd;
+      for (int64_t i = 0; i < hd; ++i) o[i] += ez / (e.sum() + ez) * u[i];
+    }
+    out.segment(h * hd, hd) = o.cast<float>();
   }
   return out;
 }

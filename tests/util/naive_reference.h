@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "spillway/core/thread_pool.h"
+#include "spillway/kv/virtual_sinks.h"
 #include "spillway/model/model.h"
 #include "spillway/ops/matmul.h"
 
@@ -50,6 +51,11 @@ class NaiveReference {
   // its scores on tokens 0..S-1 is averaged; from n >= W that average joins the head's
   // softmax as a logit without a value (the span must then be the window).
   void set_null_sink(int64_t calib_tokens) { null_calib_ = calib_tokens; }
+
+  // nullsink:W,fit=FILE done the plain way: from n >= W each head of a layer the policy
+  // governs joins the table's logit to its softmax and adds its value (if any) weighted by
+  // the sink's probability. Not owned.
+  void set_fitted_sinks(const kv::VirtualSinks* sinks) { fitted_ = sinks; }
 
   // From the next step on, head `head` of `layer` leaves the sink tokens (0..S-1) out of
   // its softmax once they are no longer part of the window (a head's sink logits at -inf).
@@ -93,6 +99,7 @@ class NaiveReference {
   std::vector<std::map<int64_t, Eigen::VectorXf>> k_, v_;  // [layer][stream index] -> row
   SpanFn span_fn_;
   int64_t null_calib_ = 0;
+  const kv::VirtualSinks* fitted_ = nullptr;
   std::map<std::pair<int64_t, int64_t>, std::pair<double, int64_t>> null_lse_;  // sum, count
   std::set<std::pair<int64_t, int64_t>> dropped_;  // (layer, head) without sinks
   std::map<std::pair<int64_t, int64_t>, std::map<int64_t, double>> probs_;  // last step

@@ -1,5 +1,6 @@
 #include "util/tiny_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -119,7 +120,12 @@ std::string write_tiny_model(const std::filesystem::path& dir, const TinyModelSp
   };
   auto matrix = [&](const std::string& tname, int64_t cols, int64_t rows, DType t) {
     const float a = s.weight_scale * 4.0f / std::sqrt(static_cast<float>(cols));
-    auto data = quantize(t, uniform(static_cast<size_t>(cols * rows), a));
+    std::vector<float> values = uniform(static_cast<size_t>(cols * rows), a);
+    if (!s.zero_tensors.empty() && tname.size() >= s.zero_tensors.size() &&
+        tname.compare(tname.size() - s.zero_tensors.size(), s.zero_tensors.size(),
+                      s.zero_tensors) == 0)
+      std::fill(values.begin(), values.end(), 0.0f);  // drawn all the same: the rest is unchanged
+    auto data = quantize(t, values);
     if (tname == s.omit_tensor) return;
     if (tname == s.misshape_tensor) {
       // Same bytes, rows and columns swapped: a shape that disagrees with the metadata.

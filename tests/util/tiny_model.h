@@ -42,6 +42,10 @@ struct TinyModelSpec {
   std::string rope_scaling_type;  // written as llama.rope.scaling.type when not empty
   std::string omit_tensor;        // a tensor name left out
   std::string misshape_tensor;    // a 2-D tensor written with its dimensions swapped
+  // Matrices whose names end with this are written as zeros ("attn_k.weight": every key is
+  // 0, so every score is 0 and attention is a plain mean of the values: an answer known in
+  // closed form). The other tensors keep the values of the same seed.
+  std::string zero_tensors;
   // Keys written with these values (and types) instead of the spec's, or added: for files
   // whose metadata lies ("llama.context_length" as a uint64 of 2^40).
   std::vector<std::pair<std::string, gguf::Value>> replace_kv;

@@ -1,9 +1,11 @@
 // spillway sinks: where the model dumps its attention surplus. Sink scores and the sink
 // rate (Gu et al.), which stream indices and cache positions receive the mass, massive
 // activations and value norms of the sinks, the sink key's direction, and with --ablate the
-// causal dependence of every head on its sink slots. The analyses are the library's
-// (analysis/sink_report.h, analysis/sinks.h); this file builds the stream, prints the
-// tables and writes the JSON.
+// causal dependence of every head on its sink slots, taken apart into the mass the sinks
+// absorb and the value they add (--ablate-mode), and with --fit-null the virtual sinks of
+// nullsink:W,fit=FILE fitted to the real ones. The analyses are the library's
+// (analysis/sink_report.h, analysis/sinks.h, analysis/sink_fit.h); this file builds the
+// stream, prints the tables and writes the JSON (and the fit's file).
 #include <fmt/core.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -20,10 +22,12 @@
 #include <vector>
 
 #include "command.h"
+#include "spillway/analysis/sink_fit.h"
 #include "spillway/analysis/sink_report.h"
 #include "spillway/analysis/sinks.h"
 #include "spillway/core/error.h"
 #include "spillway/kv/policy.h"
+#include "spillway/kv/virtual_sinks.h"
 #include "spillway/model/model.h"
 #include "util.h"
 
@@ -52,8 +56,51 @@ struct SinksOptions {
   bool layers_only = false;
   std::vector<std::string> heads;
   std::vector<int64_t> layers;
+  std::vector<std::string> ablate_modes;
+  std::optional<std::string> fit_out;
+  bool fit_logit_only = false;
   bool quiet = false;
 };
+
+// The --fit-null stream's length when --tokens is not given: about 1,800 queries past a
+// cache of 260, which the fit's figures in docs/sinks.md found enough.
+constexpr int64_t kDefaultFitTokens = 2048;
+
+// --ablate-mode values (repeatable, comma-separated, "all") -> the ablations, in order.
+std::vector<analysis::SinkAblation> parse_modes(const std::vector<std::string>& given) {
+  std::vector<analysis::SinkAblation> modes;
+  const auto add = [&](analysis::SinkAblation a) {
+    if (std::find(modes.begin(), modes.end(), a) == modes.end()) modes.push_back(a);
+  };
+  for (const std::string& g : given) {
+    for (size_t pos = 0; pos <= g.size();) {
+      const size_t comma = std::min(g.find(',', pos), g.size());
+      const std::string name = g.substr(pos, comma - pos);
+      if (name == "all") {
+        for (analysis::SinkAblation a : analysis::kSinkAblations) add(a);
+      } else {
+        add(analysis::parse_sink_ablation(name));
+      }
+      pos = comma + 1;
+    }
+  }
+  if (modes.empty()) modes.push_back(analysis::SinkAblation::kDrop);
+  return modes;
+}
+
+// What an ablation leaves of a head's output p o_s + (1 - p) o_w.
+const char* mode_formula(analysis::SinkAblation a) {
+  switch (a) {
+    case analysis::SinkAblation::kKeys:
+      return "(1 - p) o_w: the mass kept, the value zeroed";
+    case analysis::SinkAblation::kValues:
+      return "o_w + p o_s: the value kept, the mass given back";
+    case analysis::SinkAblation::kLogit:
+      return "(1 - p') o_w: a value-less sink of constant logit";
+    default:
+      return "o_w: no sinks";
+  }
+}
 
 // "L:H" -> (L, H), checked against the model.
 std::pair<int64_t, int64_t> parse_head(const std::string& s, const model::ModelConfig& c) {
@@ -212,10 +259,22 @@ ordered_json ablation_json(const analysis::AblationResult& r, const kv::PolicySp
   a["score_from"] = score_from;
   a["scored_tokens"] = r.scored;
   a["base_mean_nll"] = r.base_nll;
+  a["mode"] = analysis::sink_ablation_name(r.modes[0].mode);
   a["all_heads_delta"] = r.all_heads_delta;
   a["layer_delta"] = r.layer_delta;
   if (!r.head_delta.empty()) a["head_delta"] = table_json(r.head_delta, r.n_layer, r.n_head);
+  ordered_json modes = ordered_json::array();
+  for (const analysis::AblationDeltas& d : r.modes) {
+    ordered_json m;
+    m["mode"] = analysis::sink_ablation_name(d.mode);
+    m["all_heads_delta"] = d.all_heads_delta;
+    m["layer_delta"] = d.layer_delta;
+    if (!d.head_delta.empty()) m["head_delta"] = table_json(d.head_delta, r.n_layer, r.n_head);
+    modes.push_back(m);
+  }
+  a["modes"] = modes;
   a["sink_mass"] = table_json(r.sink_mass, r.n_layer, r.n_head);
+  a["sink_logit_mean"] = table_json(r.sink_logit_mean, r.n_layer, r.n_head);
   a["sink_hidden_ratio"] = r.sink_hidden_ratio;
   a["seconds"] = r.seconds;
   if (!r.head_delta.empty()) a["spearman"] = correlations_json(analysis::head_correlations(r));
@@ -256,14 +315,42 @@ void print_report(const analysis::SinkReport& r, const std::string& model, const
   }
 }
 
+// The modes side by side: every head at once, then per layer.
+void print_modes(const analysis::AblationResult& r) {
+  fmt::print(
+      "  the sinks taken apart (p: the sinks' share of a head's softmax, o_s their mean value, "
+      "o_w the window's;\n  intact p o_s + (1 - p) o_w; mean NLL change with every head "
+      "edited):\n");
+  for (const analysis::AblationDeltas& d : r.modes)
+    fmt::print("    {:<7} {:<52} {:+.4f}\n", analysis::sink_ablation_name(d.mode),
+               mode_formula(d.mode), d.all_heads_delta);
+  if (r.modes[0].layer_delta.empty()) return;
+  fmt::print("  per layer (all heads of the layer):\n    {:>5}", "layer");
+  for (const analysis::AblationDeltas& d : r.modes)
+    fmt::print(" {:>8}", analysis::sink_ablation_name(d.mode));
+  fmt::print("\n");
+  for (int64_t l = 0; l < r.n_layer; ++l) {
+    if (std::isnan(r.modes[0].layer_delta[static_cast<size_t>(l)])) continue;
+    fmt::print("    {:>5}", l);
+    for (const analysis::AblationDeltas& d : r.modes)
+      fmt::print(" {:>+8.3f}", d.layer_delta[static_cast<size_t>(l)]);
+    fmt::print("\n");
+  }
+}
+
 void print_ablation(const analysis::AblationResult& r, const std::string& policy,
                     int64_t score_from) {
   const int64_t L = r.n_layer, H = r.n_head;
   fmt::print(
       "\nsink ablation under {}: {} scored tokens from stream index {}, base mean NLL {:.4f}\n",
       policy, r.scored, score_from, r.base_nll);
-  fmt::print("  every head without its sinks: mean NLL {:+.4f}\n", r.all_heads_delta);
-  if (!r.layer_delta.empty()) {
+  const analysis::SinkAblation first = r.modes[0].mode;
+  if (r.modes.size() > 1 || first != analysis::SinkAblation::kDrop) {
+    print_modes(r);
+  } else {
+    fmt::print("  every head without its sinks: mean NLL {:+.4f}\n", r.all_heads_delta);
+  }
+  if (r.modes.size() == 1 && first == analysis::SinkAblation::kDrop && !r.layer_delta.empty()) {
     fmt::print("  per layer (all heads of the layer):");
     for (int64_t l = 0; l < L; ++l)
       fmt::print("{}{}:{:+.3f}", l % 10 ? " " : "\n    ", l, r.layer_delta[static_cast<size_t>(l)]);
@@ -272,7 +359,11 @@ void print_ablation(const analysis::AblationResult& r, const std::string& policy
   if (!r.head_delta.empty()) {
     const std::vector<double>& delta = r.head_delta;
     const std::vector<double>& mass = r.sink_mass;
-    fmt::print("\n  heads ranked by causal dependence (mean NLL change without the sinks):\n");
+    if (first == analysis::SinkAblation::kDrop)
+      fmt::print("\n  heads ranked by causal dependence (mean NLL change without the sinks):\n");
+    else
+      fmt::print("\n  heads ranked by causal dependence (mean NLL change, {}: {}):\n",
+                 analysis::sink_ablation_name(first), mode_formula(first));
     fmt::print("  {:>4} {:>6} {:>10} {:>10} {:>10} {:>12}\n", "rank", "head", "dNLL", "sink mass",
                "mass rank", "hidden ratio");
     // Heads with sink mass (a head whose layer keeps no sinks, e.g. a local layer under
@@ -313,6 +404,122 @@ void write_json(const ordered_json& j, const std::string& path) {
   if (!f) throw IoError(fmt::format("cannot open '{}' for writing", path));
   f << j.dump() << "\n";
   if (!f) throw IoError(fmt::format("error writing '{}'", path));
+}
+
+// Sum over the heads of one layer of a per-head table (NaN entries left out; NaN when all
+// are).
+double layer_sum(const std::vector<double>& v, int64_t l, int64_t H) {
+  double s = 0;
+  bool any = false;
+  for (int64_t h = 0; h < H; ++h) {
+    const double x = v[static_cast<size_t>(l * H + h)];
+    if (std::isnan(x)) continue;
+    s += x;
+    any = true;
+  }
+  return any ? s : std::nan("");
+}
+
+void print_fit(const analysis::SinkFitResult& r, const std::string& model,
+               const std::string& path) {
+  const kv::VirtualSinks& vs = r.sinks;
+  const int64_t L = vs.n_layer, H = vs.n_head;
+  fmt::print("model    {} ({}, {} layers x {} heads)\n", model, vs.architecture, L, H);
+  fmt::print("fit      {}\n", vs.calibration);
+  fmt::print("written  {} ({})\n\n", path, vs.has_values() ? "logits and values" : "logits");
+  fmt::print(
+      "Squared error of each layer's head outputs against the real sinks' over the {} queries, "
+      "relative to the window alone (1.000 = no better than no sink):\n",
+      r.samples);
+  fmt::print("{:>5} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}\n", "layer", "mass", "exact",
+             "frozen", "logit", "fit", "sinks", "|o|^2 rel");
+  double tot[6] = {0, 0, 0, 0, 0, 0};
+  for (int64_t l = 0; l < L; ++l) {
+    const double w = layer_sum(r.err_window, l, H);
+    if (std::isnan(w)) continue;
+    const double e[5] = {layer_sum(r.err_exact, l, H), layer_sum(r.err_frozen, l, H),
+                         layer_sum(r.err_logit, l, H), layer_sum(r.err_fit, l, H),
+                         layer_sum(r.target, l, H)};
+    int64_t with_sink = 0;
+    for (int64_t h = 0; h < H; ++h)
+      with_sink += std::isfinite(vs.logits[static_cast<size_t>(l * H + h)]);
+    fmt::print("{:>5} {:>6.3f} {:>8.3f} {:>8.3f} {:>8.3f} {:>8.3f} {:>5}/{:<2} {:>9.3f}\n", l,
+               layer_sum(r.sink_mass, l, H) / static_cast<double>(H), e[0] / w, e[1] / w, e[2] / w,
+               e[3] / w, with_sink, H, w / e[4]);
+    tot[0] += w;
+    for (int i = 0; i < 5; ++i) tot[i + 1] += e[i];
+  }
+  fmt::print("  all {:>6} {:>8.3f} {:>8.3f} {:>8.3f} {:>8.3f}\n", "", tot[1] / tot[0],
+             tot[2] / tot[0], tot[3] / tot[0], tot[4] / tot[0]);
+  fmt::print(
+      "\n(mass: mean share of the real sinks; exact: their exact logit per query, no value; "
+      "frozen: the logit nullsink:W's\ncalib=first:S freezes; logit: the fitted logit, no value; "
+      "fit: the file's sinks; sinks: heads given a sink;\n|o|^2 rel: the window's error over "
+      "the outputs' squared norm)\n  ({:.0f} s)\n",
+      r.seconds);
+}
+
+ordered_json fit_json(const analysis::SinkFitResult& r, const std::string& path) {
+  const int64_t L = r.sinks.n_layer, H = r.sinks.n_head;
+  ordered_json j;
+  j["file"] = path;
+  j["calibration"] = r.sinks.calibration;
+  j["fingerprint"] = fmt::format("{:016x}", r.sinks.model_fingerprint);
+  j["samples"] = r.samples;
+  std::vector<double> logits(r.sinks.logits.begin(), r.sinks.logits.end());
+  for (double& x : logits)
+    if (std::isinf(x)) x = std::nan("");  // no sink
+  j["logit"] = table_json(logits, L, H);
+  j["frozen_logit"] = table_json(r.frozen_logit, L, H);
+  j["sink_mass"] = table_json(r.sink_mass, L, H);
+  j["error"] = {
+      {"window", table_json(r.err_window, L, H)}, {"exact", table_json(r.err_exact, L, H)},
+      {"frozen", table_json(r.err_frozen, L, H)}, {"logit", table_json(r.err_logit, L, H)},
+      {"fit", table_json(r.err_fit, L, H)},       {"target", table_json(r.target, L, H)}};
+  j["seconds"] = r.seconds;
+  return j;
+}
+
+int run_fit(const SinksOptions& o, bool policy_given, bool tokens_given) {
+  if (o.text && o.text->empty()) throw InvalidArgument("sinks: --text is empty");
+  if (o.skip < 0 || o.prefix_random < 0 || o.chunk < 1)
+    throw InvalidArgument("sinks: --skip-tokens and --prefix-random must be >= 0, --chunk >= 1");
+  const kv::PolicySpec spec(policy_given ? o.policy : std::string("sink:4+256"));
+  const auto p = kv::make_policy(spec);
+  if (spec.kind() != "sink" || p->n_sinks() < 1 || !p->capacity())
+    throw InvalidArgument(fmt::format(
+        "--fit-null imitates real sinks: it needs a sink:S+W policy, got '{}'", spec.str()));
+  const int64_t tokens = tokens_given ? o.tokens : kDefaultFitTokens;
+  if (tokens < *p->capacity() + 1)
+    throw InvalidArgument(fmt::format(
+        "--fit-null under {}: --tokens {} leaves no query past the full cache (at least {})",
+        spec.str(), tokens, *p->capacity() + 1));
+  auto model = model::Model::load(o.model);
+  std::string what;
+  const std::vector<TokenId> stream =
+      stream_tokens(*model, o, tokens, "--tokens, the calibration stream", &what);
+  analysis::SinkFitOptions fo;
+  fo.policy = spec;
+  fo.values = !o.fit_logit_only;
+  fo.chunk = o.chunk;
+  fo.threads = o.threads;
+  fo.calibration = what;
+  Progress progress("fit");
+  fo.progress = [&](int64_t done, int64_t total) { progress.update(done, total); };
+  const analysis::SinkFitResult r = analysis::fit_virtual_sinks(*model, stream, fo);
+  progress.finish();
+  kv::save_virtual_sinks(r.sinks, *o.fit_out);
+  if (!o.quiet) print_fit(r, o.model, *o.fit_out);
+  if (o.json_out) {
+    ordered_json j;
+    j["model"] = o.model;
+    j["architecture"] = model->config().architecture;
+    j["policy"] = spec.str();
+    j["stream"] = what;
+    j["fit"] = fit_json(r, *o.fit_out);
+    write_json(j, *o.json_out);
+  }
+  return 0;
 }
 
 int run_sinks(const SinksOptions& o, bool policy_given) {
@@ -383,6 +590,7 @@ int run_sinks(const SinksOptions& o, bool policy_given) {
     ao.heads = heads;
     // Heads asked for by name: those only, no per-layer pass unless layers are named too.
     ao.per_layer = heads.empty() || !o.layers.empty();
+    ao.modes = parse_modes(o.ablate_modes);
     Progress progress("ablation");
     ao.progress = [&](int64_t done, int64_t total) { progress.update(done, total); };
     ablation = analysis::ablate_sinks(*model, stream, ao);
@@ -443,8 +651,32 @@ Registrar reg("sinks", [](CLI::App& app) {
   sub->add_flag("--layers-only", o->layers_only, "Ablate whole layers only (fast first pass)");
   sub->add_option("--layer", o->layers, "Ablate only this layer (repeatable)");
   sub->add_option("--head", o->heads, "Ablate only this head, LAYER:HEAD (repeatable)");
+  sub->add_option("--ablate-mode", o->ablate_modes,
+                  "What an ablated head loses (repeatable, comma-separated): drop (the sinks), "
+                  "keys (their value: mass kept), values (their mass: value kept), logit (the "
+                  "sinks as a constant value-less logit), all")
+      ->delimiter(',');
+  sub->add_option("--fit-null", o->fit_out,
+                  "Fit virtual sinks to the real ones of --policy (default sink:4+256) over "
+                  "--tokens tokens (default 2048) and write them to this file, for "
+                  "nullsink:W,fit=FILE");
+  sub->add_flag("--fit-logit-only", o->fit_logit_only,
+                "With --fit-null: fit a logit per head and no value");
   sub->add_flag("--quiet,-q", o->quiet, "Print nothing (with --json/--plot)");
-  return [o, pol] { return run_sinks(*o, pol->count() > 0); };
+  auto* tok = sub->get_option("--tokens");
+  return [o, pol, tok] {
+    if (o->fit_out) {
+      if (o->ablate || o->plot_dir)
+        throw InvalidArgument("sinks: --fit-null goes without --ablate and --plot");
+      if (o->file.has_value() == o->text.has_value())
+        throw InvalidArgument("sinks: give exactly one of --file and --text");
+      return run_fit(*o, pol->count() > 0, tok->count() > 0);
+    }
+    if (o->fit_logit_only) throw InvalidArgument("sinks: --fit-logit-only needs --fit-null");
+    if (!o->ablate_modes.empty() && !o->ablate)
+      throw InvalidArgument("sinks: --ablate-mode needs --ablate");
+    return run_sinks(*o, pol->count() > 0);
+  };
 });
 
 }  // namespace

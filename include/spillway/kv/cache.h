@@ -34,6 +34,11 @@ struct CacheShape {
   int64_t n_head_kv = 0;
   int64_t head_dim = 0;
   std::vector<LayerAttention> layers;  // [n_layer]
+  // The model the cache is for, for policies that carry data of a model of their own
+  // (nullsink:W,fit=FILE) to refuse another's. 0 and "": unknown (a shape built by hand).
+  int64_t n_head = 0;
+  uint64_t fingerprint = 0;
+  std::string architecture;
 };
 
 // The plans of one forward step, one BatchPlan per group of layers (same tokens, same
@@ -57,7 +62,8 @@ class Cache {
   // rejects, or a cache whose KV storage would exceed the machine's physical memory (the
   // message names the policy, the bytes and the memory; checked before the storage or the
   // per-layer copies of the policy are allocated, so a hostile spec is an error, not an
-  // out-of-memory kill).
+  // out-of-memory kill), and whatever the policy's check_shape() refuses (data fitted to
+  // another model).
   using PolicyFactory = std::function<std::unique_ptr<Policy>(const PolicyLimits&)>;
   Cache(const PolicySpec& spec, const CacheShape& shape, const PolicyLimits& limits,
         const PolicyFactory& factory = {});

@@ -25,6 +25,9 @@
 
 namespace spillway::kv {
 
+struct CacheShape;    // cache.h
+struct VirtualSinks;  // virtual_sinks.h
+
 enum class PositionMode { kCache, kAbsolute };
 
 // A run of cache slots [begin, end) whose keys are scored against the query rotated at
@@ -64,11 +67,17 @@ struct BatchPlan {
   // (TokenPlan::virtual_sink): a logit with no value ([n_head], or one value for every
   // head; -inf: none for that head).
   std::vector<float> sink_logits;
+  // Or fitted virtual sinks (nullsink:W,fit=FILE), one per layer and head: for the tokens
+  // that ask for a virtual sink, each head of layer l gets its logit from the table's row
+  // l and, when the table has values, adds its value weighted by the sink's probability.
+  // Shared, immutable; sink_logits must then be empty.
+  std::shared_ptr<const VirtualSinks> fitted_sinks;
   void clear() {
     tokens.clear();
     ranges.clear();
     moves.clear();
     sink_logits.clear();
+    fitted_sinks.reset();
   }
   // Number of slots token i attends to.
   int64_t span_size(size_t i) const;
@@ -180,6 +189,10 @@ class Policy {
   // Whether the policy keeps a cache of its own per layer (the cache then makes one
   // instance per layer it governs, each seeing only its layer's attention).
   virtual bool per_layer() const { return false; }
+
+  // Throws InvalidArgument when the policy cannot plan for a cache of this shape: data of
+  // its own made for another model (nullsink:W,fit=FILE). The cache asks once, when made.
+  virtual void check_shape(const CacheShape& shape) const {}
 
   // Plans stream tokens [n0, n0 + count), appending to `out` (not cleared). Calls must
   // follow the stream: n0 equals the number of tokens planned since the last reset(),

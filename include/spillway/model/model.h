@@ -48,9 +48,16 @@ struct ModelConfig {
   bool tied_output = false;  // no output.weight: token_embd is the output matrix
   // [n_layer]: window 0 for a global layer, else the native sliding window it attends in.
   std::vector<kv::LayerAttention> layers;
+  // A hash of what makes two files the same model (not cryptographic): the architecture, the
+  // tensor table (names, types, shapes) and the bytes of the 1-D tensors (norm weights,
+  // which a fine-tune changes). Data fitted to a model (virtual sinks) records it and
+  // refuses a model whose fingerprint differs. Set by Model::load.
+  uint64_t fingerprint = 0;
 
   // What a KV cache for this model looks like.
-  kv::CacheShape cache_shape() const { return {n_head_kv, head_dim, layers}; }
+  kv::CacheShape cache_shape() const {
+    return {n_head_kv, head_dim, layers, n_head, fingerprint, architecture};
+  }
   // Layers with a native sliding window.
   int64_t n_local_layers() const;
 };

@@ -39,11 +39,28 @@ struct AttentionRecord {
   const float* v_rows = nullptr;
 };
 
+// What an edited head does with the plan's sink ranges (SlotRange::sink). Write p for the
+// share of the head's softmax on the sinks, o_s for their probability-weighted mean value
+// and o_w for the rest's (the window's): the head's output is p o_s + (1 - p) o_w, and
+// each edit keeps a part of that.
+enum class SinkEdit : uint8_t {
+  kNone = 0,  // untouched
+  kDrop,      // the sinks leave the softmax, which renormalizes over the rest: o_w
+  kKeys,      // the sinks keep their share, their values count as zero: (1 - p) o_w. The
+              // same as a value-less virtual sink with the sinks' exact logit per query.
+  kValues,    // the rest keeps the whole softmax and the sinks' value term is added:
+              // o_w + p o_s (kKeys and kValues split kDrop's change in two that add up)
+  kLogit,     // the sinks replaced by a value-less virtual sink with a constant logit
+              // (AttentionEdit::sink_logit): (1 - p') o_w, p' that logit's share
+};
+
 // A change to one layer's softmax for a step.
 struct AttentionEdit {
-  // [n_head] (or empty): nonzero for a query head whose softmax leaves out the plan's sink
-  // ranges (SlotRange::sink) and renormalizes over the rest; the other heads are untouched.
-  std::vector<uint8_t> drop_sinks;
+  // [n_head] (or empty): what each query head does with its sink ranges. A token whose plan
+  // has no sink range, or nothing but sink ranges, is left as it is.
+  std::vector<SinkEdit> sinks;
+  // [n_head] (or empty): the logits of kLogit heads, on the scale of the scaled scores.
+  std::vector<float> sink_logit;
 };
 
 class AttentionObserver {

@@ -60,17 +60,45 @@ void attend_piece(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, 
 // out[h][head_dim] for the group's heads h = kv_head * G .. kv_head * G + G - 1 (out is
 // [n_head][head_dim]). sink_logit, if not null ([n_head], -inf for none), adds a virtual
 // sink to each head's softmax: a logit with no value (it takes its share of the
-// probability and gives nothing back; gpt-oss's learned sinks do the same).
+// probability and gives nothing back; gpt-oss's learned sinks do the same). sink_value,
+// if not null as well ([n_head][head_dim], f32), gives the sink a value: each head with a
+// sink adds its row weighted by the sink's probability, as a cached key's value would be.
+// The merge is the same code for every kernel family (the families differ only in their
+// pieces), so the sink's value and logit are too; without sink_value the result has the
+// bits of a value-less sink.
 void attend_merge(const AttentionShape& s, int64_t kv_head, const float* parts, int64_t n_pieces,
-                  float* out, const float* sink_logit = nullptr);
+                  float* out, const float* sink_logit = nullptr, const float* sink_value = nullptr);
 
 // The whole group in one call: every piece into `scratch` (attention_pieces(total run
-// length) * attention_part_floats(s) floats), then merged into out (with sink_logit as in
-// attend_merge). probs_out, if not null, gets the attention probabilities [G][total run
-// length] (computed separately, in double, without any virtual sink).
+// length) * attention_part_floats(s) floats), then merged into out (with sink_logit and
+// sink_value as in attend_merge). probs_out, if not null, gets the attention probabilities
+// [G][total run length] (computed separately, in double, without any virtual sink).
 void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
                   const void* k, const void* v, float* out, float* scratch,
-                  float* probs_out = nullptr, const float* sink_logit = nullptr);
+                  float* probs_out = nullptr, const float* sink_logit = nullptr,
+                  const float* sink_value = nullptr);
+
+// What attend_split makes of a head whose keys are in two parts, the window and the sinks.
+// With p the sinks' share of the head's softmax over both, o_s the sinks' probability-
+// weighted mean value and o_w the window's, attention proper gives p o_s + (1 - p) o_w;
+// the analyses of the sink (analysis/sinks.h) keep a part of it:
+enum class SinkSplit : uint8_t {
+  kNone,    // the head is left alone (its row of out is not written)
+  kKeys,    // (1 - p) o_w: the sinks' share kept, their values zero
+  kValues,  // o_w + p o_s: the window's softmax alone, plus the sinks' value term
+  kLogit,   // (1 - p') o_w: the sinks replaced by a value-less sink of a given logit, p' its
+            // share against the window
+};
+
+// The G heads of KV head kv_head over keys in two parts, window runs and sink runs (at
+// least one key each), recombined per head as modes[h] says (modes and logits, the kLogit
+// heads' logits on the scale of the scaled scores: [n_head]) into out's rows, as
+// attend_merge writes them. scratch: (attention_pieces(window keys) +
+// attention_pieces(sink keys)) * attention_part_floats(s) floats. The parts are the
+// kernel's pieces; they are combined in double.
+void attend_split(const AttentionShape& s, int64_t kv_head, const KeyRun* window, int n_window,
+                  const KeyRun* sinks, int n_sinks, const void* k, const void* v,
+                  const SinkSplit* modes, const float* logits, float* out, float* scratch);
 
 // Attention probabilities of the group's heads over all runs ([G][total run length]):
 // softmax of the scaled scores, computed in double. lse, if not null, gets each head's
