@@ -8,6 +8,7 @@
 #include <limits>
 #include <memory>
 #include <random>
+#include <stdexcept>
 
 #include "spillway/core/error.h"
 #include "spillway/session/chat.h"
@@ -137,11 +138,15 @@ Probe make_probe(const model::Model& model, std::span<const TokenId> filler,
   if (o.kind == ProbeKind::kCopy && o.span < 2)
     throw InvalidArgument(fmt::format("probe: the copy span must be >= 2 tokens, got {}", o.span));
   const auto n_filler = static_cast<int64_t>(filler.size());
-  const int64_t need = o.lead + (o.kind == ProbeKind::kLines ? 0 : o.distance);
+  if (o.reach != 0 && o.reach < o.distance)
+    throw InvalidArgument(
+        fmt::format("probe: reach {} is below the distance {}", o.reach, o.distance));
+  const int64_t reach = o.reach != 0 ? o.reach : o.distance;
+  const int64_t need = o.lead + (o.kind == ProbeKind::kLines ? 0 : reach);
   if (n_filler < need)
     throw InvalidArgument(
         fmt::format("probe: the filler has {} tokens; a {} probe at distance {} needs {}",
-                    n_filler, probe_kind_name(o.kind), o.distance, need));
+                    n_filler, probe_kind_name(o.kind), reach, need));
   std::mt19937_64 rng(0x5eed0000ull + o.seed);
   const double u = uniform(rng);
   const int64_t off = filler_offset(u, n_filler, need);
@@ -214,6 +219,7 @@ std::vector<RecallRow> measure_recall(const model::Model& model, std::span<const
   for (int64_t d : opts.distances)
     if (d < 0) throw InvalidArgument(fmt::format("recall: distance {} < 0", d));
   // Every probe is made (and checked) before the long work starts.
+  const int64_t reach = *std::max_element(opts.distances.begin(), opts.distances.end());
   std::vector<std::vector<Probe>> probes;  // [distance][seed]
   for (int64_t d : opts.distances) {
     probes.emplace_back();
@@ -221,55 +227,93 @@ std::vector<RecallRow> measure_recall(const model::Model& model, std::span<const
       ProbeOptions po;
       po.kind = opts.kind;
       po.distance = d;
+      po.reach = reach;
       po.seed = static_cast<uint64_t>(seed);
       po.span = opts.span;
       po.lead = opts.lead;
       probes.back().push_back(make_probe(model, filler, po));
     }
   }
+  // Distances in ascending order: a seed's stream is walked once, from the smallest.
+  std::vector<size_t> order(opts.distances.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return opts.distances[a] < opts.distances[b];
+  });
   std::unique_ptr<ThreadPool> own;
   if (pool == nullptr) {
     own = std::make_unique<ThreadPool>(opts.threads);
     pool = own.get();
   }
+  const bool copy = opts.kind == ProbeKind::kCopy;
   const int64_t n_vocab = model.config().n_vocab;
   const int64_t total = static_cast<int64_t>(opts.policies.size() * opts.distances.size()) *
                         opts.seeds;
   int64_t done = 0;
   std::vector<RecallRow> rows;
   for (const kv::PolicySpec& spec : opts.policies) {
-    for (size_t di = 0; di < opts.distances.size(); ++di) {
-      RecallRow row;
-      row.kind = opts.kind;
-      row.distance = opts.distances[di];
-      const auto t0 = std::chrono::steady_clock::now();
-      double first_sum = 0, repeat_sum = 0;
-      int64_t correct = 0;
-      for (const Probe& p : probes[di]) {
-        SessionOptions so;
-        so.policy = spec;
-        so.max_batch = opts.chunk;
-        so.max_stream = static_cast<int64_t>(p.tokens.size()) + p.max_answer_tokens;
-        Session s(model, so, pool);
-        row.spec = s.cache().describe();
-        row.capacity = s.cache().capacity();
-        const std::span<const TokenId> t(p.tokens);
-        if (opts.kind == ProbeKind::kCopy) {
-          // Logits only where they are scored: a span's targets are its tokens but the first.
-          auto span_nll = [&](int64_t begin, int64_t end) {
-            double sum = 0;
-            s.feed(t.subspan(at(begin), at(end - 1 - begin)), [&](int64_t i, const float* l) {
-              sum += token_nll(l, n_vocab, t[at(i + 1)]);
-              return true;
-            });
-            return sum / static_cast<double>(end - 1 - begin);
-          };
-          s.advance(t.first(at(p.first_begin)));
-          const double first = span_nll(p.first_begin, p.first_end);
-          s.advance(t.subspan(at(p.first_end - 1), at(p.repeat_begin - p.first_end + 1)));
-          const double repeat = span_nll(p.repeat_begin, p.repeat_end);
-          first_sum += first;
-          repeat_sum += repeat;
+    const size_t nd = opts.distances.size();
+    std::vector<RecallRow> cells(nd);
+    std::vector<double> first_sum(nd, 0.0), repeat_sum(nd, 0.0);
+    std::vector<int64_t> correct(nd, 0);
+    for (size_t di = 0; di < nd; ++di) {
+      cells[di].kind = opts.kind;
+      cells[di].distance = opts.distances[di];
+    }
+    for (int64_t seed = 0; seed < opts.seeds; ++seed) {
+      const auto si = static_cast<size_t>(seed);
+      const Probe& longest = probes[order.back()][si];
+      SessionOptions so;
+      so.policy = spec;
+      so.max_batch = opts.chunk;
+      so.max_stream = static_cast<int64_t>(longest.tokens.size()) + longest.max_answer_tokens;
+      Session s(model, so, pool);
+      // The trunk is the longest probe's stream; `fed` of its tokens are in the session.
+      int64_t fed = 0;
+      double first = 0;
+      auto advance_to = [&](const std::vector<TokenId>& tokens, int64_t to) {
+        s.advance(std::span<const TokenId>(tokens).subspan(at(fed), at(to - fed)));
+        fed = to;
+      };
+      // Mean NLL of a span's targets (its tokens but the first), the span fed from its start;
+      // logits only where they are scored.
+      auto span_nll = [&](const std::vector<TokenId>& tokens, int64_t begin, int64_t end) {
+        advance_to(tokens, begin);
+        double sum = 0;
+        s.feed(std::span<const TokenId>(tokens).subspan(at(begin), at(end - 1 - begin)),
+               [&](int64_t i, const float* l) {
+                 sum += token_nll(l, n_vocab, tokens[at(i + 1)]);
+                 return true;
+               });
+        fed = end - 1;
+        return sum / static_cast<double>(end - 1 - begin);
+      };
+      if (copy) first = span_nll(longest.tokens, longest.first_begin, longest.first_end);
+      for (size_t k = 0; k < order.size(); ++k) {
+        const size_t di = order[k];
+        const Probe& p = probes[di][si];
+        RecallRow& row = cells[di];
+        const auto t0 = std::chrono::steady_clock::now();
+        // Where this probe leaves the trunk: at the latest where its recall begins.
+        const int64_t recall_at =
+            copy ? p.repeat_begin : static_cast<int64_t>(p.tokens.size()) - 1;
+        const auto shared = static_cast<int64_t>(
+            std::mismatch(p.tokens.begin(), p.tokens.end(), longest.tokens.begin(),
+                          longest.tokens.end())
+                .first -
+            p.tokens.begin());
+        const int64_t split = std::min(shared, recall_at);
+        if (split < fed || (copy && p.first_end > split))
+          throw std::logic_error("recall: a probe leaves its seed's stream before its recall");
+        advance_to(longest.tokens, split);
+        const bool last = k + 1 == order.size();
+        std::shared_ptr<const Session::Checkpoint> cp;
+        if (!last) cp = s.checkpoint();
+        const int64_t at_split = fed;
+        if (copy) {
+          const double repeat = span_nll(p.tokens, p.repeat_begin, p.repeat_end);
+          first_sum[di] += first;
+          repeat_sum[di] += repeat;
           row.recall_seeds.push_back(1.0 - repeat / first);
         } else {
           GenerateOptions go;
@@ -277,29 +321,38 @@ std::vector<RecallRow> measure_recall(const model::Model& model, std::span<const
           go.stop = {"\n"};
           SamplerParams greedy;
           Generator gen(s, greedy, go);
-          s.advance(t.first(t.size() - 1));  // the prompt; logits only after its last token
-          gen.feed(t.last(1));
+          advance_to(p.tokens, recall_at);  // the prompt; logits only after its last token
+          gen.feed(std::span<const TokenId>(p.tokens).last(1));
           while (gen.next()) {
           }
           row.answers.push_back(gen.text());
           row.expected.push_back(p.answer);
-          correct += answer_matches(gen.text(), p.answer) ? 1 : 0;
+          correct[di] += answer_matches(gen.text(), p.answer) ? 1 : 0;
         }
+        row.spec = s.cache().describe();
+        row.capacity = s.cache().capacity();
         row.kv_slots = s.policy().n_slots();
         row.kv_bytes_peak = std::max(row.kv_bytes_peak, s.kv_bytes_peak());
+        if (cp) {
+          s.restore(*cp);
+          fed = at_split;
+        }
         ++row.n;
+        row.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (opts.progress) opts.progress(++done, total);
       }
-      if (opts.kind == ProbeKind::kCopy) {
-        row.nll_first = first_sum / static_cast<double>(row.n);
-        row.nll_repeat = repeat_sum / static_cast<double>(row.n);
+    }
+    for (size_t di = 0; di < nd; ++di) {
+      RecallRow& row = cells[di];
+      if (copy) {
+        row.nll_first = first_sum[di] / static_cast<double>(row.n);
+        row.nll_repeat = repeat_sum[di] / static_cast<double>(row.n);
         row.recall = 1.0 - row.nll_repeat / row.nll_first;
         row.accuracy = kNaN;
       } else {
         row.nll_first = row.nll_repeat = row.recall = kNaN;
-        row.accuracy = static_cast<double>(correct) / static_cast<double>(row.n);
+        row.accuracy = static_cast<double>(correct[di]) / static_cast<double>(row.n);
       }
-      row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       rows.push_back(std::move(row));
     }
   }

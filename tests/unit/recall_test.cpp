@@ -190,6 +190,60 @@ TEST(Recall, PastTheWindowTheFirstSightMakesNoDifference) {
   EXPECT_NEAR(rows[0].nll_repeat, mean / 7, 1e-6);
 }
 
+// The probes of one seed are one stream up to their recall (the filler starts where the
+// largest distance puts it), and measure_recall walks it once: each distance's row is
+// what a fresh session on that distance's own probe scores.
+TEST(Recall, TheProbesOfOneSeedShareTheirStream) {
+  const auto f = filler(800);
+  ProbeOptions po;
+  po.span = 8;
+  po.lead = 20;
+  po.reach = 300;
+  po.distance = 40;
+  const Probe a = make_probe(tiny(), f, po);
+  po.distance = 300;
+  const Probe b = make_probe(tiny(), f, po);
+  ASSERT_LT(a.repeat_begin, b.repeat_begin);
+  EXPECT_TRUE(std::equal(a.tokens.begin(), a.tokens.begin() + a.repeat_begin, b.tokens.begin()));
+  po.reach = 30;  // below the distance
+  EXPECT_THROW(make_probe(tiny(), f, po), InvalidArgument);
+
+  RecallOptions o;
+  o.policies = {kv::PolicySpec("window:100"), kv::PolicySpec("tova:100")};
+  o.distances = {300, 40, 150};  // any order; walked from the smallest
+  o.seeds = 2;
+  o.span = 8;
+  o.lead = 20;
+  o.chunk = 16;
+  o.threads = 1;
+  const auto rows = measure_recall(tiny(), f, o);
+  ASSERT_EQ(rows.size(), 6u);
+  for (size_t k = 0; k < rows.size(); ++k) {
+    const RecallRow& r = rows[k];
+    EXPECT_EQ(r.distance, o.distances[k % 3]);
+    double first = 0, repeat = 0;
+    for (uint64_t seed = 0; seed < 2; ++seed) {
+      ProbeOptions one = po;
+      one.reach = 300;
+      one.distance = r.distance;
+      one.seed = seed;
+      const Probe p = make_probe(tiny(), f, one);
+      PerplexityOptions e;
+      e.policy = o.policies[k / 3];
+      e.chunk = 16;
+      e.threads = 1;
+      const std::vector<float> nll = evaluate_perplexity(tiny(), p.tokens, e).nll;
+      // nll[i] scores stream index i + 1; a span's targets are its tokens but the first.
+      for (int64_t i = p.first_begin; i + 1 < p.first_end; ++i)
+        first += nll[static_cast<size_t>(i)] / 7;
+      for (int64_t i = p.repeat_begin; i + 1 < p.repeat_end; ++i)
+        repeat += nll[static_cast<size_t>(i)] / 7;
+    }
+    EXPECT_NEAR(r.nll_first, first / 2, 1e-5) << r.spec << " at " << r.distance;
+    EXPECT_NEAR(r.nll_repeat, repeat / 2, 1e-5) << r.spec << " at " << r.distance;
+  }
+}
+
 TEST(Recall, ChecksItsOptions) {
   const auto f = filler(300);
   RecallOptions o;

@@ -44,6 +44,10 @@ struct ProbeOptions {
   uint64_t seed = 0;       // the span, the key or the values, and where in the filler
   int64_t span = 32;       // copy: tokens of the random span
   int64_t lead = 64;       // filler tokens before what is remembered (after BOS)
+  // The largest distance of the run this probe belongs to (0: `distance`). Where the
+  // filler starts depends on it and on the seed only, so the probes of one seed at
+  // distances up to `reach` are one stream up to where their recall begins.
+  int64_t reach = 0;
 };
 
 // One probe as a stream of token ids.
@@ -101,9 +105,11 @@ struct RecallRow {
   double seconds = 0;
 };
 
-// Streams every probe through every policy, each probe once per policy (chunked where the
-// policy allows, the filler between the scored parts without logits). Rows in the order
-// policies x distances. Throws InvalidArgument for a bad option or a filler too short for
+// Streams every probe through every policy (chunked where the policy allows, the filler
+// between the scored parts without logits). The probes of one seed share their stream up
+// to where their distances part, so a policy streams it once per seed, to the largest
+// distance, and at each smaller one runs that probe's recall from a checkpoint and goes
+// back. Rows in the order policies x distances. Throws InvalidArgument for a bad option or a filler too short for
 // the largest distance.
 std::vector<RecallRow> measure_recall(const model::Model& model, std::span<const TokenId> filler,
                                       const RecallOptions& opts, ThreadPool* pool = nullptr);
