@@ -109,12 +109,27 @@ for m in $MODELS; do
     done
   done
 done
+# Divergence from the full cache, run in lockstep (ppl --reference full): 1,024 tokens
+# scored once every policy's cache is full.
+for m in $MODELS; do
+  model=${kModel[$m]}
+  for c in "${kSizes[@]}"; do
+    s=$((c - 4))
+    policies=(-p "window:$c" -p "sink:4+$s" -p "nullsink:$c,fit=$RAW/$m-nullsink-$c.fit")
+    if [[ $m == smol || ${GEMMA_ALL:-0} == 1 ]]; then
+      policies+=(-p "detected:4+$s" -p "h2o:$((c / 4))+$((c - c / 4))" -p "tova:$c"
+        -p "nullsink:$c")
+    fi
+    run "$m-kl-$c" ppl -m "$model" -t "$THREADS" -f "$FILLER" --max-tokens $((c + 1024)) \
+      --score-from "$c" --reference full "${policies[@]}" --json "$RAW/$m-kl-$c.json"
+  done
+done
 printf '%s\n' "${kCommands[@]}" >"$OUT/commands.txt"
 
 [[ -n ${ONLY:-} ]] && exit 0
 export RAW OUT MODELS
 python3 - <<'PY'
-import glob, json, os, re, subprocess, sys
+import glob, json, math, os, re, subprocess, sys
 
 raw, out = os.environ["RAW"], os.environ["OUT"]
 models = {"smol": "SmolLM2-135M-Instruct (Q4_1)", "gemma": "Gemma 3 270M (Q4_K_M)"}
@@ -196,6 +211,24 @@ for m in os.environ["MODELS"].split():
             subprocess.run([sys.executable, "scripts/plot-recall.py", tmp,
                             os.path.join(out, f"{m}-{probe}-{c}.png"), "--title",
                             f"{models[m]}, {probe} probe, cache {c}"], check=True)
+
+for m in os.environ["MODELS"].split():
+    for c in sizes:
+        d = load(f"{m}-kl-{c}")
+        if not d:
+            continue
+        lines.append(f"### {models[m]}: divergence from the full cache, cache {c}\n")
+        lines += ["| policy | ppl | ratio to full | KL(full ‖ policy), nats | top-1 agreement |",
+                  "|---|---:|---:|---:|---:|"]
+        for p in d["policies"]:
+            ref = p.get("reference_mean_nll")
+            ratio = math.exp(p["mean_nll"] - ref) if ref is not None else float("nan")
+            lines.append(f"| `{short(p['spec'])}` | {p['ppl']:.3f} | {ratio:.3f} | "
+                         f"{p['kl_mean']:.3f} | {100 * p['top1_agree']:.1f} % |")
+            summary.setdefault(f"{m}-kl-{c}", {})[short(p["spec"])] = {
+                "ppl": p["ppl"], "kl_mean": p["kl_mean"], "top1_agree": p["top1_agree"]}
+        lines.append(f"\n{d['policies'][0].get('tokens', '?')} tokens scored, from token {c}; "
+                     f"the run took {seconds(f'{m}-kl-{c}')} s.\n")
 
 with open(os.path.join(out, "tables.md"), "w") as f:
     f.write("\n".join(lines))
