@@ -14,6 +14,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <ostream>
 #include <set>
 
 #include "spillway/model/model.h"
@@ -41,6 +42,11 @@ struct Golden {
   double logit_tol, mean_logit_tol, lse_tol, nll_tol;
   double tie_margin;  // top-1 may differ where llama.cpp's own top two are this close
 };
+
+// How ctest and gtest show a case: by its model, not as the struct's bytes.
+void PrintTo(const Golden& g, std::ostream* os) {
+  *os << g.name;
+}
 
 // Tolerances. Both engines quantize activations to 8-bit blocks before every product, so
 // each carries its own rounding noise through the layers: logits of magnitude ~20-40

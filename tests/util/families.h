@@ -6,11 +6,19 @@
 
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <string>
 #include <vector>
 
 #include "ops/kernels.h"
 #include "spillway/ops/matmul.h"
+
+namespace spillway::ops {
+// How gtest and ctest show a family parameter: by its name, not as the enum's bytes.
+inline void PrintTo(KernelIsa isa, std::ostream* os) {
+  *os << isa_name(isa);
+}
+}  // namespace spillway::ops
 
 namespace spillway::test {
 
