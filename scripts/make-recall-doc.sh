@@ -8,8 +8,9 @@
 #   SKIP_RUNS=1 scripts/make-recall-doc.sh     only rebuild the tables from raw JSON
 #   ONLY='smol-copy' scripts/make-recall-doc.sh  only the runs whose name matches (a regex)
 #   MODELS='smol' scripts/make-recall-doc.sh   only these models (smol, gemma)
-#   GEMMA_ALL=1 scripts/make-recall-doc.sh     Gemma 3 with the policies that read attention
-#                                              too (they decode one token per pass: hours)
+#   GEMMA_ALL=1 scripts/make-recall-doc.sh     Gemma 3 with every policy that reads attention
+#                                              at both sizes (by default only h2o and tova at
+#                                              1,024: they decode one token per pass)
 #
 # Environment: SPILLWAY (default build/bin/spillway), THREADS (default 2), RAW (default
 # build/recall-raw; not committed). The fitted null sinks are made first with `spillway
@@ -97,15 +98,20 @@ for m in $MODELS; do
       if [[ $m == smol || ${GEMMA_ALL:-0} == 1 ]]; then
         policies+=(-p "detected:4+$s" -p "h2o:$((c / 4))+$((c - c / 4))" -p "tova:$c"
           -p "nullsink:$c")
+      elif [[ $c == "${kSizes[1]}" ]]; then  # Gemma 3: the two scattered caches, once
+        policies+=(-p "h2o:$((c / 4))+$((c - c / 4))" -p "tova:$c")
       fi
       run "$m-$probe-$c" "${common[@]}" --distances "$kDistances" "${policies[@]}" \
         --json "$RAW/$m-$probe-$c.json"
       run "$m-$probe-fitted-$c" "${common[@]}" --distances "$kDistances" \
         -p "nullsink:$c,fit=$fit" --json "$RAW/$m-$probe-fitted-$c.json"
-      # The oracle re-encodes its window for every scored token: three distances, one
-      # inside the window, two past it.
-      run "$m-$probe-recompute-$c" "${common[@]}" --distances "$((c / 2)),$((c * 2)),2048" \
-        -p "recompute:$c" --json "$RAW/$m-$probe-recompute-$c.json"
+      # The oracle re-encodes its window for every scored token: two distances, one
+      # inside the window, one past it (on Gemma 3 at the smaller cache only, unless
+      # GEMMA_ALL=1: a scored token there costs a 1,024-token prefill of a 270M model).
+      if [[ $m == smol || $c == "${kSizes[0]}" || ${GEMMA_ALL:-0} == 1 ]]; then
+        run "$m-$probe-recompute-$c" "${common[@]}" --distances "$((c / 2)),$((c * 2))" \
+          -p "recompute:$c" --json "$RAW/$m-$probe-recompute-$c.json"
+      fi
     done
   done
 done

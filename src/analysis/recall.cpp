@@ -122,6 +122,13 @@ std::optional<ProbeKind> parse_probe_kind(std::string_view name) {
   return std::nullopt;
 }
 
+std::string answer_line(std::string_view text) {
+  const size_t begin = text.find_first_not_of(" \t\r\n");
+  if (begin == std::string_view::npos) return std::string(text);
+  const size_t end = text.find('\n', begin);
+  return std::string(text.substr(0, end));
+}
+
 bool answer_matches(std::string_view text, std::string_view answer) {
   size_t i = 0;
   while (i < text.size() && (text[i] < '0' || text[i] > '9')) ++i;
@@ -318,16 +325,19 @@ std::vector<RecallRow> measure_recall(const model::Model& model, std::span<const
         } else {
           GenerateOptions go;
           go.max_new_tokens = p.max_answer_tokens;
-          go.stop = {"\n"};
           SamplerParams greedy;
           Generator gen(s, greedy, go);
           advance_to(p.tokens, recall_at);  // the prompt; logits only after its last token
           gen.feed(std::span<const TokenId>(p.tokens).last(1));
+          // The answer is its first line; a base model may open with a line break.
+          std::string answer;
           while (gen.next()) {
+            answer = answer_line(gen.text());
+            if (answer.size() < gen.text().size()) break;
           }
-          row.answers.push_back(gen.text());
+          row.answers.push_back(answer);
           row.expected.push_back(p.answer);
-          correct[di] += answer_matches(gen.text(), p.answer) ? 1 : 0;
+          correct[di] += answer_matches(answer, p.answer) ? 1 : 0;
         }
         row.spec = s.cache().describe();
         row.capacity = s.cache().capacity();

@@ -104,6 +104,12 @@ TEST(RecallProbe, PasskeyAndLinesAskForTheRightAnswer) {
   EXPECT_TRUE(answer_matches("It is <4711> indeed", "4711"));
   EXPECT_FALSE(answer_matches(" 123456", "12345"));
   EXPECT_FALSE(answer_matches("no digits", "12345"));
+  // The answer is the first line with text: a leading line break is skipped, what follows
+  // the line is not read (a later number cannot count).
+  EXPECT_EQ(answer_line("\n 12345.\nThe next line 999"), "\n 12345.");
+  EXPECT_EQ(answer_line(" 4711"), " 4711");
+  EXPECT_EQ(answer_line("\n\n"), "\n\n");
+  EXPECT_FALSE(answer_matches(answer_line(" none here\n12345"), "12345"));
   EXPECT_EQ(parse_probe_kind("lines"), ProbeKind::kLines);
   EXPECT_FALSE(parse_probe_kind("needle").has_value());
 }

@@ -69,6 +69,10 @@ struct Probe {
 Probe make_probe(const model::Model& model, std::span<const TokenId> filler,
                  const ProbeOptions& opts);
 
+// A generated answer up to the end of its first line that holds more than white space
+// (the line break not included): a model may open its answer with a line break.
+std::string answer_line(std::string_view text);
+
 // The first run of decimal digits in `text` equals `answer`.
 bool answer_matches(std::string_view text, std::string_view answer);
 
