@@ -187,8 +187,12 @@ for m in os.environ["MODELS"].split():
         per = {}
         for spec in specs:
             mine = sorted((r for r in rows if r["spec"] == spec), key=lambda r: r["distance"])
-            eff = next((r["distance"] for r in mine if r[measure] is not None and r[measure] < 0.5),
-                       None)
+            eff = None  # the distance from which on the measure stays below 0.5
+            for r in mine:
+                if r[measure] is None or r[measure] >= 0.5:
+                    eff = None
+                elif eff is None:
+                    eff = r["distance"]
             kv = max(r["kv_bytes_peak"] for r in mine)
             vals = []
             for d in distances:
@@ -235,6 +239,29 @@ for m in os.environ["MODELS"].split():
                 "ppl": p["ppl"], "kl_mean": p["kl_mean"], "top1_agree": p["top1_agree"]}
         lines.append(f"\n{d['policies'][0].get('tokens', '?')} tokens scored, from token {c}; "
                      f"the run took {seconds(f'{m}-kl-{c}')} s.\n")
+
+# One line per policy: its effective context on both probes and the KV bytes it held.
+for m in os.environ["MODELS"].split():
+    copy, key = summary.get(f"{m}-copy", {}), summary.get(f"{m}-passkey", {})
+    if not copy and not key:
+        continue
+    lines.append(f"### {models[m]}: effective context (where recall or accuracy stays below 0.5) and KV "
+                 "bytes\n")
+    lines += ["| policy | copy | passkey | KV bytes |", "|---|---:|---:|---:|"]
+
+    def eff(cell):
+        if cell is None:
+            return ""
+        if cell["effective_context"] is not None:
+            return str(cell["effective_context"])
+        return "> " + str(max(int(d) for d in next(v for k, v in cell.items()
+                                                   if k in ("recall", "accuracy"))))
+
+    for spec in list(dict.fromkeys(list(copy) + list(key))):
+        c, k = copy.get(spec), key.get(spec)
+        kv = max(x["kv_bytes_peak"] for x in (c, k) if x is not None)
+        lines.append(f"| `{spec}` | {eff(c)} | {eff(k)} | {kv / 2**20:.1f} MiB |")
+    lines.append("")
 
 with open(os.path.join(out, "tables.md"), "w") as f:
     f.write("\n".join(lines))

@@ -370,11 +370,15 @@ std::vector<RecallRow> measure_recall(const model::Model& model, std::span<const
 }
 
 std::optional<int64_t> effective_context(std::span<const RecallRow> rows, double threshold) {
+  std::optional<int64_t> from;
   for (const RecallRow& r : rows) {
     const double v = r.kind == ProbeKind::kCopy ? r.recall : r.accuracy;
-    if (v < threshold) return r.distance;
+    if (!(v < threshold))
+      from.reset();
+    else if (!from)
+      from = r.distance;
   }
-  return std::nullopt;
+  return from;
 }
 
 }  // namespace spillway::analysis

@@ -264,17 +264,27 @@ TEST(Recall, ChecksItsOptions) {
   EXPECT_THROW(measure_recall(tiny(), f, o), InvalidArgument);
 }
 
-TEST(Recall, EffectiveContextIsTheFirstDistanceBelowOneHalf) {
-  std::vector<RecallRow> rows(3);
-  rows[0].distance = 64;
-  rows[0].recall = 0.9;
-  rows[1].distance = 256;
-  rows[1].recall = 0.4;
-  rows[2].distance = 1024;
-  rows[2].recall = 0.6;
+TEST(Recall, EffectiveContextIsWhereRecallStaysBelowOneHalf) {
+  std::vector<RecallRow> rows(4);
+  const double recall[] = {0.9, 0.4, 0.45, 0.1};
+  const int64_t distance[] = {64, 256, 1024, 2048};
+  for (size_t i = 0; i < 4; ++i) {
+    rows[i].distance = distance[i];
+    rows[i].recall = recall[i];
+  }
   EXPECT_EQ(effective_context(rows), 256);
-  rows[1].recall = 0.7;
+  rows[2].recall = 0.6;  // a recovery: memory did not end at 256
+  EXPECT_EQ(effective_context(rows), 2048);
+  rows[3].recall = 0.5;  // never below at the end: beyond the last distance
   EXPECT_FALSE(effective_context(rows).has_value());
+  rows[0].recall = 0.2;  // a dip at close range that recovers is not the end either
+  EXPECT_FALSE(effective_context(rows).has_value());
+  // accuracy for the answered probes
+  for (RecallRow& r : rows) {
+    r.kind = ProbeKind::kPasskey;
+    r.accuracy = 0.25;
+  }
+  EXPECT_EQ(effective_context(rows), 64);
 }
 
 }  // namespace

@@ -134,8 +134,8 @@ int run_recall(const RecallCliOptions& o) {
     }
     jrows.push_back(row_json(r));
   }
-  // Each policy's effective context: where recall (accuracy) falls below one half.
-  fmt::print("\neffective context (the first distance where {} < 0.5):\n",
+  // Each policy's effective context: from where on recall (accuracy) stays below one half.
+  fmt::print("\neffective context (the distance from which on {} stays below 0.5):\n",
              copy ? "recall" : "accuracy");
   nlohmann::json effective = nlohmann::json::object();
   const size_t per = o.distances.size();

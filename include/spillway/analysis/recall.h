@@ -118,9 +118,10 @@ struct RecallRow {
 std::vector<RecallRow> measure_recall(const model::Model& model, std::span<const TokenId> filler,
                                       const RecallOptions& opts, ThreadPool* pool = nullptr);
 
-// The effective context of a policy: the smallest distance of `rows` (one policy, one
-// probe, ascending distances) whose recall (copy) or accuracy falls below `threshold`, or
-// nullopt when none does.
+// The effective context of a policy: the distance of `rows` (one policy, one probe,
+// ascending distances) from which on recall (copy) or accuracy stays below `threshold`,
+// or nullopt when the last one is not below it. A dip at a short distance that recovers
+// further on (a model that answers badly at close range) is not where memory ends.
 std::optional<int64_t> effective_context(std::span<const RecallRow> rows, double threshold = 0.5);
 
 }  // namespace spillway::analysis
