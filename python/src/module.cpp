@@ -210,7 +210,8 @@ std::vector<PolicyChoice> policy_list(nb::handle policies) {
 
 std::vector<PerplexityResult> perplexity(const PyModel& m, nb::handle ids, nb::handle policies,
                                          int64_t chunk, int64_t score_from, int threads,
-                                         nb::object progress, std::optional<std::string> reference) {
+                                         nb::object progress,
+                                         std::optional<std::string> reference) {
   const std::vector<TokenId> tokens = token_ids(ids, m.model->config().n_vocab, "perplexity");
   // Every policy is checked before the long work starts.
   const std::vector<PolicyChoice> choices = policy_list(policies);

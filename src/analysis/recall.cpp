@@ -140,8 +140,8 @@ bool answer_matches(std::string_view text, std::string_view answer) {
 Probe make_probe(const model::Model& model, std::span<const TokenId> filler,
                  const ProbeOptions& o) {
   if (o.distance < 0 || o.lead < 0)
-    throw InvalidArgument(fmt::format("probe: distance {} and lead {} must be >= 0", o.distance,
-                                      o.lead));
+    throw InvalidArgument(
+        fmt::format("probe: distance {} and lead {} must be >= 0", o.distance, o.lead));
   if (o.kind == ProbeKind::kCopy && o.span < 2)
     throw InvalidArgument(fmt::format("probe: the copy span must be >= 2 tokens, got {}", o.span));
   const auto n_filler = static_cast<int64_t>(filler.size());
@@ -152,8 +152,8 @@ Probe make_probe(const model::Model& model, std::span<const TokenId> filler,
   const int64_t need = o.lead + (o.kind == ProbeKind::kLines ? 0 : reach);
   if (n_filler < need)
     throw InvalidArgument(
-        fmt::format("probe: the filler has {} tokens; a {} probe at distance {} needs {}",
-                    n_filler, probe_kind_name(o.kind), reach, need));
+        fmt::format("probe: the filler has {} tokens; a {} probe at distance {} needs {}", n_filler,
+                    probe_kind_name(o.kind), reach, need));
   std::mt19937_64 rng(0x5eed0000ull + o.seed);
   const double u = uniform(rng);
   const int64_t off = filler_offset(u, n_filler, need);
@@ -244,9 +244,8 @@ std::vector<RecallRow> measure_recall(const model::Model& model, std::span<const
   // Distances in ascending order: a seed's stream is walked once, from the smallest.
   std::vector<size_t> order(opts.distances.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return opts.distances[a] < opts.distances[b];
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return opts.distances[a] < opts.distances[b]; });
   std::unique_ptr<ThreadPool> own;
   if (pool == nullptr) {
     own = std::make_unique<ThreadPool>(opts.threads);
@@ -254,8 +253,8 @@ std::vector<RecallRow> measure_recall(const model::Model& model, std::span<const
   }
   const bool copy = opts.kind == ProbeKind::kCopy;
   const int64_t n_vocab = model.config().n_vocab;
-  const int64_t total = static_cast<int64_t>(opts.policies.size() * opts.distances.size()) *
-                        opts.seeds;
+  const int64_t total =
+      static_cast<int64_t>(opts.policies.size() * opts.distances.size()) * opts.seeds;
   int64_t done = 0;
   std::vector<RecallRow> rows;
   for (const kv::PolicySpec& spec : opts.policies) {
@@ -302,13 +301,12 @@ std::vector<RecallRow> measure_recall(const model::Model& model, std::span<const
         RecallRow& row = cells[di];
         const auto t0 = std::chrono::steady_clock::now();
         // Where this probe leaves the trunk: at the latest where its recall begins.
-        const int64_t recall_at =
-            copy ? p.repeat_begin : static_cast<int64_t>(p.tokens.size()) - 1;
-        const auto shared = static_cast<int64_t>(
-            std::mismatch(p.tokens.begin(), p.tokens.end(), longest.tokens.begin(),
-                          longest.tokens.end())
-                .first -
-            p.tokens.begin());
+        const int64_t recall_at = copy ? p.repeat_begin : static_cast<int64_t>(p.tokens.size()) - 1;
+        const auto shared =
+            static_cast<int64_t>(std::mismatch(p.tokens.begin(), p.tokens.end(),
+                                               longest.tokens.begin(), longest.tokens.end())
+                                     .first -
+                                 p.tokens.begin());
         const int64_t split = std::min(shared, recall_at);
         if (split < fed || (copy && p.first_end > split))
           throw std::logic_error("recall: a probe leaves its seed's stream before its recall");

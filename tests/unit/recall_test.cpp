@@ -118,8 +118,7 @@ TEST(RecallProbe, PasskeyAndLinesAskForTheRightAnswer) {
 TEST(Recall, InsideTheWindowAPolicyRemembersWhatFullDoes) {
   const auto f = filler(800);
   RecallOptions o;
-  o.policies = {kv::PolicySpec("full"), kv::PolicySpec("window:200"),
-                kv::PolicySpec("sink:4+196")};
+  o.policies = {kv::PolicySpec("full"), kv::PolicySpec("window:200"), kv::PolicySpec("sink:4+196")};
   o.distances = {16, 64};
   o.seeds = 2;
   o.span = 8;
@@ -130,7 +129,7 @@ TEST(Recall, InsideTheWindowAPolicyRemembersWhatFullDoes) {
   ASSERT_EQ(rows.size(), 6u);
   for (size_t i = 0; i < 2; ++i) {
     for (size_t p = 1; p < 3; ++p) {
-      const RecallRow& full = rows[i], &other = rows[p * 2 + i];
+      const RecallRow &full = rows[i], &other = rows[p * 2 + i];
       EXPECT_EQ(other.distance, full.distance);
       EXPECT_EQ(other.nll_first, full.nll_first) << other.spec;
       EXPECT_EQ(other.nll_repeat, full.nll_repeat) << other.spec;

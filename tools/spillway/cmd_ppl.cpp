@@ -145,9 +145,10 @@ int run_ppl(const PplOptions& o) {
     fmt::print("\n");
   }
   if (reference)
-    fmt::print("(KL: mean KL({} || policy) of the next-token distributions, nats; top-1: "
-               "tokens where both put the most mass on the same token)\n",
-               results[0].reference_spec);
+    fmt::print(
+        "(KL: mean KL({} || policy) of the next-token distributions, nats; top-1: "
+        "tokens where both put the most mass on the same token)\n",
+        results[0].reference_spec);
 
   if (o.json_out) {
     nlohmann::json j;

@@ -113,8 +113,8 @@ struct RecallRow {
 // between the scored parts without logits). The probes of one seed share their stream up
 // to where their distances part, so a policy streams it once per seed, to the largest
 // distance, and at each smaller one runs that probe's recall from a checkpoint and goes
-// back. Rows in the order policies x distances. Throws InvalidArgument for a bad option or a filler too short for
-// the largest distance.
+// back. Rows in the order policies x distances. Throws InvalidArgument for a bad option
+// or a filler too short for the largest distance.
 std::vector<RecallRow> measure_recall(const model::Model& model, std::span<const TokenId> filler,
                                       const RecallOptions& opts, ThreadPool* pool = nullptr);
 

@@ -16,8 +16,9 @@
 // u = sum_t pi_t r_t / sum_t pi_t^2, r_t = o_t - (1 - pi_t) o_w,t (with a small ridge,
 // 1e-8 per sample, added to the denominator: it keeps u finite for a sink whose share
 // vanishes); what remains is a function of c alone, minimized by a scan and a
-// golden-section search. Without values u = 0 and only c is searched. Each layer is fitted with the real sinks in the layers
-// below (teacher forcing), not with the virtual ones.
+// golden-section search. Without values u = 0 and only c is searched. Each layer is
+// fitted with the real sinks in the layers below (teacher forcing), not with the virtual
+// ones.
 #pragma once
 
 #include <cstdint>

@@ -50,11 +50,11 @@ struct PerplexityResult {
   std::vector<float> nll;
 
   // With a reference (PerplexityOptions::reference), else empty / NaN:
-  std::string reference_spec;         // the reference policy in words
-  std::vector<float> kl;              // [tokens] KL(reference || policy) in nats
-  std::vector<uint8_t> top1_agree;    // [tokens] 1 where both put the most mass on one token
-  double kl_mean = std::nan("");      // mean of kl
-  double top1_agree_rate = std::nan("");  // mean of top1_agree
+  std::string reference_spec;                // the reference policy in words
+  std::vector<float> kl;                     // [tokens] KL(reference || policy) in nats
+  std::vector<uint8_t> top1_agree;           // [tokens] 1 where both put the most mass on one token
+  double kl_mean = std::nan("");             // mean of kl
+  double top1_agree_rate = std::nan("");     // mean of top1_agree
   double reference_mean_nll = std::nan("");  // the reference's own mean NLL
 };
 
