@@ -159,36 +159,33 @@ void attend_merge(const AttentionShape& s, int64_t kv_head, const float* parts, 
   }
 }
 
-void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
-                  const void* k, const void* v, float* out, float* scratch, float* probs_out,
-                  const float* sink_logit, const float* sink_value) {
-  int64_t total = 0;
-  for (int r = 0; r < n_runs; ++r) total += runs[r].end - runs[r].begin;
-  if (total <= 0) throw InvalidArgument("attend_group: no keys to attend to");
-  const int64_t n_pieces = attention_pieces(total);
-  const int64_t pf = attention_part_floats(s);
-  for (int64_t p = 0; p < n_pieces; ++p) {
-    attend_piece(s, kv_head, runs, n_runs, p * kAttnPiece, std::min(total, (p + 1) * kAttnPiece), k,
-                 v, scratch + p * pf);
-  }
-  attend_merge(s, kv_head, scratch, n_pieces, out, sink_logit, sink_value);
-  if (probs_out != nullptr) attention_probs(s, kv_head, runs, n_runs, k, probs_out);
-}
-
 namespace {
 
-// Pieces of `runs` into parts (attention_pieces(keys) of them); returns how many.
+// Every piece of `runs` into parts (attention_pieces(keys) of them); returns how many.
+// `what` names the caller in the error for runs without keys.
 int64_t pieces_of(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
-                  const void* k, const void* v, float* parts) {
+                  const void* k, const void* v, float* parts, const char* what) {
   int64_t total = 0;
   for (int r = 0; r < n_runs; ++r) total += runs[r].end - runs[r].begin;
-  if (total <= 0) throw InvalidArgument("attend_split: a part without keys");
+  if (total <= 0) throw InvalidArgument(fmt::format("{}: no keys to attend to", what));
   const int64_t n_pieces = attention_pieces(total), pf = attention_part_floats(s);
   for (int64_t p = 0; p < n_pieces; ++p)
     attend_piece(s, kv_head, runs, n_runs, p * kAttnPiece, std::min(total, (p + 1) * kAttnPiece), k,
                  v, parts + p * pf);
   return n_pieces;
 }
+
+}  // namespace
+
+void attend_group(const AttentionShape& s, int64_t kv_head, const KeyRun* runs, int n_runs,
+                  const void* k, const void* v, float* out, float* scratch, float* probs_out,
+                  const float* sink_logit, const float* sink_value) {
+  const int64_t n_pieces = pieces_of(s, kv_head, runs, n_runs, k, v, scratch, "attend_group");
+  attend_merge(s, kv_head, scratch, n_pieces, out, sink_logit, sink_value);
+  if (probs_out != nullptr) attention_probs(s, kv_head, runs, n_runs, k, probs_out);
+}
+
+namespace {
 
 // Head g's max score and sum of exp(score - max) over n pieces.
 std::pair<double, double> max_and_sum(const float* parts, int64_t n, int64_t G, int64_t pf,
@@ -215,9 +212,11 @@ void attend_split(const AttentionShape& s, int64_t kv_head, const KeyRun* window
                   const KeyRun* sinks, int n_sinks, const void* k, const void* v,
                   const SinkSplit* modes, const float* logits, float* out, float* scratch) {
   const int64_t d = s.head_dim, G = s.n_head / s.n_head_kv, pf = attention_part_floats(s);
-  const int64_t nw = pieces_of(s, kv_head, window, n_window, k, v, scratch);
+  const int64_t nw =
+      pieces_of(s, kv_head, window, n_window, k, v, scratch, "attend_split (window)");
   float* sink_parts = scratch + nw * pf;
-  const int64_t ns = pieces_of(s, kv_head, sinks, n_sinks, k, v, sink_parts);
+  const int64_t ns =
+      pieces_of(s, kv_head, sinks, n_sinks, k, v, sink_parts, "attend_split (sinks)");
   for (int64_t g = 0; g < G; ++g) {
     const int64_t h = kv_head * G + g;
     const SinkSplit mode = modes[h];

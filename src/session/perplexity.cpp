@@ -12,14 +12,6 @@
 
 namespace spillway {
 
-double token_nll(const float* logits, int64_t n, TokenId target) {
-  float mx = logits[0];
-  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, logits[i]);
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(logits[i] - mx));
-  return std::log(sum) + mx - logits[target];
-}
-
 namespace {
 
 struct Softmax {
@@ -43,10 +35,14 @@ Softmax softmax_of(const float* l, int64_t n) {
   return s;
 }
 
-}  // namespace
+// -log softmax(l)[target] from l's softmax sums.
+double nll_of(const Softmax& s, const float* l, TokenId target) {
+  return s.log_sum + s.max - l[target];
+}
 
-Divergence divergence(const float* p, const float* q, int64_t n) {
-  const Softmax sp = softmax_of(p, n), sq = softmax_of(q, n);
+// KL(p || q) and top-1 agreement from both rows' softmax sums.
+Divergence divergence_of(const float* p, const Softmax& sp, const float* q, const Softmax& sq,
+                         int64_t n) {
   // log p_i = p_i - max_p - log_sum_p, and likewise for q.
   const double cp = static_cast<double>(sp.max) + sp.log_sum;
   const double cq = static_cast<double>(sq.max) + sq.log_sum;
@@ -57,6 +53,16 @@ Divergence divergence(const float* p, const float* q, int64_t n) {
     if (pi > 0.0) kl += pi * (lp - (static_cast<double>(q[i]) - cq));
   }
   return {kl > 0.0 ? kl : 0.0, sp.argmax == sq.argmax};
+}
+
+}  // namespace
+
+double token_nll(const float* logits, int64_t n, TokenId target) {
+  return nll_of(softmax_of(logits, n), logits, target);
+}
+
+Divergence divergence(const float* p, const float* q, int64_t n) {
+  return divergence_of(p, softmax_of(p, n), q, softmax_of(q, n), n);
 }
 
 PerplexityResult evaluate_perplexity(const model::Model& model, std::span<const TokenId> tokens,
@@ -117,17 +123,22 @@ PerplexityResult evaluate_perplexity(const model::Model& model, std::span<const 
       ref->feed(part, [&](int64_t i, const float* logits) {
         std::copy(logits, logits + n_vocab,
                   ref_logits.begin() + static_cast<std::ptrdiff_t>((i - done) * n_vocab));
-        ref_total += token_nll(logits, n_vocab, tokens[static_cast<size_t>(i + 1)]);
         return true;
       });
     }
     session.feed(part, [&](int64_t i, const float* logits) {
-      const double v = token_nll(logits, n_vocab, tokens[static_cast<size_t>(i + 1)]);
+      // Each row's softmax sums once, for its NLL and for the divergence.
+      const TokenId target = tokens[static_cast<size_t>(i + 1)];
+      const Softmax sq = softmax_of(logits, n_vocab);
+      const double v = nll_of(sq, logits, target);
       const auto k = static_cast<size_t>(i - first_logit);
       r.nll[k] = static_cast<float>(v);
       total += v;
       if (ref) {
-        const Divergence d = divergence(ref_logits.data() + (i - done) * n_vocab, logits, n_vocab);
+        const float* rl = ref_logits.data() + (i - done) * n_vocab;
+        const Softmax sr = softmax_of(rl, n_vocab);
+        ref_total += nll_of(sr, rl, target);
+        const Divergence d = divergence_of(rl, sr, logits, sq, n_vocab);
         r.kl[k] = static_cast<float>(d.kl);
         r.top1_agree[k] = d.top1_agree ? 1 : 0;
         kl_total += d.kl;
