@@ -11,8 +11,9 @@
 # 4. install of build/ into a temporary prefix, and the find_package(spillway) consumer
 #    project in tests/consumer/ built and run against it
 # 5. the Python package: `pip install .` into the venv build-py/venv (the module's CMake
-#    build stays in build-py/ for the next run), then its pytest suite in python/tests/
-#    (numbers compared with build/bin/spillway)
+#    build stays in build-py/ for the next run) with the sweep extra (pandas, pyarrow,
+#    Ray), then its pytest suite in python/tests/ (numbers compared with
+#    build/bin/spillway; the sweeps run in a pool and on a local Ray instance)
 #
 # Environment: JOBS (parallel build and test jobs, default 2).
 set -euo pipefail
@@ -101,8 +102,8 @@ if [[ $run_python -eq 1 ]]; then
   build-py/venv/bin/python -m pip install --quiet --disable-pip-version-check \
     "scikit-build-core>=0.10" "nanobind>=2.4" pytest numpy
   CMAKE_BUILD_PARALLEL_LEVEL=$JOBS build-py/venv/bin/python -m pip install --quiet \
-    --disable-pip-version-check --no-build-isolation .
-  SPILLWAY_REQUIRE_MODEL=1 SPILLWAY_CLI="$ROOT/build/bin/spillway" \
+    --disable-pip-version-check --no-build-isolation ".[sweep]"
+  SPILLWAY_REQUIRE_MODEL=1 SPILLWAY_REQUIRE_SWEEP=1 SPILLWAY_CLI="$ROOT/build/bin/spillway" \
     build-py/venv/bin/python -m pytest -q python/tests
   stage_done python
 fi

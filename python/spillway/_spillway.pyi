@@ -431,6 +431,11 @@ class AttentionStats(AttentionObserver):
         Mean un-rotated key of the recorded tokens from stream index key_tokens on.
         """
 
+def build_info() -> dict[str, str]:
+    """
+    What build is running: the library's version, the source commit it was built from (git describe; 'unknown' outside a checkout) and the kernel family this process chose (SPILLWAY_ISA or the widest the CPU runs). Results record it as their provenance.
+    """
+
 def sink_rate(scores: ArrayLike, eps: float = 0.3) -> float:
     """
     Percentage of (layer, head) scores above eps (NaN counts as not), Gu et al.'s sink rate.

@@ -11,9 +11,11 @@
 #include <cstring>
 
 #include "common.h"
+#include "spillway/core/build_info.h"
 #include "spillway/core/error.h"
 #include "spillway/core/thread_pool.h"
 #include "spillway/model/observer.h"
+#include "spillway/ops/matmul.h"
 #include "spillway/session/generate.h"
 #include "spillway/session/perplexity.h"
 #include "spillway/session/session.h"
@@ -314,6 +316,18 @@ NB_MODULE(_spillway, m) {
   m.doc() = "spillway: streaming LLM inference with a sink-aware KV cache (C++ core)";
   bind_errors(m);
   bind_policy(m);
+  m.def(
+      "build_info",
+      [] {
+        nb::dict d;
+        d["version"] = version();
+        d["commit"] = source_commit();
+        d["kernel_isa"] = ops::kernel_isa();
+        return d;
+      },
+      "What build is running: the library's version, the source commit it was built from "
+      "(git describe; 'unknown' outside a checkout) and the kernel family this process chose "
+      "(SPILLWAY_ISA or the widest the CPU runs). Results record it as their provenance.");
 
   nb::class_<PyTokenizer>(m, "Tokenizer",
                           "The model's tokenizer (byte-level BPE or SentencePiece, from GGUF "

@@ -7,8 +7,10 @@
 #include <string>
 
 #include "command.h"
+#include "spillway/core/build_info.h"
 #include "spillway/core/error.h"
 #include "spillway/core/log.h"
+#include "spillway/ops/matmul.h"
 
 namespace spillway::cli {
 std::vector<Command>& registry() {
@@ -21,7 +23,10 @@ int main(int argc, char** argv) {
   using namespace spillway;
   CLI::App app{"spillway: streaming LLM inference with a sink-aware KV cache"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "spillway 0.1.0");
+  app.set_version_flag("--version", [] {
+    return fmt::format("spillway {} (commit {}, kernels {})", version(), source_commit(),
+                       ops::kernel_isa());
+  });
   // Global options, accepted before or after the subcommand (subcommands let options they
   // do not know fall through to here). The library's log goes to stderr; without these
   // options its level is SPILLWAY_LOG_LEVEL's or warn (core/log.h).

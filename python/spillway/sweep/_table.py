@@ -1,0 +1,80 @@
+"""The tidy table of a sweep: one row per cell and measured figure, from the store."""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+from typing import Any, Optional
+
+from ._spec import Sweep
+from ._store import Store, write_atomic
+
+COLUMNS = ["model", "text", "spec", "cache", "measure", "options", "figure", "point", "value",
+           "status", "error", "key", "commit", "kernel_isa", "threads", "host", "seconds"]
+
+
+def _need_pandas():
+    try:
+        import pandas
+    except ImportError:
+        raise SystemExit("spillway-sweep: the result table needs pandas: "
+                         "pip install 'spillway[sweep]'") from None
+    return pandas
+
+
+def records(sweep: Sweep, store: Store) -> list[tuple[Any, Optional[dict[str, Any]]]]:
+    """(cell, its stored record or None) for each cell of the sweep, in the sweep's order."""
+    return [(cell, store.get(cell.key)) for cell in sweep.cells]
+
+
+def rows(sweep: Sweep, store: Store) -> list[dict[str, Any]]:
+    out = []
+    for cell, rec in records(sweep, store):
+        base = {"model": cell.model.name, "text": cell.text.name, "spec": cell.spec,
+                "cache": cell.cache, "measure": cell.measure,
+                "options": json.dumps(cell.options, sort_keys=True), "key": cell.key,
+                "threads": cell.threads}
+        if rec is None:
+            out.append({**base, "status": "missing"})
+            continue
+        prov = rec.get("provenance", {})
+        base.update(status=rec["status"], error=rec.get("error"), commit=prov.get("commit"),
+                    kernel_isa=prov.get("kernel_isa"), host=prov.get("host"),
+                    seconds=prov.get("seconds"))
+        if rec["status"] != "ok" or not rec["figures"]:
+            out.append(base)
+            continue
+        for f in rec["figures"]:
+            out.append({**base, "figure": f["figure"], "point": f["point"], "value": f["value"]})
+    return out
+
+
+def table(sweep: Sweep, store: Store):
+    """The tidy table as a pandas DataFrame (columns COLUMNS)."""
+    pd = _need_pandas()
+    df = pd.DataFrame(rows(sweep, store), columns=COLUMNS)
+    df["cache"] = df["cache"].astype("Int64")
+    df["threads"] = df["threads"].astype("Int64")
+    df["value"] = df["value"].astype("float64")
+    df["point"] = df["point"].astype("Int64") if df["point"].map(
+        lambda p: p is None or p != p or isinstance(p, int)).all() else df["point"].astype(str)
+    return df
+
+
+def write_table(sweep: Sweep, store: Store, out: pathlib.Path) -> list[pathlib.Path]:
+    """DIR/results.csv and, where pyarrow is installed, DIR/results.parquet."""
+    df = table(sweep, store)
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    written = [out / "results.csv"]
+    write_atomic(written[0], buf.getvalue().encode())
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return written
+    pbuf = io.BytesIO()
+    df.to_parquet(pbuf, index=False)
+    written.append(out / "results.parquet")
+    write_atomic(written[1], pbuf.getvalue())
+    return written

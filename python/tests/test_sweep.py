@@ -1,0 +1,251 @@
+"""spillway.sweep and spillway-sweep: cells and keys, the store, the three ways to run
+(this process, a local pool, a local Ray instance) giving the same numbers, retries of
+killed workers, failed cells that do not stop a sweep, re-runs that measure nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import spillway
+from spillway import sweep as sw
+
+from conftest import CORPUS, MODEL, _need
+
+HERE = pathlib.Path(__file__).resolve().parent
+REQUIRE_SWEEP = os.environ.get("SPILLWAY_REQUIRE_SWEEP") == "1"
+pd = pytest.importorskip("pandas") if not REQUIRE_SWEEP else __import__("pandas")
+
+# Figures that are timings, not results: they differ between any two runs.
+TIMINGS = {"tokens_per_s", "seconds", "pid"}
+
+
+def _write(tmp: pathlib.Path, body: str, name: str = "sweep.toml") -> pathlib.Path:
+    _need(MODEL, "model")
+    _need(CORPUS, "corpus")
+    path = tmp / name
+    path.write_text(f'[models.smol]\npath = "{MODEL}"\n\n[texts.austen]\npath = "{CORPUS}"\n\n'
+                    + body)
+    return path
+
+
+SMALL = """
+[sweep]
+threads = 1
+
+[[grid]]
+measure = "ppl"
+caches = [32, 48]
+policies = ["window:{c}", "sink:4+{c-4}"]
+options = { max_tokens = 96, score_from = 48, reference = "full" }
+
+[[grid]]
+measure = "recall"
+policies = ["sink:4+60"]
+options = { distances = [16, 96], seeds = 1, span = 8, lead = 16 }
+"""
+
+
+def _cli(args, *, env_extra=None, check=True, **kw):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    env.update(env_extra or {})
+    r = subprocess.run([sys.executable, "-m", "spillway.sweep", *map(str, args)], env=env,
+                       capture_output=True, text=True, timeout=600, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def _results(out: pathlib.Path):
+    df = pd.read_csv(out / "results.csv")
+    df = df[~df.figure.isin(TIMINGS)].drop(columns=["seconds", "host"])
+    return df.sort_values(["key", "figure", "point"]).reset_index(drop=True)
+
+
+def test_templates_and_their_errors():
+    assert sw.expand_template("sink:4+{c-4}", {"c": 256}, "t") == "sink:4+252"
+    assert sw.expand_template("h2o:{c//4}+{c - c//4}", {"c": 256}, "t") == "h2o:64+192"
+    assert sw.expand_template("full", {}, "t") == "full"
+    assert sw.expand_template("{{c}}", {"c": 1}, "t") == "{c}"
+    for bad in ("window:{c", "window:{x}", "window:{__import__('os')}", "window:{c/2}",
+                "window:{c//0}", "window:c}"):
+        with pytest.raises(sw.SweepError):
+            sw.expand_template(bad, {"c": 8}, "t")
+
+
+def test_cells_keys_and_sweep_file_errors(tmp_path):
+    s = sw.load_sweep(_write(tmp_path, SMALL))
+    assert [c.spec for c in s.cells] == ["window:32", "window:48", "sink:4+28", "sink:4+44",
+                                         "sink:4+60"]
+    assert len({c.key for c in s.cells}) == 5
+    # The key is what determines the result: the same file elsewhere keys the same, a
+    # changed option or kernel family does not.
+    again = sw.load_sweep(_write(tmp_path, SMALL, "copy.toml"))
+    assert [c.key for c in again.cells] == [c.key for c in s.cells]
+    other = sw.load_sweep(_write(tmp_path, SMALL.replace("score_from = 48", "score_from = 47"),
+                                 "other.toml"))
+    assert other.cells[0].key != s.cells[0].key and other.cells[4].key == s.cells[4].key
+    scalar = sw.load_sweep(_write(tmp_path, SMALL, "isa.toml"), isa="scalar")
+    assert not {c.key for c in scalar.cells} & {c.key for c in s.cells}
+    assert s.cells[0].model.sha256 == sw._spec.file_sha256(MODEL)
+    for body, words in [
+        ("[[grid]]\nmeasure = 'perplexity'\n", "unknown measure 'perplexity'"),
+        ("[[grid]]\noptions = { max_token = 5 }\n", "no option(s) ['max_token']"),
+        ("[[grid]]\npolicies = ['window:{c}']\n", "has no caches"),
+        ("[[grid]]\nmodels = ['nope']\n", "names 'nope'"),
+        ("[[grid]]\ncaches = [0]\npolicies = ['window:{c}']\n", "positive integers"),
+        ("[sweep]\nthreads = 0\n[[grid]]\n", "threads must be"),
+        ("[[grid]]\nmeasure = 'ppl'\nextra = 1\n", "unknown keys ['extra']"),
+        ("[[grid\n", "not TOML"),
+        ("", "no [[grid]] block"),
+    ]:
+        with pytest.raises(sw.SweepError, match=pytest.escape(words) if hasattr(pytest, "escape")
+                           else None) as e:
+            sw.load_sweep(_write(tmp_path, body, "bad.toml"))
+        assert words in str(e.value) and "bad.toml" in str(e.value)
+
+
+def test_a_cell_measures_what_the_library_measures(tmp_path, model):
+    s = sw.load_sweep(_write(tmp_path, SMALL))
+    rec = sw.run_cell(s.cells[2].to_dict())
+    assert rec["status"] == "ok", rec["error"]
+    ids = model.tokenize(CORPUS.read_text(encoding="utf-8"))[:96]
+    want = spillway.perplexity(model, ids, ["sink:4+28"], score_from=48, reference="full")[0]
+    got = {f["figure"]: f["value"] for f in rec["figures"]}
+    assert got["ppl"] == want.ppl and got["kl_mean"] == want.kl_mean
+    assert rec["arrays"]["nll"] == want.nll.tolist()
+    prov = rec["provenance"]
+    assert prov["commit"] == spillway.build_info()["commit"] and prov["kernel_isa"]
+
+
+def test_serial_pool_and_ray_give_the_same_numbers_and_a_rerun_measures_nothing(tmp_path):
+    path = _write(tmp_path, SMALL)
+    r = _cli([path, "--out", tmp_path / "serial", "--jobs", 1])
+    assert "5 cells to run" in r.stderr
+    serial = _results(tmp_path / "serial")
+    assert set(serial.status) == {"ok"} and len(serial.key.unique()) == 5
+    assert (tmp_path / "serial" / "results.parquet").exists() or \
+        pytest.importorskip("pyarrow") is None
+    _cli([path, "--out", tmp_path / "pool", "--jobs", 2])
+    pd.testing.assert_frame_equal(serial, _results(tmp_path / "pool"))
+    if not REQUIRE_SWEEP:
+        pytest.importorskip("ray")
+    _cli([path, "--out", tmp_path / "ray", "--ray", "local", "--jobs", 2])
+    ray_df = _results(tmp_path / "ray")
+    pd.testing.assert_frame_equal(serial, ray_df)
+    # Re-runs: nothing to measure, the table the same, the records untouched.
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "pool" / "cells").iterdir()}
+    r = _cli([path, "--out", tmp_path / "pool", "--jobs", 2])
+    assert "0 cells to run" in r.stderr
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "pool" / "cells").iterdir()}
+    pd.testing.assert_frame_equal(serial, _results(tmp_path / "pool"))
+    # A grown sweep measures only the new cells.
+    grown = _write(tmp_path, SMALL.replace("caches = [32, 48]", "caches = [32, 48, 64]"),
+                   "grown.toml")
+    assert "2 cells to run" in _cli([grown, "--out", tmp_path / "pool"]).stderr
+
+
+CRASH = """
+[sweep]
+max_retries = 2
+
+[[grid]]
+measure = "python:sweep_measures:crash_once"
+policies = ["window:32"]
+options = {{ marker = "{marker}", max_tokens = 40 }}
+
+[[grid]]
+measure = "ppl"
+policies = ["window:32", "window:{{c}}"]
+caches = [16]
+options = {{ max_tokens = 64 }}
+
+[[grid]]
+measure = "ppl"
+policies = ["window:0", "nosuch:8"]
+options = {{ max_tokens = 64 }}
+
+[[grid]]
+measure = "python:sweep_measures:fails"
+policies = ["full"]
+"""
+
+
+@pytest.mark.parametrize("how", ["pool", "ray"])
+def test_killed_workers_are_retried_and_failed_cells_do_not_stop_the_sweep(tmp_path, how):
+    if how == "ray" and not REQUIRE_SWEEP:
+        pytest.importorskip("ray")
+    marker = tmp_path / "crashed"
+    path = _write(tmp_path, CRASH.format(marker=marker))
+    args = [path, "--out", tmp_path / "out", "--jobs", 2] + (["--ray", "local"]
+                                                              if how == "ray" else [])
+    r = _cli(args, check=False)
+    assert r.returncode == 1, r.stderr  # failed cells: exit 1, after every cell ran
+    assert "6 cells to run" in r.stderr
+    assert marker.exists()  # the first attempt did kill its worker
+    df = pd.read_csv(tmp_path / "out" / "results.csv")
+    by_spec = df.groupby(["spec", "measure"]).status.first()
+    assert by_spec[("window:32", "python:sweep_measures:crash_once")] == "ok"
+    crashed_pid = int(marker.read_text())
+    row = df[(df.measure == "python:sweep_measures:crash_once") & (df.figure == "pid")]
+    assert int(row.value.iloc[0]) != crashed_pid  # measured by another process
+    assert by_spec[("window:32", "ppl")] == "ok" and by_spec[("window:16", "ppl")] == "ok"
+    assert by_spec[("window:0", "ppl")] == "failed"
+    assert by_spec[("nosuch:8", "ppl")] == "failed"
+    assert by_spec[("full", "python:sweep_measures:fails")] == "failed"
+    errors = df[df.status == "failed"].set_index("spec").error
+    assert "nosuch" in errors["nosuch:8"]
+    assert "always fails" in errors["full"]
+    # A re-run keeps the failed cells (their failure is the cell's own) unless asked.
+    r = _cli(args, check=False)
+    assert "0 cells to run (3 failed cells kept" in r.stderr
+    r = _cli(args + ["--retry-failed"], check=False)
+    assert "3 cells to run" in r.stderr and r.returncode == 1
+
+
+def test_a_missing_file_fails_its_cells_and_a_wrong_sha256_too(tmp_path):
+    _need(MODEL, "model")
+    path = tmp_path / "s.toml"
+    path.write_text(f'[models.gone]\npath = "{tmp_path}/gone.gguf"\n'
+                    f'[models.wrong]\npath = "{MODEL}"\nsha256 = "{"0" * 64}"\n'
+                    f'[models.smol]\npath = "{MODEL}"\n'
+                    f'[texts.austen]\npath = "{CORPUS}"\n'
+                    '[[grid]]\nmeasure = "ppl"\npolicies = ["window:16"]\n'
+                    'options = { max_tokens = 40 }\n')
+    r = _cli([path, "--out", tmp_path / "out", "--jobs", 1], check=False)
+    assert r.returncode == 1
+    df = pd.read_csv(tmp_path / "out" / "results.csv").groupby("model").first()
+    assert df.status.to_dict() == {"gone": "failed", "wrong": "failed", "smol": "ok"}
+    assert "gone.gguf" in df.error["gone"] and "keyed for 000" in df.error["wrong"]
+
+
+def test_ctrl_c_keeps_finished_cells(tmp_path):
+    _need(MODEL, "model")
+    path = _write(tmp_path, "[[grid]]\nmeasure = 'ppl'\ncaches = [16, 24, 32, 40, 48, 56]\n"
+                            "policies = ['recompute:{c}']\noptions = { max_tokens = 400 }\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.Popen([sys.executable, "-m", "spillway.sweep", str(path), "--out",
+                          str(tmp_path / "out"), "--jobs", "2"], env=env,
+                         stderr=subprocess.PIPE, text=True)
+    cells = tmp_path / "out" / "cells"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (cells.exists() and any(cells.glob("*.json"))):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    t0 = time.time()
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert time.time() - t0 < 30  # workers stopped, not waited for
+    kept = len(list(cells.glob("*.json")))
+    assert 1 <= kept < 6 and "stopped" in err
+    assert not list(cells.glob(".*.tmp"))
+    r = _cli([path, "--out", tmp_path / "out", "--list"])
+    assert r.stdout.count(" ok ") == kept and r.stdout.count("missing") == 6 - kept
