@@ -4,8 +4,12 @@
 
 namespace spillway {
 
-const char* version() { return SPILLWAY_VERSION_STRING; }
+const char* version() {
+  return SPILLWAY_VERSION_STRING;
+}
 
-const char* source_commit() { return SPILLWAY_SOURCE_COMMIT; }
+const char* source_commit() {
+  return SPILLWAY_SOURCE_COMMIT;
+}
 
 }  // namespace spillway
