@@ -77,6 +77,13 @@ def _finite(x: float) -> Any:
 
 
 def _measure_ppl(model, ids, spec, o, threads):
+    if o["replace_head"]:
+        head = model.tokenize(o["replace_head"], add_bos=False)
+        if not 1 <= len(head) < len(ids):
+            raise CellError(f"replace_head gives {len(head)} tokens; it must give between 1 "
+                            f"and {len(ids) - 1}")
+        ids = ids.copy()
+        ids[:len(head)] = head
     r = spillway.perplexity(model, ids, [spec], chunk=o["chunk"], score_from=o["score_from"],
                             threads=threads, reference=o["reference"])[0]
     figures = {"ppl": r.ppl, "mean_nll": r.mean_nll, "tokens": r.tokens,

@@ -30,7 +30,10 @@ MEASURES: dict[str, dict[str, Any]] = {
     # spillway.perplexity: the first max_tokens tokens of the text (0: all), targets from
     # score_from on; reference (a spec such as "full" or "recompute:{c}") adds the per-token
     # KL divergence and top-1 agreement with it.
-    "ppl": {"max_tokens": 0, "score_from": 1, "chunk": 128, "reference": None},
+    # replace_head: text whose tokens (no BOS) replace the stream's first tokens, e.g. four
+    # newline tokens in the sink positions (`spillway ppl --replace-head`).
+    "ppl": {"max_tokens": 0, "score_from": 1, "chunk": 128, "reference": None,
+            "replace_head": None},
     # spillway.recall: a probe at each distance, seeds per distance, filler from the text.
     "recall": {"probe": "copy", "distances": [64, 128, 256, 512, 1024, 2048, 4096],
                "seeds": 3, "span": 32, "lead": 64, "chunk": 128, "max_tokens": 0},
