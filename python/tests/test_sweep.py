@@ -17,7 +17,7 @@ import pytest
 import spillway
 from spillway import sweep as sw
 
-from conftest import CORPUS, MODEL, _need
+from conftest import CORPUS, MODEL, ROOT, _need
 
 HERE = pathlib.Path(__file__).resolve().parent
 REQUIRE_SWEEP = os.environ.get("SPILLWAY_REQUIRE_SWEEP") == "1"
@@ -249,3 +249,45 @@ def test_ctrl_c_keeps_finished_cells(tmp_path):
     assert not list(cells.glob(".*.tmp"))
     r = _cli([path, "--out", tmp_path / "out", "--list"])
     assert r.stdout.count(" ok ") == kept and r.stdout.count("missing") == 6 - kept
+
+
+def test_results_find_cells_and_the_cli_measures_the_same_bits(tmp_path, cli):
+    path = _write(tmp_path, SMALL)
+    store = tmp_path / "out"
+    res = sw.Results(path, store)
+    with pytest.raises(KeyError, match="not in the store"):
+        res.series("sink:4+28")
+    _cli([path, "--out", store, "--jobs", 1])
+    res = sw.Results(path, store)
+    s = res.series("sink:4+28", text="austen")
+    assert s.first == 48 and len(s.nll) == 96 - 48
+    assert s.ppl(48, 96) == pytest.approx(res.figure("ppl", "sink:4+28"), rel=1e-6)
+    with pytest.raises(KeyError, match="4 cells"):  # ambiguous: every ppl cell matches
+        res.record(measure="ppl", text="austen")
+    with pytest.raises(KeyError, match="0 cells"):
+        res.record("window:33")
+    assert res.provenance()["commit"] == [spillway.build_info()["commit"]]
+    # The command renderers list for a cell measures the same bits.
+    line = next(c for c in res.commands() if c.endswith("-p sink:4+28"))
+    args = line.split(": ", 1)[1].split()[2:]
+    out = tmp_path / "cli.json"
+    subprocess.run([str(cli), "ppl", *args, "--json", str(out)], check=True,
+                   capture_output=True, cwd=os.getcwd())
+    got = json.loads(out.read_text())["policies"][0]
+    assert got["nll"] == s.nll and got["first_target"] == s.first
+
+
+def test_the_example_sweeps_expand_and_the_smoke_sweep_runs(tmp_path):
+    _need(MODEL, "model")
+    examples = ROOT / "examples/sweeps"
+    counts = {p.stem: len(sw.load_sweep(p).cells) for p in sorted(examples.glob("*.toml"))}
+    assert counts == {"results": 23, "results-gemma": 22, "results-policies": 28, "smoke": 7}
+    r = _cli([examples / "smoke.toml", "--out", tmp_path / "smoke", "--plot", "ppl", "--plot",
+              "recall", "--plot", "nothing"])
+    assert "7 cells to run" in r.stderr and "no figure 'nothing'" in r.stderr
+    for png in ("ppl.png", "recall.png"):
+        assert (tmp_path / "smoke" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    df = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    assert set(df.status) == {"ok"}
+    ppl = df[df.figure == "ppl"].set_index("spec").value
+    assert ppl["sink:4+60"] < ppl["window:64"]  # the mechanism, at a glance

@@ -9,16 +9,20 @@ process pool, or as Ray tasks (`pip install 'spillway[sweep]'`). See docs/sweeps
     store = Store("out/smoke")
     run_sweep(sweep, store, jobs=2)
     df = table(sweep, store)            # pandas
+    res = Results(sweep, store)         # records by spec and options, for renderers
+    res.series("sink:4+252", text="austen").ppl(896, 1280)
 """
 
 from __future__ import annotations
 
 from ._cell import run_cell
+from ._results import Results, Series, paired
 from ._run import Outcome, run_sweep
 from ._spec import MEASURES, Cell, Input, Sweep, SweepError, expand_template, load_sweep
 from ._store import Store, write_atomic
-from ._table import COLUMNS, records, rows, table, write_table
+from ._table import COLUMNS, plot, records, rows, table, write_table
 
-__all__ = ["COLUMNS", "MEASURES", "Cell", "Input", "Outcome", "Store", "Sweep", "SweepError",
-           "expand_template", "load_sweep", "records", "rows", "run_cell", "run_sweep",
-           "table", "write_atomic", "write_table"]
+__all__ = ["COLUMNS", "MEASURES", "Cell", "Input", "Outcome", "Results", "Series", "Store",
+           "Sweep", "SweepError", "expand_template", "load_sweep", "paired", "plot",
+           "records", "rows", "run_cell", "run_sweep", "table", "write_atomic",
+           "write_table"]

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from ._run import run_sweep
 from ._spec import SweepError, load_sweep
 from ._store import Store
-from ._table import write_table
+from ._table import plot, table, write_table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--isa", metavar="FAMILY",
                    help="the kernel family cells are keyed for and workers run (default: the "
                         "sweep's isa, else this machine's; scalar, avx2, avx512-vnni)")
+    p.add_argument("--plot", action="append", default=[], metavar="FIGURE",
+                   help="draw FIGURE (ppl, kl_mean, recall, ...) from the table into "
+                        "DIR/FIGURE.png: a line per policy across cache sizes (matplotlib); "
+                        "repeatable")
     p.add_argument("--list", action="store_true",
                    help="print the cells and whether each is stored, run nothing")
     return p
@@ -74,6 +78,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         retry_failed=args.retry_failed)
     for path in write_table(sweep, store, out):
         print(f"spillway-sweep: wrote {path}", file=sys.stderr)
+    if args.plot:
+        df = table(sweep, store)
+        for figure in args.plot:
+            path = out / f"{figure}.png"
+            if plot(df, figure, path, title=sweep.name):
+                print(f"spillway-sweep: wrote {path}", file=sys.stderr)
+            else:
+                print(f"spillway-sweep: no figure '{figure}' measured, no plot",
+                      file=sys.stderr)
     print(f"spillway-sweep: {outcome.ok} measured, {outcome.failed} failed, {outcome.kept} "
           f"kept from the store, {outcome.left} left; {outcome.seconds:.1f} s",
           file=sys.stderr)

@@ -22,10 +22,14 @@ import spillway
 from ._spec import MEASURES, file_sha256
 
 # Per process: the models loaded (the last two; a sweep usually walks one model at a
-# time) and the sha256 of each file read, by (path, size, mtime).
+# time), the sha256 of each file read, by (path, size, mtime).
 _MODELS: "collections.OrderedDict[str, spillway.Model]" = collections.OrderedDict()
 _HASHES: dict[tuple[str, int, int], str] = {}
 _KEEP_MODELS = 2
+# And the token ids of each text under each model (a 4 MB text takes about half a second
+# to tokenize, a tenth of a short cell).
+_IDS: "collections.OrderedDict[tuple, np.ndarray]" = collections.OrderedDict()
+_KEEP_TEXTS = 4
 
 
 class CellError(Exception):
@@ -59,11 +63,20 @@ def _model(path: str, sha256: str) -> spillway.Model:
 
 def _text_ids(model: spillway.Model, path: str, sha256: str, max_tokens: int) -> np.ndarray:
     _checked(path, sha256, "text")
-    with open(path, encoding="utf-8", errors="strict") as f:
-        text = f.read()
-    if not text.strip():
-        raise CellError(f"text {path} is empty")
-    ids = model.tokenize(text)
+    k = (model.path, path, sha256)
+    if k in _IDS:
+        _IDS.move_to_end(k)
+        ids = _IDS[k]
+    else:
+        with open(path, encoding="utf-8", errors="strict") as f:
+            text = f.read()
+        if not text.strip():
+            raise CellError(f"text {path} is empty")
+        ids = model.tokenize(text)
+        ids.flags.writeable = False
+        _IDS[k] = ids
+        while len(_IDS) > _KEEP_TEXTS:
+            _IDS.popitem(last=False)
     if max_tokens:
         if len(ids) < max_tokens:
             raise CellError(f"text {path} has {len(ids)} tokens, the cell asks for {max_tokens}")

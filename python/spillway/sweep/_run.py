@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TextIO
 
@@ -35,8 +36,8 @@ class Outcome:
 class Progress:
     """One line per finished cell: a bar, done/total, the cell, its time and the ETA."""
 
-    def __init__(self, total: int, parallel: int, out: TextIO = sys.stderr):
-        self.total, self.parallel, self.out = total, max(1, parallel), out
+    def __init__(self, total: int, out: TextIO = sys.stderr):
+        self.total, self.out = total, out
         self.done, self.t0 = 0, time.time()
 
     def __call__(self, cell: Cell, record: dict[str, Any]) -> None:
@@ -103,7 +104,7 @@ def _run_pool(cells: list[Cell], done: Callable, jobs: int, max_retries: int, **
                     cell = queue.popleft()
                     try:
                         flight[pool.submit(run_cell, cell.to_dict())] = cell
-                    except cf.process.BrokenProcessPool:
+                    except BrokenProcessPool:
                         queue.appendleft(cell)
                         broken = True
                 if not flight:
@@ -113,7 +114,7 @@ def _run_pool(cells: list[Cell], done: Callable, jobs: int, max_retries: int, **
                     cell = flight.pop(fut)
                     try:
                         done(cell, fut.result())
-                    except cf.process.BrokenProcessPool:
+                    except BrokenProcessPool:
                         broken = True
                         attempts[cell.key] += 1
                         if attempts[cell.key] > max_retries:
@@ -205,7 +206,7 @@ def run_sweep(sweep: Sweep, store: Store, *, jobs: int = 1, ray_address: Optiona
     if not todo:
         outcome.seconds = time.time() - t0
         return outcome
-    progress = Progress(len(todo), jobs, out)
+    progress = Progress(len(todo), out)
 
     def done(cell: Cell, record: dict[str, Any]) -> None:
         store.put(record)

@@ -42,6 +42,9 @@ MEASURES: dict[str, dict[str, Any]] = {
     # spillway.ablate_sinks: per-layer causal dependence on the sink slots.
     "ablate": {"max_tokens": 512, "score_from": 0, "chunk": 64, "per_head": False},
 }
+# The kernel families as spillway.build_info() names them (SPILLWAY_ISA also takes
+# "avx512" for the last).
+KERNEL_FAMILIES = ("scalar", "avx2", "avx512-vnni")
 # measure = "python:MODULE:FUNCTION": a researcher's own measurement, called in the worker
 # as FUNCTION(model, ids, spec, options, threads) (see run_cell); its options are free.
 _PYTHON_PREFIX = "python:"
@@ -144,6 +147,9 @@ class Cell:
     isa: str
     version: str
     key: str = field(default="")
+    # The grid's policy as written ("sink:4+{c-4}"): cells of one template are one line
+    # across cache sizes in a plot.
+    policy: str = field(default="")
 
     def identity(self) -> dict[str, Any]:
         """What determines the result. The names and paths of the inputs do not; their
@@ -156,7 +162,8 @@ class Cell:
         return {"model": self.model.name, "model_path": self.model.path,
                 "model_sha256": self.model.sha256, "text": self.text.name,
                 "text_path": self.text.path, "text_sha256": self.text.sha256,
-                "spec": self.spec, "cache": self.cache, "measure": self.measure,
+                "spec": self.spec, "policy": self.policy, "cache": self.cache,
+                "measure": self.measure,
                 "options": self.options, "threads": self.threads, "kernel_isa": self.isa,
                 "version": self.version, "key": self.key}
 
@@ -279,6 +286,10 @@ def load_sweep(path: str | os.PathLike, *, isa: Optional[str] = None,
         raise SweepError(f"{where}: [sweep] max_retries must be an integer >= 0")
     info = spillway.build_info()
     isa = isa or head.get("isa") or info["kernel_isa"]
+    isa = {"avx512": "avx512-vnni"}.get(isa, isa)
+    if isa not in KERNEL_FAMILIES:
+        raise SweepError(f"{where}: unknown kernel family '{isa}' "
+                         f"({', '.join(KERNEL_FAMILIES)})")
     base = path.resolve().parent
     hashes = {} if hashes is None else hashes
     models = _inputs(doc, "models", base, where, hashes)
@@ -329,7 +340,7 @@ def load_sweep(path: str | os.PathLike, *, isa: Optional[str] = None,
                             get("texts", tname, texts[tname]), spec,
                             c if uses_cache(template) else None, measure,
                             _options(measure, given, env, gwhere), threads, isa,
-                            info["version"])
+                            info["version"], policy=template)
                 cell.key = cell_key(cell.identity())
                 if cell.key not in seen:
                     seen.add(cell.key)
