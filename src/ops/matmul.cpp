@@ -55,10 +55,8 @@ void detail::quantize_q8a_scalar(const float* x, int64_t cols, std::byte* out) {
   }
 }
 
-namespace {
-
 // One row of x into Q8_K blocks: d = amax / 127, bsums over groups of 16.
-void quantize_row_q8k(const float* x, int64_t cols, std::byte* out) {
+void detail::quantize_q8k_scalar(const float* x, int64_t cols, std::byte* out) {
   const int64_t nb = cols / kQKK;
   auto* blocks = reinterpret_cast<BlockQ8_K*>(out);
   for (int64_t b = 0; b < nb; ++b) {
@@ -79,6 +77,8 @@ void quantize_row_q8k(const float* x, int64_t cols, std::byte* out) {
     }
   }
 }
+
+namespace {
 
 const MatmulKernels& default_kernels() {
   return detail::kernels().matmul;
@@ -217,8 +217,9 @@ const void* Activations::q8_k(ThreadPool& pool) {
   const int64_t rb = detail::q8k_row_bytes(cols_);
   if (static_cast<int64_t>(q8_k_.size()) < rb * T_) q8_k_.resize(static_cast<size_t>(rb * T_));
   std::byte* out = q8_k_.data();
+  const detail::QuantizeFn quantize = default_kernels().quantize_q8k;
   pool.parallel_for(T_, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) quantize_row_q8k(x_ + t * cols_, cols_, out + t * rb);
+    for (int64_t t = t0; t < t1; ++t) quantize(x_ + t * cols_, cols_, out + t * rb);
   });
   have_q8_k_ = true;
   return q8_k_.data();

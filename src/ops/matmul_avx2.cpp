@@ -209,6 +209,52 @@ void quantize_q8a(const float* x, int64_t cols, std::byte* out) {
   }
 }
 
+// QuantizeFn for Q8_K (matmul_internal.h), as quantize_q8a computes each value: the
+// block's amax over 32 vectors, then per 32 values four vectors of q, packed to bytes in
+// order, and the two 16-value group sums of bsums.
+void quantize_q8k(const float* x, int64_t cols, std::byte* out) {
+  const int64_t nb = cols / kQKK;
+  auto* blocks = reinterpret_cast<BlockQ8_K*>(out);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kQKK;
+    BlockQ8_K& blk = blocks[b];
+    __m256 m = _mm256_setzero_ps();
+    SPW_UNROLL for (int i = 0; i < kQKK / 8; ++i) {
+      m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(xb + 8 * i)), m);
+    }
+    const float amax = hmax(m);
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    blk.d = amax / 127.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    for (int c = 0; c < kQKK / 32; ++c) {
+      __m256i q[4];
+      SPW_UNROLL for (int i = 0; i < 4; ++i) {
+        __m256 p = _mm256_mul_ps(_mm256_loadu_ps(xb + 32 * c + 8 * i), vid);
+        p = _mm256_and_ps(p, _mm256_cmp_ps(p, p, _CMP_ORD_Q));
+        p = _mm256_min_ps(_mm256_max_ps(p, lo), hi);
+        q[i] =
+            _mm256_cvtps_epi32(_mm256_round_ps(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      }
+      const __m256i bytes =
+          _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk.qs + 32 * c),
+                          _mm256_permutevar8x32_epi32(bytes, order));
+      // Group sums: q0 + q1 (values 0..15 of these 32), q2 + q3 (16..31), each to one int.
+      const __m256i s01 = _mm256_add_epi32(q[0], q[1]), s23 = _mm256_add_epi32(q[2], q[3]);
+      // hadd of (s01, s23) per lane, twice: lane 0 holds [s01 s01 s23 s23] partials of the
+      // low halves, lane 1 of the high halves.
+      __m256i h = _mm256_hadd_epi32(s01, s23);
+      h = _mm256_hadd_epi32(h, h);
+      const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+      blk.bsums[2 * c] = static_cast<int16_t>(_mm_cvtsi128_si32(t));
+      blk.bsums[2 * c + 1] = static_cast<int16_t>(_mm_extract_epi32(t, 1));
+    }
+  }
+}
+
 float dot_f32(const float* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t i = 0;
@@ -228,6 +274,7 @@ const MatmulKernels& avx2_matmul_kernels() {
     MatmulKernels t = group_matmul_kernels<Avx2Dots, Q8_0W>();
     t.dot_f32 = dot_f32;
     t.quantize_q8a = quantize_q8a;
+    t.quantize_q8k = quantize_q8k;
     return t;
   }();
   return k;

@@ -109,16 +109,23 @@ struct MatmulKernels {
   TileFn q6_k = nullptr;
   DotF32Fn dot_f32 = nullptr;
   QuantizeFn quantize_q8a = nullptr;
+  QuantizeFn quantize_q8k = nullptr;
 };
 
 // The scalar QuantizeFn (matmul.cpp): the reference.
 void quantize_q8a_scalar(const float* x, int64_t cols, std::byte* out);
+// One row of `cols` f32 activations (a multiple of 256) into BlockQ8_K blocks at `out`,
+// the activations of the K-quant products: per block d = amax / 127, q as for Q8A (same
+// rounding, NaN and clamping rules), bsums[g] = the sum of q over values 16g..16g+15.
+// Every family writes the same bytes; this is the reference.
+void quantize_q8k_scalar(const float* x, int64_t cols, std::byte* out);
 
 const MatmulKernels& scalar_matmul_kernels();
 // Only valid when the CPU supports AVX2, FMA and F16C.
 const MatmulKernels& avx2_matmul_kernels();
 // Only valid when the CPU supports AVX-512 F/BW/VL/DQ and VNNI. Entries without an
-// AVX-512 kernel (dot_f32, quantize_q8a) are null: kernels.cpp keeps AVX2's there.
+// AVX-512 kernel (dot_f32, quantize_q8a, quantize_q8k) are null: kernels.cpp keeps AVX2's
+// there.
 const MatmulKernels& avx512_matmul_kernels();
 
 }  // namespace spillway::ops::detail

@@ -731,6 +731,57 @@ TEST(Matmul, ActivationQuantizingGivesTheReferenceBytes) {
   }
 }
 
+// The same for the K-quant activations (Q8_K: 256 values a block, group sums of 16).
+TEST(Matmul, KQuantActivationQuantizingGivesTheReferenceBytes) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  constexpr int64_t kCols = 256 * 3;
+  std::vector<float> x(kCols);
+  for (int round = 0; round < 40; ++round) {
+    const float scale = std::ldexp(1.0f, round % 20 - 10);
+    for (float& v : x) v = normal(rng) * scale;
+    switch (round % 8) {
+      case 1:  // exact ties: x * (127 / amax) lands on k + 0.5
+        for (int j = 0; j < 256; ++j) x[static_cast<size_t>(j)] = (j % 64 - 32) + 0.5f;
+        x[255] = 127.0f;
+        break;
+      case 2:
+        x[3] = std::nanf("");
+        x[300] = -std::numeric_limits<float>::infinity();
+        x[700] = std::numeric_limits<float>::infinity();
+        break;
+      case 3:
+        std::fill(x.begin() + 256, x.begin() + 384, 0.0f);
+        std::fill(x.begin() + 384, x.begin() + 512, -0.0f);
+        break;
+      case 4:  // denormal amax: 127 / amax overflows to inf
+        for (int j = 512; j < 768; ++j) x[static_cast<size_t>(j)] = 1e-40f * (j % 32 - 16);
+        break;
+      case 5:  // a block of NaN only
+        std::fill(x.begin() + 256, x.begin() + 512, std::nanf(""));
+        break;
+      case 6:  // one sign per group: the largest group sums (+-127 x 16)
+        for (int j = 0; j < kCols; ++j) x[static_cast<size_t>(j)] = (j / 16) % 2 ? -1.0f : 1.0f;
+        break;
+      default:
+        break;
+    }
+    std::vector<std::byte> want(static_cast<size_t>(detail::q8k_row_bytes(kCols)));
+    detail::quantize_q8k_scalar(x.data(), kCols, want.data());
+    if (round % 8 == 6) {
+      const auto* blk = reinterpret_cast<const BlockQ8_K*>(want.data());
+      ASSERT_EQ(blk->bsums[0], 127 * 16);  // the test data is what it says
+      ASSERT_EQ(blk->bsums[1], -127 * 16);
+    }
+    for (KernelIsa isa : available_isas()) {
+      std::vector<std::byte> got(want.size(), std::byte{0x55});
+      detail::kernels_for(isa).matmul.quantize_q8k(x.data(), kCols, got.data());
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), want.size()), 0)
+          << isa_name(isa) << " round " << round;
+    }
+  }
+}
+
 TEST(Matmul, ReportsAKernelFamily) {
   const std::string isa = kernel_isa();
   EXPECT_TRUE(isa == "avx512-vnni" || isa == "avx2" || isa == "scalar") << isa;
@@ -769,6 +820,7 @@ TEST(Matmul, AvailableFamiliesMatchTheCpu) {
     }
     EXPECT_NE(k.matmul.dot_f32, nullptr);
     EXPECT_NE(k.matmul.quantize_q8a, nullptr);
+    EXPECT_NE(k.matmul.quantize_q8k, nullptr);
     EXPECT_NE(k.attend_piece, nullptr);
     EXPECT_NE(k.rmsnorm, nullptr);
     EXPECT_NE(k.softmax, nullptr);
