@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Global log options: the library is quiet by default; -v logs the model loaded and the
 # kernels at info, -vv and --log-level debug the sessions, SPILLWAY_LOG_LEVEL the same,
-# --log-level wins over the environment, a bad level is a usage error (exit 2).
+# --log-level wins over the environment, a bad level is a usage error (exit 2); --version
+# names the commit the binary was built from and its kernel family.
 # Usage: log.sh SPILLWAY_BINARY SOURCE_DIR
 set -u
 BIN=$1
@@ -13,6 +14,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 rc=$?
 [ "$rc" -eq 2 ] || die "bad level: exit status $rc, expected 2"
 grep -q "^error: --log-level: 'loud'" "$TMP/err.txt" || die "bad level: message"
+
+# --version: the version, the commit the binary was built from, the kernel family.
+version=$(SPILLWAY_ISA=scalar "$BIN" --version) || die "--version failed"
+[[ $version =~ ^spillway\ 0\.1\.0\ \(commit\ ([0-9a-f]+(-dirty)?|unknown),\ kernels\ scalar\)$ ]] ||
+  die "--version: '$version'"
+if head=$(git -C "$SRC" rev-parse --short=12 HEAD 2>/dev/null); then
+  [[ $version == *"commit $head"* ]] || die "--version: '$version' is not HEAD $head (stale build?)"
+fi
 
 model=$SRC/models/SmolLM2-135M-Instruct.Q4_1.gguf
 require_model "$model"
