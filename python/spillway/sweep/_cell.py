@@ -195,8 +195,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         record["figures"] = [{"figure": str(k), "point": p, "value": _finite(v)}
                              for k, p, v in figures]
         record["arrays"] = arrays
-    except (spillway.Error, CellError, OSError, ValueError, KeyError, TypeError,
-            RuntimeError) as e:
+    except Exception as e:  # the cell's own failure (Ctrl-C and exits pass through)
         record["status"] = "failed"
         record["error"] = f"{type(e).__name__}: {e}"
         if not isinstance(e, (spillway.Error, CellError, OSError)):

@@ -94,6 +94,15 @@ def _run_pool(cells: list[Cell], done: Callable, jobs: int, max_retries: int, **
     queue = collections.deque(cells)
     attempts: dict[str, int] = collections.Counter()
     ctx = multiprocessing.get_context("spawn")
+
+    def lost_worker(cell: Cell) -> None:
+        attempts[cell.key] += 1
+        if attempts[cell.key] > max_retries:
+            done(cell, _lost(cell, f"the worker process running it died "
+                                   f"{attempts[cell.key]} times"))
+        else:
+            queue.appendleft(cell)
+
     while queue:
         pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_pool_init)
         flight: dict[cf.Future, Cell] = {}
@@ -113,25 +122,19 @@ def _run_pool(cells: list[Cell], done: Callable, jobs: int, max_retries: int, **
                 for fut in finished:
                     cell = flight.pop(fut)
                     try:
-                        done(cell, fut.result())
+                        record = fut.result()
                     except BrokenProcessPool:
                         broken = True
-                        attempts[cell.key] += 1
-                        if attempts[cell.key] > max_retries:
-                            done(cell, _lost(cell, f"the worker process running it died "
-                                                   f"{attempts[cell.key]} times"))
-                        else:
-                            queue.appendleft(cell)
+                        lost_worker(cell)
+                        continue
+                    except Exception as e:  # raised past run_cell: the record cannot travel
+                        record = _lost(cell, f"{type(e).__name__}: {e}")
+                    done(cell, record)
                 if broken:
                     # Every cell still in flight was in the broken pool.
                     for fut, cell in list(flight.items()):
                         flight.pop(fut)
-                        attempts[cell.key] += 1
-                        if attempts[cell.key] > max_retries:
-                            done(cell, _lost(cell, f"the worker process running it died "
-                                                   f"{attempts[cell.key]} times"))
-                        else:
-                            queue.appendleft(cell)
+                        lost_worker(cell)
                     break
         except BaseException:
             _stop_pool(pool)
