@@ -291,3 +291,19 @@ def test_the_example_sweeps_expand_and_the_smoke_sweep_runs(tmp_path):
     assert set(df.status) == {"ok"}
     ppl = df[df.figure == "ppl"].set_index("spec").value
     assert ppl["sink:4+60"] < ppl["window:64"]  # the mechanism, at a glance
+
+
+def test_the_cli_forwards_spillway_sweep(tmp_path, cli):
+    path = _write(tmp_path, SMALL)
+    env = dict(os.environ, SPILLWAY_PYTHON=sys.executable,
+               PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([str(cli), "sweep", str(path), "--out", str(tmp_path / "out"), "--list"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("missing") == 5 and "sink:4+28" in r.stdout
+    r = subprocess.run([str(cli), "sweep", "--help"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "usage: spillway-sweep" in r.stdout
+    env["SPILLWAY_PYTHON"] = str(tmp_path / "no-python")
+    r = subprocess.run([str(cli), "sweep", str(path), "--out", str(tmp_path / "out")], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "cannot run" in r.stderr and "SPILLWAY_PYTHON" in r.stderr
