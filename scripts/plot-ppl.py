@@ -23,7 +23,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from plotting import import_pyplot  # noqa: E402
+from plotting import import_pyplot, save_figure  # noqa: E402
 
 
 def read_csv(path):
@@ -148,7 +148,7 @@ def main():
     ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        fig.savefig(args.png)
+        save_figure(fig, args.png)
     except OSError as e:
         sys.exit("plot-ppl.py: cannot write '%s': %s" % (args.png, e.strerror))
 

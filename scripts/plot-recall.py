@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from plotting import import_pyplot  # noqa: E402
+from plotting import import_pyplot, save_figure  # noqa: E402
 
 
 def main():
@@ -63,7 +63,7 @@ def main():
     ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        fig.savefig(args.png)
+        save_figure(fig, args.png)
     except OSError as e:
         sys.exit("plot-recall.py: cannot write '%s': %s" % (args.png, e.strerror))
 

@@ -21,7 +21,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from plotting import import_pyplot  # noqa: E402
+from plotting import import_pyplot, save_figure  # noqa: E402
 
 
 def nan_table(rows):
@@ -53,7 +53,7 @@ def main():
                  % (d["sink_rate"]["stream"], d["eps"], title), fontsize=9)
     fig.colorbar(im, ax=ax, label="mean attention on stream index 0")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "alpha1.png"), dpi=120)
+    save_figure(fig, os.path.join(out, "alpha1.png"), dpi=120)
     plt.close(fig)
 
     # Mass by stream index and by cache position.
@@ -74,7 +74,7 @@ def main():
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, L - 1))
     fig.colorbar(sm, ax=axes, label="layer")
     fig.suptitle("where the mass goes: " + title, fontsize=9)
-    fig.savefig(os.path.join(out, "mass.png"), dpi=120)
+    save_figure(fig, os.path.join(out, "mass.png"), dpi=120)
     plt.close(fig)
 
     # Hidden-state norms: by stream index for some layers, and token 0 against the median.
@@ -102,7 +102,7 @@ def main():
     axes[1].grid(alpha=0.3)
     fig.suptitle("massive activations: " + title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "hidden.png"), dpi=120)
+    save_figure(fig, os.path.join(out, "hidden.png"), dpi=120)
     plt.close(fig)
 
     ab = d.get("ablation")
@@ -131,7 +131,7 @@ def main():
         axes[1].grid(alpha=0.3)
         fig.suptitle("sink ablation under %s, %d scored tokens: %s"
                      % (ab["policy"], ab["scored_tokens"], name), fontsize=9)
-        fig.savefig(os.path.join(out, "ablation.png"), dpi=120)
+        save_figure(fig, os.path.join(out, "ablation.png"), dpi=120)
         plt.close(fig)
 
 

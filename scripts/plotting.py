@@ -6,8 +6,10 @@ matplotlib, the calling script runs itself again with the system interpreter
 environment.
 """
 
+import io
 import os
 import sys
+import tempfile
 
 kSystemPython = "/usr/bin/python3"
 
@@ -32,3 +34,30 @@ def import_pyplot(script):
         "%s: matplotlib is not installed for %s (nor for %s); install python3-matplotlib"
         % (os.path.basename(script), sys.executable, kSystemPython)
     )
+
+
+def save_figure(fig, path, **kwargs):
+    """fig.savefig(path) through a temporary file in the same folder, renamed over `path`:
+    a kill mid-write leaves the old plot or the new one, never half a PNG."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=kwargs.pop("format", "png"), **kwargs)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "spillway/core/error.h"
+#include "spillway/core/file.h"
 #include "spillway/kv/cache.h"
 
 namespace spillway::kv {
@@ -147,11 +148,7 @@ void save_virtual_sinks(const VirtualSinks& s, const std::string& path) {
   put_string(out, s.calibration);
   out.append(reinterpret_cast<const char*>(s.logits.data()), s.logits.size() * 4);
   out.append(reinterpret_cast<const char*>(s.values.data()), s.values.size() * 4);
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  if (!f) throw IoError(fmt::format("{}: cannot open for writing: {}", path, std::strerror(errno)));
-  f.write(out.data(), static_cast<std::streamsize>(out.size()));
-  f.close();
-  if (!f) throw IoError(fmt::format("{}: error writing {} bytes", path, out.size()));
+  write_file_atomic(path, out);
 }
 
 VirtualSinks load_virtual_sinks(const std::string& path) {

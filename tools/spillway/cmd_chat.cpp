@@ -15,6 +15,7 @@
 
 #include "command.h"
 #include "spillway/core/error.h"
+#include "spillway/core/file.h"
 #include "spillway/model/model.h"
 #include "spillway/session/chat.h"
 #include "util.h"
@@ -239,10 +240,7 @@ int run_chat(const ChatCliOptions& o) {
     j["system"] = o.system;
     j["max_new_tokens"] = o.gen.max_new_tokens;
     j["turns"] = std::move(turns);
-    std::ofstream f(o.json);
-    if (!f) throw IoError(fmt::format("{}: cannot write", o.json));
-    f << j.dump(2) << "\n";
-    if (!f) throw IoError(fmt::format("{}: write failed", o.json));
+    write_file_atomic(o.json, j.dump(2) + "\n");
   }
   return 0;
 }

@@ -8,11 +8,13 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "command.h"
 #include "spillway/core/error.h"
+#include "spillway/core/file.h"
 #include "spillway/kv/policy.h"
 #include "spillway/model/model.h"
 #include "spillway/session/perplexity.h"
@@ -44,8 +46,7 @@ std::string plot_script() {
 // token, then per policy its NLL column (and with a reference kl:<spec> and top1:<spec>),
 // every value with the digits that give its float back.
 void write_csv(const std::string& path, const std::vector<PerplexityResult>& results) {
-  std::ofstream f(path);
-  if (!f) throw IoError(fmt::format("cannot open '{}' for writing", path));
+  std::ostringstream f;
   f << "token";
   for (const auto& r : results) {
     f << "," << r.spec;
@@ -74,7 +75,7 @@ void write_csv(const std::string& path, const std::vector<PerplexityResult>& res
     }
     f << "\n";
   }
-  if (!f) throw IoError(fmt::format("error writing '{}'", path));
+  write_file_atomic(path, f.str());
 }
 
 int run_ppl(const PplOptions& o) {
@@ -179,9 +180,7 @@ int run_ppl(const PplOptions& o) {
       }
       j["policies"].push_back(p);
     }
-    std::ofstream f(*o.json_out);
-    if (!f) throw IoError(fmt::format("cannot open '{}' for writing", *o.json_out));
-    f << j.dump() << "\n";
+    write_file_atomic(*o.json_out, j.dump() + "\n");
   }
   std::string csv = o.csv_out.value_or("");
   if (o.plot_out && csv.empty()) csv = *o.plot_out + ".csv";

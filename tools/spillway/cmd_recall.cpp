@@ -19,6 +19,7 @@
 #include "command.h"
 #include "spillway/analysis/recall.h"
 #include "spillway/core/error.h"
+#include "spillway/core/file.h"
 #include "spillway/kv/policy.h"
 #include "spillway/model/model.h"
 #include "util.h"
@@ -162,10 +163,7 @@ int run_recall(const RecallCliOptions& o) {
     j["lead"] = o.lead;
     j["rows"] = jrows;
     j["effective_context"] = effective;
-    std::ofstream f(json_path);
-    if (!f) throw IoError(fmt::format("cannot open '{}' for writing", json_path));
-    f << j.dump() << "\n";
-    if (!f) throw IoError(fmt::format("error writing '{}'", json_path));
+    write_file_atomic(json_path, j.dump() + "\n");
   }
   if (o.plot_out) {
     const std::string title =

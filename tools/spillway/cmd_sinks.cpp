@@ -14,7 +14,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <optional>
 #include <random>
@@ -26,6 +25,7 @@
 #include "spillway/analysis/sink_report.h"
 #include "spillway/analysis/sinks.h"
 #include "spillway/core/error.h"
+#include "spillway/core/file.h"
 #include "spillway/kv/policy.h"
 #include "spillway/kv/virtual_sinks.h"
 #include "spillway/model/model.h"
@@ -400,10 +400,7 @@ void print_ablation(const analysis::AblationResult& r, const std::string& policy
 }
 
 void write_json(const ordered_json& j, const std::string& path) {
-  std::ofstream f(path);
-  if (!f) throw IoError(fmt::format("cannot open '{}' for writing", path));
-  f << j.dump() << "\n";
-  if (!f) throw IoError(fmt::format("error writing '{}'", path));
+  write_file_atomic(path, j.dump() + "\n");
 }
 
 // Sum over the heads of one layer of a per-head table (NaN entries left out; NaN when all

@@ -18,7 +18,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <limits>
 #include <memory>
 #include <span>
@@ -27,6 +26,7 @@
 
 #include "command.h"
 #include "spillway/core/error.h"
+#include "spillway/core/file.h"
 #include "spillway/core/process.h"
 #include "spillway/core/stats.h"
 #include "spillway/kv/policy.h"
@@ -95,12 +95,6 @@ std::string to_csv(const Checkpoint& c) {
                      c.nll_running);
 }
 
-std::ofstream open_out(const std::string& path) {
-  std::ofstream f(path);
-  if (!f) throw IoError(fmt::format("{}: cannot open for writing", path));
-  return f;
-}
-
 // NLL of `target` under `logits` ([n]), in double; counts non-finite entries.
 double nll_of(const float* logits, int64_t n, TokenId target, int64_t* nonfinite) {
   float mx = -std::numeric_limits<float>::infinity();
@@ -137,12 +131,14 @@ int run_soak(const SoakOptions& o) {
                       policy.str()));
   }
 
-  std::ofstream csv, jsonl;
+  // The logs grow by a line a checkpoint, each time rewritten whole (write_file_atomic): a
+  // soak killed at any moment leaves complete lines only.
+  std::string csv, jsonl;
   if (!o.csv.empty()) {
-    csv = open_out(o.csv);
-    csv << kCsvHeader << '\n' << std::flush;
+    csv = std::string(kCsvHeader) + "\n";
+    write_file_atomic(o.csv, csv);
   }
-  if (!o.json.empty()) jsonl = open_out(o.json);
+  if (!o.json.empty()) write_file_atomic(o.json, jsonl);
 
   auto model = model::Model::load(o.model);
   const auto& cfg = model->config();
@@ -211,8 +207,8 @@ int run_soak(const SoakOptions& o) {
       c.nll_running = nll_count ? nll_sum / nll_count : 0.0;
       c.nll_tokens = nll_count;
       checkpoints.push_back(c);
-      if (csv.is_open()) csv << to_csv(c) << '\n' << std::flush;
-      if (jsonl.is_open()) jsonl << to_json(c).dump() << '\n' << std::flush;
+      if (!o.csv.empty()) write_file_atomic(o.csv, csv += to_csv(c) + "\n");
+      if (!o.json.empty()) write_file_atomic(o.json, jsonl += to_json(c).dump() + "\n");
       fmt::print(
           "{:>10} {:>9.1f} {:>9.1f} {:>9.3f} {:>9.3f} {:>11} {:>10} {:>6} {:>8.4f} {:>8.4f}\n",
           c.tokens, c.seconds, c.tokens_per_s, c.latency_ms_median, c.latency_ms_p99,
@@ -302,7 +298,7 @@ int run_soak(const SoakOptions& o) {
   }
   s["verdict"] = ok ? "pass" : "fail";
   fmt::print("  verdict                  {}\n", ok ? "pass" : "FAIL");
-  if (jsonl.is_open()) jsonl << s.dump() << '\n' << std::flush;
+  if (!o.json.empty()) write_file_atomic(o.json, jsonl += s.dump() + "\n");
   return 0;
 }
 
