@@ -38,4 +38,52 @@ double percentile(std::vector<double> v, double p) {
   return v[k];
 }
 
+double t95(int dof) {
+  // Two-sided 95 % quantiles of Student's t (the 0.975 quantile) for 1..30 degrees of
+  // freedom; past 30 the normal quantile is within 2 %.
+  static constexpr double kT[30] = {12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306,
+                                    2.262,  2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120,
+                                    2.110,  2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+                                    2.060,  2.056, 2.052, 2.048, 2.045, 2.042};
+  if (dof < 1) return kNaN;
+  if (dof <= 30) return kT[dof - 1];
+  if (dof <= 60) return 2.000 + (2.042 - 2.000) * (60.0 - dof) / 30.0;
+  return 1.960 + (2.000 - 1.960) * std::min(1.0, 60.0 / dof);
+}
+
+Trend linear_trend(const std::vector<double>& x, const std::vector<double>& y) {
+  Trend t;
+  t.slope = t.intercept = t.slope_low = t.slope_high = kNaN;
+  const size_t m = std::min(x.size(), y.size());
+  double sx = 0.0, sy = 0.0;
+  for (size_t i = 0; i < m; ++i) {
+    if (!std::isfinite(x[i]) || !std::isfinite(y[i])) continue;
+    sx += x[i];
+    sy += y[i];
+    ++t.n;
+  }
+  if (t.n < 3) return t;
+  const double mx = sx / t.n, my = sy / t.n;
+  double sxx = 0.0, sxy = 0.0;
+  for (size_t i = 0; i < m; ++i) {
+    if (!std::isfinite(x[i]) || !std::isfinite(y[i])) continue;
+    sxx += (x[i] - mx) * (x[i] - mx);
+    sxy += (x[i] - mx) * (y[i] - my);
+  }
+  if (!(sxx > 0.0)) return t;
+  t.slope = sxy / sxx;
+  t.intercept = my - t.slope * mx;
+  double sse = 0.0;
+  for (size_t i = 0; i < m; ++i) {
+    if (!std::isfinite(x[i]) || !std::isfinite(y[i])) continue;
+    const double r = y[i] - (t.intercept + t.slope * x[i]);
+    sse += r * r;
+  }
+  const double se = std::sqrt(sse / (t.n - 2) / sxx);
+  const double h = t95(t.n - 2) * se;
+  t.slope_low = t.slope - h;
+  t.slope_high = t.slope + h;
+  return t;
+}
+
 }  // namespace spillway::stats

@@ -34,6 +34,32 @@ TEST(Stats, NearestRankPercentile) {
   EXPECT_TRUE(std::isnan(stats::percentile({}, 50)));
 }
 
+// The line and its slope's 95 % interval, against numpy's least squares for the same
+// points (slope 1.99, intercept 0.05, standard error 0.0597216, t(3) = 3.182).
+TEST(Stats, LinearTrendAndItsInterval) {
+  const stats::Trend t = stats::linear_trend({1, 2, 3, 4, 5}, {2.1, 3.9, 6.2, 7.8, 10.1});
+  EXPECT_EQ(t.n, 5);
+  EXPECT_NEAR(t.slope, 1.99, 1e-12);
+  EXPECT_NEAR(t.intercept, 0.05, 1e-12);
+  EXPECT_NEAR(t.slope_low, 1.799965944455561, 1e-9);
+  EXPECT_NEAR(t.slope_high, 2.1800340555444384, 1e-9);
+  // An exact line: a zero-width interval. NaN points are left out.
+  const double nan = std::nan("");
+  const stats::Trend e = stats::linear_trend({0, 1, nan, 2, 3}, {1, 3, 4, 5, 7});
+  EXPECT_EQ(e.n, 4);
+  EXPECT_DOUBLE_EQ(e.slope, 2.0);
+  EXPECT_DOUBLE_EQ(e.slope_low, 2.0);
+  EXPECT_DOUBLE_EQ(e.slope_high, 2.0);
+  // Too few points, or no spread in x: no line.
+  EXPECT_TRUE(std::isnan(stats::linear_trend({1, 2}, {1, 2}).slope));
+  EXPECT_TRUE(std::isnan(stats::linear_trend({1, 1, 1}, {1, 2, 3}).slope));
+  EXPECT_DOUBLE_EQ(stats::t95(1), 12.706);
+  EXPECT_DOUBLE_EQ(stats::t95(30), 2.042);
+  EXPECT_NEAR(stats::t95(1000), 1.9623, 0.001);  // t(0.975, 1000)
+  EXPECT_NEAR(stats::t95(120), 1.9799, 0.001);
+  EXPECT_TRUE(std::isnan(stats::t95(0)));
+}
+
 TEST(Process, ResidentBytesGrowWithTouchedMemory) {
   const uint64_t before = resident_bytes();
   ASSERT_GT(before, 0u);
