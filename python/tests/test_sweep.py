@@ -307,3 +307,25 @@ def test_the_cli_forwards_spillway_sweep(tmp_path, cli):
     r = subprocess.run([str(cli), "sweep", str(path), "--out", str(tmp_path / "out")], env=env,
                        capture_output=True, text=True)
     assert r.returncode == 1 and "cannot run" in r.stderr and "SPILLWAY_PYTHON" in r.stderr
+
+
+def test_a_model_replaced_at_its_path_is_loaded_again(tmp_path):
+    gemma = ROOT / "models/gemma-3-270m-q4_k_m.gguf"
+    _need(MODEL, "model")
+    _need(gemma, "Gemma 3 model")
+    path = tmp_path / "model.gguf"
+    sweep = ('[models.m]\npath = "model.gguf"\n[texts.t]\npath = "' + str(CORPUS) + '"\n'
+             '[[grid]]\npolicies = ["window:16"]\noptions = { max_tokens = 40 }\n')
+    (tmp_path / "s.toml").write_text(sweep)
+    got = []
+    for src in (MODEL, gemma):  # the same path, another file: a long-lived worker's cache
+        path.unlink(missing_ok=True)
+        os.symlink(src, path)
+        cell = sw.load_sweep(tmp_path / "s.toml").cells[0]
+        rec = sw.run_cell(cell.to_dict())
+        assert rec["status"] == "ok", rec["error"]
+        got.append(rec["arrays"]["nll"])
+    gem = spillway.Model.load(gemma)
+    ids = gem.tokenize(CORPUS.read_text(encoding="utf-8"))[:40]
+    assert got[1] == spillway.perplexity(gem, ids, ["window:16"])[0].nll.tolist()
+    assert got[0] != got[1]

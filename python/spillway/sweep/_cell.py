@@ -23,7 +23,7 @@ from ._spec import MEASURES, file_sha256
 
 # Per process: the models loaded (the last two; a sweep usually walks one model at a
 # time), the sha256 of each file read, by (path, size, mtime).
-_MODELS: "collections.OrderedDict[str, spillway.Model]" = collections.OrderedDict()
+_MODELS: "collections.OrderedDict[tuple[str, str], spillway.Model]" = collections.OrderedDict()
 _HASHES: dict[tuple[str, int, int], str] = {}
 _KEEP_MODELS = 2
 # And the token ids of each text under each model (a 4 MB text takes about half a second
@@ -36,7 +36,9 @@ class CellError(Exception):
     """A cell that cannot be measured, for a reason the record states."""
 
 
-def _checked(path: str, sha256: str, what: str) -> None:
+def _checked(path: str, sha256: str, what: str) -> str:
+    """The sha256 of the file at `path` now (computed once per size and mtime), which must
+    be `sha256` when that is given."""
     try:
         st = os.stat(path)
     except OSError as e:
@@ -47,23 +49,25 @@ def _checked(path: str, sha256: str, what: str) -> None:
     if sha256 and _HASHES[k] != sha256:
         raise CellError(f"{what} {path} on {socket.gethostname()} has sha256 {_HASHES[k]}, "
                         f"the cell was keyed for {sha256}")
+    return _HASHES[k]
 
 
-def _model(path: str, sha256: str) -> spillway.Model:
-    _checked(path, sha256, "model")
-    if path in _MODELS:
-        _MODELS.move_to_end(path)
-        return _MODELS[path]
+def _model(path: str, sha256: str) -> tuple[spillway.Model, str]:
+    # Keyed by content: a file replaced at the same path is loaded anew.
+    k = (path, _checked(path, sha256, "model"))
+    if k in _MODELS:
+        _MODELS.move_to_end(k)
+        return _MODELS[k], k[1]
     m = spillway.Model.load(path)
-    _MODELS[path] = m
+    _MODELS[k] = m
     while len(_MODELS) > _KEEP_MODELS:
         _MODELS.popitem(last=False)
-    return m
+    return m, k[1]
 
 
-def _text_ids(model: spillway.Model, path: str, sha256: str, max_tokens: int) -> np.ndarray:
-    _checked(path, sha256, "text")
-    k = (model.path, path, sha256)
+def _text_ids(model: spillway.Model, model_sha256: str, path: str, sha256: str,
+              max_tokens: int) -> np.ndarray:
+    k = (model_sha256, path, _checked(path, sha256, "text"))
     if k in _IDS:
         _IDS.move_to_end(k)
         ids = _IDS[k]
@@ -183,9 +187,10 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
                 f"{socket.gethostname()}), the cell was keyed for {cell['kernel_isa']}: "
                 f"set SPILLWAY_ISA or the sweep's isa to a family every node runs")
         o = cell["options"]
-        model = _model(cell["model_path"], cell["model_sha256"])
+        model, model_sha256 = _model(cell["model_path"], cell["model_sha256"])
         max_tokens = o.get("max_tokens", 0) if cell["measure"] != "sinks" else o["tokens"]
-        ids = _text_ids(model, cell["text_path"], cell["text_sha256"], max_tokens or 0)
+        ids = _text_ids(model, model_sha256, cell["text_path"], cell["text_sha256"],
+                        max_tokens or 0)
         if cell["measure"] in MEASURES:
             figures, arrays = _BUILTIN[cell["measure"]](model, ids, cell["spec"], o,
                                                         cell["threads"])
