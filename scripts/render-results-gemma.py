@@ -9,10 +9,9 @@ summary.json and commands.txt.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 
-from spillway.sweep import Results, paired, write_atomic
+from spillway.sweep import Results, paired
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "examples/sweeps/results-gemma.toml"
@@ -92,15 +91,9 @@ def main() -> None:
           f"({kStream - kRecFrom} tokens)",
           ["policy", "ppl", "mean NLL − recompute (95 % CI)", "tokens/s"], rows)
 
-    prov = res.provenance()
-    summary["provenance"] = prov
-    lines.append(f"Measured at commit {', '.join(prov['commit'])}, kernels "
-                 f"{', '.join(prov['kernel_isa'])}, {', '.join(map(str, prov['threads']))} "
-                 f"thread(s) per cell.")
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out / "tables.md", ("\n".join(lines) + "\n").encode())
-    write_atomic(args.out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
-    write_atomic(args.out / "commands.txt", ("\n".join(res.commands()) + "\n").encode())
+    summary["provenance"] = res.provenance()
+    lines.append(f"{res.provenance_text()}.")
+    res.write_page(args.out, "tables.md", "\n".join(lines) + "\n", summary)
     print("\n".join(lines))
 
 

@@ -9,11 +9,10 @@ and summary.json (each policy paired token by token with recompute:C).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
 
-from spillway.sweep import Results, paired, write_atomic
+from spillway.sweep import Results, paired
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "examples/sweeps/results-policies.toml"
@@ -55,15 +54,10 @@ def main() -> None:
                             "kv_bytes_peak": s.figures["kv_bytes_peak"],
                             "commit": prov["commit"], "kernel_isa": prov["kernel_isa"],
                             "threads": prov["threads"], "key": s.record["key"]})
-    prov = res.provenance()
     lines.append("")
-    lines.append(f"Measured at commit {', '.join(prov['commit'])}, kernels "
-                 f"{', '.join(prov['kernel_isa'])}, {', '.join(map(str, prov['threads']))} "
-                 f"thread(s) per cell (tokens/s: cells shared the machine with another cell).")
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out / "table.md", ("\n".join(lines) + "\n").encode())
-    write_atomic(args.out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
-    write_atomic(args.out / "commands.txt", ("\n".join(res.commands()) + "\n").encode())
+    lines.append(f"{res.provenance_text()} (tokens/s: cells shared the machine with another "
+                 f"cell).")
+    res.write_page(args.out, "table.md", "\n".join(lines) + "\n", summary)
     print("\n".join(lines))
 
 

@@ -686,98 +686,89 @@ TEST(Matmul, RejectsMismatchedShapes) {
   EXPECT_THROW(acts.q8_0(pool), InvalidArgument);
 }
 
+// Rows of activations for the quantizer tests, `block` values a block (32 for Q8A, 256 for
+// Q8_K), at least 5 blocks: random values at a scale that sweeps 2^-10..2^9, and by round
+// the cases a quantizer gets wrong: exact rounding ties, NaN and infinities, blocks of
+// zeros and of negative zeros, a denormal block (127 / amax overflows to inf), a block of
+// NaN only, and blocks of one sign per 16 values (the largest group sums).
+class ActivationRows {
+ public:
+  ActivationRows(int64_t block, uint32_t seed) : block_(block), x_(block * 5), rng_(seed) {}
+
+  std::vector<float>& next(int round) {
+    const float scale = std::ldexp(1.0f, round % 20 - 10);
+    for (float& v : x_) v = normal_(rng_) * scale;
+    const auto at = [&](int64_t b, int64_t j) -> float& {
+      return x_[static_cast<size_t>(b * block_ + j)];
+    };
+    switch (round % 8) {
+      case 1:  // exact ties: x * (127 / amax) lands on k + 0.5
+        for (int64_t j = 0; j < block_; ++j) at(0, j) = static_cast<float>(j % 32 - 16) + 0.5f;
+        at(0, block_ - 1) = 127.0f;
+        break;
+      case 2:
+        at(0, 3) = std::nanf("");
+        at(1, 8) = -std::numeric_limits<float>::infinity();
+        at(2, 6) = std::numeric_limits<float>::infinity();
+        break;
+      case 3:
+        for (int64_t j = 0; j < block_; ++j) at(1, j) = 0.0f, at(2, j) = -0.0f;
+        break;
+      case 4:  // denormal amax: 127 / amax overflows to inf
+        for (int64_t j = 0; j < block_; ++j) at(3, j) = 1e-40f * static_cast<float>(j % 32 - 15);
+        break;
+      case 5:  // a block of NaN only
+        for (int64_t j = 0; j < block_; ++j) at(4, j) = std::nanf("");
+        break;
+      case 6:  // one sign per 16 values
+        for (size_t j = 0; j < x_.size(); ++j) x_[j] = (j / 16) % 2 ? -1.0f : 1.0f;
+        break;
+      default:
+        break;
+    }
+    return x_;
+  }
+
+ private:
+  int64_t block_;
+  std::vector<float> x_;
+  std::mt19937 rng_;
+  std::normal_distribution<float> normal_{0.0f, 1.0f};
+};
+
 // Every family quantizes activations to the scalar reference's bytes: the same scales,
 // sums and values, ties rounded to even, NaN to 0, infinities and overflowing products
-// clamped, all-zero and tiny blocks included.
+// clamped, all-zero and tiny blocks included; for Q8A (32 values a block) and for the
+// K-quant activations (Q8_K: 256 values a block, group sums of 16).
 TEST(Matmul, ActivationQuantizingGivesTheReferenceBytes) {
-  std::mt19937 rng(7);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  constexpr int64_t kCols = 32 * 12;
-  std::vector<float> x(kCols);
-  for (int round = 0; round < 40; ++round) {
-    const float scale = std::ldexp(1.0f, round % 20 - 10);
-    for (float& v : x) v = normal(rng) * scale;
-    switch (round % 8) {
-      case 1:  // exact ties: x * (127 / amax) lands on k + 0.5
-        for (int j = 0; j < 32; ++j) x[static_cast<size_t>(j)] = (j - 16) + 0.5f;
-        x[31] = 127.0f;
-        break;
-      case 2:
-        x[3] = std::nanf("");
-        x[40] = -std::numeric_limits<float>::infinity();
-        x[70] = std::numeric_limits<float>::infinity();
-        break;
-      case 3:
-        std::fill(x.begin() + 32, x.begin() + 64, 0.0f);
-        std::fill(x.begin() + 64, x.begin() + 96, -0.0f);
-        break;
-      case 4:  // denormal amax: 127 / amax overflows to inf
-        for (int j = 96; j < 128; ++j) x[static_cast<size_t>(j)] = 1e-40f * (j - 111);
-        break;
-      case 5:  // a block of NaN only
-        std::fill(x.begin() + 128, x.begin() + 160, std::nanf(""));
-        break;
-      default:
-        break;
-    }
-    std::vector<std::byte> want(static_cast<size_t>(detail::q8a_row_bytes(kCols)));
-    detail::quantize_q8a_scalar(x.data(), kCols, want.data());
-    for (KernelIsa isa : available_isas()) {
-      std::vector<std::byte> got(want.size(), std::byte{0x55});
-      detail::kernels_for(isa).matmul.quantize_q8a(x.data(), kCols, got.data());
-      ASSERT_EQ(std::memcmp(got.data(), want.data(), want.size()), 0)
-          << isa_name(isa) << " round " << round;
-    }
-  }
-}
-
-// The same for the K-quant activations (Q8_K: 256 values a block, group sums of 16).
-TEST(Matmul, KQuantActivationQuantizingGivesTheReferenceBytes) {
-  std::mt19937 rng(11);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  constexpr int64_t kCols = 256 * 3;
-  std::vector<float> x(kCols);
-  for (int round = 0; round < 40; ++round) {
-    const float scale = std::ldexp(1.0f, round % 20 - 10);
-    for (float& v : x) v = normal(rng) * scale;
-    switch (round % 8) {
-      case 1:  // exact ties: x * (127 / amax) lands on k + 0.5
-        for (int j = 0; j < 256; ++j) x[static_cast<size_t>(j)] = (j % 64 - 32) + 0.5f;
-        x[255] = 127.0f;
-        break;
-      case 2:
-        x[3] = std::nanf("");
-        x[300] = -std::numeric_limits<float>::infinity();
-        x[700] = std::numeric_limits<float>::infinity();
-        break;
-      case 3:
-        std::fill(x.begin() + 256, x.begin() + 384, 0.0f);
-        std::fill(x.begin() + 384, x.begin() + 512, -0.0f);
-        break;
-      case 4:  // denormal amax: 127 / amax overflows to inf
-        for (int j = 512; j < 768; ++j) x[static_cast<size_t>(j)] = 1e-40f * (j % 32 - 16);
-        break;
-      case 5:  // a block of NaN only
-        std::fill(x.begin() + 256, x.begin() + 512, std::nanf(""));
-        break;
-      case 6:  // one sign per group: the largest group sums (+-127 x 16)
-        for (int j = 0; j < kCols; ++j) x[static_cast<size_t>(j)] = (j / 16) % 2 ? -1.0f : 1.0f;
-        break;
-      default:
-        break;
-    }
-    std::vector<std::byte> want(static_cast<size_t>(detail::q8k_row_bytes(kCols)));
-    detail::quantize_q8k_scalar(x.data(), kCols, want.data());
-    if (round % 8 == 6) {
-      const auto* blk = reinterpret_cast<const BlockQ8_K*>(want.data());
-      ASSERT_EQ(blk->bsums[0], 127 * 16);  // the test data is what it says
-      ASSERT_EQ(blk->bsums[1], -127 * 16);
-    }
-    for (KernelIsa isa : available_isas()) {
-      std::vector<std::byte> got(want.size(), std::byte{0x55});
-      detail::kernels_for(isa).matmul.quantize_q8k(x.data(), kCols, got.data());
-      ASSERT_EQ(std::memcmp(got.data(), want.data(), want.size()), 0)
-          << isa_name(isa) << " round " << round;
+  struct Format {
+    const char* name;
+    int64_t block;
+    int64_t (*row_bytes)(int64_t);
+    detail::QuantizeFn reference;
+    detail::QuantizeFn detail::MatmulKernels::*fn;
+  };
+  for (const Format& f : {Format{"q8a", kQK, detail::q8a_row_bytes, detail::quantize_q8a_scalar,
+                                 &detail::MatmulKernels::quantize_q8a},
+                          Format{"q8k", kQKK, detail::q8k_row_bytes, detail::quantize_q8k_scalar,
+                                 &detail::MatmulKernels::quantize_q8k}}) {
+    ActivationRows rows(f.block, 7);
+    for (int round = 0; round < 40; ++round) {
+      const std::vector<float>& x = rows.next(round);
+      const auto cols = static_cast<int64_t>(x.size());
+      std::vector<std::byte> want(static_cast<size_t>(f.row_bytes(cols)));
+      f.reference(x.data(), cols, want.data());
+      if (f.block == kQKK && round % 8 == 6) {  // the test data is what it says
+        const auto* blk = reinterpret_cast<const BlockQ8_K*>(want.data());
+        ASSERT_EQ(blk->bsums[0], 127 * 16);
+        ASSERT_EQ(blk->bsums[1], -127 * 16);
+      }
+      for (KernelIsa isa : available_isas()) {
+        std::vector<std::byte> got(want.size(), std::byte{0x55});
+        (detail::kernels_for(isa).matmul.*f.fn)(x.data(), cols, got.data());
+        ASSERT_EQ(std::memcmp(got.data(), want.data(), want.size()), 0)
+            << f.name << " " << isa_name(isa) << " round " << round;
+      }
     }
   }
 }

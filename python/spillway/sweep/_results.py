@@ -3,12 +3,14 @@ by its spec, text and options; its per-token arrays; where its numbers came from
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import pathlib
 from typing import Any, Optional
 
 from ._spec import Cell, Sweep, load_sweep
-from ._store import Store
+from ._store import Store, write_atomic
 
 
 class Results:
@@ -91,6 +93,23 @@ class Results:
             cmd += ["-p", c.spec]
             out.append(f"{c.key}: {' '.join(cmd)}")
         return out
+
+    def provenance_text(self) -> str:
+        """"Measured at commit C, kernels K, N thread(s) per cell": for under a table."""
+        p = self.provenance()
+        return (f"Measured at commit {', '.join(p['commit'])}, kernels "
+                f"{', '.join(p['kernel_isa'])}, {', '.join(map(str, p['threads']))} "
+                f"thread(s) per cell")
+
+    def write_page(self, out: str | os.PathLike, tables_name: str, tables: str,
+                   summary: Any) -> None:
+        """A rendered page's files in `out`, each written whole: the tables (markdown),
+        summary.json and commands.txt (the sweep's command and each cell's)."""
+        out = pathlib.Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / tables_name, tables.encode())
+        write_atomic(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+        write_atomic(out / "commands.txt", ("\n".join(self.commands()) + "\n").encode())
 
     def provenance(self) -> dict[str, list]:
         """The commits, kernel families, hosts and threads the stored cells came from."""
