@@ -2,7 +2,13 @@
 # Runs one libFuzzer campaign with ASan/UBSan on one core, niced.
 #
 #   scripts/fuzz.sh TARGET [SECONDS] [libFuzzer flags...]
-#   TARGET: gguf | model | tokenizer | policy        SECONDS: default 60
+#   TARGET: gguf | model | tokenizer | policy | chat_template | http_request
+#   SECONDS: default 60
+#   FAST=1 scripts/fuzz.sh ...   the fast harness: a release build with coverage and no
+#                                sanitizers (build-fuzz-fast), several times the executions
+#                                a second; replay what it finds under ASan/UBSan (copy the
+#                                input to tests/fuzz/regressions/TARGET/, then ctest in
+#                                build-asan runs fuzz_replay.TARGET)
 #
 # Configures build-fuzz with clang if needed (SPILLWAY_FUZZ_BUILD names another folder),
 # builds the target, writes the seeds once (tests/fuzz/make_seeds, the real models' headers
@@ -12,19 +18,24 @@
 # executions and the rate. Crash inputs land in build-fuzz/artifacts/TARGET/: fix the
 # library, then copy the input to tests/fuzz/regressions/TARGET/ (ctest replays it).
 set -euo pipefail
-target=${1:?usage: scripts/fuzz.sh gguf|model|tokenizer|policy [SECONDS] [flags...]}
+target=${1:?usage: scripts/fuzz.sh gguf|model|tokenizer|policy|chat_template|http_request [SECONDS] [flags...]}
 secs=${2:-60}
 shift $(($# < 2 ? $# : 2))
-case $target in gguf | model | tokenizer | policy) ;; *)
-  echo "error: unknown fuzz target '$target' (gguf, model, tokenizer, policy)" >&2
+case $target in gguf | model | tokenizer | policy | chat_template | http_request) ;; *)
+  echo "error: unknown fuzz target '$target' (gguf, model, tokenizer, policy, chat_template, http_request)" >&2
   exit 2
   ;;
 esac
 root=$(cd "$(dirname "$0")/.." && pwd)
-bdir=${SPILLWAY_FUZZ_BUILD:-$root/build-fuzz}
+if [ "${FAST:-0}" = 1 ]; then
+  bdir=${SPILLWAY_FUZZ_BUILD:-$root/build-fuzz-fast}
+  sanitize=(-DSPILLWAY_SANITIZE= -DSPILLWAY_FUZZ_SANITIZE=OFF -DCMAKE_BUILD_TYPE=Release)
+else
+  bdir=${SPILLWAY_FUZZ_BUILD:-$root/build-fuzz}
+  sanitize=("-DSPILLWAY_SANITIZE=address;undefined" -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+fi
 if [ ! -f "$bdir/CMakeCache.txt" ]; then
-  CC=clang CXX=clang++ cmake -S "$root" -B "$bdir" -DSPILLWAY_FUZZ=ON \
-    "-DSPILLWAY_SANITIZE=address;undefined" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  CC=clang CXX=clang++ cmake -S "$root" -B "$bdir" -DSPILLWAY_FUZZ=ON "${sanitize[@]}" \
     -DSPILLWAY_BUILD_TESTS=OFF -DSPILLWAY_BUILD_BENCH=OFF -DSPILLWAY_BUILD_EXAMPLES=OFF \
     -DSPILLWAY_BUILD_TOOLS=OFF >/dev/null
 fi
