@@ -57,8 +57,8 @@ fi
 corpus=$bdir/corpus/$target
 artifacts=$bdir/artifacts/$target
 mkdir -p "$corpus" "$artifacts"
-dirs=("$corpus" "$seeds/$target")
-for d in "$root/tests/fuzz/regressions/$target" "$root/tests/fuzz/seeds/$target"; do
+dirs=("$corpus")
+for d in "$seeds/$target" "$root/tests/fuzz/regressions/$target" "$root/tests/fuzz/seeds/$target"; do
   [ -d "$d" ] && dirs+=("$d")
 done
 log=$bdir/fuzz-$target.log

@@ -288,9 +288,15 @@ std::string apply_chat_template(const std::string& tmpl, const std::vector<ChatM
 }
 
 ChatFormat::ChatFormat(const std::string& tmpl, std::string system)
-    : family_(template_family(tmpl)), system_(std::move(system)) {
+    : family_(template_family(tmpl)), system_(std::move(system)), has_system_(!system_.empty()) {
   if (family_ == "chatml") {
-    if (system_.empty()) system_ = chatml_default_system(tmpl).value_or("");
+    // The template's default system message, when it has one, even an empty one: the
+    // template writes its block then too.
+    if (system_.empty()) {
+      const auto fallback = chatml_default_system(tmpl);
+      has_system_ = fallback.has_value();
+      system_ = fallback.value_or("");
+    }
     user_suffix_ = "<|im_end|>\n";
     assistant_header_ = "<|im_start|>assistant\n";
     assistant_end_ = "<|im_end|>\n";
@@ -310,7 +316,7 @@ ChatFormat::ChatFormat(const std::string& tmpl, std::string system)
 
 std::string ChatFormat::start() const {
   if (family_ == "chatml")
-    return system_.empty() ? "" : "<|im_start|>system\n" + system_ + "<|im_end|>\n";
+    return has_system_ ? "<|im_start|>system\n" + system_ + "<|im_end|>\n" : "";
   if (family_ == "llama3")
     return "<|begin_of_text|>" +
            (system_.empty()

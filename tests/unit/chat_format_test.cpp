@@ -53,6 +53,21 @@ TEST(ChatFormat, PiecesConcatenateToTheWholeTemplate) {
   EXPECT_EQ(ChatFormat(kLlama2, "S").user_prefix(false), "[INST] ");
 }
 
+// A ChatML template whose default system message is empty still writes the system
+// block; the pieces must too (found by the chat_template fuzzer).
+TEST(ChatFormat, AnEmptyDefaultSystemMessageIsStillABlock) {
+  const std::string tmpl =
+      "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n<|im_end|>\n' }}"
+      "{% endif %}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+      "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}";
+  const ChatFormat f(tmpl);
+  EXPECT_EQ(f.start(), "<|im_start|>system\n<|im_end|>\n");
+  EXPECT_EQ(f.start() + f.user("Hi", true) + f.assistant_header(),
+            apply_chat_template(tmpl, {{"user", "Hi"}}));
+  // A template without a default: no block.
+  EXPECT_EQ(ChatFormat("<|im_start|>").start(), "");
+}
+
 TEST(ChatFormat, NoOrUnknownTemplate) {
   EXPECT_THROW(ChatFormat(""), FormatError);
   EXPECT_THROW(ChatFormat("{{ message['content'] }}"), UnsupportedError);

@@ -58,6 +58,10 @@ TEST(ServeApi, DefaultsAndHeaderConversationId) {
 
 TEST(ServeApi, RejectsBadRequests) {
   EXPECT_EQ(status_of("{not json"), 400);
+  // A number past a double's range is a JSON error too, not an escaping exception (found
+  // by the http_request fuzzer).
+  EXPECT_EQ(status_of(R"({"messages":[{"role":"user","content":"x"}],"top_k":1e999})"), 400);
+  EXPECT_EQ(status_of("111e1111"), 400);
   EXPECT_EQ(status_of("[1,2]"), 400);
   EXPECT_EQ(status_of(R"({"messages":[]})"), 400);
   EXPECT_EQ(status_of(R"({"messages":"hi"})"), 400);

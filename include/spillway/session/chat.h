@@ -45,6 +45,7 @@ class ChatFormat {
 
  private:
   std::string family_, system_;
+  bool has_system_ = false;  // a system block starts the conversation (ChatML: even empty)
   std::string user_suffix_, assistant_header_, assistant_end_;
 };
 

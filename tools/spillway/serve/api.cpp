@@ -83,7 +83,8 @@ CompletionRequest parse_request(std::string_view body_text, Endpoint endpoint,
   json body;
   try {
     body = json::parse(body_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, and out_of_range for a number too large for a double ("1e999").
     throw ApiError(400, "invalid_request_error", "invalid_json",
                    fmt::format("the body is not valid JSON: {}", e.what()));
   }
