@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import pathlib
 import subprocess
 import sys
 
-from spillway.sweep import Results, write_atomic
+from spillway.sweep import Results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "examples/sweeps/results.toml"
 PLOT = ROOT / "scripts/plot-ppl.py"
 
 # Stream sizes of the sweep (tokens); see docs/results.md for why these.
-kLong, kFull, kRecFrom, kRecTokens = 20000, 9216, 19000, 16
-kShort, kOtherRec, kCtx = 3072, 16, 8192
+kLong, kFull, kRecFrom, kRecTokens = 20000, 9216, 19000, 512
+kShort, kOtherRec, kCtx = 3072, 512, 8192
 W, S, F, R = "window:1024", "sink:4+1020", "full", "recompute:1024"
 ABS = "sink:4+1020,positions=absolute"
 NEWLINES = "\n" * 16
@@ -189,12 +188,9 @@ def main() -> None:
           ["group", "policy", "scored", "seconds", "stream tokens / s", "s / scored token"], rows,
           "Stream tokens / s counts every token of the stream, also those before the first "
           "scored one (which replaying policies skip), so for recompute read the last column. "
-          "Measured at commit %s, kernels %s." % (", ".join(prov["commit"]),
-                                                  ", ".join(prov["kernel_isa"])))
+          f"{res.provenance_text()}.")
 
-    write_atomic(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
-    write_atomic(out / "tables.md", ("\n".join(md) + "\n").encode())
-    write_atomic(out / "commands.txt", ("\n".join(res.commands()) + "\n").encode())
+    res.write_page(out, "tables.md", "\n".join(md) + "\n", summary)
     print("\n".join(md))
 
     plots = pathlib.Path(args.store) / "plots"
@@ -223,8 +219,8 @@ def main() -> None:
          "SmolLM2-135M on Austen: %s tokens" % format(kLong, ","))
     plot("austen-recompute", [(R, a[R], 0, big), (S, a[S], kRecFrom, kRecFrom + kRecTokens),
                               (W, a[W], kRecFrom, kRecFrom + kRecTokens)],
-         "Austen targets %s, sliding mean of 8" % rng(kRecFrom, kRecFrom + kRecTokens),
-         ["--window", "8"])
+         "Austen targets %s, sliding mean of 32" % rng(kRecFrom, kRecFrom + kRecTokens),
+         ["--window", "32"])
     plot("austen-sinks", [(spec, src[spec], 0, kShort) for _, spec, src in b_specs],
          "Number of sinks at a cache of 1024 (Austen)", ["--from", "768"])
     plot("austen-cache", [(sp, (a if n == 1024 else bcd)[sp], 0, kShort)
