@@ -212,6 +212,17 @@ def test_killed_workers_are_retried_and_failed_cells_do_not_stop_the_sweep(tmp_p
     assert "3 cells to run" in r.stderr and r.returncode == 1
 
 
+def test_two_missing_texts_are_two_cells(tmp_path):
+    _need(MODEL, "model")
+    path = tmp_path / "s.toml"
+    path.write_text(f'[models.m]\npath = "{MODEL}"\n[texts.a]\npath = "a.txt"\n'
+                    '[texts.b]\npath = "b.txt"\n[[grid]]\npolicies = ["window:16"]\n')
+    cells = sw.load_sweep(path).cells
+    assert len(cells) == 2 and cells[0].key != cells[1].key
+    (tmp_path / "a.txt").write_text("Some text.")
+    assert sw.load_sweep(path).cells[0].key != cells[0].key  # it exists now: a new cell
+
+
 def test_a_missing_file_fails_its_cells_and_a_wrong_sha256_too(tmp_path):
     _need(MODEL, "model")
     path = tmp_path / "s.toml"
@@ -233,9 +244,12 @@ def test_ctrl_c_keeps_finished_cells(tmp_path):
     path = _write(tmp_path, "[[grid]]\nmeasure = 'ppl'\ncaches = [16, 24, 32, 40, 48, 56]\n"
                             "policies = ['recompute:{c}']\noptions = { max_tokens = 400 }\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    # A shell's background job starts with SIGINT ignored, and Python then keeps ignoring
+    # it; the sweep is a foreground command, so give it the default disposition.
     p = subprocess.Popen([sys.executable, "-m", "spillway.sweep", str(path), "--out",
                           str(tmp_path / "out"), "--jobs", "2"], env=env,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     cells = tmp_path / "out" / "cells"
     deadline = time.time() + 300
     while time.time() < deadline and not (cells.exists() and any(cells.glob("*.json"))):

@@ -154,7 +154,10 @@ class Cell:
     def identity(self) -> dict[str, Any]:
         """What determines the result. The names and paths of the inputs do not; their
         contents do. Threads do not (results are the same bits at any thread count)."""
-        return {"model_sha256": self.model.sha256, "text_sha256": self.text.sha256,
+        # A file missing when the sweep was read is keyed by its path, so that two missing
+        # files stay two cells (each fails with the loader's message).
+        return {"model_sha256": self.model.sha256 or f"missing:{self.model.path}",
+                "text_sha256": self.text.sha256 or f"missing:{self.text.path}",
                 "spec": self.spec, "measure": self.measure, "options": self.options,
                 "version": self.version, "kernel_isa": self.isa}
 
