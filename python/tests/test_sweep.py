@@ -208,6 +208,7 @@ def test_killed_workers_are_retried_and_failed_cells_do_not_stop_the_sweep(tmp_p
     # A re-run keeps the failed cells (their failure is the cell's own) unless asked.
     r = _cli(args, check=False)
     assert "0 cells to run (3 failed cells kept" in r.stderr
+    assert r.returncode == 1  # the table still holds failed cells
     r = _cli(args + ["--retry-failed"], check=False)
     assert "3 cells to run" in r.stderr and r.returncode == 1
 
