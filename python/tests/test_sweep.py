@@ -106,6 +106,7 @@ def test_cells_keys_and_sweep_file_errors(tmp_path):
         ("[sweep]\nthreads = 0\n[[grid]]\n", "threads must be"),
         ("[[grid]]\nmeasure = 'ppl'\nextra = 1\n", "unknown keys ['extra']"),
         ("[[grid\n", "not TOML"),
+        ("[models.x]\npath = 'x.gguf'\nsha256 = 5\n[[grid]]\n", "64 hex digits"),
         ("", "no [[grid]] block"),
     ]:
         with pytest.raises(sw.SweepError, match=pytest.escape(words) if hasattr(pytest, "escape")

@@ -196,8 +196,7 @@ def _table(obj: Any, what: str, where: str) -> dict:
     return obj
 
 
-def _inputs(doc: dict, section: str, base: pathlib.Path, where: str,
-            hashes: dict[str, str]) -> dict[str, dict]:
+def _inputs(doc: dict, section: str, base: pathlib.Path, where: str) -> dict[str, dict]:
     raw = _table(doc.get(section, {}), f"[{section}]", where)
     if not raw:
         raise SweepError(f"{where}: [{section}] names nothing")
@@ -210,8 +209,12 @@ def _inputs(doc: dict, section: str, base: pathlib.Path, where: str,
         if unknown:
             raise SweepError(f"{where}: [{section}.{name}] has unknown keys {sorted(unknown)} "
                              f"(path, sha256)")
-        if "path" not in entry:
+        if not isinstance(entry.get("path"), str) or not entry["path"]:
             raise SweepError(f"{where}: [{section}.{name}] has no path")
+        sha = entry.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and
+                                    all(ch in "0123456789abcdefABCDEF" for ch in sha)):
+            raise SweepError(f"{where}: [{section}.{name}] sha256 must be 64 hex digits")
         out[name] = {"path": str((base / os.path.expanduser(entry["path"])).resolve()
                                  if not os.path.isabs(entry["path"]) else entry["path"]),
                      "sha256": entry.get("sha256")}
@@ -295,8 +298,8 @@ def load_sweep(path: str | os.PathLike, *, isa: Optional[str] = None,
                          f"({', '.join(KERNEL_FAMILIES)})")
     base = path.resolve().parent
     hashes = {} if hashes is None else hashes
-    models = _inputs(doc, "models", base, where, hashes)
-    texts = _inputs(doc, "texts", base, where, hashes)
+    models = _inputs(doc, "models", base, where)
+    texts = _inputs(doc, "texts", base, where)
     grids = doc.get("grid", [])
     if isinstance(grids, dict):
         grids = [grids]
