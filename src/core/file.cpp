@@ -37,8 +37,7 @@ int create_temporary(const std::string& path, std::string& tmp) {
     if (fd >= 0) return fd;
     if (errno != EEXIST) {
       const int err = errno;
-      throw IoError(
-          fmt::format("{}: cannot create a file in its folder: {}", path, describe(err)));
+      throw IoError(fmt::format("{}: cannot create a file in its folder: {}", path, describe(err)));
     }
   }
   throw IoError(fmt::format("{}: cannot find a free temporary name next to it", path));

@@ -252,8 +252,8 @@ float dot_f32(const float* a, const float* b, int64_t n) {
 }  // namespace
 
 const MatmulKernels& scalar_matmul_kernels() {
-  static const MatmulKernels k = {tile_q4_0, tile_q4_1, tile_q5_0,           tile_q5_1,
-                                  tile_q8_0, tile_q4_k, tile_q6_k,           dot_f32,
+  static const MatmulKernels k = {tile_q4_0,           tile_q4_1,          tile_q5_0, tile_q5_1,
+                                  tile_q8_0,           tile_q4_k,          tile_q6_k, dot_f32,
                                   quantize_q8a_scalar, quantize_q8k_scalar};
   return k;
 }
