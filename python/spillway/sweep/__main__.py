@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from ._run import run_sweep
 from ._spec import SweepError, load_sweep
 from ._store import Store
-from ._table import plot, records, table, write_table
+from ._table import plot, table, write_table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,10 +79,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              ("this process" if jobs == 1 else f"{jobs} local processes")), file=sys.stderr)
     outcome = run_sweep(sweep, store, jobs=jobs, ray_address=args.ray,
                         retry_failed=args.retry_failed)
-    for path in write_table(sweep, store, out):
+    df = table(sweep, store)  # one read of the store serves the files, plots and status
+    for path in write_table(sweep, store, out, df):
         print(f"spillway-sweep: wrote {path}", file=sys.stderr)
     if args.plot:
-        df = table(sweep, store)
         for figure in args.plot:
             path = out / f"{figure}.png"
             if plot(df, figure, path, title=sweep.name):
@@ -98,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 130
     # Failed cells kept from an earlier run count too: the table is not complete.
-    failed = sum(1 for _, rec in records(sweep, store) if rec and rec["status"] != "ok")
+    failed = (df.status == "failed").any()
     return 1 if failed else 0
 
 

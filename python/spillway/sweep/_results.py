@@ -41,6 +41,12 @@ class Results:
             out.append(c)
         return out
 
+    def _get(self, cell: Cell) -> Optional[dict[str, Any]]:
+        """The store's record of `cell`, read once."""
+        if cell.key not in self._records:
+            self._records[cell.key] = self.store.get(cell.key)
+        return self._records[cell.key]
+
     def record(self, spec: Optional[str] = None, **criteria: Any) -> dict[str, Any]:
         """The one measured record matching; KeyError if none, several, or not measured."""
         found = self.cells(spec, **criteria)
@@ -49,9 +55,7 @@ class Results:
         if len(found) != 1:
             raise KeyError(f"{len(found)} cells of {self.sweep.path} match {what}")
         cell = found[0]
-        if cell.key not in self._records:
-            self._records[cell.key] = self.store.get(cell.key)
-        rec = self._records[cell.key]
+        rec = self._get(cell)
         if rec is None:
             raise KeyError(f"cell {cell.label()} ({what}) is not in the store {self.store.root}:"
                            f" run the sweep")
@@ -116,7 +120,7 @@ class Results:
         seen: dict[str, set] = {"commit": set(), "kernel_isa": set(), "host": set(),
                                 "threads": set()}
         for c in self.sweep.cells:
-            rec = self.store.get(c.key)
+            rec = self._get(c)
             if rec is None or rec["status"] != "ok":
                 continue
             for k in seen:

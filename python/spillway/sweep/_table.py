@@ -63,9 +63,10 @@ def table(sweep: Sweep, store: Store):
     return df
 
 
-def write_table(sweep: Sweep, store: Store, out: pathlib.Path) -> list[pathlib.Path]:
-    """DIR/results.csv and, where pyarrow is installed, DIR/results.parquet."""
-    df = table(sweep, store)
+def write_table(sweep: Sweep, store: Store, out: pathlib.Path, df=None) -> list[pathlib.Path]:
+    """DIR/results.csv and, where pyarrow is installed, DIR/results.parquet (of `df`, the
+    table already read, or read here)."""
+    df = table(sweep, store) if df is None else df
     buf = io.StringIO()
     df.to_csv(buf, index=False)
     written = [out / "results.csv"]
