@@ -19,11 +19,17 @@
 namespace spillway::cli {
 namespace {
 
-// Runs `argv` and returns its exit status (127 when it cannot start).
-int run_quietly(const std::vector<std::string>& args) {
+// execvp's argument vector over `args` (which must outlive it).
+std::vector<char*> argv_of(const std::vector<std::string>& args) {
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  return argv;
+}
+
+// Runs `args` and returns its exit status (127 when it cannot start).
+int run_quietly(const std::vector<std::string>& args) {
+  std::vector<char*> argv = argv_of(args);
   const pid_t pid = fork();
   if (pid < 0) throw IoError(fmt::format("spillway sweep: fork: {}", std::strerror(errno)));
   if (pid == 0) {
@@ -59,9 +65,7 @@ int run_sweep(const std::vector<std::string>& rest) {
                     python));
   std::vector<std::string> args{python, "-m", "spillway.sweep"};
   args.insert(args.end(), rest.begin(), rest.end());
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
+  std::vector<char*> argv = argv_of(args);
   std::fflush(stdout);
   std::fflush(stderr);
   execvp(argv[0], argv.data());
