@@ -39,8 +39,15 @@ struct Scheduler::Conversation {
   std::string id;  // empty: a one-off request's session
   std::unique_ptr<Session> session;
   std::vector<TokenId> tokens;  // what the session has consumed, in order
+  kv::PolicySpec policy;
   bool busy = false;
   uint64_t last_used = 0;
+  // While watched: the observer on the session, until when, and what was published last.
+  std::unique_ptr<analysis::LastTokenAttention> watcher;
+  clock_type::time_point watch_until;
+  uint64_t version = 0;
+  int64_t published_n = -1;
+  bool published_busy = false;
 };
 
 struct Scheduler::Active {
@@ -73,7 +80,13 @@ Scheduler::~Scheduler() {
 }
 
 std::shared_ptr<Job> Scheduler::submit(JobSpec spec) {
-  if (spec.prompt.empty()) throw InvalidArgument("the prompt has no tokens");
+  if (spec.open_only) {
+    if (!spec.prompt.empty()) throw InvalidArgument("a job that only opens a conversation has no prompt");
+    if (spec.conversation_id.empty())
+      throw InvalidArgument("a job that only opens a conversation needs its id");
+  } else if (spec.prompt.empty()) {
+    throw InvalidArgument("the prompt has no tokens");
+  }
   auto job = std::make_shared<Job>();
   job->spec_ = std::move(spec);
   {
@@ -95,6 +108,24 @@ void Scheduler::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+std::shared_ptr<const ConversationView> Scheduler::watch(const std::string& id, uint64_t after,
+                                                         std::chrono::milliseconds timeout) {
+  std::unique_lock lk(mu_);
+  const auto now = clock_type::now();
+  watch_requests_[id] = now + opts_.watch_ttl;
+  const uint64_t round = watch_round_;
+  cv_.notify_all();
+  // First the decode thread takes the request (a step at most, unless it is stopping).
+  views_cv_.wait_for(lk, std::chrono::seconds(30),
+                     [&] { return watch_round_ > round || stopping_; });
+  views_cv_.wait_until(lk, now + timeout, [&] {
+    auto it = views_.find(id);
+    return stopping_ || it == views_.end() || it->second->version > after;
+  });
+  auto it = views_.find(id);
+  return it == views_.end() ? nullptr : it->second;
+}
+
 SchedulerMetrics Scheduler::metrics() const {
   std::lock_guard lk(mu_);
   SchedulerMetrics m = metrics_;
@@ -106,9 +137,11 @@ void Scheduler::run() {
   for (;;) {
     {
       std::unique_lock lk(mu_);
-      cv_.wait_for(lk, std::chrono::milliseconds(200),
-                   [&] { return stopping_ || !queue_.empty() || !active_.empty(); });
+      cv_.wait_for(lk, std::chrono::milliseconds(200), [&] {
+        return stopping_ || !queue_.empty() || !active_.empty() || !watch_requests_.empty();
+      });
       if (stopping_) {
+        views_cv_.notify_all();
         for (auto& job : queue_) {
           Event e;
           e.kind = Event::Kind::Error;
@@ -125,6 +158,7 @@ void Scheduler::run() {
       }
     }
     admit();
+    serve_watches();
     // Drop what the clients gave up on; their sessions keep what they consumed.
     for (auto& a : active_) {
       if (!a->done && a->job->cancelled()) {
@@ -136,8 +170,99 @@ void Scheduler::run() {
       if (!a->done && !a->decoding) prefill(*a);
     decode_step();
     std::erase_if(active_, [](const auto& a) { return a->done; });
+    for (Conversation* c : watched_) publish(*c);
     refresh_metrics();
   }
+}
+
+std::unique_ptr<Session> Scheduler::new_session(const kv::PolicySpec& policy) {
+  SessionOptions so;
+  so.policy = policy;
+  so.max_batch = opts_.prefill_chunk;
+  auto session = std::make_unique<Session>(model_, so, &pool_);
+  session_bytes_estimate_ = std::max(session_bytes_estimate_, session->storage().bytes());
+  return session;
+}
+
+// Takes the watch requests: a kept conversation is watched (its observer attached) until
+// the request's deadline and gets a view at once; an unknown id has none. Conversations
+// whose watch ran out lose their observer and view.
+void Scheduler::serve_watches() {
+  std::unordered_map<std::string, clock_type::time_point> requests;
+  {
+    std::lock_guard lk(mu_);
+    if (watch_requests_.empty() && watched_.empty()) return;
+    requests.swap(watch_requests_);
+  }
+  const auto now = clock_type::now();
+  for (auto& [id, until] : requests) {
+    auto it = conversations_.find(id);
+    if (it == conversations_.end()) {
+      forget_view(id);
+      continue;
+    }
+    Conversation& c = *it->second;
+    c.watch_until = std::max(c.watch_until, until);
+    if (!c.watcher) {
+      c.watcher = std::make_unique<analysis::LastTokenAttention>(model_.config());
+      c.session->set_observer(c.watcher.get());
+      c.published_n = -1;
+      watched_.push_back(&c);
+    }
+    publish(c);
+  }
+  std::erase_if(watched_, [&](Conversation* c) {
+    if (c->watch_until > now) return false;
+    c->session->set_observer(nullptr);
+    c->watcher.reset();
+    forget_view(c->id);
+    return true;
+  });
+  {
+    std::lock_guard lk(mu_);
+    ++watch_round_;
+  }
+  views_cv_.notify_all();
+}
+
+// A new view of a watched conversation, when its stream or its busy state changed.
+void Scheduler::publish(Conversation& c) {
+  const int64_t n = c.session->n_past();
+  if (n == c.published_n && c.busy == c.published_busy) return;
+  auto v = std::make_shared<ConversationView>();
+  v->id = c.id;
+  v->policy = c.policy.str();
+  v->version = ++c.version;
+  v->layout = analysis::cache_layout(c.session->cache(), n,
+                                     std::max<int64_t>(0, n - opts_.view_tokens));
+  v->token_ids.reserve(v->layout.tokens.size());
+  for (const auto& t : v->layout.tokens)
+    v->token_ids.push_back(static_cast<size_t>(t.index) < c.tokens.size()
+                               ? c.tokens[static_cast<size_t>(t.index)]
+                               : TokenId{-1});
+  v->attention = c.watcher->shares();
+  // A replaying policy's plans count from the start of the replay: shift to the stream.
+  const kv::StepPlan& step = c.session->cache().step();
+  if (v->attention.stream_index >= 0 && !step.groups.empty() && !step.groups[0].tokens.empty())
+    v->attention.stream_index += n - 1 - step.groups[0].tokens.back().stream_index;
+  v->capacity = c.session->cache().capacity();
+  v->kv_bytes = c.session->storage().bytes();
+  v->busy = c.busy;
+  c.published_n = n;
+  c.published_busy = c.busy;
+  {
+    std::lock_guard lk(mu_);
+    views_[c.id] = std::move(v);
+  }
+  views_cv_.notify_all();
+}
+
+void Scheduler::forget_view(const std::string& id) {
+  {
+    std::lock_guard lk(mu_);
+    views_.erase(id);
+  }
+  views_cv_.notify_all();
 }
 
 // Room for one more session: evicts idle conversations, least recently used first, until
@@ -162,6 +287,10 @@ bool Scheduler::make_room(bool need_new_session) {
       if (!c->busy && (!lru || c->last_used < lru->last_used)) lru = c.get();
     if (!lru) return false;
     ++counters_.evictions;
+    if (lru->watcher) {
+      std::erase(watched_, lru);
+      forget_view(lru->id);
+    }
     conversations_.erase(lru->id);
   }
 }
@@ -199,14 +328,22 @@ void Scheduler::admit() {
     Event admitted;
     admitted.kind = Event::Kind::Admitted;
     try {
+      // A conversation under another policy starts again with a session of the new one.
+      bool policy_changed = false;
+      if (conv && spec.policy && spec.policy->str() != conv->policy.str()) {
+        auto session = new_session(*spec.policy);
+        if (conv->watcher) session->set_observer(conv->watcher.get());
+        conv->session = std::move(session);
+        conv->policy = *spec.policy;
+        conv->tokens.clear();
+        conv->published_n = -1;
+        policy_changed = true;
+      }
       if (need_new) {
         auto c = std::make_unique<Conversation>();
         c->id = spec.conversation_id;
-        SessionOptions so;
-        so.policy = opts_.policy;
-        so.max_batch = opts_.prefill_chunk;
-        c->session = std::make_unique<Session>(model_, so, &pool_);
-        session_bytes_estimate_ = std::max(session_bytes_estimate_, c->session->storage().bytes());
+        c->policy = spec.policy.value_or(opts_.policy);
+        c->session = new_session(c->policy);
         if (spec.conversation_id.empty()) {
           owned = std::move(c);
           conv = owned.get();
@@ -215,6 +352,15 @@ void Scheduler::admit() {
           conv = c.get();
           conversations_[spec.conversation_id] = std::move(c);
         }
+      }
+      if (spec.open_only) {
+        admitted.reuse = need_new ? "new" : policy_changed ? "reset" : "prefix";
+        conv->last_used = ++lru_clock_;
+        job->push(std::move(admitted));
+        Event done;
+        done.kind = Event::Kind::Done;
+        job->push(std::move(done));
+        continue;
       }
       auto a = std::make_unique<Active>();
       a->job = job;
@@ -229,12 +375,16 @@ void Scheduler::admit() {
       a->usage.prompt_tokens = static_cast<int64_t>(spec.prompt.size());
       if (spec.conversation_id.empty()) {
         admitted.reuse = "none";
-      } else if (need_new) {
-        admitted.reuse = "new";
+      } else if (need_new || (conv->tokens.empty() && !policy_changed)) {
+        admitted.reuse = "new";  // or opened (open_only) with nothing fed yet
+        if (conv->session->n_past() > 0) conv->session->reset();
         ++counters_.reuse_new;
       } else {
         const FeedPlan plan = plan_feed(conv->tokens, spec.prompt);
-        if (plan.reset) {
+        if (policy_changed) {
+          admitted.reuse = "reset";
+          ++counters_.reuse_reset;
+        } else if (plan.reset) {
           conv->session->reset();
           conv->tokens.clear();
           admitted.reuse = "reset";

@@ -203,5 +203,67 @@ TEST(Scheduler, ErrorsAndStopping) {
                InvalidArgument);
 }
 
+// Watching a conversation records its attention and publishes views; it changes nothing
+// of what the conversation generates. Each conversation keeps the policy it was made with.
+TEST(Scheduler, WatchedConversationsGiveWhatUnwatchedOnesGiveAndPublishTheirCache) {
+  Scheduler sched(tiny(), options(/*prefill_chunk=*/8));
+  EXPECT_EQ(sched.watch("nobody", 0, std::chrono::milliseconds(50)), nullptr);
+
+  JobSpec open;
+  open.open_only = true;
+  open.conversation_id = "w";
+  open.policy = kv::PolicySpec("sink:4+24");
+  const Outcome opened = wait(*sched.submit(std::move(open)));
+  EXPECT_EQ(opened.reuse, "new");
+  auto v0 = sched.watch("w", 0, std::chrono::milliseconds(0));
+  ASSERT_NE(v0, nullptr);
+  EXPECT_EQ(v0->policy, "sink:4+24");
+  EXPECT_EQ(v0->layout.n_past, 0);
+  EXPECT_EQ(v0->attention.stream_index, -1);
+
+  const std::vector<TokenId> prompt = test::random_tokens(50, 21);
+  JobSpec watched = job_spec(prompt, 12, "w");
+  JobSpec plain = job_spec(prompt, 12, "p");
+  plain.policy = kv::PolicySpec("sink:4+24");
+  auto jw = sched.submit(std::move(watched));
+  auto jp = sched.submit(std::move(plain));
+  const Outcome ow = wait(*jw), op = wait(*jp);
+  EXPECT_EQ(ow.reuse, "new");  // opened, nothing fed yet
+  EXPECT_EQ(ow.text, op.text);
+
+  // The last view: 50 + 11 tokens fed (the last one sampled is never fed).
+  auto v = sched.watch("w", 0, std::chrono::milliseconds(0));
+  for (int i = 0; i < 200 && v && (v->layout.n_past < 61 || v->busy); ++i)
+    v = sched.watch("w", v->version, std::chrono::milliseconds(50));
+  ASSERT_NE(v, nullptr);
+  EXPECT_GT(v->version, v0->version);
+  EXPECT_EQ(v->layout.n_past, 61);
+  EXPECT_EQ(v->layout.n_sink, 4);
+  EXPECT_EQ(v->layout.n_window, 24);
+  EXPECT_EQ(v->layout.n_evicted, 61 - 28);
+  EXPECT_EQ(v->attention.stream_index, 60);
+  EXPECT_EQ(v->capacity, 28);
+  ASSERT_EQ(v->token_ids.size(), v->layout.tokens.size());
+  for (size_t i = 0; i < 50; ++i) EXPECT_EQ(v->token_ids[i], prompt[i]) << i;
+
+  // A job naming another policy starts the conversation again under it.
+  JobSpec other = job_spec(prompt, 4, "w");
+  other.policy = kv::PolicySpec("window:16");
+  EXPECT_EQ(wait(*sched.submit(std::move(other))).reuse, "reset");
+  v = sched.watch("w", 0, std::chrono::milliseconds(0));
+  for (int i = 0; i < 200 && v && (v->layout.n_past != 53 || v->busy); ++i)
+    v = sched.watch("w", v->version, std::chrono::milliseconds(50));
+  ASSERT_NE(v, nullptr);
+  EXPECT_EQ(v->policy, "window:16");
+  EXPECT_EQ(v->layout.n_sink, 0);
+  EXPECT_EQ(v->layout.n_window, 16);
+  // The unwatched conversation never published a view.
+  EXPECT_EQ(sched.watch("p", 0, std::chrono::milliseconds(0))->attention.stream_index, -1);
+
+  JobSpec bad_open;
+  bad_open.open_only = true;
+  EXPECT_THROW(sched.submit(std::move(bad_open)), InvalidArgument);  // no id
+}
+
 }  // namespace
 }  // namespace spillway::serve

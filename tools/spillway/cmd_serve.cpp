@@ -1,13 +1,16 @@
 // spillway serve: an HTTP server with OpenAI-compatible endpoints (/v1/chat/completions,
-// /v1/completions, /v1/models) plus /health and /metrics. Request parsing and the JSON
-// shapes live in serve/api.h, the decode thread that batches every request in the
-// library's spillway/serve/scheduler.h; this file binds them to HTTP.
+// /v1/completions, /v1/models) plus /health and /metrics, conversations with a policy of
+// their own and their live cache view (/v1/conversations...), and a web page at / that
+// uses them (web/, compiled in: web_assets.h). Request parsing and the JSON shapes live in
+// serve/api.h, the decode thread that batches every request in the library's
+// spillway/serve/scheduler.h; this file binds them to HTTP. docs/serve.md describes it.
 #include <fmt/core.h>
 #include <httplib.h>
 #include <pthread.h>
 
 #include <unistd.h>
 #include <algorithm>
+#include <charconv>
 #include <atomic>
 #include <cctype>
 #include <chrono>
@@ -24,6 +27,8 @@
 
 #include "command.h"
 #include "serve/api.h"
+#include "web_assets.h"
+#include "spillway/core/build_info.h"
 #include "spillway/core/error.h"
 #include "spillway/core/process.h"
 #include "spillway/model/model.h"
@@ -52,6 +57,9 @@ struct ServeCliOptions {
   int64_t max_prompt_bytes = 1 << 20;
   int64_t max_tokens_limit = 4096;
   int64_t default_max_tokens = 256;
+  int64_t max_cache = 4096;
+  double watch_ttl = 30.0;
+  bool web = true;
   double shutdown_grace = 10.0;
 };
 
@@ -79,6 +87,7 @@ class Server {
     limits_.max_prompt_bytes = o.max_prompt_bytes;
     limits_.max_tokens_limit = o.max_tokens_limit;
     limits_.default_max_tokens = o.default_max_tokens;
+    limits_.max_cache = o.max_cache;
     chat_template_ = model_->chat_template();
     routes();
   }
@@ -103,7 +112,8 @@ class Server {
     http_.set_keep_alive_timeout(2);
     http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
       ++requests_;
-      if (o_.api_key.empty() || req.path == "/health")
+      // The page's files hold nothing secret: the page asks for the key itself.
+      if (o_.api_key.empty() || req.path == "/health" || is_web_asset(req))
         return httplib::Server::HandlerResponse::Unhandled;
       const std::string auth = req.get_header_value("Authorization");
       if (auth != "Bearer " + o_.api_key) {
@@ -141,6 +151,31 @@ class Server {
           }
           send_error(res, 500, what, "server_error", "internal_error");
         });
+    if (o_.web) {
+      for (const WebAsset& a : web_assets()) {
+        auto serve_asset = [&a](const httplib::Request&, httplib::Response& res) {
+          res.set_content(a.body.data(), a.body.size(), std::string(a.content_type).c_str());
+          res.set_header("Cache-Control", "no-cache");
+          res.set_header("X-Content-Type-Options", "nosniff");
+          // The page runs only its own script and talks only to this server.
+          res.set_header("Content-Security-Policy",
+                         "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                         "base-uri 'none'; frame-ancestors 'none'");
+        };
+        http_.Get(std::string(a.path), serve_asset);
+        if (a.path == "/") http_.Get("/index.html", serve_asset);
+      }
+    }
+    http_.Get("/v1/info", [this](const httplib::Request&, httplib::Response& res) { info(res); });
+    http_.Post("/v1/conversations", [this](const httplib::Request& req, httplib::Response& res) {
+      open_conversation(req, res);
+    });
+    http_.Get(R"(/v1/conversations/([^/]+)/cache)",
+              [this](const httplib::Request& req, httplib::Response& res) { cache_view(req, res); });
+    http_.Get(R"(/v1/conversations/([^/]+)/cache/events)",
+              [this](const httplib::Request& req, httplib::Response& res) {
+                cache_events(req, res);
+              });
     http_.Get("/health", [](const httplib::Request&, httplib::Response& res) {
       res.set_content(R"({"status":"ok"})", "application/json");
     });
@@ -172,6 +207,142 @@ class Server {
       res.set_content(serve::dump_json(j), "application/json");
   }
 
+  bool is_web_asset(const httplib::Request& req) const {
+    if (!o_.web || req.method != "GET") return false;
+    if (req.path == "/index.html") return true;
+    for (const WebAsset& a : web_assets())
+      if (req.path == a.path) return true;
+    return false;
+  }
+
+  // GET /v1/info: what the page shows and offers.
+  void info(httplib::Response& res) {
+    json kinds = json::array();
+    for (const auto& k : kv::policy_kinds())
+      kinds.push_back({{"name", k.name}, {"usage", k.usage}, {"help", k.help}});
+    const json j = {{"object", "server.info"},
+                    {"model", model_id_},
+                    {"model_file", std::filesystem::path(o_.model).filename().string()},
+                    {"architecture", model_->config().architecture},
+                    {"chat", chat_template_.has_value()},
+                    {"policy", o_.policy},
+                    {"max_cache", o_.max_cache},
+                    {"max_tokens_limit", o_.max_tokens_limit},
+                    {"default_max_tokens", o_.default_max_tokens},
+                    {"policy_kinds", std::move(kinds)},
+                    {"version", fmt::format("{} ({})", version(), source_commit())}};
+    res.set_content(serve::dump_json(j), "application/json");
+  }
+
+  // POST /v1/conversations {"policy": SPEC}: a new conversation with a random id, its
+  // session made now (so that a bad or too large policy is an error here).
+  void open_conversation(const httplib::Request& req, httplib::Response& res) {
+    try {
+      std::optional<kv::PolicySpec> policy =
+          serve::parse_conversation_request(req.body, limits_);
+      serve::JobSpec spec;
+      spec.open_only = true;
+      spec.conversation_id = serve::random_conversation_id();
+      spec.policy = policy.value_or(kv::PolicySpec(o_.policy));
+      const std::string id = spec.conversation_id;
+      const std::string text = spec.policy->str();
+      auto job = scheduler_.submit(std::move(spec));
+      for (;;) {
+        auto e = job->next(std::chrono::milliseconds(500));
+        if (!e) continue;
+        if (e->kind == Event::Kind::Error) {
+          if (e->unavailable) throw serve::event_error(*e);
+          throw ApiError(400, "invalid_request_error", "invalid_policy", e->text);
+        }
+        if (e->kind == Event::Kind::Done) break;
+      }
+      res.status = 201;
+      res.set_header("X-Conversation-Id", id);
+      res.set_content(
+          serve::dump_json({{"object", "conversation"}, {"id", id}, {"policy", text}}),
+          "application/json");
+    } catch (const ApiError& e) {
+      send_error(res, e.status(), e.what(), e.type(), e.code());
+    } catch (const serve::Unavailable& e) {
+      send_error(res, 503, e.what(), "server_error", "unavailable");
+    }
+  }
+
+  int64_t int_param(const httplib::Request& req, const char* key, int64_t fallback, int64_t lo,
+                    int64_t hi) {
+    if (!req.has_param(key)) return fallback;
+    const std::string v = req.get_param_value(key);
+    int64_t x = 0;
+    const auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+    if (ec != std::errc() || p != v.data() + v.size() || x < lo || x > hi)
+      throw ApiError(400, "invalid_request_error", "invalid_value",
+                     fmt::format("'{}' must be an integer in {}..{}, found '{}'", key, lo, hi, v));
+    return x;
+  }
+
+  void no_conversation(httplib::Response& res, const std::string& id) {
+    send_error(res, 404,
+               fmt::format("no conversation '{}' on this server (never made here, or evicted)", id),
+               "invalid_request_error", "conversation_not_found");
+  }
+
+  // GET /v1/conversations/{id}/cache[?after=V&wait_ms=T]: the view, once newer than
+  // version V (waiting at most T ms; default: now).
+  void cache_view(const httplib::Request& req, httplib::Response& res) {
+    const std::string id = req.matches[1].str();
+    try {
+      const auto after = static_cast<uint64_t>(int_param(req, "after", 0, 0, INT64_MAX));
+      const int64_t wait = int_param(req, "wait_ms", 0, 0, 60000);
+      auto v = scheduler_.watch(id, after, std::chrono::milliseconds(wait));
+      if (!v) return no_conversation(res, id);
+      res.set_header("Cache-Control", "no-store");
+      res.set_content(serve::dump_json(serve::cache_view_json(*v, model_->tokenizer())),
+                      "application/json");
+    } catch (const ApiError& e) {
+      send_error(res, e.status(), e.what(), e.type(), e.code());
+    }
+  }
+
+  // GET /v1/conversations/{id}/cache/events: SSE, one `data:` view per change (at most
+  // ten a second), a comment line every few seconds while nothing changes; an `error`
+  // event and the end of the stream when the conversation goes away.
+  void cache_events(const httplib::Request& req, httplib::Response& res) {
+    const std::string id = req.matches[1].str();
+    if (!scheduler_.watch(id, 0, std::chrono::milliseconds(0))) return no_conversation(res, id);
+    res.set_header("Cache-Control", "no-cache");
+    auto last = std::make_shared<uint64_t>(0);
+    auto sent_at = std::make_shared<std::chrono::steady_clock::time_point>();
+    res.set_chunked_content_provider(
+        "text/event-stream", [this, id, last, sent_at](size_t, httplib::DataSink& sink) {
+          const auto gap = std::chrono::milliseconds(100) -
+                           (std::chrono::steady_clock::now() - *sent_at);
+          if (gap > std::chrono::milliseconds(0)) std::this_thread::sleep_for(gap);
+          auto v = scheduler_.watch(id, *last, std::chrono::milliseconds(5000));
+          if (!sink.is_writable()) return false;
+          if (!v) {
+            const std::string line =
+                "event: error\ndata: " +
+                serve::dump_json(serve::error_json(
+                    fmt::format("conversation '{}' is gone (evicted)", id),
+                    "invalid_request_error", "conversation_not_found")) +
+                "\n\n";
+            sink.write(line.data(), line.size());
+            sink.done();
+            return true;
+          }
+          if (v->version <= *last) {
+            static constexpr std::string_view kAlive = ": no change\n\n";
+            return sink.write(kAlive.data(), kAlive.size());
+          }
+          *last = v->version;
+          *sent_at = std::chrono::steady_clock::now();
+          const std::string line =
+              "data: " + serve::dump_json(serve::cache_view_json(*v, model_->tokenizer())) +
+              "\n\n";
+          return sink.write(line.data(), line.size());
+        });
+  }
+
   std::string new_id(const char* prefix) {
     std::lock_guard lk(rng_mu_);
     return fmt::format("{}-{:016x}", prefix, rng_());
@@ -188,6 +359,9 @@ class Server {
                        fmt::format("Content-Type must be application/json, found '{}'",
                                    req.get_header_value("Content-Type")));
       r = serve::parse_request(req.body, ep, limits_, req.get_header_value("X-Conversation-Id"));
+      // Every request belongs to a conversation: one without an id gets a random one
+      // (X-Conversation-Id of the response) that its follow-ups may name.
+      if (r.conversation_id.empty()) r.conversation_id = serve::random_conversation_id();
       const Tokenizer& tok = model_->tokenizer();
       if (ep == Endpoint::Chat) {
         if (!chat_template_)
@@ -205,6 +379,7 @@ class Server {
       spec.sampling = r.sampling;
       spec.max_tokens = r.max_tokens;
       spec.stop = r.stop;
+      spec.policy = r.policy;
       job = scheduler_.submit(std::move(spec));
       // The scheduler says first how it took the prompt (conversation reuse).
       for (;;) {
@@ -320,6 +495,9 @@ int run_serve(const ServeCliOptions& o) {
   so.max_sessions = o.max_sessions;
   so.kv_budget = o.kv_budget;
   so.max_active = o.max_active;
+  so.watch_ttl = std::chrono::milliseconds(static_cast<int64_t>(o.watch_ttl * 1000));
+  if (o.max_cache < 1) throw InvalidArgument("serve: --max-cache must be >= 1");
+  if (!(o.watch_ttl > 0)) throw InvalidArgument("serve: --watch-ttl must be > 0");
   if (o.max_sessions < 1) throw InvalidArgument("serve: --max-sessions must be >= 1");
   if (o.max_active < 1) throw InvalidArgument("serve: --max-active must be >= 1");
 
@@ -408,6 +586,13 @@ Registrar reg("serve", [](CLI::App& app) {
   sub->add_option("--default-max-tokens", o->default_max_tokens,
                   "max_tokens of a request that gives none")
       ->capture_default_str();
+  sub->add_option("--max-cache", o->max_cache,
+                  "Largest cache (tokens) of a policy a client asks for")
+      ->capture_default_str();
+  sub->add_option("--watch-ttl", o->watch_ttl,
+                  "Seconds a conversation records attention after its cache view was read")
+      ->capture_default_str();
+  sub->add_flag("!--no-web", o->web, "Serve no web page at /");
   sub->add_option("--shutdown-grace", o->shutdown_grace,
                   "Seconds requests in flight may take to finish after SIGINT/SIGTERM")
       ->capture_default_str();

@@ -9,7 +9,14 @@
 // prompt only the rest is fed, otherwise the session is reset and fed the whole prompt.
 // Idle conversations are evicted least recently used first, to stay within max_sessions
 // and the KV byte budget. A conversation runs one job at a time; a second job for it
-// waits until the first ends.
+// waits until the first ends. Each conversation has its own policy (JobSpec::policy, or
+// the scheduler's); a job naming another policy than its conversation's starts it again
+// under the new one.
+//
+// Watching: watch() marks a conversation watched for a while (SchedulerOptions::
+// watch_ttl, renewed by every call). Only watched conversations record attention (an
+// analysis::LastTokenAttention observer on their session) and publish a
+// ConversationView after each of their steps; the others run exactly as before.
 #pragma once
 
 #include <atomic>
@@ -25,6 +32,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "spillway/analysis/cache_view.h"
 #include "spillway/core/error.h"
 #include "spillway/core/thread_pool.h"
 #include "spillway/kv/policy.h"
@@ -56,6 +64,10 @@ struct SchedulerOptions {
   uint64_t kv_budget = 0;      // bytes of KV storage of all sessions together (0: no limit)
   int64_t max_active = 16;     // requests decoding together (tokens of one batched step)
   int64_t prefill_chunk = 64;  // prompt tokens fed per request between two steps
+  // How long a watch() call keeps a conversation watched.
+  std::chrono::milliseconds watch_ttl{30000};
+  // Tokens a ConversationView lists at most besides the ones the cache holds (the newest).
+  int64_t view_tokens = 4096;
 };
 
 struct Usage {
@@ -85,6 +97,26 @@ struct JobSpec {
   std::unique_ptr<Sampler> sampler;
   int64_t max_tokens = 256;
   std::vector<std::string> stop;
+  // The conversation's policy: a new conversation is made with it, an existing one under
+  // another policy starts again (reuse "reset"). nullopt: the scheduler's policy for a new
+  // conversation, the conversation's own for an existing one.
+  std::optional<kv::PolicySpec> policy;
+  // Only make (or keep) the conversation and its session, with no prompt (which must be
+  // empty) and no generation: the job reports Admitted and Done. Needs a conversation id.
+  bool open_only = false;
+};
+
+// A conversation's cache as its last step left it: the data of the live cache view.
+struct ConversationView {
+  std::string id;
+  std::string policy;         // the conversation's spec
+  uint64_t version = 0;       // grows with every view published for the conversation
+  analysis::CacheLayout layout;
+  std::vector<TokenId> token_ids;       // [layout.tokens.size()]: each listed token's id
+  analysis::AttentionShares attention;  // stream_index -1: no step since it was watched
+  std::optional<int64_t> capacity;      // tokens a query attends to at most
+  uint64_t kv_bytes = 0;                // the session's KV storage
+  bool busy = false;                    // a request is running in it
 };
 
 // One request in the scheduler. The submitting thread reads events and may cancel; the
@@ -136,9 +168,16 @@ class Scheduler {
   Scheduler(const model::Model& model, const SchedulerOptions& opts);
   ~Scheduler();  // stop()
 
-  // Queues a job. Throws InvalidArgument for a prompt without tokens, Unavailable once
-  // stopping.
+  // Queues a job. Throws InvalidArgument for a prompt without tokens (or an open_only job
+  // with one, or without a conversation id), Unavailable once stopping.
   std::shared_ptr<Job> submit(JobSpec spec);
+  // Marks conversation `id` watched (for opts.watch_ttl from now) and returns its view
+  // once one newer than version `after` is published, or the latest one when `timeout`
+  // passes first; nullptr when no such conversation is kept (never made, or evicted).
+  // Thread-safe; waits for the decode thread to have seen the request (which may take a
+  // step) before it answers nullptr.
+  std::shared_ptr<const ConversationView> watch(const std::string& id, uint64_t after,
+                                                std::chrono::milliseconds timeout);
   // Cancels every queued and active job (each gets an Error event, 503) and joins the
   // decode thread. Idempotent.
   void stop();
@@ -157,6 +196,10 @@ class Scheduler {
   void fail(Active& a, const std::string& message, bool unavailable = false);
   void release(Active& a);
   void refresh_metrics();
+  void serve_watches();
+  void publish(Conversation& c);
+  void forget_view(const std::string& id);
+  std::unique_ptr<Session> new_session(const kv::PolicySpec& policy);
 
   const model::Model& model_;
   SchedulerOptions opts_;
@@ -164,14 +207,19 @@ class Scheduler {
   BatchDecoder decoder_;
   std::chrono::steady_clock::time_point start_;
 
-  mutable std::mutex mu_;  // guards queue_, stopping_, metrics_
+  mutable std::mutex mu_;  // guards queue_, stopping_, metrics_, the watch state below
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
   bool stopping_ = false;
   SchedulerMetrics metrics_;
+  std::unordered_map<std::string, std::chrono::steady_clock::time_point> watch_requests_;
+  std::unordered_map<std::string, std::shared_ptr<const ConversationView>> views_;
+  uint64_t watch_round_ = 0;  // watch requests the decode thread has taken, in rounds
+  std::condition_variable views_cv_;
 
   // Decode thread only.
   std::unordered_map<std::string, std::unique_ptr<Conversation>> conversations_;
+  std::vector<Conversation*> watched_;
   std::vector<std::unique_ptr<Active>> active_;
   int64_t anonymous_sessions_ = 0;
   uint64_t session_bytes_estimate_ = 0;

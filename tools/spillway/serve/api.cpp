@@ -1,9 +1,13 @@
 #include "api.h"
 
 #include <fmt/core.h>
+#include <sys/random.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 
 namespace spillway::serve {
 namespace {
@@ -200,7 +204,126 @@ CompletionRequest parse_request(std::string_view body_text, Endpoint endpoint,
   }
   if (r.conversation_id.size() > 256)
     bad("the conversation id is longer than 256 bytes", "conversation_id");
+  if (body.contains("policy") && !body["policy"].is_null())
+    r.policy = parse_client_policy(get_string(body, "policy"), limits);
   return r;
+}
+
+kv::PolicySpec parse_client_policy(std::string_view text, const RequestLimits& limits) {
+  auto refuse = [](const std::string& message) {
+    throw ApiError(400, "invalid_request_error", "invalid_policy", message);
+  };
+  // Checked on the text, before the spec is parsed: parsing fit= reads the file.
+  for (size_t at = text.find(','); at != std::string_view::npos; at = text.find(',', at + 1)) {
+    std::string_view option = text.substr(at + 1);
+    option = option.substr(0, option.find(','));
+    while (!option.empty() && std::isspace(static_cast<unsigned char>(option.front())))
+      option.remove_prefix(1);
+    std::string_view key = option.substr(0, option.find('='));
+    while (!key.empty() && std::isspace(static_cast<unsigned char>(key.back()))) key.remove_suffix(1);
+    if (key == "fit")
+      refuse(fmt::format("policy '{}': fit= reads a file on the server and is not accepted from "
+                         "clients (start the server with --policy instead)",
+                         text));
+  }
+  std::optional<kv::PolicySpec> spec;
+  try {
+    spec.emplace(text);
+  } catch (const spillway::Error& e) {
+    refuse(e.what());
+  }
+  std::optional<int64_t> cap;
+  try {
+    cap = kv::make_policy(*spec)->capacity();
+  } catch (const spillway::Error& e) {
+    refuse(e.what());
+  }
+  if (!cap || *cap > limits.max_cache)
+    refuse(fmt::format("policy '{}': its cache {} this server's limit of {} tokens (--max-cache)",
+                       spec->str(),
+                       cap ? fmt::format("holds {} tokens, over", *cap) : std::string("grows past"),
+                       limits.max_cache));
+  return *spec;
+}
+
+std::string random_conversation_id() {
+  unsigned char bytes[16];
+  size_t got = 0;
+  while (got < sizeof bytes) {
+    const ssize_t n = getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw IoError(fmt::format("getrandom: {}", std::strerror(errno)));
+    }
+    got += static_cast<size_t>(n);
+  }
+  std::string id = "conv-";
+  for (unsigned char b : bytes) id += fmt::format("{:02x}", b);
+  return id;
+}
+
+std::optional<kv::PolicySpec> parse_conversation_request(std::string_view body,
+                                                         const RequestLimits& limits) {
+  if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return std::nullopt;
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    throw ApiError(400, "invalid_request_error", "invalid_json",
+                   "the body must be a JSON object ({\"policy\": SPEC} or {})");
+  if (!j.contains("policy") || j["policy"].is_null()) return std::nullopt;
+  if (!j["policy"].is_string())
+    throw ApiError(400, "invalid_request_error", "invalid_policy", "'policy' must be a string");
+  return parse_client_policy(j["policy"].get<std::string>(), limits);
+}
+
+json cache_view_json(const ConversationView& v, const Tokenizer& tok) {
+  json tokens = json::array();
+  for (size_t i = 0; i < v.layout.tokens.size(); ++i) {
+    const analysis::CachedToken& t = v.layout.tokens[i];
+    const TokenId id = v.token_ids[i];
+    json e = {{"i", t.index},
+              {"id", id},
+              {"text", id >= 0 && id < tok.vocab_size() ? tok.token_bytes(id) : std::string()},
+              {"state", analysis::token_state_name(t.state)}};
+    if (t.state != analysis::TokenState::kEvicted) {
+      e["slot"] = t.slot;
+      e["key_pos"] = t.key_pos;
+      e["query_pos"] = t.query_pos;
+    }
+    tokens.push_back(std::move(e));
+  }
+  json attention = nullptr;
+  const analysis::AttentionShares& a = v.attention;
+  if (a.stream_index >= 0) {
+    auto grid = [&](const std::vector<float>& x) {
+      json rows = json::array();
+      for (int64_t l = 0; l < a.n_layer; ++l) {
+        json row = json::array();
+        for (int64_t h = 0; h < a.n_head; ++h)
+          row.push_back(std::round(x[static_cast<size_t>(l * a.n_head + h)] * 1e5) / 1e5);
+        rows.push_back(std::move(row));
+      }
+      return rows;
+    };
+    attention = {{"stream_index", a.stream_index}, {"n_layer", a.n_layer},
+                 {"n_head", a.n_head},             {"first", a.first},
+                 {"recent", a.recent},             {"sink_mass", grid(a.sink)},
+                 {"first_mass", grid(a.first_tokens)}, {"recent_mass", grid(a.newest)},
+                 {"span", a.span}};
+  }
+  const analysis::CacheLayout& l = v.layout;
+  return {{"object", "conversation.cache"},
+          {"id", v.id},
+          {"policy", v.policy},
+          {"version", v.version},
+          {"busy", v.busy},
+          {"n_past", l.n_past},
+          {"capacity", v.capacity ? json(*v.capacity) : json(nullptr)},
+          {"counts",
+           {{"sink", l.n_sink}, {"window", l.n_window}, {"kept", l.n_kept}, {"evicted", l.n_evicted}}},
+          {"first_listed", l.first_listed},
+          {"tokens", std::move(tokens)},
+          {"kv_bytes", v.kv_bytes},
+          {"attention", std::move(attention)}};
 }
 
 const char* finish_reason(StopReason r) {

@@ -15,6 +15,7 @@
 
 #include "spillway/serve/scheduler.h"
 #include "spillway/session/generate.h"
+#include "spillway/tokenizer/tokenizer.h"
 
 namespace spillway::serve {
 
@@ -49,7 +50,17 @@ struct RequestLimits {
   int64_t max_tokens_limit = 4096;       // largest max_tokens: else 400
   int64_t default_max_tokens = 256;      // when the request gives none
   size_t max_stop = 16;                  // stop strings at most
+  int64_t max_cache = 4096;  // largest cache (tokens a query attends to) of a requested policy
 };
+
+// A policy a client asks for (the "policy" field; POST /v1/conversations): a valid spec
+// whose cache holds at most limits.max_cache tokens, and no option that names a file on
+// the server (fit=). Throws ApiError 400 "invalid_policy" with the parser's message.
+kv::PolicySpec parse_client_policy(std::string_view text, const RequestLimits& limits);
+
+// A conversation id nobody can guess: 128 random bits from the kernel (getrandom), as
+// "conv-" and 32 hex digits.
+std::string random_conversation_id();
 
 enum class Endpoint { Chat, Completion };
 
@@ -64,6 +75,7 @@ struct CompletionRequest {
   std::vector<std::string> stop;
   bool stream = false;
   std::string conversation_id;  // empty: a one-off request with a fresh session
+  std::optional<kv::PolicySpec> policy;  // "policy" (an extension): the conversation's
 };
 
 // Parses a request body. Throws ApiError: 400 for malformed JSON, a missing or mistyped
@@ -74,6 +86,19 @@ struct CompletionRequest {
 CompletionRequest parse_request(std::string_view body, Endpoint endpoint,
                                 const RequestLimits& limits,
                                 std::string_view conversation_header = {});
+
+// POST /v1/conversations: {"policy": SPEC} (optional; the server's default otherwise).
+// Returns the policy asked for, nullopt when none was. Throws ApiError 400 for malformed
+// JSON or a bad policy.
+std::optional<kv::PolicySpec> parse_conversation_request(std::string_view body,
+                                                         const RequestLimits& limits);
+
+// The live cache view of a conversation (GET /v1/conversations/{id}/cache): tokens with
+// their state, slot, key_pos and query_pos, counts, KV bytes and, once a step was
+// recorded, per layer and head the last token's attention on sinks, first and newest
+// tokens. Token text is the tokenizer's bytes for the token (invalid UTF-8 is replaced
+// when dumped).
+nlohmann::json cache_view_json(const ConversationView& v, const Tokenizer& tok);
 
 // OpenAI's finish_reason for why a generation ended: "length", or "stop" (the model's
 // end of generation or a stop string).
