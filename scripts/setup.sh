@@ -51,6 +51,8 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev libpcre2-dev nlohmann-json3-dev
   libcpp-httplib-dev
   python3 python3-dev python3-pip python3-venv python3-matplotlib curl
+  # The serve page's browser test (headless Chromium through Selenium) and the balancer test.
+  chromium chromium-driver fonts-dejavu-core nginx
 )
 
 changed=0

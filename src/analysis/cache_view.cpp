@@ -37,9 +37,9 @@ CacheLayout cache_layout(const kv::Cache& cache, int64_t n_past, int64_t first_l
   // Policies that replay their window plan the replay's indices (0..len-1).
   const int64_t offset = n_past - 1 - last.stream_index;
   if (offset < 0)
-    throw InvalidArgument(fmt::format(
-        "cache_layout: a stream of {} tokens, but the last plan is of stream index {}", n_past,
-        last.stream_index));
+    throw InvalidArgument(
+        fmt::format("cache_layout: a stream of {} tokens, but the last plan is of stream index {}",
+                    n_past, last.stream_index));
   const std::vector<int64_t> contents = cache.group_policy(0).slot_contents();
 
   // Stream index -> (slot, query position, sink) for every slot the last query attends to.
@@ -53,13 +53,14 @@ CacheLayout cache_layout(const kv::Cache& cache, int64_t n_past, int64_t first_l
   for (int32_t r = last.range_begin; r < last.range_end; ++r) {
     const kv::SlotRange& range = plan.ranges[static_cast<size_t>(r)];
     for (int32_t s = range.begin; s < range.end; ++s) {
-      const int64_t m = s < static_cast<int32_t>(contents.size()) ? contents[static_cast<size_t>(s)]
-                                                                 : -1;
+      const int64_t m =
+          s < static_cast<int32_t>(contents.size()) ? contents[static_cast<size_t>(s)] : -1;
       if (m < 0) continue;  // cannot happen for a policy that keeps its contract
       seen.push_back({m + offset, s, range.query_pos, range.sink});
     }
   }
-  std::sort(seen.begin(), seen.end(), [](const Seen& a, const Seen& b) { return a.index < b.index; });
+  std::sort(seen.begin(), seen.end(),
+            [](const Seen& a, const Seen& b) { return a.index < b.index; });
   // The window: the unbroken run of non-sink indices that ends at the last token.
   int64_t window_start = n_past;
   for (auto it = seen.rbegin(); it != seen.rend(); ++it) {
@@ -81,9 +82,9 @@ CacheLayout cache_layout(const kv::Cache& cache, int64_t n_past, int64_t first_l
     t.slot = s.slot;
     t.key_pos = s.index - offset;  // every key is rotated at its (plan) stream index
     t.query_pos = s.query_pos;
-    t.state = s.sink                      ? TokenState::kSink
-              : s.index >= window_start   ? TokenState::kWindow
-                                          : TokenState::kKept;
+    t.state = s.sink                    ? TokenState::kSink
+              : s.index >= window_start ? TokenState::kWindow
+                                        : TokenState::kKept;
     (t.state == TokenState::kSink     ? out.n_sink
      : t.state == TokenState::kWindow ? out.n_window
                                       : out.n_kept)++;
@@ -97,9 +98,8 @@ CacheLayout cache_layout(const kv::Cache& cache, int64_t n_past, int64_t first_l
 LastTokenAttention::LastTokenAttention(const model::ModelConfig& config, int64_t first,
                                        int64_t recent) {
   if (first < 1 || recent < 1)
-    throw InvalidArgument(
-        fmt::format("LastTokenAttention: first and recent must be >= 1, found {} and {}", first,
-                    recent));
+    throw InvalidArgument(fmt::format(
+        "LastTokenAttention: first and recent must be >= 1, found {} and {}", first, recent));
   pending_.n_layer = config.n_layer;
   pending_.n_head = config.n_head;
   pending_.first = first;
@@ -122,8 +122,8 @@ void LastTokenAttention::on_step(const kv::StepPlan& plan) {
   group_of_layer_ = plan.group_of_layer;
   slot_stream_.resize(plan.groups.size());
   for (size_t g = 0; g < plan.groups.size(); ++g)
-    slot_stream_[g] = cache_ ? cache_->group_policy(static_cast<int>(g)).slot_contents()
-                             : std::vector<int64_t>{};
+    slot_stream_[g] =
+        cache_ ? cache_->group_policy(static_cast<int>(g)).slot_contents() : std::vector<int64_t>{};
   pending_.stream_index = plan.groups[0].tokens.back().stream_index;
 }
 

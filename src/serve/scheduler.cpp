@@ -81,7 +81,8 @@ Scheduler::~Scheduler() {
 
 std::shared_ptr<Job> Scheduler::submit(JobSpec spec) {
   if (spec.open_only) {
-    if (!spec.prompt.empty()) throw InvalidArgument("a job that only opens a conversation has no prompt");
+    if (!spec.prompt.empty())
+      throw InvalidArgument("a job that only opens a conversation has no prompt");
     if (spec.conversation_id.empty())
       throw InvalidArgument("a job that only opens a conversation needs its id");
   } else if (spec.prompt.empty()) {
@@ -176,6 +177,11 @@ void Scheduler::run() {
 }
 
 std::unique_ptr<Session> Scheduler::new_session(const kv::PolicySpec& policy) {
+  if (spare_ && spare_->cache().spec().str() == policy.str()) {
+    std::unique_ptr<Session> s = std::move(spare_);
+    s->reset();
+    return s;
+  }
   SessionOptions so;
   so.policy = policy;
   so.max_batch = opts_.prefill_chunk;
@@ -233,8 +239,8 @@ void Scheduler::publish(Conversation& c) {
   v->id = c.id;
   v->policy = c.policy.str();
   v->version = ++c.version;
-  v->layout = analysis::cache_layout(c.session->cache(), n,
-                                     std::max<int64_t>(0, n - opts_.view_tokens));
+  v->layout =
+      analysis::cache_layout(c.session->cache(), n, std::max<int64_t>(0, n - opts_.view_tokens));
   v->token_ids.reserve(v->layout.tokens.size());
   for (const auto& t : v->layout.tokens)
     v->token_ids.push_back(static_cast<size_t>(t.index) < c.tokens.size()
@@ -267,32 +273,54 @@ void Scheduler::forget_view(const std::string& id) {
 
 // Room for one more session: evicts idle conversations, least recently used first, until
 // the session count and the KV budget allow it. False when only busy sessions are left.
-bool Scheduler::make_room(bool need_new_session) {
+// `policy`: the new session's, when one is needed (nullptr: none). The session of an
+// evicted conversation under the same policy is kept as the spare that new_session()
+// hands out again (reset): its memory is already in place, where a fresh one's pages would
+// be faulted in at the next request's expense.
+bool Scheduler::make_room(const kv::PolicySpec* policy) {
+  const bool need_new_session = policy != nullptr;
   auto alive = [&] { return static_cast<int64_t>(conversations_.size()) + anonymous_sessions_; };
-  auto kv_sum = [&] {
-    uint64_t s = 0;
-    for (auto& [id, c] : conversations_) s += c->session->storage().bytes();
-    for (auto& a : active_)
-      if (a->owned) s += a->owned->session->storage().bytes();
-    return s;
+  auto spare_fits = [&] {
+    return spare_ && policy && spare_->cache().spec().str() == policy->str();
   };
-  const uint64_t extra = need_new_session ? session_bytes_estimate_ : 0;
   for (;;) {
+    const uint64_t extra = !need_new_session || spare_fits() ? 0 : session_bytes_estimate_;
     const bool over_count = need_new_session && alive() + 1 > opts_.max_sessions;
     const bool over_bytes =
-        opts_.kv_budget > 0 && alive() > 0 && kv_sum() + extra > opts_.kv_budget;
+        opts_.kv_budget > 0 && (alive() > 0 || spare_) && kv_bytes_held() + extra > opts_.kv_budget;
     if (!over_count && !over_bytes) return true;
+    if (spare_ && over_bytes && !spare_fits()) {
+      spare_.reset();
+      continue;
+    }
     Conversation* lru = nullptr;
     for (auto& [id, c] : conversations_)
       if (!c->busy && (!lru || c->last_used < lru->last_used)) lru = c.get();
-    if (!lru) return false;
+    if (!lru) {
+      if (!spare_) return false;
+      spare_.reset();
+      continue;
+    }
     ++counters_.evictions;
     if (lru->watcher) {
       std::erase(watched_, lru);
       forget_view(lru->id);
     }
+    if (policy && !spare_ && lru->policy.str() == policy->str()) {
+      lru->session->set_observer(nullptr);
+      spare_ = std::move(lru->session);
+    }
     conversations_.erase(lru->id);
   }
+}
+
+// KV storage of every session held: conversations, one-off requests' and the spare.
+uint64_t Scheduler::kv_bytes_held() const {
+  uint64_t s = spare_ ? spare_->storage().bytes() : 0;
+  for (auto& [id, c] : conversations_) s += c->session->storage().bytes();
+  for (auto& a : active_)
+    if (a->owned) s += a->owned->session->storage().bytes();
+  return s;
 }
 
 void Scheduler::admit() {
@@ -309,6 +337,14 @@ void Scheduler::admit() {
       continue;
     }
     const JobSpec& spec = job->spec_;
+    if (spec.open_only && conversations_.count(spec.conversation_id)) {
+      Event err;
+      err.kind = Event::Kind::Error;
+      err.exists = true;
+      err.text = fmt::format("conversation '{}' exists already", spec.conversation_id);
+      job->push(std::move(err));
+      continue;
+    }
     Conversation* conv = nullptr;
     std::unique_ptr<Conversation> owned;
     bool room = static_cast<int64_t>(active_.size()) < opts_.max_active;
@@ -320,7 +356,8 @@ void Scheduler::admit() {
       }
     }
     const bool need_new = room && !conv;
-    if (need_new) room = make_room(true);
+    const kv::PolicySpec new_policy = spec.policy.value_or(opts_.policy);
+    if (need_new) room = make_room(&new_policy);
     if (!room) {
       keep.push_back(job);
       continue;
@@ -342,7 +379,7 @@ void Scheduler::admit() {
       if (need_new) {
         auto c = std::make_unique<Conversation>();
         c->id = spec.conversation_id;
-        c->policy = spec.policy.value_or(opts_.policy);
+        c->policy = new_policy;
         c->session = new_session(c->policy);
         if (spec.conversation_id.empty()) {
           owned = std::move(c);
@@ -354,7 +391,7 @@ void Scheduler::admit() {
         }
       }
       if (spec.open_only) {
-        admitted.reuse = need_new ? "new" : policy_changed ? "reset" : "prefix";
+        admitted.reuse = "new";
         conv->last_used = ++lru_clock_;
         job->push(std::move(admitted));
         Event done;
@@ -553,10 +590,7 @@ void Scheduler::refresh_metrics() {
   int64_t recent = 0;
   for (auto& [t, n] : recent_tokens_) recent += n;
   const double up = std::chrono::duration<double>(now - start_).count();
-  uint64_t kv = 0;
-  for (auto& [id, c] : conversations_) kv += c->session->storage().bytes();
-  for (auto& a : active_)
-    if (a->owned) kv += a->owned->session->storage().bytes();
+  const uint64_t kv = kv_bytes_held();
   std::lock_guard lk(mu_);
   const int64_t queued = static_cast<int64_t>(queue_.size());
   metrics_ = counters_;

@@ -79,7 +79,7 @@ TEST_P(CacheLayoutTest, MatchesTheSlotsThePlansWrote) {
   ASSERT_EQ(layout.n_past, c.n);
   EXPECT_EQ(layout.n_sink + layout.n_window + layout.n_kept + layout.n_evicted, c.n);
   ASSERT_EQ(static_cast<int64_t>(layout.tokens.size()), c.n);  // first_listed 0: all listed
-  const int64_t offset = c.n - 1 - tracker.last_index;          // replays: the window's start
+  const int64_t offset = c.n - 1 - tracker.last_index;         // replays: the window's start
 
   // What the last query attended to, by the tracker's slots.
   std::map<int64_t, std::pair<int32_t, const kv::SlotRange*>> attended;
@@ -104,8 +104,7 @@ TEST_P(CacheLayoutTest, MatchesTheSlotsThePlansWrote) {
       EXPECT_TRUE(t.state == TokenState::kWindow || t.state == TokenState::kKept);
     }
   }
-  EXPECT_EQ(static_cast<int64_t>(attended.size()),
-            layout.n_sink + layout.n_window + layout.n_kept);
+  EXPECT_EQ(static_cast<int64_t>(attended.size()), layout.n_sink + layout.n_window + layout.n_kept);
   // The window is the unbroken newest run; the last token is in it.
   EXPECT_EQ(layout.tokens.back().state, TokenState::kWindow);
   for (size_t i = 1; i < layout.tokens.size(); ++i) {
@@ -120,9 +119,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{"full", 70, 8}, Case{"window:24", 70, 5}, Case{"sink:4+24", 70, 1},
                       Case{"sink:4+24", 70, 8}, Case{"sink:4+24,positions=absolute", 50, 3},
                       Case{"sink:2+16,evict=turn", 60, 4}, Case{"recompute:16", 40, 1},
-                      Case{"h2o:8+16", 60, 1}, Case{"tova:24", 60, 1},
-                      Case{"detected:4+16", 60, 1}, Case{"nullsink:24", 60, 8},
-                      Case{"sink:4+24,kv=f16", 60, 8}),
+                      Case{"h2o:8+16", 60, 1}, Case{"tova:24", 60, 1}, Case{"detected:4+16", 60, 1},
+                      Case{"nullsink:24", 60, 8}, Case{"sink:4+24,kv=f16", 60, 8}),
     [](const testing::TestParamInfo<Case>& info) {
       std::string name = std::string(info.param.spec) + "_" + std::to_string(info.param.chunk);
       for (char& ch : name)
@@ -222,7 +220,9 @@ TEST(LastTokenAttention, AgreesWithAttentionStats) {
     } else if (std::string(spec) == "window:24") {
       EXPECT_EQ(sh.first_tokens[0], 0.0f);  // evicted: nothing can land on them
     }
-    EXPECT_EQ(sh.span[0], std::string(spec) == "full" ? 60 : std::string(spec) == "window:24" ? 24 : 28);
+    EXPECT_EQ(sh.span[0], std::string(spec) == "full"        ? 60
+                          : std::string(spec) == "window:24" ? 24
+                                                             : 28);
   }
 }
 

@@ -215,6 +215,14 @@ TEST(Scheduler, WatchedConversationsGiveWhatUnwatchedOnesGiveAndPublishTheirCach
   open.policy = kv::PolicySpec("sink:4+24");
   const Outcome opened = wait(*sched.submit(std::move(open)));
   EXPECT_EQ(opened.reuse, "new");
+  JobSpec again;  // an id that is kept already is not opened twice
+  again.open_only = true;
+  again.conversation_id = "w";
+  auto ja = sched.submit(std::move(again));
+  auto ea = ja->next(std::chrono::seconds(30));
+  ASSERT_TRUE(ea.has_value());
+  EXPECT_EQ(ea->kind, Event::Kind::Error);
+  EXPECT_TRUE(ea->exists);
   auto v0 = sched.watch("w", 0, std::chrono::milliseconds(0));
   ASSERT_NE(v0, nullptr);
   EXPECT_EQ(v0->policy, "sink:4+24");
@@ -263,6 +271,33 @@ TEST(Scheduler, WatchedConversationsGiveWhatUnwatchedOnesGiveAndPublishTheirCach
   JobSpec bad_open;
   bad_open.open_only = true;
   EXPECT_THROW(sched.submit(std::move(bad_open)), InvalidArgument);  // no id
+}
+
+// Past max_sessions the least recently used idle conversation is evicted; a new
+// conversation under the same policy gets its session back (reset), and answers exactly
+// as a fresh session does. A conversation under another policy gets a session of its own.
+TEST(Scheduler, EvictedSessionsServeNewConversationsAsFreshOnesWould) {
+  SchedulerOptions o = options();
+  o.max_sessions = 2;
+  o.max_active = 1;
+  Scheduler sched(tiny(), o);
+  for (int i = 0; i < 5; ++i) {
+    const std::vector<TokenId> prompt = test::random_tokens(20 + 3 * i, 60 + i);
+    JobSpec j = job_spec(prompt, 10, "e" + std::to_string(i));
+    if (i == 3) j.policy = kv::PolicySpec("window:32");
+    const Outcome out = wait(*sched.submit(std::move(j)));
+    EXPECT_EQ(out.reuse, "new");
+    if (i != 3) {
+      EXPECT_EQ(out.text, alone(prompt, 10)) << "conversation " << i;
+    }
+  }
+  const SchedulerMetrics m =
+      metrics_when(sched, [](const SchedulerMetrics& x) { return x.jobs_completed == 5; });
+  EXPECT_EQ(m.evictions, 3);
+  EXPECT_EQ(m.conversations, 2);
+  // The oldest are gone, the newest kept.
+  EXPECT_EQ(sched.watch("e0", 0, std::chrono::milliseconds(0)), nullptr);
+  EXPECT_NE(sched.watch("e4", 0, std::chrono::milliseconds(0)), nullptr);
 }
 
 }  // namespace

@@ -51,7 +51,8 @@ TEST(ServeConversations, ClientPoliciesAreCheckedAndBounded) {
   EXPECT_NE(msg.find("valid forms"), std::string::npos) << msg;
   // fit= would read a file on the server: refused before the spec is parsed, so the
   // message is the refusal, not what reading the file said.
-  for (const char* spec : {"nullsink:64,fit=/nonexistent/x.sinks", "nullsink:64, fit =/etc/passwd"}) {
+  for (const char* spec :
+       {"nullsink:64,fit=/nonexistent/x.sinks", "nullsink:64, fit =/etc/passwd"}) {
     EXPECT_EQ(status_of([&] { parse_client_policy(spec, limits); }, &msg), 400) << spec;
     EXPECT_NE(msg.find("not accepted from clients"), std::string::npos) << msg;
   }

@@ -10,9 +10,9 @@
 
 #include <unistd.h>
 #include <algorithm>
-#include <charconv>
 #include <atomic>
 #include <cctype>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
@@ -27,13 +27,13 @@
 
 #include "command.h"
 #include "serve/api.h"
-#include "web_assets.h"
 #include "spillway/core/build_info.h"
 #include "spillway/core/error.h"
 #include "spillway/core/process.h"
 #include "spillway/model/model.h"
 #include "spillway/serve/scheduler.h"
 #include "spillway/session/generate.h"
+#include "web_assets.h"
 
 namespace spillway::cli {
 namespace {
@@ -170,12 +170,12 @@ class Server {
     http_.Post("/v1/conversations", [this](const httplib::Request& req, httplib::Response& res) {
       open_conversation(req, res);
     });
-    http_.Get(R"(/v1/conversations/([^/]+)/cache)",
-              [this](const httplib::Request& req, httplib::Response& res) { cache_view(req, res); });
-    http_.Get(R"(/v1/conversations/([^/]+)/cache/events)",
-              [this](const httplib::Request& req, httplib::Response& res) {
-                cache_events(req, res);
-              });
+    http_.Get(
+        R"(/v1/conversations/([^/]+)/cache)",
+        [this](const httplib::Request& req, httplib::Response& res) { cache_view(req, res); });
+    http_.Get(
+        R"(/v1/conversations/([^/]+)/cache/events)",
+        [this](const httplib::Request& req, httplib::Response& res) { cache_events(req, res); });
     http_.Get("/health", [](const httplib::Request&, httplib::Response& res) {
       res.set_content(R"({"status":"ok"})", "application/json");
     });
@@ -234,15 +234,21 @@ class Server {
     res.set_content(serve::dump_json(j), "application/json");
   }
 
-  // POST /v1/conversations {"policy": SPEC}: a new conversation with a random id, its
-  // session made now (so that a bad or too large policy is an error here).
+  // POST /v1/conversations {"policy": SPEC}: a new conversation, its session made now (so
+  // that a bad or too large policy is an error here). Its id is the X-Conversation-Id
+  // header's when there is one (a balancer that routes by that header then sends every
+  // request of the conversation, this one included, to one backend; 409 when that id is
+  // kept already), else a random one.
   void open_conversation(const httplib::Request& req, httplib::Response& res) {
     try {
-      std::optional<kv::PolicySpec> policy =
-          serve::parse_conversation_request(req.body, limits_);
+      std::optional<kv::PolicySpec> policy = serve::parse_conversation_request(req.body, limits_);
       serve::JobSpec spec;
       spec.open_only = true;
-      spec.conversation_id = serve::random_conversation_id();
+      spec.conversation_id = req.get_header_value("X-Conversation-Id");
+      if (spec.conversation_id.size() > 256)
+        throw ApiError(400, "invalid_request_error", "invalid_value",
+                       "the conversation id is longer than 256 bytes");
+      if (spec.conversation_id.empty()) spec.conversation_id = serve::random_conversation_id();
       spec.policy = policy.value_or(kv::PolicySpec(o_.policy));
       const std::string id = spec.conversation_id;
       const std::string text = spec.policy->str();
@@ -252,15 +258,16 @@ class Server {
         if (!e) continue;
         if (e->kind == Event::Kind::Error) {
           if (e->unavailable) throw serve::event_error(*e);
+          if (e->exists)
+            throw ApiError(409, "invalid_request_error", "conversation_exists", e->text);
           throw ApiError(400, "invalid_request_error", "invalid_policy", e->text);
         }
         if (e->kind == Event::Kind::Done) break;
       }
       res.status = 201;
       res.set_header("X-Conversation-Id", id);
-      res.set_content(
-          serve::dump_json({{"object", "conversation"}, {"id", id}, {"policy", text}}),
-          "application/json");
+      res.set_content(serve::dump_json({{"object", "conversation"}, {"id", id}, {"policy", text}}),
+                      "application/json");
     } catch (const ApiError& e) {
       send_error(res, e.status(), e.what(), e.type(), e.code());
     } catch (const serve::Unavailable& e) {
@@ -314,18 +321,17 @@ class Server {
     auto sent_at = std::make_shared<std::chrono::steady_clock::time_point>();
     res.set_chunked_content_provider(
         "text/event-stream", [this, id, last, sent_at](size_t, httplib::DataSink& sink) {
-          const auto gap = std::chrono::milliseconds(100) -
-                           (std::chrono::steady_clock::now() - *sent_at);
+          const auto gap =
+              std::chrono::milliseconds(100) - (std::chrono::steady_clock::now() - *sent_at);
           if (gap > std::chrono::milliseconds(0)) std::this_thread::sleep_for(gap);
           auto v = scheduler_.watch(id, *last, std::chrono::milliseconds(5000));
           if (!sink.is_writable()) return false;
           if (!v) {
-            const std::string line =
-                "event: error\ndata: " +
-                serve::dump_json(serve::error_json(
-                    fmt::format("conversation '{}' is gone (evicted)", id),
-                    "invalid_request_error", "conversation_not_found")) +
-                "\n\n";
+            const std::string line = "event: error\ndata: " +
+                                     serve::dump_json(serve::error_json(
+                                         fmt::format("conversation '{}' is gone (evicted)", id),
+                                         "invalid_request_error", "conversation_not_found")) +
+                                     "\n\n";
             sink.write(line.data(), line.size());
             sink.done();
             return true;
@@ -337,8 +343,7 @@ class Server {
           *last = v->version;
           *sent_at = std::chrono::steady_clock::now();
           const std::string line =
-              "data: " + serve::dump_json(serve::cache_view_json(*v, model_->tokenizer())) +
-              "\n\n";
+              "data: " + serve::dump_json(serve::cache_view_json(*v, model_->tokenizer())) + "\n\n";
           return sink.write(line.data(), line.size());
         });
   }

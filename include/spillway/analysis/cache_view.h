@@ -93,7 +93,7 @@ class LastTokenAttention final : public model::AttentionObserver {
  private:
   const kv::Cache* cache_ = nullptr;
   AttentionShares shares_;
-  AttentionShares pending_;                       // filled layer by layer during a step
+  AttentionShares pending_;                        // filled layer by layer during a step
   std::vector<std::vector<int64_t>> slot_stream_;  // [group][slot] stream index, this step
   std::vector<int32_t> group_of_layer_;
 };

@@ -86,6 +86,7 @@ struct Event {
   Usage usage;                          // Admitted (prompt and cached tokens) and Done
   std::string reuse;         // Admitted: "none" (no conversation), "new", "prefix", "reset"
   bool unavailable = false;  // Error: the scheduler is stopping (else the request failed)
+  bool exists = false;       // Error: an open_only job's conversation is kept already
 };
 
 struct JobSpec {
@@ -101,16 +102,17 @@ struct JobSpec {
   // another policy starts again (reuse "reset"). nullopt: the scheduler's policy for a new
   // conversation, the conversation's own for an existing one.
   std::optional<kv::PolicySpec> policy;
-  // Only make (or keep) the conversation and its session, with no prompt (which must be
-  // empty) and no generation: the job reports Admitted and Done. Needs a conversation id.
+  // Only make the conversation and its session, with no prompt (which must be empty) and
+  // no generation: the job reports Admitted and Done, or an Error with `exists` set when
+  // a conversation of that id is kept already. Needs a conversation id.
   bool open_only = false;
 };
 
 // A conversation's cache as its last step left it: the data of the live cache view.
 struct ConversationView {
   std::string id;
-  std::string policy;         // the conversation's spec
-  uint64_t version = 0;       // grows with every view published for the conversation
+  std::string policy;    // the conversation's spec
+  uint64_t version = 0;  // grows with every view published for the conversation
   analysis::CacheLayout layout;
   std::vector<TokenId> token_ids;       // [layout.tokens.size()]: each listed token's id
   analysis::AttentionShares attention;  // stream_index -1: no step since it was watched
@@ -157,7 +159,7 @@ struct SchedulerMetrics {
   int64_t queued = 0;
   int64_t sessions = 0;       // alive (conversations and one-off requests)
   int64_t conversations = 0;  // kept by id
-  uint64_t kv_bytes = 0;      // KV storage of all alive sessions
+  uint64_t kv_bytes = 0;      // KV storage of all sessions held (a spare one included)
   double tokens_per_s = 0;    // generated tokens per second over the last 10 s
   double uptime_s = 0;
 };
@@ -188,7 +190,8 @@ class Scheduler {
   struct Active;
   void run();
   void admit();
-  bool make_room(bool need_new_session);
+  bool make_room(const kv::PolicySpec* policy);
+  uint64_t kv_bytes_held() const;
   void prefill(Active& a);
   void decode_step();
   void advance(Active& a);
@@ -220,6 +223,7 @@ class Scheduler {
   // Decode thread only.
   std::unordered_map<std::string, std::unique_ptr<Conversation>> conversations_;
   std::vector<Conversation*> watched_;
+  std::unique_ptr<Session> spare_;  // an evicted conversation's session, for the next new one
   std::vector<std::unique_ptr<Active>> active_;
   int64_t anonymous_sessions_ = 0;
   uint64_t session_bytes_estimate_ = 0;

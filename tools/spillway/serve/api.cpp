@@ -220,11 +220,13 @@ kv::PolicySpec parse_client_policy(std::string_view text, const RequestLimits& l
     while (!option.empty() && std::isspace(static_cast<unsigned char>(option.front())))
       option.remove_prefix(1);
     std::string_view key = option.substr(0, option.find('='));
-    while (!key.empty() && std::isspace(static_cast<unsigned char>(key.back()))) key.remove_suffix(1);
+    while (!key.empty() && std::isspace(static_cast<unsigned char>(key.back())))
+      key.remove_suffix(1);
     if (key == "fit")
-      refuse(fmt::format("policy '{}': fit= reads a file on the server and is not accepted from "
-                         "clients (start the server with --policy instead)",
-                         text));
+      refuse(
+          fmt::format("policy '{}': fit= reads a file on the server and is not accepted from "
+                      "clients (start the server with --policy instead)",
+                      text));
   }
   std::optional<kv::PolicySpec> spec;
   try {
@@ -304,26 +306,31 @@ json cache_view_json(const ConversationView& v, const Tokenizer& tok) {
       }
       return rows;
     };
-    attention = {{"stream_index", a.stream_index}, {"n_layer", a.n_layer},
-                 {"n_head", a.n_head},             {"first", a.first},
-                 {"recent", a.recent},             {"sink_mass", grid(a.sink)},
-                 {"first_mass", grid(a.first_tokens)}, {"recent_mass", grid(a.newest)},
+    attention = {{"stream_index", a.stream_index},
+                 {"n_layer", a.n_layer},
+                 {"n_head", a.n_head},
+                 {"first", a.first},
+                 {"recent", a.recent},
+                 {"sink_mass", grid(a.sink)},
+                 {"first_mass", grid(a.first_tokens)},
+                 {"recent_mass", grid(a.newest)},
                  {"span", a.span}};
   }
   const analysis::CacheLayout& l = v.layout;
-  return {{"object", "conversation.cache"},
-          {"id", v.id},
-          {"policy", v.policy},
-          {"version", v.version},
-          {"busy", v.busy},
-          {"n_past", l.n_past},
-          {"capacity", v.capacity ? json(*v.capacity) : json(nullptr)},
-          {"counts",
-           {{"sink", l.n_sink}, {"window", l.n_window}, {"kept", l.n_kept}, {"evicted", l.n_evicted}}},
-          {"first_listed", l.first_listed},
-          {"tokens", std::move(tokens)},
-          {"kv_bytes", v.kv_bytes},
-          {"attention", std::move(attention)}};
+  return {
+      {"object", "conversation.cache"},
+      {"id", v.id},
+      {"policy", v.policy},
+      {"version", v.version},
+      {"busy", v.busy},
+      {"n_past", l.n_past},
+      {"capacity", v.capacity ? json(*v.capacity) : json(nullptr)},
+      {"counts",
+       {{"sink", l.n_sink}, {"window", l.n_window}, {"kept", l.n_kept}, {"evicted", l.n_evicted}}},
+      {"first_listed", l.first_listed},
+      {"tokens", std::move(tokens)},
+      {"kv_bytes", v.kv_bytes},
+      {"attention", std::move(attention)}};
 }
 
 const char* finish_reason(StopReason r) {

@@ -74,7 +74,7 @@ struct CompletionRequest {
   SamplerParams sampling;
   std::vector<std::string> stop;
   bool stream = false;
-  std::string conversation_id;  // empty: a one-off request with a fresh session
+  std::string conversation_id;           // empty: a one-off request with a fresh session
   std::optional<kv::PolicySpec> policy;  // "policy" (an extension): the conversation's
 };
 

@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   key: sessionStorage.getItem('spillway.api_key') || '',
   info: null,
+  mode: 'chat',         // or 'completion': the text continued as it is
   conv: null,           // {id, policy}
   messages: [],         // chat mode: the conversation so far
   text: '',             // completion mode: the text so far
@@ -107,14 +108,17 @@ function setBusy(busy) {
   $('new-conv').disabled = busy;
 }
 
-function setStatus(text) { $('status').textContent = text || ''; }
+function setStatus(text, error = false) {
+  $('status').textContent = text || '';
+  $('status').classList.toggle('error', error);
+}
 
 async function send() {
   const text = $('prompt').value;
   if (!text.trim() || state.abort) return;
   setStatus('');
   if (!state.conv && !(await newConversation())) return;
-  const chat = state.info.chat;
+  const chat = state.mode === 'chat';
   const maxTokens = parseInt($('max-tokens').value, 10) || 128;
   const temperature = parseFloat($('temperature').value) || 0;
   let path, body, bubble;
@@ -123,13 +127,15 @@ async function send() {
     addMessage('user', text);
     bubble = addMessage('assistant', '');
     path = '/v1/chat/completions';
-    body = { messages: state.messages, stream: true, max_tokens: maxTokens, temperature };
+    body = { messages: state.messages, stream: true, max_tokens: maxTokens, temperature,
+             policy: state.conv.policy };
   } else {
     state.text += text;
     $('messages').replaceChildren();
     bubble = addMessage('text', state.text);
     path = '/v1/completions';
-    body = { prompt: state.text, stream: true, max_tokens: maxTokens, temperature };
+    body = { prompt: state.text, stream: true, max_tokens: maxTokens, temperature,
+             policy: state.conv.policy };
   }
   $('prompt').value = '';
   const base = chat ? '' : state.text;
@@ -144,14 +150,14 @@ async function send() {
       headers: { 'X-Conversation-Id': state.conv.id },
     });
     if (!r.ok) {
-      setStatus(await errorMessage(r));
+      setStatus(await errorMessage(r), true);
       if (chat) { state.messages.pop(); bubble.parentElement.remove(); }
       return;
     }
     for await (const ev of events(r)) {
       if (ev.data === '[DONE]') break;
       const j = JSON.parse(ev.data);
-      if (j.error) { setStatus(j.error.message); break; }
+      if (j.error) { setStatus(j.error.message, true); break; }
       const c = j.choices && j.choices[0];
       const piece = c ? (chat ? (c.delta && c.delta.content) : c.text) : '';
       if (piece) {
@@ -172,7 +178,7 @@ async function send() {
       }
     }
   } catch (e) {
-    if (e.name !== 'AbortError') setStatus(e.message);
+    if (e.name !== 'AbortError') setStatus(e.message, true);
     else setStatus('stopped');
   } finally {
     if (chat) state.messages.push({ role: 'assistant', content: answer });
@@ -190,11 +196,23 @@ $('stop').addEventListener('click', () => { if (state.abort) state.abort.abort()
 
 // ---- conversations ----
 
+// 128 random bits. The page names its conversation from the start, so that a balancer
+// routing by X-Conversation-Id sends every request of it, the first included, to the same
+// server; every request carries the policy too, so that another server taking the
+// conversation over (the first one gone) makes it under the same policy.
+function randomId() {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  return 'conv-' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
 async function newConversation() {
   $('policy-error').textContent = '';
   const policy = $('policy').value.trim();
+  state.mode = $('mode-select').value;
   const r = await api('/v1/conversations', {
     method: 'POST', body: JSON.stringify(policy ? { policy } : {}),
+    headers: { 'X-Conversation-Id': randomId() },
   });
   if (!r.ok) {
     $('policy-error').textContent = await errorMessage(r);
@@ -210,6 +228,9 @@ async function newConversation() {
   $('conv-id').textContent = conv.id;
   $('conv-policy').textContent = conv.policy;
   $('tps').textContent = '–';
+  $('prompt').placeholder = state.mode === 'chat'
+    ? 'Message (Enter sends, Shift+Enter for a new line)'
+    : 'Text to continue (Enter sends, Shift+Enter for a new line)';
   setStatus('');
   renderView(null);
   watch(conv);
@@ -230,17 +251,20 @@ async function watch(conv) {
   const path = `/v1/conversations/${encodeURIComponent(conv.id)}/cache/events`;
   while (!ctl.signal.aborted) {
     try {
-      const r = await api(path, { signal: ctl.signal });
+      const r = await api(path, { signal: ctl.signal, headers: { 'X-Conversation-Id': conv.id } });
       if (r.status === 404) {
+        // Evicted, or this server never had it (a balancer moved the conversation): the
+        // next message makes it again.
         $('tok-info').textContent = await errorMessage(r);
-        return;
+        await sleep(2000);
+        continue;
       }
       if (!r.ok) throw new Error(await errorMessage(r));
       for await (const ev of events(r)) {
         if (ctl.signal.aborted) return;
         if (ev.event === 'error') {
           $('tok-info').textContent = JSON.parse(ev.data).error.message;
-          return;
+          break;
         }
         renderView(JSON.parse(ev.data));
       }
@@ -400,12 +424,18 @@ function drawOccupancy() {
 
 async function start() {
   const r = await api('/v1/info');
-  if (!r.ok) { setStatus(await errorMessage(r)); return; }
+  if (!r.ok) { setStatus(await errorMessage(r), true); return; }
   const info = await r.json();
   state.info = info;
   $('model').textContent = info.model;
   $('conv-policy').textContent = info.policy;
-  $('mode').textContent = info.chat ? 'chat' : 'completion (the model has no chat template)';
+  const modes = $('mode-select');
+  if (!info.chat) {
+    modes.value = 'completion';
+    modes.querySelector('option[value=chat]').disabled = true;
+    modes.title = 'the model has no chat template';
+  }
+  modes.addEventListener('change', () => { if (!state.abort) newConversation(); });
   $('policy').value = info.policy;
   const examples = new Set([info.policy, 'sink:4+1020', 'sink:4+252', 'window:1024', 'h2o:64+192',
                             'tova:256', 'detected:4+252', 'nullsink:256', 'recompute:256',
@@ -417,9 +447,6 @@ async function start() {
     o.value = e;
     list.append(o);
   }
-  $('prompt').placeholder = info.chat
-    ? 'Message (Enter sends, Shift+Enter for a new line)'
-    : 'Text to continue (Enter sends)';
   await newConversation();
 }
 
