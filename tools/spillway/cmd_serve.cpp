@@ -59,8 +59,39 @@ struct ServeCliOptions {
   int64_t default_max_tokens = 256;
   int64_t max_cache = 4096;
   double watch_ttl = 30.0;
+  int64_t max_connections = 0;  // 0: 2 * max_active + 8, at least 16
+  double read_timeout = 10.0;
+  double write_timeout = 10.0;
+  double idle_timeout = 120.0;
   bool web = true;
   double shutdown_grace = 10.0;
+};
+
+// Set on the HTTP worker that serves a connection taken beyond --max-connections: its
+// requests are answered 503 with Retry-After.
+thread_local bool t_over_capacity = false;
+
+// The HTTP server's task queue: one task per connection (a keep-alive connection holds its
+// task while it waits for the next request). Beyond `cap` connections at once a
+// connection still gets a worker (there are `reserve` more), but only to be told 503.
+class CappedQueue final : public httplib::TaskQueue {
+ public:
+  CappedQueue(size_t cap, size_t reserve) : cap_(cap), pool_(cap + reserve) {}
+  void enqueue(std::function<void()> fn) override {
+    const bool over = active_.fetch_add(1) >= cap_;
+    pool_.enqueue([this, fn = std::move(fn), over] {
+      t_over_capacity = over;
+      fn();
+      t_over_capacity = false;
+      active_.fetch_sub(1);
+    });
+  }
+  void shutdown() override { pool_.shutdown(); }
+
+ private:
+  size_t cap_;
+  std::atomic<size_t> active_{0};
+  httplib::ThreadPool pool_;
 };
 
 bool starts_with_ci(const std::string& s, std::string_view prefix) {
@@ -100,18 +131,32 @@ class Server {
                   const std::string& type, const std::string& code) {
     ++errors_;
     res.status = status;
+    if (status == 503 && !res.has_header("Retry-After")) res.set_header("Retry-After", "5");
     res.set_content(serve::dump_json(serve::error_json(message, type, code)), "application/json");
   }
 
   void routes() {
-    const size_t workers = static_cast<size_t>(std::max<int64_t>(16, 2 * o_.max_active + 8));
-    http_.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
+    const auto cap = static_cast<size_t>(o_.max_connections);
+    http_.new_task_queue = [cap] { return new CappedQueue(cap, 8); };
+    http_.set_read_timeout(std::chrono::milliseconds(static_cast<int64_t>(o_.read_timeout * 1000)));
+    http_.set_write_timeout(
+        std::chrono::milliseconds(static_cast<int64_t>(o_.write_timeout * 1000)));
     // Bodies a little over the prompt limit still reach the parser, which answers 413
     // with the prompt's size; far larger ones are cut off by the library (413 as well).
     http_.set_payload_max_length(static_cast<size_t>(o_.max_prompt_bytes) * 2 + (64 << 10));
     http_.set_keep_alive_timeout(2);
     http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
       ++requests_;
+      if (t_over_capacity) {
+        res.set_header("Retry-After", "1");
+        res.set_header("Connection", "close");
+        send_error(res, 503,
+                   fmt::format("the server has {} connections open, its limit "
+                               "(--max-connections); retry shortly",
+                               o_.max_connections),
+                   "server_error", "overloaded");
+        return httplib::Server::HandlerResponse::Handled;
+      }
       // The page's files hold nothing secret: the page asks for the key itself.
       if (o_.api_key.empty() || req.path == "/health" || is_web_asset(req))
         return httplib::Server::HandlerResponse::Unhandled;
@@ -348,6 +393,20 @@ class Server {
         });
   }
 
+  // Throws 503 "timeout" (and cancels the job) once a request has waited --idle-timeout
+  // seconds since `since` for its next event: queued behind others, or stalled between
+  // two tokens. (Callers do not count the prompt's encoding, which sends nothing.)
+  void check_idle(serve::Job& job, std::chrono::steady_clock::time_point since) {
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+    if (waited < o_.idle_timeout) return;
+    job.cancel();
+    throw ApiError(503, "server_error", "timeout",
+                   fmt::format("no progress for {:.0f} s (--idle-timeout): the server is busy; "
+                               "retry later",
+                               waited));
+  }
+
   std::string new_id(const char* prefix) {
     std::lock_guard lk(rng_mu_);
     return fmt::format("{}-{:016x}", prefix, rng_());
@@ -387,9 +446,12 @@ class Server {
       spec.policy = r.policy;
       job = scheduler_.submit(std::move(spec));
       // The scheduler says first how it took the prompt (conversation reuse).
-      for (;;) {
+      for (auto idle = std::chrono::steady_clock::now();;) {
         auto e = job->next(std::chrono::milliseconds(500));
-        if (!e) continue;
+        if (!e) {
+          check_idle(*job, idle);
+          continue;
+        }
         if (e->kind == Event::Kind::Error) throw serve::event_error(*e);
         admitted = std::move(*e);
         break;
@@ -418,9 +480,20 @@ class Server {
 
     if (!r.stream) {
       std::string text;
-      for (;;) {
+      bool started = false;  // the prompt's encoding is not idleness: from the first token on
+      for (auto idle = std::chrono::steady_clock::now();;) {
         auto e = job->next(std::chrono::milliseconds(500));
-        if (!e) continue;
+        if (!e) {
+          try {
+            if (started) check_idle(*job, idle);
+          } catch (const ApiError& err) {
+            send_error(res, err.status(), err.what(), err.type(), err.code());
+            return;
+          }
+          continue;
+        }
+        idle = std::chrono::steady_clock::now();
+        started = true;
         if (e->kind == Event::Kind::Text) {
           text += e->text;
         } else if (e->kind == Event::Kind::Error) {
@@ -438,6 +511,7 @@ class Server {
     res.set_header("Cache-Control", "no-cache");
     auto finished = std::make_shared<std::atomic<bool>>(false);
     auto sent_role = std::make_shared<bool>(false);
+    auto started = std::make_shared<bool>(false);  // a token was sent: idleness counts
     res.set_chunked_content_provider(
         "text/event-stream",
         [=, this](size_t, httplib::DataSink& sink) {
@@ -450,9 +524,20 @@ class Server {
             if (!send(serve::role_chunk_json(head))) return false;
           }
           std::optional<Event> e;
+          const auto idle = std::chrono::steady_clock::now();
           while (!(e = job->next(std::chrono::milliseconds(250)))) {
             if (!sink.is_writable()) return false;
+            try {
+              if (*started) check_idle(*job, idle);
+            } catch (const ApiError& err) {
+              ++errors_;
+              send(serve::error_json(err.what(), err.type(), err.code()));
+              finished->store(true);
+              sink.done();
+              return true;
+            }
           }
+          *started = true;
           if (e->kind == Event::Kind::Text) return send(serve::text_chunk_json(head, e->text));
           if (e->kind == Event::Kind::Error) {
             ++errors_;
@@ -487,7 +572,9 @@ class Server {
   std::mt19937_64 rng_;
 };
 
-int run_serve(const ServeCliOptions& o) {
+int run_serve(const ServeCliOptions& options) {
+  ServeCliOptions o = options;
+  if (o.max_connections == 0) o.max_connections = std::max<int64_t>(16, 2 * o.max_active + 8);
   if (o.port < 0 || o.port > 65535)
     throw InvalidArgument(fmt::format("serve: --port must be in 0..65535, found {}", o.port));
   if (o.max_prompt_bytes < 1) throw InvalidArgument("serve: --max-prompt-bytes must be >= 1");
@@ -502,6 +589,13 @@ int run_serve(const ServeCliOptions& o) {
   so.max_active = o.max_active;
   so.watch_ttl = std::chrono::milliseconds(static_cast<int64_t>(o.watch_ttl * 1000));
   if (o.max_cache < 1) throw InvalidArgument("serve: --max-cache must be >= 1");
+  for (const auto& [name, v] : {std::pair{"--read-timeout", o.read_timeout},
+                                {"--write-timeout", o.write_timeout},
+                                {"--idle-timeout", o.idle_timeout}})
+    if (!(v > 0 && v <= 86400))
+      throw InvalidArgument(
+          fmt::format("serve: {} must be in (0, 86400] seconds, found {}", name, v));
+  if (o.max_connections < 0) throw InvalidArgument("serve: --max-connections must be >= 0");
   if (!(o.watch_ttl > 0)) throw InvalidArgument("serve: --watch-ttl must be > 0");
   if (o.max_sessions < 1) throw InvalidArgument("serve: --max-sessions must be >= 1");
   if (o.max_active < 1) throw InvalidArgument("serve: --max-active must be >= 1");
@@ -598,6 +692,20 @@ Registrar reg("serve", [](CLI::App& app) {
                   "Seconds a conversation records attention after its cache view was read")
       ->capture_default_str();
   sub->add_flag("!--no-web", o->web, "Serve no web page at /");
+  sub->add_option("--max-connections", o->max_connections,
+                  "Connections served at once; more are answered 503 with Retry-After "
+                  "(0: 2 * --max-active + 8, at least 16)")
+      ->capture_default_str();
+  sub->add_option("--read-timeout", o->read_timeout,
+                  "Seconds a client may stay silent while sending a request (headers or body)")
+      ->capture_default_str();
+  sub->add_option("--write-timeout", o->write_timeout,
+                  "Seconds a client may leave an answer unread before it is dropped")
+      ->capture_default_str();
+  sub->add_option("--idle-timeout", o->idle_timeout,
+                  "Seconds a request may wait in the queue, or between two of its tokens, "
+                  "before it fails with 503 (its prompt's encoding does not count)")
+      ->capture_default_str();
   sub->add_option("--shutdown-grace", o->shutdown_grace,
                   "Seconds requests in flight may take to finish after SIGINT/SIGTERM")
       ->capture_default_str();
