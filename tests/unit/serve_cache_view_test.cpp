@@ -47,6 +47,12 @@ TEST(ServeConversations, ClientPoliciesAreCheckedAndBounded) {
   EXPECT_NE(msg.find("--max-cache"), std::string::npos) << msg;
   EXPECT_EQ(status_of([&] { parse_client_policy("sink:4+4096", limits); }, &msg), 400);
   EXPECT_NE(msg.find("4100 tokens"), std::string::npos) << msg;
+  // Refused from its counts, before a policy that allocates per slot is made.
+  EXPECT_EQ(status_of([&] { parse_client_policy("tova:16777216", limits); }, &msg), 400);
+  EXPECT_NE(msg.find("16777216 tokens"), std::string::npos) << msg;
+  EXPECT_EQ(status_of([&] { parse_client_policy("h2o:2000+100", limits); }, &msg), 400);
+  EXPECT_NE(msg.find("2100 tokens"), std::string::npos) << msg;
+  EXPECT_EQ(parse_client_policy("h2o:1000+1000", limits).str(), "h2o:1000+1000");
   EXPECT_EQ(status_of([&] { parse_client_policy("sink:x", limits); }, &msg), 400);
   EXPECT_NE(msg.find("valid forms"), std::string::npos) << msg;
   // fit= would read a file on the server: refused before the spec is parsed, so the

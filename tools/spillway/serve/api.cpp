@@ -234,6 +234,25 @@ kv::PolicySpec parse_client_policy(std::string_view text, const RequestLimits& l
   } catch (const spillway::Error& e) {
     refuse(e.what());
   }
+  // Every kind's cache is the sum of the counts in its arguments (S+W, H+W, C, W): refuse
+  // a large one before making the policy, since some kinds allocate per slot when made.
+  int64_t counted = 0;
+  for (size_t i = 0; i < spec->args().size();) {
+    if (!std::isdigit(static_cast<unsigned char>(spec->args()[i]))) {
+      ++i;
+      continue;
+    }
+    int64_t v = 0;
+    while (i < spec->args().size() && std::isdigit(static_cast<unsigned char>(spec->args()[i]))) {
+      v = std::min<int64_t>(v * 10 + (spec->args()[i] - '0'), int64_t{1} << 40);
+      ++i;
+    }
+    counted = std::min<int64_t>(counted + v, int64_t{1} << 40);
+  }
+  if (counted > limits.max_cache)
+    refuse(fmt::format("policy '{}': its cache holds {} tokens, over this server's limit of {} "
+                       "tokens (--max-cache)",
+                       spec->str(), counted, limits.max_cache));
   std::optional<int64_t> cap;
   try {
     cap = kv::make_policy(*spec)->capacity();
