@@ -46,11 +46,5 @@ ${_entries}  };
 
 }  // namespace spillway::cli
 ")
-if(EXISTS "${OUT}")
-  file(READ "${OUT}" _old)
-else()
-  set(_old "")
-endif()
-if(NOT _old STREQUAL _text)
-  file(WRITE "${OUT}" "${_text}")
-endif()
+include(${CMAKE_CURRENT_LIST_DIR}/write-if-changed.cmake)
+spillway_write_if_changed("${OUT}" "${_text}")
