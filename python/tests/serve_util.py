@@ -97,3 +97,34 @@ def request(url: str, body: dict | None = None, headers: dict | None = None, met
         except ValueError:
             payload = {"raw": raw.decode(errors="replace")}
         return e.code, dict(e.headers), payload
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by Selenium (Debian's chromium and chromium-driver)."""
+    chromium = need_program("chromium", "the browser tests drive headless Chromium")
+    driver_path = need_program("chromedriver", "Selenium talks to Chromium through it")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        msg = "selenium not installed (pip install selenium)"
+        if REQUIRE_WEB:
+            pytest.fail(msg + " (SPILLWAY_REQUIRE_WEB=1)")
+        pytest.skip(msg)
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager never downloads a driver
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--window-size=1400,1000", "--no-first-run", "--disable-extensions"):
+        opts.add_argument(a)
+    d = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)
+    d.set_page_load_timeout(60)
+    yield d
+    d.quit()
+
+
+def wait_for(driver, cond, timeout=120, what=""):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: cond(d), what)

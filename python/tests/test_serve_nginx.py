@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 
 from conftest import MODEL, _need
-from serve_util import Server, need_program, request
+from serve_util import Server, browser, need_program, request, wait_for  # noqa: F401 (browser: a fixture)
 
 POLICY = "sink:4+60"
 QUESTIONS = [
@@ -92,7 +92,7 @@ def holder(backends, cid) -> list[int]:
             if request(f"{b.url}/v1/conversations/{cid}/cache")[0] == 200]
 
 
-def test_nginx_routes_by_conversation_and_moves_them_when_a_backend_stops(cli, tmp_path):
+def test_nginx_routes_by_conversation_and_moves_them_when_a_backend_stops(cli, tmp_path, browser):
     nginx = need_program("nginx", "the balancer test runs nginx on loopback")
     _need(MODEL, "model")
     with Server(cli, MODEL, "--threads", "1", log=tmp_path / "a.log") as a, \
@@ -114,13 +114,13 @@ def test_nginx_routes_by_conversation_and_moves_them_when_a_backend_stops(cli, t
                 time.sleep(0.1)
             else:
                 pytest.fail("nginx did not start: " + proc.stderr.read().decode()[-2000:])
-            run_through(url, backends, a)
+            run_through(url, backends, a, browser)
         finally:
             proc.terminate()
             proc.wait(10)
 
 
-def run_through(url, backends, a):
+def run_through(url, backends, a, d):
     # Conversations named by the client from the start (as the page does).
     ids = ["conv-" + secrets.token_hex(16) for _ in QUESTIONS]
     history = {}
@@ -174,6 +174,19 @@ def run_through(url, backends, a):
     with urllib.request.urlopen(req, timeout=60) as r:
         chunks = [line for line in r if line.startswith(b"data: ")]
     assert chunks[-1].strip() == b"data: [DONE]" and len(chunks) > 3
+
+    # The page through the balancer: its conversation lives on one backend, and its view
+    # shows the answer's tokens.
+    d.get(url + "/")
+    wait_for(d, lambda d: d.find_element("id", "conv-id").text.startswith("conv-"), 30, "the page")
+    d.find_element("id", "prompt").send_keys("Name two rivers.")
+    d.find_element("id", "send").click()
+    wait_for(d, lambda d: d.find_element("id", "send").get_attribute("disabled"), 30, "the answer")
+    wait_for(d, lambda d: not d.find_element("id", "send").get_attribute("disabled"), 120)
+    wait_for(d, lambda d: int(d.find_element("id", "n-past").text) > 20, 30, "the cache view")
+    page_conv = d.find_element("id", "conv-id").text
+    assert len(holder(backends, page_conv)) == 1
+    assert d.find_elements("css selector", ".msg.assistant .body")[-1].text.strip()
 
     # Backend a stops (SIGTERM: it drains and exits 0). Its conversations move to b and
     # are encoded again from the messages; no request fails.

@@ -12,41 +12,16 @@ the first one there too, for the docs).
 from __future__ import annotations
 
 import os
-import pathlib
 import re
 import shutil
 
 import pytest
 
 from conftest import MODEL, ROOT, _need
-from serve_util import Server, need_program, request
+from serve_util import Server, browser, request, wait_for  # noqa: F401 (browser: a fixture)
 
 ARTIFACTS = ROOT / "build-py/artifacts"
 KEY = "test-key-7f3a"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = need_program("chromium", "the browser test drives headless Chromium")
-    driver_path = need_program("chromedriver", "Selenium talks to Chromium through it")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        msg = "selenium not installed (pip install selenium)"
-        if os.environ.get("SPILLWAY_REQUIRE_WEB") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager never downloads a driver
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              "--window-size=1400,1000", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(a)
-    d = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)
-    d.set_page_load_timeout(60)
-    yield d
-    d.quit()
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +31,6 @@ def server(cli, tmp_path_factory):
     with Server(cli, MODEL, "--threads", "2", "--api-key", KEY, log=log) as s:
         yield s
     assert s.proc.returncode == 0, log.read_text()[-2000:]
-
-
-def wait(driver, cond, timeout=120, what=""):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: cond(d), what)
 
 
 def text(d, id_):
@@ -101,29 +70,29 @@ def test_page_chat_and_live_cache_view(browser, server):
     status, _, body = request(server.url + "/v1/info")
     assert status == 401 and body["error"]["code"] == "invalid_api_key"
     d.get(server.url + "/")
-    wait(d, lambda d: d.find_element("id", "key-dialog").is_displayed(), 30, "the key dialog")
+    wait_for(d, lambda d: d.find_element("id", "key-dialog").is_displayed(), 30, "the key dialog")
     set_value(d, "api-key", "wrong")
     d.find_element("css selector", "#key-form button").click()
-    wait(d, lambda d: "refused" in text(d, "key-error"), 30, "the refusal")
+    wait_for(d, lambda d: "refused" in text(d, "key-error"), 30, "the refusal")
     set_value(d, "api-key", KEY)
     d.find_element("css selector", "#key-form button").click()
-    wait(d, lambda d: re.fullmatch(r"conv-[0-9a-f]{32}", text(d, "conv-id")), 30, "a conversation")
+    wait_for(d, lambda d: re.fullmatch(r"conv-[0-9a-f]{32}", text(d, "conv-id")), 30, "a conversation")
     assert text(d, "model") == MODEL.stem
 
     # sink:4+60: past 64 tokens the view holds 4 sinks and 60 window tokens.
     set_value(d, "policy", "sink:4+60")
     d.find_element("id", "new-conv").click()
-    wait(d, lambda d: text(d, "conv-policy") == "sink:4+60", 30, "the new policy")
+    wait_for(d, lambda d: text(d, "conv-policy") == "sink:4+60", 30, "the new policy")
     first_id = text(d, "conv-id")
     message = ("Tell me about the rivers of France, <script>window.__xss = 1</script> "
                "and <b>which</b> cities stand on them.")
     send(d, message, 48)
-    wait(d, lambda d: not idle(d), 30, "the answer to start")
-    wait(d, idle, 120, "the answer to end")
+    wait_for(d, lambda d: not idle(d), 30, "the answer to start")
+    wait_for(d, idle, 120, "the answer to end")
     answer = d.find_elements("css selector", ".msg.assistant .body")[-1].text
     assert answer.strip(), "no answer streamed"
     assert float(text(d, "tps")) > 0
-    wait(d, lambda d: int(text(d, "n-past")) > 64 and counts(d)["sink"] == 4, 30, "the view")
+    wait_for(d, lambda d: int(text(d, "n-past")) > 64 and counts(d)["sink"] == 4, 30, "the view")
     n = int(text(d, "n-past"))
     assert counts(d) == {"sink": 4, "window": 60, "kept": 0, "evicted": n - 64}
     spans = {s: len(d.find_elements("css selector", f"#tokens .tok.{s}"))
@@ -134,7 +103,7 @@ def test_page_chat_and_live_cache_view(browser, server):
     from selenium.webdriver.common.action_chains import ActionChains
 
     ActionChains(d).move_to_element(d.find_elements("css selector", "#tokens .tok.sink")[1]).perform()
-    wait(d, lambda d: text(d, "tok-info").startswith("token 1 "), 10, "the hover info")
+    wait_for(d, lambda d: text(d, "tok-info").startswith("token 1 "), 10, "the hover info")
     assert "slot 1" in text(d, "tok-info") and "position 1" in text(d, "tok-info")
     assert "distance 62" in text(d, "tok-info")  # the query copy at S+W-1 = 63
     # The heatmap has the last token's attention (layer x head).
@@ -163,30 +132,30 @@ def test_page_chat_and_live_cache_view(browser, server):
     # A bad policy: the server's message on the page, the conversation unchanged.
     set_value(d, "policy", "sink:abc")
     d.find_element("id", "new-conv").click()
-    wait(d, lambda d: "bad policy spec" in text(d, "policy-error"), 30, "the policy error")
+    wait_for(d, lambda d: "bad policy spec" in text(d, "policy-error"), 30, "the policy error")
     assert text(d, "conv-id") == first_id
     set_value(d, "policy", "full")
     d.find_element("id", "new-conv").click()
-    wait(d, lambda d: "--max-cache" in text(d, "policy-error"), 30, "the cache limit")
+    wait_for(d, lambda d: "--max-cache" in text(d, "policy-error"), 30, "the cache limit")
 
     # Switch to window:32.
     set_value(d, "policy", "window:32")
     d.find_element("id", "new-conv").click()
-    wait(d, lambda d: text(d, "conv-policy") == "window:32", 30, "window:32")
+    wait_for(d, lambda d: text(d, "conv-policy") == "window:32", 30, "window:32")
     assert text(d, "conv-id") != first_id
     send(d, "Name three rivers of France and say where they rise, in two sentences each.", 40)
-    wait(d, lambda d: not idle(d), 30)
-    wait(d, idle, 120)
-    wait(d, lambda d: int(text(d, "n-past")) > 32 and counts(d)["window"] == 32, 30, "the window view")
+    wait_for(d, lambda d: not idle(d), 30)
+    wait_for(d, idle, 120)
+    wait_for(d, lambda d: int(text(d, "n-past")) > 32 and counts(d)["window"] == 32, 30, "the window view")
     n = int(text(d, "n-past"))
     assert counts(d) == {"sink": 0, "window": 32, "kept": 0, "evicted": n - 32}
     shot(d, "serve-page-window.png")
 
     # Stop: the answer ends early, the server goes on serving.
     send(d, "Write a long story about a boat on the Loire.", 400)
-    wait(d, lambda d: len(d.find_elements("css selector", ".msg.assistant .body")[-1].text) > 10, 60)
+    wait_for(d, lambda d: len(d.find_elements("css selector", ".msg.assistant .body")[-1].text) > 10, 60)
     d.find_element("id", "stop").click()
-    wait(d, idle, 30, "the stop")
+    wait_for(d, idle, 30, "the stop")
     assert text(d, "status") == "stopped"
     status, _, health = request(server.url + "/health")
     assert status == 200 and health["status"] == "ok"
@@ -195,10 +164,10 @@ def test_page_chat_and_live_cache_view(browser, server):
     from selenium.webdriver.support.ui import Select
 
     Select(d.find_element("id", "mode-select")).select_by_value("completion")
-    wait(d, lambda d: not d.find_elements("css selector", ".msg"), 30, "a fresh conversation")
+    wait_for(d, lambda d: not d.find_elements("css selector", ".msg"), 30, "a fresh conversation")
     send(d, "The river Seine flows through", 16)
-    wait(d, lambda d: not idle(d), 30)
-    wait(d, idle, 60)
+    wait_for(d, lambda d: not idle(d), 30)
+    wait_for(d, idle, 60)
     body = d.find_elements("css selector", ".msg.text .body")[-1].text
     assert body.startswith("The river Seine flows through") and len(body) > 30, body
     shot(d, "serve-page-completion.png")
