@@ -37,8 +37,20 @@ def text(d, id_):
     return d.find_element("id", id_).text
 
 
-def counts(d):
-    return {k: int(text(d, "count-" + k)) for k in ("sink", "window", "kept", "evicted")}
+def settled_view(d, timeout=30):
+    """Waits for the view of a request that has ended (its last one), then reads the
+    numbers the page shows and the state spans, in one script run (the page draws each view
+    whole, so they come from one view)."""
+    wait_for(d, lambda d: d.execute_script("return !!state.view && !state.view.busy"), timeout,
+             "the last view")
+    return d.execute_script("""
+      const n = (id) => Number(document.getElementById(id).textContent);
+      const spans = (s) => document.querySelectorAll('#tokens .tok.' + s).length;
+      return {n_past: n('n-past'), capacity: document.getElementById('capacity').textContent,
+              counts: {sink: n('count-sink'), window: n('count-window'), kept: n('count-kept'),
+                       evicted: n('count-evicted')},
+              spans: {sink: spans('sink'), window: spans('window'), kept: spans('kept'),
+                      evicted: spans('evicted')}};""")
 
 
 def shot(d, name):
@@ -92,13 +104,12 @@ def test_page_chat_and_live_cache_view(browser, server):
     answer = d.find_elements("css selector", ".msg.assistant .body")[-1].text
     assert answer.strip(), "no answer streamed"
     assert float(text(d, "tps")) > 0
-    wait_for(d, lambda d: int(text(d, "n-past")) > 64 and counts(d)["sink"] == 4, 30, "the view")
-    n = int(text(d, "n-past"))
-    assert counts(d) == {"sink": 4, "window": 60, "kept": 0, "evicted": n - 64}
-    spans = {s: len(d.find_elements("css selector", f"#tokens .tok.{s}"))
-             for s in ("sink", "window", "kept", "evicted")}
-    assert spans == {"sink": 4, "window": 60, "kept": 0, "evicted": n - 64}
-    assert int(text(d, "capacity")) == 64
+    v = settled_view(d)
+    n = v["n_past"]
+    assert n > 64, v
+    assert v["counts"] == {"sink": 4, "window": 60, "kept": 0, "evicted": n - 64}
+    assert v["spans"] == {"sink": 4, "window": 60, "kept": 0, "evicted": n - 64}
+    assert v["capacity"] == "64"
     # Hovering a sink shows its slot, key position and the distance it is scored at.
     from selenium.webdriver.common.action_chains import ActionChains
 
@@ -146,9 +157,11 @@ def test_page_chat_and_live_cache_view(browser, server):
     send(d, "Name three rivers of France and say where they rise, in two sentences each.", 40)
     wait_for(d, lambda d: not idle(d), 30)
     wait_for(d, idle, 120)
-    wait_for(d, lambda d: int(text(d, "n-past")) > 32 and counts(d)["window"] == 32, 30, "the window view")
-    n = int(text(d, "n-past"))
-    assert counts(d) == {"sink": 0, "window": 32, "kept": 0, "evicted": n - 32}
+    v = settled_view(d)
+    n = v["n_past"]
+    assert n > 32, v
+    assert v["counts"] == {"sink": 0, "window": 32, "kept": 0, "evicted": n - 32}
+    assert v["spans"] == {"sink": 0, "window": 32, "kept": 0, "evicted": n - 32}
     shot(d, "serve-page-window.png")
 
     # Stop: the answer ends early, the server goes on serving.

@@ -49,9 +49,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    if hasattr(signal, "SIGPIPE"):  # `spillway-sweep ... --list | head` ends quietly
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = _parser().parse_args(argv)
+    # `spillway-sweep ... --list | head` ends quietly. Only there: during a run the pool's
+    # pipes to workers killed by Ctrl-C may break, which must not kill the sweep itself.
+    if args.list and hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         sweep = load_sweep(args.file, isa=args.isa)
     except SweepError as e:
