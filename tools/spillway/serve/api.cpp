@@ -250,9 +250,10 @@ kv::PolicySpec parse_client_policy(std::string_view text, const RequestLimits& l
     counted = std::min<int64_t>(counted + v, int64_t{1} << 40);
   }
   if (counted > limits.max_cache)
-    refuse(fmt::format("policy '{}': its cache holds {} tokens, over this server's limit of {} "
-                       "tokens (--max-cache)",
-                       spec->str(), counted, limits.max_cache));
+    refuse(
+        fmt::format("policy '{}': its cache holds {} tokens, over this server's limit of {} "
+                    "tokens (--max-cache)",
+                    spec->str(), counted, limits.max_cache));
   std::optional<int64_t> cap;
   try {
     cap = kv::make_policy(*spec)->capacity();
