@@ -45,6 +45,26 @@ int create_temporary(const std::string& path, std::string& tmp) {
 
 }  // namespace
 
+std::string read_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw IoError(fmt::format("cannot open '{}' for reading: {}", path, describe(errno)));
+  std::string out;
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      throw IoError(fmt::format("error reading '{}': {}", path, describe(err)));
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
 void write_file_atomic(const std::string& path, std::string_view data) {
   if (path.empty()) throw IoError("write_file_atomic: empty path");
   std::string tmp;

@@ -186,6 +186,54 @@ void Cache::reset() {
   for (BatchPlan& p : step_.groups) p.clear();
 }
 
+void Cache::seek(int64_t n) {
+  for (const Group& g : groups_)
+    if (!g.policy->seekable())
+      throw InvalidArgument(fmt::format(
+          "seek to stream index {}: policy '{}' plans from the tokens before, so it cannot skip "
+          "them",
+          n, g.policy->spec()));
+  for (Group& g : groups_) g.policy->seek(n);
+  for (BatchPlan& p : step_.groups) p.clear();
+}
+
+void Cache::save(ByteWriter& w) const {
+  w.put_string(describe());
+  w.put<int64_t>(max_batch_);
+  w.put<uint64_t>(groups_.size());
+  for (const Group& g : groups_) g.policy->save(w);
+  storage_.save(w);
+  w.put<uint64_t>(bytes_peak_);
+}
+
+void Cache::load(ByteReader& r) {
+  const std::string saved = r.get_string("cache policy", 1 << 16);
+  if (saved != describe())
+    r.fail(fmt::format("the state is of a cache under '{}', this one is under '{}'", saved,
+                       describe()));
+  const auto max_batch = r.get<int64_t>("cache max batch");
+  if (max_batch != max_batch_)
+    r.fail(fmt::format("the state is of a cache of max batch {}, this one's is {}", max_batch,
+                       max_batch_));
+  const auto n_groups = r.get<uint64_t>("cache layer groups");
+  if (n_groups != groups_.size())
+    r.fail(fmt::format("the state has {} layer group(s), this cache {}", n_groups, groups_.size()));
+  try {
+    for (Group& g : groups_) g.policy->load(r);
+    storage_.load(r);
+    for (const Group& g : groups_)
+      for (int64_t l : g.layers)
+        if (g.policy->n_slots() > storage_.n_slots(l))
+          r.fail(fmt::format("layer {}: the policy needs {} slots, the saved storage has {}", l,
+                             g.policy->n_slots(), storage_.n_slots(l)));
+    bytes_peak_ = std::max(r.get<uint64_t>("cache peak bytes"), storage_.bytes());
+  } catch (...) {
+    reset();
+    throw;
+  }
+  for (BatchPlan& p : step_.groups) p.clear();
+}
+
 uint64_t Cache::kv_bytes_read_per_token(int64_t depth) const {
   const uint64_t per_token_layer =
       2 * static_cast<uint64_t>(storage_.n_head_kv()) * static_cast<uint64_t>(storage_.row_bytes());

@@ -74,6 +74,22 @@ class DetectedPolicy final : public Policy {
     chosen_ = false;
     std::fill(mass_.begin(), mass_.end(), 0.0);
   }
+  void save_state(ByteWriter& w) const override {
+    slots_.save(w);
+    w.put_vector(mass_);
+    w.put_vector(sinks_);
+    w.put_bool(chosen_);
+  }
+  void load_state(ByteReader& r) override {
+    slots_.load(r, n_planned());
+    r.get_into("attention mass", mass_.data(), mass_.size());
+    sinks_ = r.get_vector<int64_t>("sinks", static_cast<size_t>(n_sinks_));
+    for (size_t i = 0; i < sinks_.size(); ++i)
+      if (sinks_[i] < 0 || sinks_[i] >= n_planned() || (i > 0 && sinks_[i] <= sinks_[i - 1]))
+        r.fail(fmt::format("sink {} (stream index {}) is out of order or beyond the stream", i,
+                           sinks_[i]));
+    chosen_ = r.get_bool("sinks chosen");
+  }
 
  private:
   // The cache is full for the first time when token n arrives: tokens 0..n-1 sit in slots

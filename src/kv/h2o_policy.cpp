@@ -74,6 +74,14 @@ class H2oPolicy final : public Policy {
     slots_.clear();
     std::fill(score_.begin(), score_.end(), 0.0);
   }
+  void save_state(ByteWriter& w) const override {
+    slots_.save(w);
+    w.put_vector(score_);
+  }
+  void load_state(ByteReader& r) override {
+    slots_.load(r, n_planned());
+    r.get_into("slot scores", score_.data(), score_.size());
+  }
 
  private:
   int64_t heavy_, window_;

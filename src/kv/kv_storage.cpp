@@ -82,6 +82,49 @@ void KvStorage::copy_slot(int64_t layer, int64_t from, int64_t to) {
   }
 }
 
+void KvStorage::save(ByteWriter& w) const {
+  w.put<int64_t>(n_layer_);
+  w.put<int64_t>(n_head_kv_);
+  w.put<int64_t>(head_dim_);
+  w.put<int32_t>(static_cast<int32_t>(type_));
+  w.put_vector(n_slots_);
+  for (int64_t l = 0; l < n_layer_; ++l) {
+    w.put_vector(k_[static_cast<size_t>(l)]);
+    w.put_vector(v_[static_cast<size_t>(l)]);
+  }
+}
+
+void KvStorage::load(ByteReader& r) {
+  const auto n_layer = r.get<int64_t>("KV layers");
+  const auto n_head_kv = r.get<int64_t>("KV heads");
+  const auto head_dim = r.get<int64_t>("KV head dim");
+  const auto type = r.get<int32_t>("KV element type");
+  if (n_layer != n_layer_ || n_head_kv != n_head_kv_ || head_dim != head_dim_ ||
+      type != static_cast<int32_t>(type_))
+    r.fail(fmt::format(
+        "the KV storage is {} layers x {} KV heads x head dim {} of type {}, this model's is {} x "
+        "{} x {} of {}",
+        n_layer, n_head_kv, head_dim, type, n_layer_, n_head_kv_, head_dim_,
+        static_cast<int32_t>(type_)));
+  std::vector<int64_t> slots = r.get_vector_exact<int64_t>("slots per layer", n_slots_.size());
+  const size_t per_slot = static_cast<size_t>(n_head_kv_) * row_bytes_;
+  std::vector<std::vector<std::byte>> k(k_.size()), v(v_.size());
+  for (size_t l = 0; l < slots.size(); ++l) {
+    // Bounded by the bytes left, so a hostile count cannot ask for more memory than the
+    // file holds.
+    if (slots[l] < 0 ||
+        static_cast<uint64_t>(slots[l]) > r.remaining() / std::max<size_t>(per_slot, 1))
+      r.fail(fmt::format("layer {}: {} slots do not fit the {} bytes left", l, slots[l],
+                         r.remaining()));
+    const size_t bytes = static_cast<size_t>(slots[l]) * per_slot;
+    k[l] = r.get_vector_exact<std::byte>(fmt::format("layer {} keys", l), bytes);
+    v[l] = r.get_vector_exact<std::byte>(fmt::format("layer {} values", l), bytes);
+  }
+  n_slots_ = std::move(slots);
+  k_ = std::move(k);
+  v_ = std::move(v);
+}
+
 void KvStorage::store(int64_t layer, int64_t slot, const float* k_row, const float* v_row) {
   for (int64_t h = 0; h < n_head_kv_; ++h) {
     const float* ks = k_row + h * head_dim_;

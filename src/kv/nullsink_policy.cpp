@@ -123,6 +123,22 @@ class NullSinkPolicy final : public Policy {
     lse_sum_.clear();
     lse_count_ = 0;
   }
+  void save_state(ByteWriter& w) const override {
+    slots_.save(w);
+    w.put_bool(frozen_);
+    w.put_vector(frozen_logits_);
+    w.put_vector(lse_sum_);
+    w.put<int64_t>(lse_count_);
+  }
+  void load_state(ByteReader& r) override {
+    constexpr size_t kMaxHeads = 1 << 16;
+    slots_.load(r, n_planned());
+    frozen_ = r.get_bool("virtual sinks frozen");
+    frozen_logits_ = r.get_vector<float>("virtual sink logits", kMaxHeads);
+    lse_sum_ = r.get_vector<double>("calibration sums", kMaxHeads);
+    lse_count_ = r.get<int64_t>("calibration count");
+    if (lse_count_ < 0) r.fail(fmt::format("calibration count {} below 0", lse_count_));
+  }
 
  private:
   void freeze() {

@@ -44,6 +44,36 @@ void Policy::seek(int64_t n) {
   n_next_ = n;
 }
 
+void Policy::save(ByteWriter& w) const {
+  w.put_string(spec());
+  w.put<int64_t>(n_next_);
+  w.put<int64_t>(last_mark_);
+  save_state(w);
+}
+
+void Policy::load(ByteReader& r) {
+  const std::string saved = r.get_string("policy spec", 1 << 16);
+  if (saved != spec())
+    r.fail(fmt::format("the state is of policy '{}', this policy is '{}'", saved, spec()));
+  reset();
+  const auto next = r.get<int64_t>("policy stream position");
+  const auto mark = r.get<int64_t>("policy turn mark");
+  // 2^53: far past any stream (a million tokens a second for 285 years), and far from
+  // overflowing the arithmetic of positions.
+  constexpr int64_t kMaxPosition = int64_t{1} << 53;
+  if (next < 0 || mark < 0 || next > kMaxPosition || mark > kMaxPosition)
+    r.fail(fmt::format("policy '{}': stream position {} or turn mark {} outside 0..2^53", spec(),
+                       next, mark));
+  n_next_ = next;
+  last_mark_ = mark;
+  try {
+    load_state(r);
+  } catch (...) {
+    reset();
+    throw;
+  }
+}
+
 void Policy::reset() {
   n_next_ = 0;
   last_mark_ = 0;

@@ -90,4 +90,44 @@ void SlotSet::append_ranges(int64_t n, PositionMode mode, std::vector<SlotRange>
   if (open) out.push_back(cur);
 }
 
+void SlotSet::save(ByteWriter& w) const {
+  w.put_vector(slot_stream_);
+  w.put_vector(free_);  // in stack order: which free slot a moved token takes next
+  w.put<int32_t>(next_);
+}
+
+void SlotSet::load(ByteReader& r, int64_t n_planned) {
+  const auto n = static_cast<size_t>(n_slots());
+  std::vector<int64_t> slots = r.get_vector_exact<int64_t>("slot contents", n);
+  std::vector<int32_t> free_order = r.get_vector<int32_t>("free slots", n);
+  const auto next = r.get<int32_t>("slot ring pointer");
+  if (next < 0 || static_cast<size_t>(next) >= std::max<size_t>(n, 1))
+    r.fail(fmt::format("slot ring pointer {} outside {} slots", next, n));
+  std::vector<std::pair<int64_t, int32_t>> held;
+  std::vector<int32_t> free;
+  for (size_t s = n; s-- > 0;) {
+    const int64_t m = slots[s];
+    if (m < -1 || m >= n_planned)
+      r.fail(fmt::format("slot {} holds stream index {}, outside -1..{}", s, m, n_planned - 1));
+    if (m >= 0)
+      held.emplace_back(m, static_cast<int32_t>(s));
+    else
+      free.push_back(static_cast<int32_t>(s));
+  }
+  std::sort(held.begin(), held.end());
+  for (size_t i = 1; i < held.size(); ++i)
+    if (held[i].first == held[i - 1].first)
+      r.fail(fmt::format("stream index {} is held by two slots", held[i].first));
+  std::vector<int32_t> sorted_order = free_order;
+  std::sort(sorted_order.begin(), sorted_order.end());
+  std::sort(free.begin(), free.end());
+  if (sorted_order != free)
+    r.fail(fmt::format("the free-slot list ({} slots) is not the {} empty slots", free_order.size(),
+                       free.size()));
+  slot_stream_ = std::move(slots);
+  held_ = std::move(held);
+  free_ = std::move(free_order);
+  next_ = next;
+}
+
 }  // namespace spillway::kv

@@ -38,6 +38,11 @@ class SlotSet {
   std::vector<int64_t> slot_contents() const { return slot_stream_; }
   void clear();
 
+  // Saved state (Policy::save). load() checks that the data is a slot set of n_slots()
+  // slots holding stream indices below `n_planned`, each in one slot, the rest free.
+  void save(ByteWriter& w) const;
+  void load(ByteReader& r, int64_t n_planned);
+
  private:
   std::vector<std::pair<int64_t, int32_t>>::iterator find(int64_t stream);
 

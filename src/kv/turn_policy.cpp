@@ -114,6 +114,33 @@ class TurnSinkPolicy final : public Policy {
     evicting_ = false;
     marks_.clear();
   }
+  void save_state(ByteWriter& w) const override {
+    w.put<int64_t>(k_);
+    w.put<int64_t>(w0_);
+    w.put_bool(decided_);
+    w.put_bool(evicting_);
+    const std::vector<int64_t> marks(marks_.begin(), marks_.end());
+    w.put_vector(marks);
+  }
+  void load_state(ByteReader& r) override {
+    k_ = r.get<int64_t>("sinks");
+    w0_ = r.get<int64_t>("window start");
+    decided_ = r.get_bool("sinks decided");
+    evicting_ = r.get_bool("evicting");
+    const auto marks = r.get_vector<int64_t>("turn marks", size_t{1} << 24);
+    if (k_ < 0 || k_ >= n_slots_ || k_ > s_ + w_)
+      r.fail(fmt::format("{} sinks do not fit {} slots", k_, n_slots_));
+    if (w0_ < 0 || w0_ > n_planned() || (evicting_ && w0_ < k_))
+      r.fail(fmt::format("window start {} outside {}..{}", w0_, k_, n_planned()));
+    if (evicting_ && n_planned() - w0_ > n_slots_ - k_)
+      r.fail(fmt::format("window {}..{} does not fit {} slots", w0_, n_planned(), n_slots_ - k_));
+    if (!evicting_ && n_planned() > n_slots_)
+      r.fail(fmt::format("{} tokens held without eviction in {} slots", n_planned(), n_slots_));
+    for (size_t i = 0; i < marks.size(); ++i)
+      if (marks[i] < 0 || (i > 0 && marks[i] <= marks[i - 1]))
+        r.fail(fmt::format("turn mark {} ({}) is out of order", i, marks[i]));
+    marks_.assign(marks.begin(), marks.end());
+  }
 
  private:
   int32_t slot_of(int64_t m) const {

@@ -6,7 +6,9 @@
 #include <cstring>
 
 #include "spillway/core/error.h"
+#include "spillway/core/file.h"
 #include "spillway/core/log_spdlog.h"
+#include "spillway/core/serial.h"
 #include "spillway/model/observer.h"
 
 namespace spillway {
@@ -145,6 +147,134 @@ void Session::restore(const Checkpoint& cp) {
   has_logits_ = cp.has_logits;
   n_past_ = cp.n_past;
   history_ = cp.history;
+}
+
+namespace {
+
+constexpr char kStateMagic[] = "spillway-session";  // 16 bytes, no terminator in the data
+constexpr uint32_t kStateVersion = 1;
+
+// What a state must agree on with the session that loads it.
+void put_model_shape(ByteWriter& w, const model::ModelConfig& c) {
+  w.put_string(c.architecture);
+  for (const int64_t v : {c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.head_dim, c.n_vocab})
+    w.put<int64_t>(v);
+}
+
+std::string model_shape_text(const std::string& arch, const std::vector<int64_t>& v) {
+  return fmt::format("{} with {} layers, n_embd {}, {} heads, {} KV heads, head dim {}, {} tokens",
+                     arch, v[0], v[1], v[2], v[3], v[4], v[5]);
+}
+
+}  // namespace
+
+std::string Session::save_state() const {
+  std::string out(kStateMagic, sizeof(kStateMagic) - 1);
+  ByteWriter w(out);
+  w.put<uint32_t>(kStateVersion);
+  put_model_shape(w, model_.config());
+  w.put<int64_t>(max_batch_);
+  w.put<int64_t>(n_past_);
+  w.put_bool(warned_past_context_);
+  w.put_bool(has_logits_);
+  if (has_logits_) w.put_vector(last_logits_);
+  const std::vector<TokenId> history(history_.begin(), history_.end());
+  w.put_vector(history);
+  cache_->save(w);
+  w.put<uint64_t>(fnv1a64(out));
+  return out;
+}
+
+void Session::load_state(std::string_view data, const std::string& what) {
+  try {
+    read_state(data, what);
+  } catch (...) {
+    reset();
+    throw;
+  }
+}
+
+void Session::read_state(std::string_view data, const std::string& what) {
+  ByteReader r(data, what);
+  constexpr size_t magic_len = sizeof(kStateMagic) - 1;
+  if (data.size() < magic_len + 4 + 8 || data.substr(0, magic_len) != kStateMagic)
+    r.fail(fmt::format("not a spillway session state ({} bytes; it begins with \"{}\")",
+                       data.size(), kStateMagic));
+  const uint64_t sum = fnv1a64(data.substr(0, data.size() - 8));
+  uint64_t stored;
+  std::memcpy(&stored, data.data() + data.size() - 8, 8);
+  if (sum != stored)
+    r.fail(
+        fmt::format("checksum {:016x} does not match the data's {:016x}: the file is damaged "
+                    "or truncated",
+                    stored, sum));
+  ByteReader in(data.substr(magic_len, data.size() - 8 - magic_len), what);
+  const auto version = in.get<uint32_t>("version");
+  if (version != kStateVersion)
+    in.fail(fmt::format("version {}, this build reads version {}", version, kStateVersion));
+  const auto& c = model_.config();
+  const std::string arch = in.get_string("model architecture", 256);
+  std::vector<int64_t> shape;
+  for (const char* f : {"n_layer", "n_embd", "n_head", "n_head_kv", "head_dim", "n_vocab"})
+    shape.push_back(in.get<int64_t>(f));
+  const std::vector<int64_t> mine = {c.n_layer,   c.n_embd,   c.n_head,
+                                     c.n_head_kv, c.head_dim, c.n_vocab};
+  if (arch != c.architecture || shape != mine)
+    in.fail(fmt::format("the state is of a model {}, this session's is {}",
+                        model_shape_text(arch, shape), model_shape_text(c.architecture, mine)));
+  const auto max_batch = in.get<int64_t>("max batch");
+  if (max_batch != max_batch_)
+    in.fail(fmt::format("the state is of a session of max batch {}, this one's is {}", max_batch,
+                        max_batch_));
+  const auto n_past = in.get<int64_t>("stream position");
+  if (n_past < 0 || n_past > (int64_t{1} << 53))
+    in.fail(fmt::format("stream position {} outside 0..2^53", n_past));
+  const bool warned = in.get_bool("past-context warning");
+  const bool has_logits = in.get_bool("has logits");
+  std::vector<float> logits;
+  if (has_logits)
+    logits = in.get_vector_exact<float>("last logits", static_cast<size_t>(c.n_vocab));
+  const std::vector<TokenId> history = in.get_vector<TokenId>("replay tokens", 1 << 24);
+  for (const TokenId t : history)
+    if (t < 0 || t >= c.n_vocab)
+      in.fail(fmt::format("replay token {} outside the vocabulary of {}", t, c.n_vocab));
+  cache_->load(in);
+  const bool replay = cache_->replay_from(0).has_value();
+  const int64_t want_history = replay ? std::min(n_past, *cache_->capacity()) : 0;
+  if (static_cast<int64_t>(history.size()) != want_history)
+    in.fail(fmt::format("{} replay tokens at stream position {}, {} expected", history.size(),
+                        n_past, want_history));
+  if (!replay && cache_->n_planned() != n_past)
+    in.fail(fmt::format("stream position {} but the cache planned {} tokens", n_past,
+                        cache_->n_planned()));
+  if (in.remaining() != 0) in.fail(fmt::format("{} byte(s) after the state", in.remaining()));
+  n_past_ = n_past;
+  warned_past_context_ = warned;
+  has_logits_ = has_logits;
+  if (has_logits) last_logits_ = std::move(logits);
+  history_.assign(history.begin(), history.end());
+}
+
+void Session::save(const std::string& path) const {
+  write_file_atomic(path, save_state());
+}
+
+void Session::load(const std::string& path) {
+  load_state(read_file(path), path);
+}
+
+void Session::seek(int64_t n) {
+  if (n < n_past_)
+    throw InvalidArgument(
+        fmt::format("seek to stream index {}: the stream is already at {}", n, n_past_));
+  if (cache_->replay_from(0))
+    throw InvalidArgument(fmt::format(
+        "seek to stream index {}: policy '{}' replays the tokens before, so it cannot skip them", n,
+        cache_->spec().str()));
+  cache_->seek(n);
+  n_past_ = n;
+  has_logits_ = false;
+  note_stream_end(n);
 }
 
 int64_t Session::feed(std::span<const TokenId> tokens, const LogitsFn& on_logits) {

@@ -2,7 +2,8 @@
 # spillway soak: usage errors exit 2 before any model is loaded; on the real model (when
 # present) a short stream over a small repeated text writes one CSV row and one JSON line
 # per checkpoint and a summary, with flat KV bytes and no non-finite logits; too short a
-# run is "not judged", a longer one judges the latency trend with its 95 % interval.
+# run is "not judged", a longer one judges the latency trend with its 95 % interval; a soak
+# killed mid-run resumes from its --state file and scores what an unbroken run does.
 # Usage: soak.sh SPILLWAY_BINARY SOURCE_DIR
 set -u
 BIN=$1
@@ -75,4 +76,48 @@ assert s["latency_verdict"] == want, s
 failed = not s["rss_ok"] or not s["kv_ok"] or want == "fail"
 assert s["verdict"] == ("fail" if failed else "pass" if want == "ok" else "not judged"), s
 PY
+# --state: a soak killed at any moment goes on from its last checkpoint as one stream. Its
+# per-interval and running NLL equal those of a run that never stopped, digit for digit.
+"$BIN" soak --model "$model" --text "$TMP/text.txt" --policy sink:4+60 --tokens 400 --every 50 \
+  --warmup 50 -t 1 --csv "$TMP/whole.csv" >/dev/null 2>"$TMP/err.txt" ||
+  die "soak run (whole) failed: $(head -c 500 "$TMP/err.txt")"
+"$BIN" soak --model "$model" --text "$TMP/text.txt" --policy sink:4+60 --tokens 400 --every 50 \
+  --warmup 50 -t 1 --csv "$TMP/parts.csv" --state "$TMP/soak.state" >"$TMP/part1.txt" 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do
+  [ -f "$TMP/soak.state" ] && break
+  sleep 0.05
+done
+[ -f "$TMP/soak.state" ] || die "no state file after 30 s"
+sleep 0.2
+kill -KILL "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+"$BIN" soak --model "$model" --text "$TMP/text.txt" --policy sink:4+60 --tokens 400 --every 50 \
+  --warmup 50 -t 1 --csv "$TMP/parts.csv" --json "$TMP/parts.jsonl" --state "$TMP/soak.state" \
+  >"$TMP/part2.txt" 2>"$TMP/err.txt" || die "resumed soak failed: $(head -c 500 "$TMP/err.txt")"
+grep -q '^resumed  at token' "$TMP/part2.txt" || die "the second run did not resume"
+python3 - "$TMP/whole.csv" "$TMP/parts.csv" "$TMP/parts.jsonl" <<'PY' || die "resumed soak checks"
+import csv, json, sys
+whole = list(csv.DictReader(open(sys.argv[1])))
+parts = list(csv.DictReader(open(sys.argv[2])))
+cols = ["tokens", "nll_interval", "nll_running", "nonfinite_logits", "kv_bytes"]
+assert [[r[c] for c in cols] for r in parts] == [[r[c] for c in cols] for r in whole], (whole, parts)
+s = [json.loads(l) for l in open(sys.argv[3])][-1]
+assert s["tokens"] == 400 and len(s["segments"]) == 2, s
+assert s["segments"][1]["from_tokens"] > 0, s
+PY
+# Another stream's state, or a damaged one, is an error that names it.
+"$BIN" soak --model "$model" --text "$TMP/text.txt" --policy sink:4+30 --tokens 400 --every 50 \
+  --warmup 50 -t 1 --state "$TMP/soak.state" >/dev/null 2>"$TMP/err.txt"
+rc=$?
+[ "$rc" -eq 2 ] || die "state of another policy: exit status $rc, expected 2"
+grep -q 'sink:4+60' "$TMP/err.txt" || die "state of another policy: message does not name it"
+python3 -c 'import sys; p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[-100] ^= 1; open(p, "wb").write(b)' "$TMP/soak.state"
+"$BIN" soak --model "$model" --text "$TMP/text.txt" --policy sink:4+60 --tokens 500 --every 50 \
+  --warmup 50 -t 1 --state "$TMP/soak.state" >/dev/null 2>"$TMP/err.txt"
+rc=$?
+[ "$rc" -eq 1 ] || die "damaged state: exit status $rc, expected 1"
+grep -q 'checksum' "$TMP/err.txt" && grep -q 'soak.state' "$TMP/err.txt" ||
+  die "damaged state: $(head -c 300 "$TMP/err.txt")"
+
 echo "soak ok"

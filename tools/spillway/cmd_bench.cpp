@@ -95,7 +95,7 @@ std::vector<TokenId> bench_tokens(const model::Model& model, const std::string& 
   std::vector<TokenId> out;
   out.reserve(static_cast<size_t>(count));
   if (!path.empty() && std::filesystem::exists(path)) {
-    const std::string text = read_text_file(path);
+    const std::string text = read_file(path);
     // About 4 bytes per token in English prose; take twice what should be enough.
     const size_t want = std::min(text.size(), static_cast<size_t>(count) * 8 + 1024);
     std::vector<TokenId> ids = model.tokenizer().encode(std::string_view(text).substr(0, want));

@@ -53,7 +53,7 @@ int run_generate(const GenerateCliOptions& o) {
       // [{"role": ..., "content": ...}, ...]: a whole conversation, as a server gets it.
       nlohmann::json j;
       try {
-        j = nlohmann::json::parse(read_text_file(o.messages));
+        j = nlohmann::json::parse(read_file(o.messages));
         for (const auto& m : j)
           msgs.push_back({m.at("role").get<std::string>(), m.at("content").get<std::string>()});
       } catch (const nlohmann::json::exception& e) {

@@ -127,7 +127,7 @@ std::pair<int64_t, int64_t> parse_head(const std::string& s, const model::ModelC
 std::vector<TokenId> stream_tokens(const model::Model& m, const SinksOptions& o, int64_t want,
                                    const std::string& why, std::string* what) {
   const Tokenizer& tok = m.tokenizer();
-  const std::string text = o.file ? read_text_file(*o.file) : *o.text;
+  const std::string text = o.file ? read_file(*o.file) : *o.text;
   // About 4 bytes per token of English prose; take what should be plenty.
   const size_t bytes = std::min(text.size(), static_cast<size_t>(want + o.skip) * 16 + 4096);
   EncodeOptions plain;

@@ -10,6 +10,13 @@
 // faster end does not fail). A run with fewer than 3 intervals past the warm-up is "not
 // judged" (unless a logit was not finite): pass, fail or not judged.
 //
+// With --state FILE the soak saves itself at every checkpoint (the session's cache and
+// policy state, Session::save_state, with the soak's own counters and logs), written whole
+// or not at all; started again with the same FILE it goes on from the last checkpoint as
+// one stream: the same tokens, the same logits, the intervals and the NLL carried on. Each
+// process is a segment; RSS is judged within each segment, against its own first judged
+// checkpoint (a new process has its own baseline), latency over the whole stream.
+//
 // The stream is the corpus's token ids (the whole file encoded once, as the tokenizer
 // encodes a document: with BOS first if the model's metadata adds one) repeated back to
 // back, so every repetition begins exactly as the first did.
@@ -21,6 +28,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <limits>
 #include <memory>
 #include <span>
@@ -31,6 +39,7 @@
 #include "spillway/core/error.h"
 #include "spillway/core/file.h"
 #include "spillway/core/process.h"
+#include "spillway/core/serial.h"
 #include "spillway/core/stats.h"
 #include "spillway/kv/policy.h"
 #include "spillway/model/model.h"
@@ -54,6 +63,7 @@ struct SoakOptions {
   double max_seconds = 0.0;  // stop at the first checkpoint past this (0: no limit)
   std::string csv;           // per-checkpoint rows
   std::string json;          // JSON lines: one per checkpoint, then the summary
+  std::string state;         // save here at every checkpoint; resume from it when present
 };
 
 struct Checkpoint {
@@ -69,6 +79,7 @@ struct Checkpoint {
   double nll_interval = 0.0;  // mean NLL of the next token over the interval
   double nll_running = 0.0;   // mean NLL over the whole stream so far
   int64_t nll_tokens = 0;     // predictions scored so far
+  int64_t segment = 0;        // the process that ran the interval (0, then 1 per resume)
 };
 
 nlohmann::ordered_json to_json(const Checkpoint& c) {
@@ -84,7 +95,57 @@ nlohmann::ordered_json to_json(const Checkpoint& c) {
   j["nonfinite_logits"] = c.nonfinite;
   j["nll_interval"] = c.nll_interval;
   j["nll_running"] = c.nll_running;
+  j["nll_tokens"] = c.nll_tokens;
+  j["segment"] = c.segment;
   return j;
+}
+
+Checkpoint checkpoint_from_json(const nlohmann::ordered_json& j) {
+  Checkpoint c;
+  c.tokens = j.at("tokens").get<int64_t>();
+  c.seconds = j.at("seconds").get<double>();
+  c.tokens_per_s = j.at("tokens_per_s").get<double>();
+  c.latency_ms_median = j.at("latency_ms_median").get<double>();
+  c.latency_ms_p99 = j.at("latency_ms_p99").get<double>();
+  c.latency_ms_max = j.at("latency_ms_max").get<double>();
+  c.rss_bytes = j.at("rss_bytes").get<uint64_t>();
+  c.kv_bytes = j.at("kv_bytes").get<uint64_t>();
+  c.nonfinite = j.at("nonfinite_logits").get<int64_t>();
+  c.nll_interval = j.at("nll_interval").get<double>();
+  c.nll_running = j.at("nll_running").get<double>();
+  c.nll_tokens = j.at("nll_tokens").get<int64_t>();
+  c.segment = j.at("segment").get<int64_t>();
+  return c;
+}
+
+// The --state file: a header line, the soak's progress as JSON (its length first, 8 bytes),
+// then the session's state (which carries its own checksum).
+constexpr std::string_view kSoakStateMagic = "spillway-soak-state 1\n";
+
+std::string pack_soak_state(const nlohmann::ordered_json& progress, const std::string& session) {
+  const std::string text = progress.dump();
+  std::string out(kSoakStateMagic);
+  ByteWriter w(out);
+  w.put_string(text);
+  out += session;
+  return out;
+}
+
+// Splits a --state file into its progress and the session's bytes (FormatError naming the
+// file for anything else).
+nlohmann::ordered_json unpack_soak_state(const std::string& data, const std::string& path,
+                                         std::string_view* session) {
+  if (data.substr(0, kSoakStateMagic.size()) != kSoakStateMagic)
+    throw FormatError(fmt::format("{}: not a soak state (it should begin with \"{}\")", path,
+                                  kSoakStateMagic.substr(0, kSoakStateMagic.size() - 1)));
+  ByteReader r(std::string_view(data).substr(kSoakStateMagic.size()), path);
+  const std::string text = r.get_string("soak progress", 1 << 30);
+  *session = std::string_view(data).substr(kSoakStateMagic.size() + r.offset());
+  try {
+    return nlohmann::ordered_json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(fmt::format("{}: the soak progress is not JSON: {}", path, e.what()));
+  }
 }
 
 constexpr const char* kCsvHeader =
@@ -139,18 +200,39 @@ int run_soak(const SoakOptions& o) {
                       policy.str()));
   }
 
-  // The logs grow by a line a checkpoint, each time rewritten whole (write_file_atomic): a
-  // soak killed at any moment leaves complete lines only.
-  std::string csv, jsonl;
-  if (!o.csv.empty()) {
-    csv = std::string(kCsvHeader) + "\n";
-    write_file_atomic(o.csv, csv);
+  // A saved soak to go on from: the same stream, or an error naming what differs.
+  std::string state_data;
+  std::string_view session_bytes;
+  nlohmann::ordered_json resume;
+  const bool resuming = !o.state.empty() && std::filesystem::exists(o.state);
+  if (resuming) {
+    state_data = read_file(o.state);
+    resume = unpack_soak_state(state_data, o.state, &session_bytes);
+    const auto same = [&](const char* key, const nlohmann::ordered_json& mine, const char* flag) {
+      if (!resume.contains(key) || resume[key] != mine)
+        throw InvalidArgument(fmt::format(
+            "--state {}: saved by a soak with {} {}, this one has {}: give the same options to "
+            "go on, or another --state file to start over",
+            o.state, flag, resume.contains(key) ? resume[key].dump() : "(none)", mine.dump()));
+    };
+    same("model", o.model, "--model");
+    same("policy", policy.str(), "--policy");
+    same("text", o.text, "--text");
+    same("every", o.every, "--every");
+    same("warmup", o.warmup, "--warmup");
   }
+
+  // The logs grow by a line a checkpoint, each time rewritten whole (write_file_atomic): a
+  // soak killed at any moment leaves complete lines only. A resumed soak goes on from the
+  // logs of its last checkpoint.
+  std::string csv = resuming ? resume.value("csv", "") : std::string(kCsvHeader) + "\n";
+  std::string jsonl = resuming ? resume.value("jsonl", "") : "";
+  if (!o.csv.empty()) write_file_atomic(o.csv, csv);
   if (!o.json.empty()) write_file_atomic(o.json, jsonl);
 
   auto model = model::Model::load(o.model);
   const auto& cfg = model->config();
-  const std::string text = read_text_file(o.text);
+  const std::string text = read_file(o.text);
   const std::vector<TokenId> corpus = model->tokenizer().encode(text);
   if (corpus.size() < 2)
     throw InvalidArgument(fmt::format("{}: fewer than 2 tokens, nothing to stream", o.text));
@@ -163,6 +245,43 @@ int run_soak(const SoakOptions& o) {
   so.threads = o.threads;
   Session session(*model, so);
 
+  std::vector<Checkpoint> checkpoints;
+  int64_t nonfinite = 0;
+  double nll_sum = 0.0;
+  int64_t nll_count = 0;
+  int64_t n = 0;
+  double seconds_before = 0.0;  // stream time of the earlier segments
+  int64_t segment = 0;
+  nlohmann::ordered_json segments = nlohmann::ordered_json::array();
+  if (resuming) {
+    try {
+      if (resume.at("corpus_tokens").get<int64_t>() != n_corpus)
+        throw InvalidArgument(fmt::format(
+            "--state {}: the corpus encoded to {} tokens when it was saved, {} now: {} changed",
+            o.state, resume.at("corpus_tokens").get<int64_t>(), n_corpus, o.text));
+      n = resume.at("tokens").get<int64_t>();
+      seconds_before = resume.at("seconds").get<double>();
+      nonfinite = resume.at("nonfinite_logits").get<int64_t>();
+      nll_sum = resume.at("nll_sum").get<double>();
+      nll_count = resume.at("nll_count").get<int64_t>();
+      for (const auto& j : resume.at("checkpoints")) checkpoints.push_back(checkpoint_from_json(j));
+      for (const auto& j : resume.at("segments")) segments.push_back(j);
+    } catch (const nlohmann::json::exception& e) {
+      throw FormatError(fmt::format("{}: the soak progress lacks a field: {}", o.state, e.what()));
+    }
+    session.load_state(session_bytes, o.state);
+    if (session.n_past() != n)
+      throw FormatError(fmt::format("{}: the soak is at token {}, its session at {}", o.state, n,
+                                    session.n_past()));
+    segment = static_cast<int64_t>(segments.size());
+    state_data.clear();
+    state_data.shrink_to_fit();
+  }
+  segments.push_back({{"segment", segment},
+                      {"from_tokens", n},
+                      {"kernel_isa", ops::kernel_isa()},
+                      {"threads", o.threads}});
+
   fmt::print("model    {} ({}), kernels {}\n", o.model, cfg.name.empty() ? "unnamed" : cfg.name,
              ops::kernel_isa());
   fmt::print("policy   {} (capacity {}), {} token(s) one at a time, checkpoint every {}\n",
@@ -172,27 +291,29 @@ int run_soak(const SoakOptions& o) {
              static_cast<double>(o.tokens) / static_cast<double>(n_corpus));
   fmt::print("{:>10} {:>9} {:>9} {:>9} {:>9} {:>11} {:>10} {:>6} {:>8} {:>8}\n", "tokens",
              "seconds", "tok/s", "med ms", "p99 ms", "RSS", "KV", "nonfin", "NLL int", "NLL all");
+  if (resuming)
+    fmt::print("resumed  at token {} from {} (segment {}, {:.1f} s of stream before)\n", n, o.state,
+               segment, seconds_before);
   std::fflush(stdout);
 
   std::vector<double> lat;  // [every] ms per token of the current interval
   lat.reserve(static_cast<size_t>(o.every));
-  std::vector<Checkpoint> checkpoints;
-  int64_t nonfinite = 0;
-  double nll_sum = 0.0, nll_interval_sum = 0.0;
-  int64_t nll_count = 0, nll_interval_count = 0;
-  const auto t0 = Clock::now();
-  auto t_interval = t0;
+  double nll_interval_sum = 0.0;
+  int64_t nll_interval_count = 0;
+  const auto t0 = Clock::now() - std::chrono::duration_cast<Clock::duration>(
+                                     std::chrono::duration<double>(seconds_before));
+  auto t_interval = Clock::now();
   bool stopped_early = false;
 
-  int64_t n = 0;
   for (; n < o.tokens; ++n) {
     const TokenId t = token_at(n);
     const auto ts = Clock::now();
     session.feed(std::span<const TokenId>(&t, 1));
     const auto te = Clock::now();
     lat.push_back(std::chrono::duration<double, std::milli>(te - ts).count());
-    // The logits of token n predict token n + 1 (scored while the stream goes on).
-    if (n + 1 < o.tokens) {
+    // The logits of token n predict token n + 1, which the repeated corpus always has (the
+    // last token's too, so that a stream stopped and resumed scores what one run does).
+    {
       const double nll = nll_of(session.last_logits(), cfg.n_vocab, token_at(n + 1), &nonfinite);
       nll_sum += nll;
       nll_interval_sum += nll;
@@ -214,9 +335,32 @@ int run_soak(const SoakOptions& o) {
       c.nll_interval = nll_interval_count ? nll_interval_sum / nll_interval_count : 0.0;
       c.nll_running = nll_count ? nll_sum / nll_count : 0.0;
       c.nll_tokens = nll_count;
+      c.segment = segment;
       checkpoints.push_back(c);
-      if (!o.csv.empty()) write_file_atomic(o.csv, csv += to_csv(c) + "\n");
-      if (!o.json.empty()) write_file_atomic(o.json, jsonl += to_json(c).dump() + "\n");
+      csv += to_csv(c) + "\n";
+      jsonl += to_json(c).dump() + "\n";
+      if (!o.csv.empty()) write_file_atomic(o.csv, csv);
+      if (!o.json.empty()) write_file_atomic(o.json, jsonl);
+      if (!o.state.empty()) {
+        nlohmann::ordered_json p;
+        p["model"] = o.model;
+        p["policy"] = policy.str();
+        p["text"] = o.text;
+        p["every"] = o.every;
+        p["warmup"] = o.warmup;
+        p["corpus_tokens"] = n_corpus;
+        p["tokens"] = n + 1;
+        p["seconds"] = c.seconds;
+        p["nonfinite_logits"] = nonfinite;
+        p["nll_sum"] = nll_sum;
+        p["nll_count"] = nll_count;
+        p["checkpoints"] = nlohmann::ordered_json::array();
+        for (const Checkpoint& k : checkpoints) p["checkpoints"].push_back(to_json(k));
+        p["segments"] = segments;
+        p["csv"] = csv;
+        p["jsonl"] = jsonl;
+        write_file_atomic(o.state, pack_soak_state(p, session.save_state()));
+      }
       fmt::print(
           "{:>10} {:>9.1f} {:>9.1f} {:>9.3f} {:>9.3f} {:>11} {:>10} {:>6} {:>8.4f} {:>8.4f}\n",
           c.tokens, c.seconds, c.tokens_per_s, c.latency_ms_median, c.latency_ms_p99,
@@ -227,7 +371,7 @@ int run_soak(const SoakOptions& o) {
       nll_interval_sum = 0.0;
       nll_interval_count = 0;
       t_interval = Clock::now();
-      if (o.max_seconds > 0 && c.seconds >= o.max_seconds && n + 1 < o.tokens) {
+      if (o.max_seconds > 0 && c.seconds - seconds_before >= o.max_seconds && n + 1 < o.tokens) {
         stopped_early = true;
         ++n;
         break;
@@ -252,6 +396,7 @@ int run_soak(const SoakOptions& o) {
   s["tokens_requested"] = o.tokens;
   s["tokens"] = n;
   s["stopped_early"] = stopped_early;
+  s["segments"] = segments;
   s["seconds"] = last.seconds;
   s["every"] = o.every;
   s["warmup"] = o.warmup;
@@ -277,8 +422,26 @@ int run_soak(const SoakOptions& o) {
         judged.size(), o.warmup, kMinJudgedIntervals);
   } else {
     const Checkpoint& base = *judged.front();
-    const auto rss_growth =
-        static_cast<int64_t>(last.rss_bytes) - static_cast<int64_t>(base.rss_bytes);
+    // RSS within each segment (each process has its own baseline): the largest growth from
+    // a segment's first judged checkpoint to its last. A resumed segment's first interval
+    // is its warm-up (loading the model and the state, the first save).
+    int64_t rss_growth = 0;
+    const Checkpoint *rss_from = &base, *rss_to = &base;
+    for (size_t i = 0; i < judged.size();) {
+      if (judged[i]->segment > 0 && (i == 0 || judged[i - 1]->segment != judged[i]->segment) &&
+          i + 1 < judged.size() && judged[i + 1]->segment == judged[i]->segment)
+        ++i;
+      size_t j = i;
+      while (j + 1 < judged.size() && judged[j + 1]->segment == judged[i]->segment) ++j;
+      const auto g =
+          static_cast<int64_t>(judged[j]->rss_bytes) - static_cast<int64_t>(judged[i]->rss_bytes);
+      if (i == 0 || g > rss_growth) {
+        rss_growth = g;
+        rss_from = judged[i];
+        rss_to = judged[j];
+      }
+      i = j + 1;
+    }
     const bool rss_ok = rss_growth < 1'000'000;
     bool kv_ok = true;
     for (const Checkpoint* c : judged) kv_ok = kv_ok && c->kv_bytes == base.kv_bytes;
@@ -306,8 +469,8 @@ int run_soak(const SoakOptions& o) {
     s["latency_drift_low"] = drift_low;
     s["latency_drift_high"] = drift_high;
     s["latency_verdict"] = latency_verdict;
-    s["rss_bytes_baseline"] = base.rss_bytes;
-    s["rss_bytes_end"] = last.rss_bytes;
+    s["rss_bytes_baseline"] = rss_from->rss_bytes;
+    s["rss_bytes_end"] = rss_to->rss_bytes;
     s["rss_growth_bytes"] = rss_growth;
     s["rss_ok"] = rss_ok;
     s["kv_bytes_baseline"] = base.kv_bytes;
@@ -322,9 +485,12 @@ int run_soak(const SoakOptions& o) {
         : latency_verdict == "fail"
             ? "FAIL, slower by more than 5 %"
             : "not judged, the host's noise is wider than the 5 % criterion");
-    fmt::print("  RSS                      {} at {} -> {} at {}: {:+} bytes ({})\n",
-               human_bytes(base.rss_bytes), base.tokens, human_bytes(last.rss_bytes), last.tokens,
-               rss_growth, rss_ok ? "ok, < 1 MB" : "FAIL, >= 1 MB");
+    fmt::print("  RSS                      {} at {} -> {} at {}: {:+} bytes ({}){}\n",
+               human_bytes(rss_from->rss_bytes), rss_from->tokens, human_bytes(rss_to->rss_bytes),
+               rss_to->tokens, rss_growth, rss_ok ? "ok, < 1 MB" : "FAIL, >= 1 MB",
+               segments.size() > 1
+                   ? fmt::format(" (the largest growth within one of {} segments)", segments.size())
+                   : "");
     fmt::print("  KV bytes                 {} -> {} ({})\n", base.kv_bytes, last.kv_bytes,
                kv_ok ? "ok, constant" : "FAIL, changed");
     const bool failed = !finite_ok || !rss_ok || !kv_ok || latency_verdict == "fail";
@@ -359,6 +525,9 @@ Registrar reg("soak", [](CLI::App& app) {
                   "Stop at the first checkpoint past this many seconds and judge what ran "
                   "(0: no limit)");
   sub->add_option("--csv", o->csv, "Write one CSV row per checkpoint to this file");
+  sub->add_option("--state", o->state,
+                  "Save the soak here at every checkpoint (session, counters, logs; written "
+                  "whole); when the file exists, go on from it as one stream");
   sub->add_option("--json", o->json,
                   "Write JSON lines to this file: one object per checkpoint, then the summary");
   return [o] { return run_soak(*o); };

@@ -68,7 +68,7 @@ std::string escape(const std::string& s) {
 }
 
 int run_tokenize(const TokenizeOptions& o) {
-  std::string text = o.text ? *o.text : read_text_file(*o.file);
+  std::string text = o.text ? *o.text : read_file(*o.file);
   auto file = gguf::GgufFile::open(o.model);
   auto tok = Tokenizer::from_gguf(*file);
   EncodeOptions eo;

@@ -21,14 +21,6 @@ double now_seconds() {
 }
 }  // namespace
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw IoError(fmt::format("cannot open '{}' for reading", path));
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (f.bad()) throw IoError(fmt::format("error reading '{}'", path));
-  return s;
-}
-
 bool stderr_is_tty() {
   return isatty(fileno(stderr)) != 0;
 }

@@ -4,10 +4,9 @@
 #include <cstdint>
 #include <string>
 
-namespace spillway::cli {
+#include "spillway/core/file.h"
 
-// Whole file as bytes. Throws IoError naming the file.
-std::string read_text_file(const std::string& path);
+namespace spillway::cli {
 
 // True when stderr is a terminal (progress is shown only then).
 bool stderr_is_tty();

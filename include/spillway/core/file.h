@@ -16,4 +16,8 @@ namespace spillway {
 // call from several threads (each gets its own temporary).
 void write_file_atomic(const std::string& path, std::string_view data);
 
+// The whole content of a file. Throws IoError naming the path and the system's reason when
+// it cannot be opened or read (a folder, a missing file, no permission).
+std::string read_file(const std::string& path);
+
 }  // namespace spillway

@@ -95,6 +95,17 @@ class Cache {
   std::optional<int64_t> capacity() const { return policy().capacity(); }
   // Forgets every token in every group.
   void reset();
+  // Moves every group's stream to index n without planning the tokens in between
+  // (Policy::seek: InvalidArgument unless every group's policy is seekable). The last step
+  // is forgotten.
+  void seek(int64_t n);
+
+  // Saved state (Session::save): the policies of every group, the storage and its peak.
+  // load() takes the state of a cache made from the same spec, shape and limits
+  // (FormatError otherwise, or for data that does not fit); the last step's plan is not
+  // saved, so step() is empty after it. On an error the cache is left reset.
+  void save(ByteWriter& w) const;
+  void load(ByteReader& r);
   // Stream index n begins a chat turn (Policy::mark_turn_start), told to every group's
   // policy (those that do not evict by turns ignore it).
   void mark_turn_start(int64_t n);

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "spillway/core/serial.h"
 #include "spillway/core/types.h"
 
 namespace spillway::kv {
@@ -50,6 +51,12 @@ class KvStorage {
   // Stores one token's rotated key and value rows ([n_head_kv][head_dim] f32 each) at slot,
   // converted to type() (f16 and Q8_0 with ggml's reference rounding).
   void store(int64_t layer, int64_t slot, const float* k_row, const float* v_row);
+
+  // Saved state: the shape, every layer's slot count and its K/V bytes. load() takes the
+  // state of a storage of the same layers, heads, head_dim and type (FormatError
+  // otherwise) and replaces this one's slots and contents.
+  void save(ByteWriter& w) const;
+  void load(ByteReader& r);
 
  private:
   int64_t n_layer_, n_head_kv_, head_dim_;

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "spillway/core/serial.h"
 #include "spillway/core/types.h"
 
 namespace spillway::kv {
@@ -233,6 +234,14 @@ class Policy {
   // An independent copy in the same state (checkpoints of a stream).
   virtual std::unique_ptr<Policy> clone() const = 0;
 
+  // The policy's state as bytes (a session saved to disk, session.h): its spec, the stream
+  // position, the last turn mark and what the policy keeps of its own (slots, scores, the
+  // chosen sinks). load() takes the state of a policy of the same spec() made with the same
+  // limits; it checks what it reads (FormatError for another spec or data that cannot be
+  // this policy's) and on any error leaves the policy reset.
+  void save(ByteWriter& w) const;
+  void load(ByteReader& r);
+
  protected:
   Policy(const PolicyOptions& opts, const PolicyLimits& limits)
       : options_(opts), max_batch_(limits.max_batch) {}
@@ -244,6 +253,11 @@ class Policy {
   virtual void on_reset() {}
   // mark_turn_start() after its checks (n > the last mark, n >= n_planned()).
   virtual void on_turn_start(int64_t n) {}
+  // save() and load() of the policy's own state, if any (policies whose plans depend on the
+  // stream position alone have none). load_state() runs after n_planned() was restored and
+  // must check what it reads (ByteReader::fail).
+  virtual void save_state(ByteWriter& w) const {}
+  virtual void load_state(ByteReader& r) {}
 
   PolicyOptions options_;
 

@@ -86,6 +86,31 @@ class Session {
   // Returns to a checkpoint of this session (InvalidArgument for another session's).
   void restore(const Checkpoint& cp);
 
+  // The stream's state as bytes, to continue it in another process or after a restart: the
+  // position, the last logits, the policies' state (slots, scores, chosen sinks, turn
+  // marks), the KV storage and, for replaying policies, the tokens to replay. Loaded into a
+  // session made with the same model, policy spec and max_batch, the stream goes on as if
+  // it had never stopped: the same logits, bit for bit (tests/unit/session_state_test.cpp).
+  // The last step's plan and the observer are not part of it. Costs the KV storage's
+  // bytes (sink:4+1020 on SmolLM2-135M: 47 MB at f32).
+  std::string save_state() const;
+  // Reads a state save_state() wrote. Throws FormatError naming `what`, the byte offset and
+  // the field for data that is truncated, damaged (a checksum covers it all), of another
+  // model, policy or max_batch, or that does not fit; the session is then reset.
+  void load_state(std::string_view data, const std::string& what = "session state");
+  // The same through a file, written whole or not at all (core/file.h); load() throws
+  // IoError for a file that cannot be read.
+  void save(const std::string& path) const;
+  void load(const std::string& path);
+
+  // Moves the stream to stream index n >= n_past() without computing the tokens in between,
+  // for policies whose plans depend on the stream index alone (sink:S+W, window:W, and the
+  // native windows of local layers; InvalidArgument otherwise). The slots keep whatever
+  // K/V they held, so what follows is not what the model would have produced after n real
+  // tokens: this is for measuring the cost of decoding at a great depth (`spillway bench
+  // --at`) without decoding what comes before.
+  void seek(int64_t n);
+
  private:
   friend class BatchDecoder;  // session/batch.h: plans, then commits, a shared pass
   // One forward pass; stop == nullptr asks for no logits at all (advance).
@@ -93,6 +118,8 @@ class Session {
   void feed_replay(TokenId token, const LogitsFn& on_logits, bool* stop);
   // Logs, once per stream, a warning when the stream reaches past_context_at_ (core/log.h).
   void note_stream_end(int64_t end);
+  // load_state() without the reset on an error.
+  void read_state(std::string_view data, const std::string& what);
 
   // What the forward pass reports goes to the attached observer and, for policies that
   // decide from attention, to the cache.
