@@ -19,6 +19,11 @@ expect_usage_error bench "depth too small" --model "$TMP/none.gguf" --depths 102
 grep -q 'depth must be at least 5' "$TMP/err.txt" || die "depth too small: message does not say why"
 expect_usage_error bench "bad KV type" --model "$TMP/none.gguf" --kv f16,q4_0
 grep -q 'q4_0' "$TMP/err.txt" || die "bad KV type: message does not name it"
+expect_usage_error bench "position of a growing policy" --model "$TMP/none.gguf" --positions 5000 \
+  --policy h2o:4+100
+grep -q 'plans by position alone' "$TMP/err.txt" || die "position, h2o: message does not say why"
+expect_usage_error bench "position inside the cache" --model "$TMP/none.gguf" --positions 100
+grep -q '100 is outside 1024' "$TMP/err.txt" || die "position 100: message does not say why"
 
 # A missing model is a runtime error (exit 1).
 "$BIN" bench --model "$TMP/none.gguf" >/dev/null 2>"$TMP/err.txt"
@@ -98,6 +103,24 @@ for t in d + [j['decode']]:
     assert all(abs(x - y) < 1e-9 * y for x, y in zip(b['fraction_of_bound_reps'], want)), b
     assert abs(b['fraction_of_bound'] - statistics.median(want)) < 1e-9, b
 assert j['decode']['bound']['bound_tokens_per_s'] > 0, j['decode']['bound']
+EOF
+
+# Positions: the sinks and window computed, the stream between skipped; a row per position
+# and the paired ratio of each to the first.
+"$BIN" bench --model "$model" --text "$SRC/data/austen.txt" --reps 2 --prompt 32 --gen 8 --threads 2 \
+  --stream 0 --depths 0 --policy sink:4+60 \
+  --positions 1000,1000000000 --json >"$TMP/pos.json" 2>"$TMP/err.txt" ||
+  die "bench --positions: $(cat "$TMP/err.txt")"
+python3 - "$TMP/pos.json" <<'EOF' || die "bench positions JSON"
+import json, statistics, sys
+j = json.load(open(sys.argv[1]))
+p = j['positions']
+assert [t['position'] for t in p] == [1000, 1000000000], p
+for t in p:
+    assert t['policy'] == 'sink:4+60' and t['tokens'] == 8 and len(t['tokens_per_s_reps']) == 2, t
+ratios = [b / a for a, b in zip(p[0]['tokens_per_s_reps'], p[1]['tokens_per_s_reps'])]
+assert abs(p[1]['ratio_to_first'] - statistics.median(ratios)) < 1e-9, (p[1], ratios)
+assert p[0]['ratio_to_first'] == 1.0, p[0]
 EOF
 
 echo "bench.sh: ok"

@@ -4,8 +4,11 @@
 // full cache at depths D (sink:4+(D-4): the cache filled to D tokens by real forward
 // passes, then tokens decoded one at a time, each evicting one; llama-bench's -d D with
 // tg), decoding deep into a stream (position 16K) under a bounded cache policy, per-token
-// latency percentiles, peak RSS and KV bytes. Every figure is the median over --reps
-// repetitions.
+// latency percentiles, peak RSS and KV bytes, and, with --positions, decoding at stream
+// positions as far as 10^9 under a policy that plans by position alone (the cache holds real
+// sinks and a real window; the tokens between are skipped with Session::seek), so that the
+// cost of a token at position 1,000,000 is measured beside its cost at 10,000. Every figure
+// is the median over --reps repetitions.
 //
 // The decode tests also report their memory bound (session/memory_bound.h): the bytes a
 // decoded token reads over the read bandwidth measured here, with the same threads, on a
@@ -76,6 +79,7 @@ struct BenchOptions {
   int64_t stream_batch = 64;     // tokens per forward pass while advancing the stream
   std::vector<int64_t> streams;  // concurrent streams of the batched decode test (empty: skip)
   std::vector<int64_t> depths = {1024, 4096};  // cache depths of the full-cache decode tests
+  std::vector<int64_t> positions;              // stream positions of the position test
   std::vector<std::string> kv = {"f16"};       // KV types of the full-cache decode tests
   bool json = false;
   SamplerParams sampling = default_bench_sampling();
@@ -197,6 +201,16 @@ struct DepthTest {
   Bound bound;
 };
 
+// Decoding at stream position `position` under the bench's policy: the sinks and the window
+// before the position computed by the model, the stream between skipped.
+struct PositionTest {
+  int64_t position = 0;
+  std::unique_ptr<Session> session;
+  int64_t at = 0;  // next token of the source to decode
+  double fill_s = 0.0;
+  Series series;
+};
+
 // Continuous batching: n sessions under the policy, each given its own 64-token prompt,
 // then `gen` steps that decode one token of every session in one forward pass.
 struct BatchedResult {
@@ -268,6 +282,24 @@ int run_bench(const BenchOptions& o) {
       depth_specs.push_back(kv::PolicySpec(fmt::format("sink:4+{},kv={}", d - 4, t)).str());
   }
   const std::string policy_spec = policy.str();
+  // The position tests need a policy that plans by position alone; each position holds the
+  // policy's capacity before it.
+  int64_t position_cap = 0;
+  if (!o.positions.empty()) {
+    const auto probe = kv::make_policy(policy, kv::PolicyLimits{1, 0});
+    if (!probe->seekable() || !probe->capacity())
+      throw InvalidArgument(fmt::format(
+          "--positions needs a policy that plans by position alone (sink:S+W, window:W); "
+          "--policy {} does not",
+          policy_spec));
+    position_cap = *probe->capacity();
+    for (int64_t p : o.positions)
+      if (p < position_cap || p > (int64_t{1} << 40))
+        throw InvalidArgument(fmt::format(
+            "--positions: {} is outside {}..2^40 (a position holds the policy's {} tokens "
+            "before it)",
+            p, position_cap, position_cap));
+  }
 
   const auto load_t0 = Clock::now();
   auto model = model::Model::load(o.model);
@@ -284,8 +316,10 @@ int run_bench(const BenchOptions& o) {
   int64_t max_depth = 0;
   for (int64_t d : o.depths) max_depth = std::max(max_depth, d);
   const int64_t n_depth_tokens = max_depth + o.gen * (o.reps + 1);
+  const int64_t n_position_tokens = o.positions.empty() ? 0 : position_cap + 8 + o.gen * o.reps;
   const std::vector<TokenId> tokens = bench_tokens(
-      *model, o.text, std::max({o.prompt + o.gen, n_stream_tokens, n_depth_tokens}), &source);
+      *model, o.text,
+      std::max({o.prompt + o.gen, n_stream_tokens, n_depth_tokens, n_position_tokens}), &source);
   const std::span<const TokenId> all(tokens);
   const std::span<const TokenId> prompt = all.first(static_cast<size_t>(o.prompt));
   const std::span<const TokenId> gen =
@@ -440,6 +474,55 @@ int run_bench(const BenchOptions& o) {
     kv_bytes_deep = s.storage().bytes();
   }
 
+  // At stream positions: each session gets the policy's sinks and the window before its
+  // position from real forward passes, the stream between skipped (Session::seek); the
+  // repetitions alternate between the positions, so that a slow moment of the machine hits
+  // them all, and each position's tokens/s is compared with the first's in the same
+  // repetition.
+  std::vector<PositionTest> position_tests;
+  for (int64_t p : o.positions) {
+    PositionTest t;
+    t.position = p;
+    SessionOptions so;
+    so.policy = kv::PolicySpec(policy);
+    so.max_batch = o.stream_batch;
+    t.session = std::make_unique<Session>(*model, so, &pool);
+    Session& s = *t.session;
+    const int64_t cap = *s.policy().capacity(), sinks = s.policy().n_sinks();
+    const auto t0 = Clock::now();
+    s.advance(all.first(static_cast<size_t>(sinks)));
+    s.seek(p - (cap - sinks));
+    for (int64_t done = sinks; done < cap;) {
+      const int64_t n = std::min<int64_t>(1024, cap - done);
+      s.advance(all.subspan(static_cast<size_t>(done), static_cast<size_t>(n)));
+      done += n;
+    }
+    t.fill_s = seconds_since(t0);
+    Series warm;
+    decode_steps(s, all.subspan(static_cast<size_t>(cap), 8), warm);
+    t.at = cap + 8;
+    note(fmt::format("{} at stream position {}: sinks and window computed in {:.1f} s", policy_spec,
+                     p, t.fill_s));
+    position_tests.push_back(std::move(t));
+  }
+  for (int r = 0; r < o.reps && !position_tests.empty(); ++r) {
+    for (PositionTest& t : position_tests) {
+      const double secs = decode_steps(
+          *t.session, all.subspan(static_cast<size_t>(t.at), static_cast<size_t>(o.gen)), t.series);
+      t.at += o.gen;
+      t.series.tokens_per_s.push_back(static_cast<double>(o.gen) / secs);
+      note(fmt::format("tg{} @ position {}: rep {}: {:.1f} tokens/s", o.gen, t.position, r + 1,
+                       t.series.tokens_per_s.back()));
+    }
+  }
+  // Each position's tokens/s over the first position's, repetition by repetition.
+  auto paired_ratio = [&](const PositionTest& t) {
+    std::vector<double> ratios;
+    for (size_t r = 0; r < t.series.tokens_per_s.size(); ++r)
+      ratios.push_back(t.series.tokens_per_s[r] / position_tests[0].series.tokens_per_s[r]);
+    return ratios;
+  };
+
   // Many streams decoded together.
   std::vector<BatchedResult> batched;
   for (int64_t n : o.streams) {
@@ -495,6 +578,19 @@ int run_bench(const BenchOptions& o) {
     } else {
       j["stream"] = nullptr;
     }
+    j["positions"] = nlohmann::ordered_json::array();
+    for (const PositionTest& t : position_tests) {
+      nlohmann::ordered_json jp = series_json(t.series, true);
+      jp["position"] = t.position;
+      jp["policy"] = policy_spec;
+      jp["tokens"] = o.gen;
+      jp["fill_seconds"] = t.fill_s;
+      const std::vector<double> ratios = paired_ratio(t);
+      jp["ratio_to_first"] = median(ratios);
+      jp["ratio_to_first_min"] = *std::min_element(ratios.begin(), ratios.end());
+      jp["ratio_to_first_max"] = *std::max_element(ratios.begin(), ratios.end());
+      j["positions"].push_back(jp);
+    }
     j["batched"] = nlohmann::ordered_json::array();
     for (const BatchedResult& b : batched) {
       nlohmann::ordered_json jb = series_json(b.agg, true);
@@ -530,6 +626,11 @@ int run_bench(const BenchOptions& o) {
                fmt::format("tg{} @ {} {}", o.gen, o.stream, policy_spec), median(deep.tokens_per_s),
                median(deep.latency_ms), percentile(deep.latency_ms, 99.0),
                human_bytes(kv_bytes_deep));
+  for (const PositionTest& t : position_tests)
+    fmt::print("{:<32} {:>10.1f} {:>12.3f} {:>10.3f} {:>12}\n",
+               fmt::format("tg{} @ position {}", o.gen, t.position), median(t.series.tokens_per_s),
+               median(t.series.latency_ms), percentile(t.series.latency_ms, 99.0),
+               human_bytes(t.session->storage().bytes()));
   fmt::print("{:<32} {:>10.1f} {:>12.3f} {:>10.3f} {:>12}\n",
              fmt::format("sampler ({})", describe(o.sampling)), 1e6 / sampler_med_us,
              sampler_med_us / 1e3, percentile(sampler_us, 99.0) / 1e3, "-");
@@ -566,6 +667,18 @@ int run_bench(const BenchOptions& o) {
   if (o.stream > 0)
     fmt::print("stream advance          {} tokens in {:.1f} s ({:.1f} tokens/s, batch {})\n",
                o.stream, advance_s, static_cast<double>(o.stream) / advance_s, o.stream_batch);
+  if (!position_tests.empty()) {
+    fmt::print(
+        "positions               under {}, tokens/s over position {}'s in the same repetition:",
+        policy_spec, position_tests[0].position);
+    for (size_t i = 1; i < position_tests.size(); ++i) {
+      const std::vector<double> ratios = paired_ratio(position_tests[i]);
+      fmt::print(" {} {:.3f} ({:.3f}..{:.3f})", position_tests[i].position, median(ratios),
+                 *std::min_element(ratios.begin(), ratios.end()),
+                 *std::max_element(ratios.begin(), ratios.end()));
+    }
+    fmt::print("\n");
+  }
   fmt::print("peak RSS                {}\n", human_bytes(rss));
   return 0;
 }
@@ -602,6 +715,12 @@ Registrar reg("bench", [](CLI::App& app) {
                   "under sink:4+(D-4), then tgN (llama-bench -d D); 0: none")
       ->delimiter(',')
       ->capture_default_str();
+  sub->add_option("--positions", o->positions,
+                  "Stream positions of the position test, e.g. 10000,1000000: under --policy "
+                  "(sink:S+W or window:W) the sinks and the window before each position are "
+                  "computed, the stream between skipped (Session::seek), then tokens decoded; "
+                  "ratios to the first position, repetition by repetition")
+      ->delimiter(',');
   sub->add_option("--kv", o->kv, "KV types of the full-cache decode tests (f32, f16, q8_0)")
       ->delimiter(',')
       ->capture_default_str();
