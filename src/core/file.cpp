@@ -66,6 +66,10 @@ std::string read_file(const std::string& path) {
 }
 
 void write_file_atomic(const std::string& path, std::string_view data) {
+  write_file_atomic(path, std::span<const std::string_view>(&data, 1));
+}
+
+void write_file_atomic(const std::string& path, std::span<const std::string_view> parts) {
   if (path.empty()) throw IoError("write_file_atomic: empty path");
   std::string tmp;
   const int fd = create_temporary(path, tmp);
@@ -74,16 +78,18 @@ void write_file_atomic(const std::string& path, std::string_view data) {
     ::unlink(tmp.c_str());
     throw IoError(fmt::format("{}: {}: {}", path, what, describe(err)));
   };
-  const char* p = data.data();
-  size_t left = data.size();
-  while (left > 0) {
-    const ssize_t n = ::write(fd, p, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail("cannot write", errno);
+  for (const std::string_view data : parts) {
+    const char* p = data.data();
+    size_t left = data.size();
+    while (left > 0) {
+      const ssize_t n = ::write(fd, p, left);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        fail("cannot write", errno);
+      }
+      p += n;
+      left -= static_cast<size_t>(n);
     }
-    p += n;
-    left -= static_cast<size_t>(n);
   }
   if (::fsync(fd) != 0) fail("cannot flush to the disk", errno);
   if (::close(fd) != 0) {

@@ -170,6 +170,14 @@ std::string model_shape_text(const std::string& arch, const std::vector<int64_t>
 
 std::string Session::save_state() const {
   std::string out(kStateMagic, sizeof(kStateMagic) - 1);
+  // One allocation of the whole state where the estimate holds: a long-running process
+  // that saves every few minutes (spillway soak --state) then maps and unmaps one block
+  // instead of growing a string through every power of two, which the allocator keeps.
+  size_t estimate = 4096 + cache_->storage().bytes() + last_logits_.size() * sizeof(float) +
+                    history_.size() * sizeof(TokenId);
+  for (int g = 0; g < cache_->n_groups(); ++g)
+    estimate += 64 * static_cast<size_t>(cache_->group_policy(g).n_slots());
+  out.reserve(estimate);
   ByteWriter w(out);
   w.put<uint32_t>(kStateVersion);
   put_model_shape(w, model_.config());

@@ -122,12 +122,12 @@ Checkpoint checkpoint_from_json(const nlohmann::ordered_json& j) {
 // then the session's state (which carries its own checksum).
 constexpr std::string_view kSoakStateMagic = "spillway-soak-state 1\n";
 
-std::string pack_soak_state(const nlohmann::ordered_json& progress, const std::string& session) {
+// The file's head: the header line and the progress (the session's bytes follow it).
+std::string soak_state_head(const nlohmann::ordered_json& progress) {
   const std::string text = progress.dump();
   std::string out(kSoakStateMagic);
   ByteWriter w(out);
   w.put_string(text);
-  out += session;
   return out;
 }
 
@@ -359,7 +359,10 @@ int run_soak(const SoakOptions& o) {
         p["segments"] = segments;
         p["csv"] = csv;
         p["jsonl"] = jsonl;
-        write_file_atomic(o.state, pack_soak_state(p, session.save_state()));
+        const std::string head = soak_state_head(p);
+        const std::string bytes = session.save_state();
+        const std::string_view parts[] = {head, bytes};
+        write_file_atomic(o.state, parts);
       }
       fmt::print(
           "{:>10} {:>9.1f} {:>9.1f} {:>9.3f} {:>9.3f} {:>11} {:>10} {:>6} {:>8.4f} {:>8.4f}\n",

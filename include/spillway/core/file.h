@@ -5,6 +5,7 @@
 // between the two leaves a stray temporary next to NAME, not a damaged NAME.
 #pragma once
 
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -15,6 +16,8 @@ namespace spillway {
 // The new file has mode 0644 less the umask, as a plain open(2) would give it. Safe to
 // call from several threads (each gets its own temporary).
 void write_file_atomic(const std::string& path, std::string_view data);
+// The same with the file's bytes in parts, one after another (no copy of them joined).
+void write_file_atomic(const std::string& path, std::span<const std::string_view> parts);
 
 // The whole content of a file. Throws IoError naming the path and the system's reason when
 // it cannot be opened or read (a folder, a missing file, no permission).
