@@ -17,6 +17,7 @@ grep -q 'bounded' "$TMP/err.txt" || die "growing cache: message does not say why
 expect_usage_error soak "one token" --model "$TMP/none.gguf" --tokens 1
 expect_usage_error soak "zero interval" --model "$TMP/none.gguf" --every 0
 expect_usage_error soak "negative warm-up" --model "$TMP/none.gguf" --warmup -1
+expect_usage_error soak "no streams" --model "$TMP/none.gguf" --streams 0
 
 "$BIN" soak --model "$TMP/none.gguf" >/dev/null 2>"$TMP/err.txt"
 rc=$?
@@ -119,5 +120,30 @@ rc=$?
 [ "$rc" -eq 1 ] || die "damaged state: exit status $rc, expected 1"
 grep -q 'checksum' "$TMP/err.txt" && grep -q 'soak.state' "$TMP/err.txt" ||
   die "damaged state: $(head -c 300 "$TMP/err.txt")"
+
+# --streams: three streams through one batched decoder, stopped and resumed, score what an
+# unbroken run does; the summary counts every stream's predictions.
+for part in whole first rest; do
+  case $part in
+    whole) args=(--tokens 200 --csv "$TMP/b3.csv") ;;
+    first) args=(--tokens 100 --csv "$TMP/b3p.csv" --state "$TMP/b3.state") ;;
+    rest) args=(--tokens 200 --csv "$TMP/b3p.csv" --json "$TMP/b3p.jsonl" --state "$TMP/b3.state") ;;
+  esac
+  "$BIN" soak --model "$model" --text "$TMP/text.txt" --policy sink:4+60 --every 50 --warmup 50 \
+    -t 2 --streams 3 "${args[@]}" >"$TMP/b3.out" 2>"$TMP/err.txt" ||
+    die "soak --streams 3 ($part) failed: $(head -c 500 "$TMP/err.txt")"
+done
+grep -q '^streams  3 decoded together' "$TMP/b3.out" || die "--streams 3: no streams line"
+python3 - "$TMP/b3.csv" "$TMP/b3p.csv" "$TMP/b3p.jsonl" <<'PY' || die "soak --streams checks"
+import csv, json, sys
+whole = list(csv.DictReader(open(sys.argv[1])))
+parts = list(csv.DictReader(open(sys.argv[2])))
+cols = ["tokens", "nll_interval", "nll_running", "nonfinite_logits", "kv_bytes"]
+assert [[r[c] for c in cols] for r in parts] == [[r[c] for c in cols] for r in whole], (whole, parts)
+# 3 sessions of sink:4+60 at one token per step: 64 slots each, 30 x 3 x 64 x 2 x 4 bytes a slot.
+assert int(whole[0]["kv_bytes"]) == 3 * 64 * 30 * 3 * 64 * 2 * 4, whole[0]
+s = [json.loads(l) for l in open(sys.argv[3])][-1]
+assert s["streams"] == 3 and s["tokens"] == 200 and len(s["segments"]) == 2, s
+PY
 
 echo "soak ok"

@@ -17,10 +17,16 @@
 // process is a segment; RSS is judged within each segment, against its own first judged
 // checkpoint (a new process has its own baseline), latency over the whole stream.
 //
+// With --streams N (N > 1) the soak decodes N streams together through one BatchDecoder (the
+// path of `spillway serve`): every step gives each stream one token; latency is per step,
+// tokens/s counts every stream's tokens, NLL and the non-finite count cover every stream,
+// KV bytes are all sessions'. Stream i starts i/N of the way into the corpus.
+//
 // The stream is the corpus's token ids (the whole file encoded once, as the tokenizer
 // encodes a document: with BOS first if the model's metadata adds one) repeated back to
 // back, so every repetition begins exactly as the first did.
 #include <fmt/format.h>
+#include <malloc.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
@@ -44,6 +50,7 @@
 #include "spillway/kv/policy.h"
 #include "spillway/model/model.h"
 #include "spillway/ops/matmul.h"
+#include "spillway/session/batch.h"
 #include "spillway/session/session.h"
 #include "util.h"
 
@@ -60,6 +67,7 @@ struct SoakOptions {
   int64_t every = 10'000;      // tokens per checkpoint
   int64_t warmup = 10'000;     // tokens before the baseline interval starts
   int threads = 0;
+  int64_t streams = 1;       // decoded together (BatchDecoder) when more than 1
   double max_seconds = 0.0;  // stop at the first checkpoint past this (0: no limit)
   std::string csv;           // per-checkpoint rows
   std::string json;          // JSON lines: one per checkpoint, then the summary
@@ -186,6 +194,8 @@ constexpr double kMaxDrift = 0.05;
 int run_soak(const SoakOptions& o) {
   if (o.tokens < 2)
     throw InvalidArgument(fmt::format("--tokens must be at least 2, got {}", o.tokens));
+  if (o.streams < 1 || o.streams > 256)
+    throw InvalidArgument(fmt::format("--streams must be in 1..256, got {}", o.streams));
   if (o.every < 1)
     throw InvalidArgument(fmt::format("--every must be at least 1, got {}", o.every));
   if (o.warmup < 0) throw InvalidArgument(fmt::format("--warmup must be >= 0, got {}", o.warmup));
@@ -199,6 +209,12 @@ int run_soak(const SoakOptions& o) {
           fmt::format("--policy {}: a soak needs a bounded cache (this one grows with the stream)",
                       policy.str()));
   }
+
+  // Allocations of 1 MiB and more are mapped and unmapped, never kept by the allocator:
+  // glibc otherwise raises its threshold to the size of the last block freed, so that the
+  // state saved at every checkpoint (--state: megabytes per stream) would come from the heap
+  // and stay in RSS, which is what this soak watches for leaks.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
   // A saved soak to go on from: the same stream, or an error naming what differs.
   std::string state_data;
@@ -220,6 +236,7 @@ int run_soak(const SoakOptions& o) {
     same("text", o.text, "--text");
     same("every", o.every, "--every");
     same("warmup", o.warmup, "--warmup");
+    same("streams", o.streams, "--streams");
   }
 
   // The logs grow by a line a checkpoint, each time rewritten whole (write_file_atomic): a
@@ -237,13 +254,28 @@ int run_soak(const SoakOptions& o) {
   if (corpus.size() < 2)
     throw InvalidArgument(fmt::format("{}: fewer than 2 tokens, nothing to stream", o.text));
   const auto n_corpus = static_cast<int64_t>(corpus.size());
-  auto token_at = [&](int64_t n) { return corpus[static_cast<size_t>(n % n_corpus)]; };
+  const int64_t stride = n_corpus / o.streams;  // stream i starts at i * stride
+  auto token_at = [&](int64_t i, int64_t n) {
+    return corpus[static_cast<size_t>((i * stride + n) % n_corpus)];
+  };
 
   SessionOptions so;
   so.policy = policy;
   so.max_batch = 1;  // the decode path: one token per forward pass, storage exactly S+W
-  so.threads = o.threads;
-  Session session(*model, so);
+  ThreadPool pool(o.threads);
+  std::vector<std::unique_ptr<Session>> sessions;
+  for (int64_t i = 0; i < o.streams; ++i)
+    sessions.push_back(std::make_unique<Session>(*model, so, &pool));
+  Session& session = *sessions[0];
+  std::unique_ptr<BatchDecoder> decoder;
+  if (o.streams > 1) decoder = std::make_unique<BatchDecoder>(*model, o.streams, &pool);
+  std::vector<BatchDecoder::Entry> entries(static_cast<size_t>(o.streams));
+  std::vector<TokenId> step_tokens(static_cast<size_t>(o.streams));
+  auto kv_bytes = [&] {
+    uint64_t b = 0;
+    for (const auto& s : sessions) b += s->storage().bytes();
+    return b;
+  };
 
   std::vector<Checkpoint> checkpoints;
   int64_t nonfinite = 0;
@@ -269,10 +301,29 @@ int run_soak(const SoakOptions& o) {
     } catch (const nlohmann::json::exception& e) {
       throw FormatError(fmt::format("{}: the soak progress lacks a field: {}", o.state, e.what()));
     }
-    session.load_state(session_bytes, o.state);
-    if (session.n_past() != n)
-      throw FormatError(fmt::format("{}: the soak is at token {}, its session at {}", o.state, n,
-                                    session.n_past()));
+    std::vector<uint64_t> sizes;
+    try {
+      sizes = resume.at("session_bytes").get<std::vector<uint64_t>>();
+    } catch (const nlohmann::json::exception& e) {
+      throw FormatError(fmt::format("{}: the soak progress lacks a field: {}", o.state, e.what()));
+    }
+    if (sizes.size() != sessions.size())
+      throw FormatError(fmt::format("{}: {} session states for {} streams", o.state, sizes.size(),
+                                    sessions.size()));
+    for (size_t i = 0; i < sessions.size(); ++i) {
+      if (sizes[i] > session_bytes.size())
+        throw FormatError(fmt::format("{}: truncated: stream {}'s state needs {} bytes, {} left",
+                                      o.state, i, sizes[i], session_bytes.size()));
+      sessions[i]->load_state(session_bytes.substr(0, sizes[i]),
+                              fmt::format("{} (stream {})", o.state, i));
+      session_bytes.remove_prefix(sizes[i]);
+      if (sessions[i]->n_past() != n)
+        throw FormatError(fmt::format("{}: the soak is at token {}, stream {}'s session at {}",
+                                      o.state, n, i, sessions[i]->n_past()));
+    }
+    if (!session_bytes.empty())
+      throw FormatError(
+          fmt::format("{}: {} bytes after the sessions", o.state, session_bytes.size()));
     segment = static_cast<int64_t>(segments.size());
     state_data.clear();
     state_data.shrink_to_fit();
@@ -286,6 +337,11 @@ int run_soak(const SoakOptions& o) {
              ops::kernel_isa());
   fmt::print("policy   {} (capacity {}), {} token(s) one at a time, checkpoint every {}\n",
              session.policy().spec(), *session.policy().capacity(), o.tokens, o.every);
+  if (o.streams > 1)
+    fmt::print(
+        "streams  {} decoded together (one BatchDecoder step gives each a token; tokens "
+        "and checkpoints count per stream, tok/s all streams)\n",
+        o.streams);
   fmt::print("stream   {} ({} tokens, {} BOS) repeated back to back ({:.2f} times)\n\n", o.text,
              n_corpus, corpus.front() == model->tokenizer().bos() ? "begins with" : "no",
              static_cast<double>(o.tokens) / static_cast<double>(n_corpus));
@@ -306,15 +362,23 @@ int run_soak(const SoakOptions& o) {
   bool stopped_early = false;
 
   for (; n < o.tokens; ++n) {
-    const TokenId t = token_at(n);
+    for (int64_t i = 0; i < o.streams; ++i) {
+      step_tokens[static_cast<size_t>(i)] = token_at(i, n);
+      entries[static_cast<size_t>(i)] = {sessions[static_cast<size_t>(i)].get(),
+                                         std::span(&step_tokens[static_cast<size_t>(i)], 1)};
+    }
     const auto ts = Clock::now();
-    session.feed(std::span<const TokenId>(&t, 1));
+    if (decoder)
+      decoder->step(entries);
+    else
+      session.feed(entries[0].tokens);
     const auto te = Clock::now();
     lat.push_back(std::chrono::duration<double, std::milli>(te - ts).count());
     // The logits of token n predict token n + 1, which the repeated corpus always has (the
     // last token's too, so that a stream stopped and resumed scores what one run does).
-    {
-      const double nll = nll_of(session.last_logits(), cfg.n_vocab, token_at(n + 1), &nonfinite);
+    for (int64_t i = 0; i < o.streams; ++i) {
+      const double nll = nll_of(sessions[static_cast<size_t>(i)]->last_logits(), cfg.n_vocab,
+                                token_at(i, n + 1), &nonfinite);
       nll_sum += nll;
       nll_interval_sum += nll;
       ++nll_count;
@@ -324,13 +388,13 @@ int run_soak(const SoakOptions& o) {
       Checkpoint c;
       c.tokens = n + 1;
       c.seconds = std::chrono::duration<double>(te - t0).count();
-      c.tokens_per_s =
-          static_cast<double>(lat.size()) / std::chrono::duration<double>(te - t_interval).count();
+      c.tokens_per_s = static_cast<double>(lat.size() * o.streams) /
+                       std::chrono::duration<double>(te - t_interval).count();
       c.latency_ms_median = stats::median(lat);
       c.latency_ms_p99 = stats::percentile(lat, 99.0);
       c.latency_ms_max = *std::max_element(lat.begin(), lat.end());
       c.rss_bytes = resident_bytes();
-      c.kv_bytes = session.storage().bytes();
+      c.kv_bytes = kv_bytes();
       c.nonfinite = nonfinite;
       c.nll_interval = nll_interval_count ? nll_interval_sum / nll_interval_count : 0.0;
       c.nll_running = nll_count ? nll_sum / nll_count : 0.0;
@@ -348,6 +412,7 @@ int run_soak(const SoakOptions& o) {
         p["text"] = o.text;
         p["every"] = o.every;
         p["warmup"] = o.warmup;
+        p["streams"] = o.streams;
         p["corpus_tokens"] = n_corpus;
         p["tokens"] = n + 1;
         p["seconds"] = c.seconds;
@@ -359,9 +424,15 @@ int run_soak(const SoakOptions& o) {
         p["segments"] = segments;
         p["csv"] = csv;
         p["jsonl"] = jsonl;
+        std::vector<std::string> states;
+        p["session_bytes"] = nlohmann::ordered_json::array();
+        for (const auto& s : sessions) {
+          states.push_back(s->save_state());
+          p["session_bytes"].push_back(states.back().size());
+        }
         const std::string head = soak_state_head(p);
-        const std::string bytes = session.save_state();
-        const std::string_view parts[] = {head, bytes};
+        std::vector<std::string_view> parts = {head};
+        for (const std::string& st : states) parts.push_back(st);
         write_file_atomic(o.state, parts);
       }
       fmt::print(
@@ -393,6 +464,7 @@ int run_soak(const SoakOptions& o) {
   s["model"] = o.model;
   s["kernel_isa"] = ops::kernel_isa();
   s["threads"] = o.threads;
+  s["streams"] = o.streams;
   s["policy"] = session.policy().spec();
   s["text"] = o.text;
   s["corpus_tokens"] = n_corpus;
@@ -406,7 +478,9 @@ int run_soak(const SoakOptions& o) {
   s["nonfinite_logits"] = last.nonfinite;
   s["nll_mean"] = last.nll_running;
   s["peak_rss_bytes"] = peak_resident_bytes();
-  s["kv_bytes_peak"] = session.kv_bytes_peak();
+  uint64_t kv_peak = 0;
+  for (const auto& k : sessions) kv_peak += k->kv_bytes_peak();
+  s["kv_bytes_peak"] = kv_peak;
   const bool finite_ok = last.nonfinite == 0;
   fmt::print("\nsummary  {} of {} tokens in {:.1f} s{}\n", n, o.tokens, last.seconds,
              stopped_early ? fmt::format(" (stopped by --max-seconds {:g})", o.max_seconds) : "");
@@ -524,6 +598,10 @@ Registrar reg("soak", [](CLI::App& app) {
                   "first checkpoint whose interval starts past them)")
       ->capture_default_str();
   sub->add_option("--threads,-t", o->threads, "Threads (0: all cores)");
+  sub->add_option("--streams", o->streams,
+                  "Streams decoded together through one batched decoder (each a token per step; "
+                  "stream i starts i/N into the corpus)")
+      ->capture_default_str();
   sub->add_option("--max-seconds", o->max_seconds,
                   "Stop at the first checkpoint past this many seconds and judge what ran "
                   "(0: no limit)");
