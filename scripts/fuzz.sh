@@ -18,11 +18,11 @@
 # executions and the rate. Crash inputs land in build-fuzz/artifacts/TARGET/: fix the
 # library, then copy the input to tests/fuzz/regressions/TARGET/ (ctest replays it).
 set -euo pipefail
-target=${1:?usage: scripts/fuzz.sh gguf|model|tokenizer|policy|chat_template|http_request [SECONDS] [flags...]}
+target=${1:?usage: scripts/fuzz.sh gguf|model|tokenizer|policy|chat_template|http_request|session_state [SECONDS] [flags...]}
 secs=${2:-60}
 shift $(($# < 2 ? $# : 2))
-case $target in gguf | model | tokenizer | policy | chat_template | http_request) ;; *)
-  echo "error: unknown fuzz target '$target' (gguf, model, tokenizer, policy, chat_template, http_request)" >&2
+case $target in gguf | model | tokenizer | policy | chat_template | http_request | session_state) ;; *)
+  echo "error: unknown fuzz target '$target' (gguf, model, tokenizer, policy, chat_template, http_request, session_state)" >&2
   exit 2
   ;;
 esac

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test of spillway: the command the README gives and CI runs.
 #
-#   scripts/test.sh [--no-asan] [--no-consumer] [--no-python]
+#   scripts/test.sh [--no-asan] [--no-tsan] [--no-consumer] [--no-python]
 #
 # 1. scripts/setup.sh --model gemma3-270m (packages, both models, corpus; does nothing
 #    when all is in place)
 # 2. Release build in build/ and all ctest tests (unit, cli, model); model tests fail
 #    instead of skipping when the model or the corpus is missing
-# 3. AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/, unit and cli tests
+# 3. AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/, unit and cli tests;
+#    ThreadSanitizer build in build-tsan/ of the concurrency tests (the thread pool, sessions
+#    sharing a model, the batched decoder, the server's scheduler, the log: label
+#    `concurrency`; scripts/tsan.sh runs every unit test under TSan). Both sanitizer builds
+#    compile at -O1 -g1, the level the sanitizers' documentation suggests.
 # 4. install of build/ into a temporary prefix, and the find_package(spillway) consumer
 #    project in tests/consumer/ built and run against it
 # 5. the Python package: `pip install .` into the venv build-py/venv (the module's CMake
@@ -21,11 +25,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 JOBS=${JOBS:-2}
 run_asan=1
+run_tsan=1
 run_consumer=1
 run_python=1
 for arg in "$@"; do
   case $arg in
     --no-asan) run_asan=0 ;;
+    --no-tsan) run_tsan=0 ;;
     --no-consumer) run_consumer=0 ;;
     --no-python) run_python=0 ;;
     -h | --help)
@@ -33,13 +39,16 @@ for arg in "$@"; do
       exit 0
       ;;
     *)
-      echo "usage: $0 [--no-asan] [--no-consumer] [--no-python]" >&2
+      echo "usage: $0 [--no-asan] [--no-tsan] [--no-consumer] [--no-python]" >&2
       exit 2
       ;;
   esac
 done
 
 cd "$ROOT"
+# Sanitizer builds: -O1 (the sanitizers' suggestion; -O2 took the AVX2 matrix kernels to
+# over 100 s each under ASan and UBSan) with line tables for the reports.
+sanitizer_opt="-O1 -g1 -DNDEBUG"
 t_start=$SECONDS
 stage_start=$SECONDS
 stages=()
@@ -68,7 +77,7 @@ stage_done tests
 if [[ $run_asan -eq 1 ]]; then
   stage "sanitizer build (build-asan/: address;undefined)"
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DSPILLWAY_SANITIZE='address;undefined' \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$sanitizer_opt" -DSPILLWAY_SANITIZE='address;undefined' \
     -DSPILLWAY_BUILD_BENCH=OFF -DSPILLWAY_BUILD_EXAMPLES=OFF
   cmake --build build-asan -j "$JOBS" --target spillway_tests spillway_cli \
     fuzz_replay_gguf fuzz_replay_model fuzz_replay_tokenizer fuzz_replay_policy \
@@ -80,6 +89,20 @@ if [[ $run_asan -eq 1 ]]; then
     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
     ctest --test-dir build-asan --output-on-failure -j "$JOBS" -L 'unit|cli'
   stage_done asan-tests
+fi
+
+if [[ $run_tsan -eq 1 ]]; then
+  stage "ThreadSanitizer build of the concurrency tests (build-tsan/)"
+  cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$sanitizer_opt" -DSPILLWAY_SANITIZE=thread \
+    -DSPILLWAY_BUILD_BENCH=OFF -DSPILLWAY_BUILD_EXAMPLES=OFF
+  cmake --build build-tsan -j "$JOBS" --target spillway_concurrency_tests
+  stage_done tsan-build
+
+  stage "concurrency tests under ThreadSanitizer"
+  TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1} \
+    ctest --test-dir build-tsan --output-on-failure -j "$JOBS" -L concurrency
+  stage_done tsan-tests
 fi
 
 if [[ $run_consumer -eq 1 ]]; then

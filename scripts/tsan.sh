@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ThreadSanitizer build of spillway (build-tsan/, RelWithDebInfo, -DSPILLWAY_SANITIZE=thread)
+# ThreadSanitizer build of spillway (build-tsan/, -O1 -g1, -DSPILLWAY_SANITIZE=thread)
 # and the thread-safety tests under it: every unit test (the thread pool, the log, the
 # batched decoder, the server's scheduler, and tests/unit/thread_safety_test.cpp: threads
 # each running a Session on one shared model) and, when the default model is present, the
@@ -26,7 +26,9 @@ done
 cd "$ROOT"
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPILLWAY_SANITIZE=thread \
+# The flags of scripts/test.sh's TSan stage, so that the two share build-tsan/.
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" -DSPILLWAY_SANITIZE=thread \
   -DSPILLWAY_BUILD_BENCH=OFF -DSPILLWAY_BUILD_EXAMPLES=OFF \
   "${launcher[@]}" >/dev/null
 targets=(spillway_tests)

@@ -1,10 +1,11 @@
 // Writes seed inputs for the fuzz targets (scripts/fuzz.sh runs it):
-//   make_seeds DIR  ->  DIR/gguf, DIR/model, DIR/tokenizer, DIR/policy
+//   make_seeds DIR  ->  DIR/gguf, DIR/model, DIR/tokenizer, DIR/policy, DIR/session_state
 // gguf: small valid files covering every value type and a few tensor types; model: tiny
 // llama and gemma3 models (tests/util/tiny_model) and variants whose metadata and tensor
 // table pass the reader but disagree with each other; tokenizer: texts and id lists with
 // the mode byte tokenizer_fuzz.cpp reads first; policy: every registered form with a
-// stream script.
+// stream script; session_state: the saved state of every policy of session_state.h after
+// a few tokens (the policy byte first, the checksum left off as the target expects).
 #include <fmt/format.h>
 
 #include <cstdint>
@@ -13,8 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "session_state.h"
 #include "spillway/core/types.h"
 #include "spillway/gguf/gguf.h"
+#include "spillway/model/model.h"
+#include "spillway/session/session.h"
 #include "util/gguf_writer.h"
 #include "util/tiny_model.h"
 
@@ -149,16 +153,43 @@ void policy_seeds(const fs::path& dir) {
 
 }  // namespace
 
+void session_state_seeds(const fs::path& dir) {
+  const fs::path model_path =
+      spillway::test::write_tiny_model(dir, spillway::fuzz::session_state_model(), "tiny.gguf");
+  const auto model = spillway::model::Model::load(model_path.string());
+  const auto& policies = spillway::fuzz::kSessionStatePolicies;
+  for (size_t i = 0; i < policies.size(); ++i) {
+    for (const int64_t n : {5, 19}) {
+      spillway::SessionOptions so;
+      so.policy = spillway::kv::PolicySpec(policies[i]);
+      so.max_batch = spillway::fuzz::kSessionStateMaxBatch;
+      so.threads = 1;
+      spillway::Session s(*model, so);
+      const std::vector<spillway::TokenId> tokens = spillway::test::random_tokens(n, 3 + i);
+      s.mark_turn_start(0);
+      s.feed(std::span<const spillway::TokenId>(tokens.data(), 3));
+      s.mark_turn_start(3);
+      s.feed(std::span<const spillway::TokenId>(tokens.data() + 3, tokens.size() - 3));
+      const std::string state = s.save_state();
+      put(dir / fmt::format("state-{}-{}", i, n),
+          std::string(1, static_cast<char>(i)) + state.substr(0, state.size() - 8));
+    }
+  }
+  fs::remove(model_path);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     fmt::print(stderr, "usage: make_seeds DIR\n");
     return 2;
   }
   const fs::path root(argv[1]);
-  for (const char* t : {"gguf", "model", "tokenizer", "policy"}) fs::create_directories(root / t);
+  for (const char* t : {"gguf", "model", "tokenizer", "policy", "session_state"})
+    fs::create_directories(root / t);
   gguf_seeds(root / "gguf");
   model_seeds(root / "model");
   tokenizer_seeds(root / "tokenizer");
   policy_seeds(root / "policy");
+  session_state_seeds(root / "session_state");
   return 0;
 }
