@@ -8,7 +8,8 @@
 // straight-line trend of the interval medians and its 95 % interval, so that the host's
 // own noise cannot decide it (a trend whose interval straddles +5 % is "not judged"; a
 // faster end does not fail). A run with fewer than 3 intervals past the warm-up is "not
-// judged" (unless a logit was not finite): pass, fail or not judged.
+// judged" (unless a logit was not finite): pass, fail or not judged. The judgement is the
+// library's (analysis/soak.h); this file runs the stream and prints.
 //
 // With --state FILE the soak saves itself at every checkpoint (the session's cache and
 // policy state, Session::save_state, with the soak's own counters and logs), written whole
@@ -42,6 +43,7 @@
 #include <vector>
 
 #include "command.h"
+#include "spillway/analysis/soak.h"
 #include "spillway/core/error.h"
 #include "spillway/core/file.h"
 #include "spillway/core/process.h"
@@ -74,21 +76,7 @@ struct SoakOptions {
   std::string state;         // save here at every checkpoint; resume from it when present
 };
 
-struct Checkpoint {
-  int64_t tokens = 0;              // stream tokens decoded so far
-  double seconds = 0.0;            // wall time since the first token
-  double tokens_per_s = 0.0;       // over the interval
-  double latency_ms_median = 0.0;  // per token, over the interval
-  double latency_ms_p99 = 0.0;
-  double latency_ms_max = 0.0;
-  uint64_t rss_bytes = 0;
-  uint64_t kv_bytes = 0;
-  int64_t nonfinite = 0;      // non-finite logits so far (all tokens, all vocab entries)
-  double nll_interval = 0.0;  // mean NLL of the next token over the interval
-  double nll_running = 0.0;   // mean NLL over the whole stream so far
-  int64_t nll_tokens = 0;     // predictions scored so far
-  int64_t segment = 0;        // the process that ran the interval (0, then 1 per resume)
-};
+using Checkpoint = analysis::SoakCheckpoint;
 
 nlohmann::ordered_json to_json(const Checkpoint& c) {
   nlohmann::ordered_json j;
@@ -185,11 +173,6 @@ double nll_of(const float* logits, int64_t n, TokenId target, int64_t* nonfinite
     if (std::isfinite(logits[i])) sum += std::exp(static_cast<double>(logits[i]) - mx);
   return std::log(sum) + mx - static_cast<double>(logits[target]);
 }
-
-// A latency trend needs this many judged intervals; below it the run is "not judged".
-constexpr size_t kMinJudgedIntervals = 3;
-// The largest slowdown over the judged stream that passes, as a share of its start.
-constexpr double kMaxDrift = 0.05;
 
 int run_soak(const SoakOptions& o) {
   if (o.tokens < 2)
@@ -453,11 +436,10 @@ int run_soak(const SoakOptions& o) {
     }
   }
 
-  // The judged checkpoints: those whose whole interval lies past the warm-up; the first of
-  // them is the baseline of memory.
-  std::vector<const Checkpoint*> judged;
-  for (const Checkpoint& c : checkpoints)
-    if (c.tokens - o.every >= o.warmup) judged.push_back(&c);
+  analysis::SoakCriteria criteria;
+  criteria.every = o.every;
+  criteria.warmup = o.warmup;
+  const analysis::SoakJudgement jd = analysis::judge_soak(checkpoints, criteria);
   const Checkpoint& last = checkpoints.back();
   nlohmann::ordered_json s;
   s["summary"] = true;
@@ -481,98 +463,57 @@ int run_soak(const SoakOptions& o) {
   uint64_t kv_peak = 0;
   for (const auto& k : sessions) kv_peak += k->kv_bytes_peak();
   s["kv_bytes_peak"] = kv_peak;
-  const bool finite_ok = last.nonfinite == 0;
   fmt::print("\nsummary  {} of {} tokens in {:.1f} s{}\n", n, o.tokens, last.seconds,
              stopped_early ? fmt::format(" (stopped by --max-seconds {:g})", o.max_seconds) : "");
-  fmt::print("  non-finite logits        {} ({})\n", last.nonfinite, finite_ok ? "ok" : "FAIL");
+  fmt::print("  non-finite logits        {} ({})\n", last.nonfinite, jd.finite_ok ? "ok" : "FAIL");
   fmt::print("  mean NLL                 {:.4f} over {} predictions\n", last.nll_running,
              last.nll_tokens);
-  std::string verdict;
-  s["judged_intervals"] = judged.size();
-  if (judged.size() < kMinJudgedIntervals) {
+  s["judged_intervals"] = jd.judged_intervals;
+  if (!jd.judged) {
     s["baseline_tokens"] = nullptr;
     s["latency_verdict"] = "not judged";
-    verdict = finite_ok ? "not judged" : "fail";
     fmt::print(
         "  latency, RSS, KV         not judged: {} interval(s) after the warm-up of {} tokens, "
         "a trend needs {}\n",
-        judged.size(), o.warmup, kMinJudgedIntervals);
+        jd.judged_intervals, o.warmup, criteria.min_intervals);
   } else {
-    const Checkpoint& base = *judged.front();
-    // RSS within each segment (each process has its own baseline): the largest growth from
-    // a segment's first judged checkpoint to its last. A resumed segment's first interval
-    // is its warm-up (loading the model and the state, the first save).
-    int64_t rss_growth = 0;
-    const Checkpoint *rss_from = &base, *rss_to = &base;
-    for (size_t i = 0; i < judged.size();) {
-      if (judged[i]->segment > 0 && (i == 0 || judged[i - 1]->segment != judged[i]->segment) &&
-          i + 1 < judged.size() && judged[i + 1]->segment == judged[i]->segment)
-        ++i;
-      size_t j = i;
-      while (j + 1 < judged.size() && judged[j + 1]->segment == judged[i]->segment) ++j;
-      const auto g =
-          static_cast<int64_t>(judged[j]->rss_bytes) - static_cast<int64_t>(judged[i]->rss_bytes);
-      if (i == 0 || g > rss_growth) {
-        rss_growth = g;
-        rss_from = judged[i];
-        rss_to = judged[j];
-      }
-      i = j + 1;
-    }
-    const bool rss_ok = rss_growth < 1'000'000;
-    bool kv_ok = true;
-    for (const Checkpoint* c : judged) kv_ok = kv_ok && c->kv_bytes == base.kv_bytes;
-    // Latency: the straight-line trend of the interval medians over the judged stream, as a
-    // share of the fitted level at its start, with its 95 % interval. Only a slowdown fails,
-    // and only one the host's noise cannot explain (the interval lies above +5 %); an
-    // interval straddling +5 % is not judged.
-    std::vector<double> xs, ys;
-    for (const Checkpoint* c : judged) {
-      xs.push_back(static_cast<double>(c->tokens));
-      ys.push_back(c->latency_ms_median);
-    }
-    const stats::Trend t = stats::linear_trend(xs, ys);
-    const double span = xs.back() - xs.front();
-    const double level = t.intercept + t.slope * xs.front();
-    const double drift = t.slope * span / level, drift_low = t.slope_low * span / level,
-                 drift_high = t.slope_high * span / level;
-    const std::string latency_verdict = drift_low > kMaxDrift     ? "fail"
-                                        : drift_high <= kMaxDrift ? "ok"
-                                                                  : "not judged";
+    const Checkpoint& base = *jd.baseline;
     s["baseline_tokens"] = base.tokens;
     s["latency_ms_median_baseline"] = base.latency_ms_median;
     s["latency_ms_median_end"] = last.latency_ms_median;
-    s["latency_drift"] = drift;
-    s["latency_drift_low"] = drift_low;
-    s["latency_drift_high"] = drift_high;
-    s["latency_verdict"] = latency_verdict;
-    s["rss_bytes_baseline"] = rss_from->rss_bytes;
-    s["rss_bytes_end"] = rss_to->rss_bytes;
-    s["rss_growth_bytes"] = rss_growth;
-    s["rss_ok"] = rss_ok;
+    s["latency_drift"] = jd.drift;
+    s["latency_drift_low"] = jd.drift_low;
+    s["latency_drift_high"] = jd.drift_high;
+    s["latency_verdict"] = jd.latency == analysis::SoakVerdict::kPass
+                               ? std::string("ok")
+                               : std::string(analysis::to_string(jd.latency));
+    s["rss_bytes_baseline"] = jd.rss_from->rss_bytes;
+    s["rss_bytes_end"] = jd.rss_to->rss_bytes;
+    s["rss_growth_bytes"] = jd.rss_growth;
+    s["rss_ok"] = jd.rss_ok;
     s["kv_bytes_baseline"] = base.kv_bytes;
     s["kv_bytes_end"] = last.kv_bytes;
-    s["kv_ok"] = kv_ok;
+    s["kv_ok"] = jd.kv_ok;
     fmt::print(
         "  latency trend            {:+.2f} % from {} to {} tokens (95 % interval {:+.2f} .. "
         "{:+.2f} %, {} intervals; median {:.3f} -> {:.3f} ms): {}\n",
-        100 * drift, base.tokens, last.tokens, 100 * drift_low, 100 * drift_high, judged.size(),
-        base.latency_ms_median, last.latency_ms_median,
-        latency_verdict == "ok" ? "ok, no slowdown beyond 5 %"
-        : latency_verdict == "fail"
-            ? "FAIL, slower by more than 5 %"
-            : "not judged, the host's noise is wider than the 5 % criterion");
+        100 * jd.drift, base.tokens, last.tokens, 100 * jd.drift_low, 100 * jd.drift_high,
+        jd.judged_intervals, base.latency_ms_median, last.latency_ms_median,
+        jd.latency == analysis::SoakVerdict::kPass   ? "ok, no slowdown beyond 5 %"
+        : jd.latency == analysis::SoakVerdict::kFail ? "FAIL, slower by more than 5 %"
+                                                     : "not judged, the host's noise is wider "
+                                                       "than the 5 % criterion");
     fmt::print("  RSS                      {} at {} -> {} at {}: {:+} bytes ({}){}\n",
-               human_bytes(rss_from->rss_bytes), rss_from->tokens, human_bytes(rss_to->rss_bytes),
-               rss_to->tokens, rss_growth, rss_ok ? "ok, < 1 MB" : "FAIL, >= 1 MB",
-               segments.size() > 1
-                   ? fmt::format(" (the largest growth within one of {} segments)", segments.size())
+               human_bytes(jd.rss_from->rss_bytes), jd.rss_from->tokens,
+               human_bytes(jd.rss_to->rss_bytes), jd.rss_to->tokens, jd.rss_growth,
+               jd.rss_ok ? "ok, < 1 MB" : "FAIL, >= 1 MB",
+               jd.segments > 1
+                   ? fmt::format(" (the largest growth within one of {} segments)", jd.segments)
                    : "");
     fmt::print("  KV bytes                 {} -> {} ({})\n", base.kv_bytes, last.kv_bytes,
-               kv_ok ? "ok, constant" : "FAIL, changed");
-    const bool failed = !finite_ok || !rss_ok || !kv_ok || latency_verdict == "fail";
-    verdict = failed ? "fail" : latency_verdict == "ok" ? "pass" : "not judged";
+               jd.kv_ok ? "ok, constant" : "FAIL, changed");
   }
+  const std::string verdict(analysis::to_string(jd.verdict));
   s["verdict"] = verdict;
   fmt::print("  verdict                  {}\n", verdict == "fail" ? "FAIL" : verdict);
   if (!o.json.empty()) write_file_atomic(o.json, jsonl += s.dump() + "\n");
