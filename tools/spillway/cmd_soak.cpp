@@ -174,6 +174,118 @@ double nll_of(const float* logits, int64_t n, TokenId target, int64_t* nonfinite
   return std::log(sum) + mx - static_cast<double>(logits[target]);
 }
 
+// Where a soak stands: what a --state file carries besides the sessions.
+struct SoakProgress {
+  int64_t tokens = 0;    // per stream
+  double seconds = 0.0;  // stream time so far
+  int64_t nonfinite = 0;
+  double nll_sum = 0.0;
+  int64_t nll_count = 0;
+  std::vector<Checkpoint> checkpoints;
+  nlohmann::ordered_json segments = nlohmann::ordered_json::array();
+  std::string csv, jsonl;  // the logs as written so far
+};
+
+// What a saved soak must agree on with the one that goes on from it.
+nlohmann::ordered_json soak_identity(const SoakOptions& o, const kv::PolicySpec& policy) {
+  return {{"model", o.model}, {"policy", policy.str()}, {"text", o.text},
+          {"every", o.every}, {"warmup", o.warmup},     {"streams", o.streams}};
+}
+
+// Writes the soak and its sessions to o.state, whole or not at all.
+void save_soak(const SoakOptions& o, const kv::PolicySpec& policy, int64_t n_corpus,
+               const SoakProgress& p, const std::vector<std::unique_ptr<Session>>& sessions) {
+  nlohmann::ordered_json j = soak_identity(o, policy);
+  j["corpus_tokens"] = n_corpus;
+  j["tokens"] = p.tokens;
+  j["seconds"] = p.seconds;
+  j["nonfinite_logits"] = p.nonfinite;
+  j["nll_sum"] = p.nll_sum;
+  j["nll_count"] = p.nll_count;
+  j["checkpoints"] = nlohmann::ordered_json::array();
+  for (const Checkpoint& k : p.checkpoints) j["checkpoints"].push_back(to_json(k));
+  j["segments"] = p.segments;
+  j["csv"] = p.csv;
+  j["jsonl"] = p.jsonl;
+  std::vector<std::string> states;
+  j["session_bytes"] = nlohmann::ordered_json::array();
+  for (const auto& s : sessions) {
+    states.push_back(s->save_state());
+    j["session_bytes"].push_back(states.back().size());
+  }
+  const std::string head = soak_state_head(j);
+  std::vector<std::string_view> parts = {head};
+  for (const std::string& st : states) parts.push_back(st);
+  write_file_atomic(o.state, parts);
+}
+
+// A saved soak read before the model loads, so that other options are a usage error.
+struct SavedSoak {
+  std::string data;  // the whole file
+  std::string_view sessions;
+  nlohmann::ordered_json progress;
+};
+
+SavedSoak read_saved_soak(const SoakOptions& o, const kv::PolicySpec& policy) {
+  SavedSoak saved;
+  saved.data = read_file(o.state);
+  saved.progress = unpack_soak_state(saved.data, o.state, &saved.sessions);
+  const nlohmann::ordered_json identity = soak_identity(o, policy);
+  for (const auto& [key, mine] : identity.items()) {
+    const auto it = saved.progress.find(key);
+    if (it == saved.progress.end() || *it != mine)
+      throw InvalidArgument(fmt::format(
+          "--state {}: saved by a soak with --{} {}, this one has {}: give the same options to "
+          "go on, or another --state file to start over",
+          o.state, key, it == saved.progress.end() ? "(none)" : it->dump(), mine.dump()));
+  }
+  return saved;
+}
+
+// The progress of a saved soak, its sessions loaded into `sessions` (FormatError naming the
+// file for anything that does not fit).
+SoakProgress resume_soak(const SoakOptions& o, const SavedSoak& saved, int64_t n_corpus,
+                         const std::vector<std::unique_ptr<Session>>& sessions) {
+  SoakProgress p;
+  const nlohmann::ordered_json& j = saved.progress;
+  std::vector<uint64_t> sizes;
+  try {
+    if (j.at("corpus_tokens").get<int64_t>() != n_corpus)
+      throw InvalidArgument(fmt::format(
+          "--state {}: the corpus encoded to {} tokens when it was saved, {} now: {} changed",
+          o.state, j.at("corpus_tokens").get<int64_t>(), n_corpus, o.text));
+    p.tokens = j.at("tokens").get<int64_t>();
+    p.seconds = j.at("seconds").get<double>();
+    p.nonfinite = j.at("nonfinite_logits").get<int64_t>();
+    p.nll_sum = j.at("nll_sum").get<double>();
+    p.nll_count = j.at("nll_count").get<int64_t>();
+    for (const auto& k : j.at("checkpoints")) p.checkpoints.push_back(checkpoint_from_json(k));
+    for (const auto& k : j.at("segments")) p.segments.push_back(k);
+    p.csv = j.at("csv").get<std::string>();
+    p.jsonl = j.at("jsonl").get<std::string>();
+    sizes = j.at("session_bytes").get<std::vector<uint64_t>>();
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(fmt::format("{}: the soak progress lacks a field: {}", o.state, e.what()));
+  }
+  if (sizes.size() != sessions.size())
+    throw FormatError(fmt::format("{}: {} session states for {} streams", o.state, sizes.size(),
+                                  sessions.size()));
+  std::string_view bytes = saved.sessions;
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    if (sizes[i] > bytes.size())
+      throw FormatError(fmt::format("{}: truncated: stream {}'s state needs {} bytes, {} left",
+                                    o.state, i, sizes[i], bytes.size()));
+    sessions[i]->load_state(bytes.substr(0, sizes[i]), fmt::format("{} (stream {})", o.state, i));
+    bytes.remove_prefix(sizes[i]);
+    if (sessions[i]->n_past() != p.tokens)
+      throw FormatError(fmt::format("{}: the soak is at token {}, stream {}'s session at {}",
+                                    o.state, p.tokens, i, sessions[i]->n_past()));
+  }
+  if (!bytes.empty())
+    throw FormatError(fmt::format("{}: {} bytes after the sessions", o.state, bytes.size()));
+  return p;
+}
+
 int run_soak(const SoakOptions& o) {
   if (o.tokens < 2)
     throw InvalidArgument(fmt::format("--tokens must be at least 2, got {}", o.tokens));
@@ -200,35 +312,9 @@ int run_soak(const SoakOptions& o) {
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
   // A saved soak to go on from: the same stream, or an error naming what differs.
-  std::string state_data;
-  std::string_view session_bytes;
-  nlohmann::ordered_json resume;
   const bool resuming = !o.state.empty() && std::filesystem::exists(o.state);
-  if (resuming) {
-    state_data = read_file(o.state);
-    resume = unpack_soak_state(state_data, o.state, &session_bytes);
-    const auto same = [&](const char* key, const nlohmann::ordered_json& mine, const char* flag) {
-      if (!resume.contains(key) || resume[key] != mine)
-        throw InvalidArgument(fmt::format(
-            "--state {}: saved by a soak with {} {}, this one has {}: give the same options to "
-            "go on, or another --state file to start over",
-            o.state, flag, resume.contains(key) ? resume[key].dump() : "(none)", mine.dump()));
-    };
-    same("model", o.model, "--model");
-    same("policy", policy.str(), "--policy");
-    same("text", o.text, "--text");
-    same("every", o.every, "--every");
-    same("warmup", o.warmup, "--warmup");
-    same("streams", o.streams, "--streams");
-  }
-
-  // The logs grow by a line a checkpoint, each time rewritten whole (write_file_atomic): a
-  // soak killed at any moment leaves complete lines only. A resumed soak goes on from the
-  // logs of its last checkpoint.
-  std::string csv = resuming ? resume.value("csv", "") : std::string(kCsvHeader) + "\n";
-  std::string jsonl = resuming ? resume.value("jsonl", "") : "";
-  if (!o.csv.empty()) write_file_atomic(o.csv, csv);
-  if (!o.json.empty()) write_file_atomic(o.json, jsonl);
+  SavedSoak saved;
+  if (resuming) saved = read_saved_soak(o, policy);
 
   auto model = model::Model::load(o.model);
   const auto& cfg = model->config();
@@ -260,61 +346,25 @@ int run_soak(const SoakOptions& o) {
     return b;
   };
 
-  std::vector<Checkpoint> checkpoints;
-  int64_t nonfinite = 0;
-  double nll_sum = 0.0;
-  int64_t nll_count = 0;
-  int64_t n = 0;
-  double seconds_before = 0.0;  // stream time of the earlier segments
-  int64_t segment = 0;
-  nlohmann::ordered_json segments = nlohmann::ordered_json::array();
+  // The logs grow by a line a checkpoint, each time rewritten whole (write_file_atomic): a
+  // soak killed at any moment leaves complete lines only. A resumed soak goes on from the
+  // logs of its last checkpoint.
+  SoakProgress p;
   if (resuming) {
-    try {
-      if (resume.at("corpus_tokens").get<int64_t>() != n_corpus)
-        throw InvalidArgument(fmt::format(
-            "--state {}: the corpus encoded to {} tokens when it was saved, {} now: {} changed",
-            o.state, resume.at("corpus_tokens").get<int64_t>(), n_corpus, o.text));
-      n = resume.at("tokens").get<int64_t>();
-      seconds_before = resume.at("seconds").get<double>();
-      nonfinite = resume.at("nonfinite_logits").get<int64_t>();
-      nll_sum = resume.at("nll_sum").get<double>();
-      nll_count = resume.at("nll_count").get<int64_t>();
-      for (const auto& j : resume.at("checkpoints")) checkpoints.push_back(checkpoint_from_json(j));
-      for (const auto& j : resume.at("segments")) segments.push_back(j);
-    } catch (const nlohmann::json::exception& e) {
-      throw FormatError(fmt::format("{}: the soak progress lacks a field: {}", o.state, e.what()));
-    }
-    std::vector<uint64_t> sizes;
-    try {
-      sizes = resume.at("session_bytes").get<std::vector<uint64_t>>();
-    } catch (const nlohmann::json::exception& e) {
-      throw FormatError(fmt::format("{}: the soak progress lacks a field: {}", o.state, e.what()));
-    }
-    if (sizes.size() != sessions.size())
-      throw FormatError(fmt::format("{}: {} session states for {} streams", o.state, sizes.size(),
-                                    sessions.size()));
-    for (size_t i = 0; i < sessions.size(); ++i) {
-      if (sizes[i] > session_bytes.size())
-        throw FormatError(fmt::format("{}: truncated: stream {}'s state needs {} bytes, {} left",
-                                      o.state, i, sizes[i], session_bytes.size()));
-      sessions[i]->load_state(session_bytes.substr(0, sizes[i]),
-                              fmt::format("{} (stream {})", o.state, i));
-      session_bytes.remove_prefix(sizes[i]);
-      if (sessions[i]->n_past() != n)
-        throw FormatError(fmt::format("{}: the soak is at token {}, stream {}'s session at {}",
-                                      o.state, n, i, sessions[i]->n_past()));
-    }
-    if (!session_bytes.empty())
-      throw FormatError(
-          fmt::format("{}: {} bytes after the sessions", o.state, session_bytes.size()));
-    segment = static_cast<int64_t>(segments.size());
-    state_data.clear();
-    state_data.shrink_to_fit();
+    p = resume_soak(o, saved, n_corpus, sessions);
+    saved = SavedSoak();
+  } else {
+    p.csv = std::string(kCsvHeader) + "\n";
   }
-  segments.push_back({{"segment", segment},
-                      {"from_tokens", n},
-                      {"kernel_isa", ops::kernel_isa()},
-                      {"threads", o.threads}});
+  if (!o.csv.empty()) write_file_atomic(o.csv, p.csv);
+  if (!o.json.empty()) write_file_atomic(o.json, p.jsonl);
+  const int64_t segment = static_cast<int64_t>(p.segments.size());
+  const double seconds_before = p.seconds;  // stream time of the earlier segments
+  int64_t n = p.tokens;
+  p.segments.push_back({{"segment", segment},
+                        {"from_tokens", n},
+                        {"kernel_isa", ops::kernel_isa()},
+                        {"threads", o.threads}});
 
   fmt::print("model    {} ({}), kernels {}\n", o.model, cfg.name.empty() ? "unnamed" : cfg.name,
              ops::kernel_isa());
@@ -361,10 +411,10 @@ int run_soak(const SoakOptions& o) {
     // last token's too, so that a stream stopped and resumed scores what one run does).
     for (int64_t i = 0; i < o.streams; ++i) {
       const double nll = nll_of(sessions[static_cast<size_t>(i)]->last_logits(), cfg.n_vocab,
-                                token_at(i, n + 1), &nonfinite);
-      nll_sum += nll;
+                                token_at(i, n + 1), &p.nonfinite);
+      p.nll_sum += nll;
       nll_interval_sum += nll;
-      ++nll_count;
+      ++p.nll_count;
       ++nll_interval_count;
     }
     if ((n + 1) % o.every == 0 || n + 1 == o.tokens) {
@@ -378,46 +428,19 @@ int run_soak(const SoakOptions& o) {
       c.latency_ms_max = *std::max_element(lat.begin(), lat.end());
       c.rss_bytes = resident_bytes();
       c.kv_bytes = kv_bytes();
-      c.nonfinite = nonfinite;
+      c.nonfinite = p.nonfinite;
       c.nll_interval = nll_interval_count ? nll_interval_sum / nll_interval_count : 0.0;
-      c.nll_running = nll_count ? nll_sum / nll_count : 0.0;
-      c.nll_tokens = nll_count;
+      c.nll_running = p.nll_count ? p.nll_sum / static_cast<double>(p.nll_count) : 0.0;
+      c.nll_tokens = p.nll_count;
       c.segment = segment;
-      checkpoints.push_back(c);
-      csv += to_csv(c) + "\n";
-      jsonl += to_json(c).dump() + "\n";
-      if (!o.csv.empty()) write_file_atomic(o.csv, csv);
-      if (!o.json.empty()) write_file_atomic(o.json, jsonl);
-      if (!o.state.empty()) {
-        nlohmann::ordered_json p;
-        p["model"] = o.model;
-        p["policy"] = policy.str();
-        p["text"] = o.text;
-        p["every"] = o.every;
-        p["warmup"] = o.warmup;
-        p["streams"] = o.streams;
-        p["corpus_tokens"] = n_corpus;
-        p["tokens"] = n + 1;
-        p["seconds"] = c.seconds;
-        p["nonfinite_logits"] = nonfinite;
-        p["nll_sum"] = nll_sum;
-        p["nll_count"] = nll_count;
-        p["checkpoints"] = nlohmann::ordered_json::array();
-        for (const Checkpoint& k : checkpoints) p["checkpoints"].push_back(to_json(k));
-        p["segments"] = segments;
-        p["csv"] = csv;
-        p["jsonl"] = jsonl;
-        std::vector<std::string> states;
-        p["session_bytes"] = nlohmann::ordered_json::array();
-        for (const auto& s : sessions) {
-          states.push_back(s->save_state());
-          p["session_bytes"].push_back(states.back().size());
-        }
-        const std::string head = soak_state_head(p);
-        std::vector<std::string_view> parts = {head};
-        for (const std::string& st : states) parts.push_back(st);
-        write_file_atomic(o.state, parts);
-      }
+      p.checkpoints.push_back(c);
+      p.tokens = n + 1;
+      p.seconds = c.seconds;
+      p.csv += to_csv(c) + "\n";
+      p.jsonl += to_json(c).dump() + "\n";
+      if (!o.csv.empty()) write_file_atomic(o.csv, p.csv);
+      if (!o.json.empty()) write_file_atomic(o.json, p.jsonl);
+      if (!o.state.empty()) save_soak(o, policy, n_corpus, p, sessions);
       fmt::print(
           "{:>10} {:>9.1f} {:>9.1f} {:>9.3f} {:>9.3f} {:>11} {:>10} {:>6} {:>8.4f} {:>8.4f}\n",
           c.tokens, c.seconds, c.tokens_per_s, c.latency_ms_median, c.latency_ms_p99,
@@ -439,8 +462,8 @@ int run_soak(const SoakOptions& o) {
   analysis::SoakCriteria criteria;
   criteria.every = o.every;
   criteria.warmup = o.warmup;
-  const analysis::SoakJudgement jd = analysis::judge_soak(checkpoints, criteria);
-  const Checkpoint& last = checkpoints.back();
+  const analysis::SoakJudgement jd = analysis::judge_soak(p.checkpoints, criteria);
+  const Checkpoint& last = p.checkpoints.back();
   nlohmann::ordered_json s;
   s["summary"] = true;
   s["model"] = o.model;
@@ -453,7 +476,7 @@ int run_soak(const SoakOptions& o) {
   s["tokens_requested"] = o.tokens;
   s["tokens"] = n;
   s["stopped_early"] = stopped_early;
-  s["segments"] = segments;
+  s["segments"] = p.segments;
   s["seconds"] = last.seconds;
   s["every"] = o.every;
   s["warmup"] = o.warmup;
@@ -516,7 +539,7 @@ int run_soak(const SoakOptions& o) {
   const std::string verdict(analysis::to_string(jd.verdict));
   s["verdict"] = verdict;
   fmt::print("  verdict                  {}\n", verdict == "fail" ? "FAIL" : verdict);
-  if (!o.json.empty()) write_file_atomic(o.json, jsonl += s.dump() + "\n");
+  if (!o.json.empty()) write_file_atomic(o.json, p.jsonl += s.dump() + "\n");
   return 0;
 }
 
