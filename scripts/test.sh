@@ -81,7 +81,7 @@ if [[ $run_asan -eq 1 ]]; then
     -DSPILLWAY_BUILD_BENCH=OFF -DSPILLWAY_BUILD_EXAMPLES=OFF
   cmake --build build-asan -j "$JOBS" --target spillway_tests spillway_cli \
     fuzz_replay_gguf fuzz_replay_model fuzz_replay_tokenizer fuzz_replay_policy \
-    fuzz_replay_chat_template fuzz_replay_http_request
+    fuzz_replay_chat_template fuzz_replay_http_request fuzz_replay_session_state
   stage_done asan-build
 
   stage "unit and cli tests under the sanitizers"
