@@ -541,6 +541,34 @@ NB_MODULE(_spillway, m) {
             s.session->restore(*cp.cp);
           },
           "checkpoint"_a, "Returns to a checkpoint of this session.")
+      .def(
+          "save_state",
+          [](const PySession& s) {
+            const std::string b = s.session->save_state();
+            return nb::bytes(b.data(), b.size());
+          },
+          "The stream's state as bytes (position, last logits, policy state, KV storage, a "
+          "checksum), to go on in another process: load_state() into a session of the same "
+          "model, policy and max_batch continues it bit for bit. Costs the KV storage's bytes.")
+      .def(
+          "load_state",
+          [](PySession& s, nb::bytes data) {
+            s.session->load_state(std::string_view(data.c_str(), data.size()), "state");
+          },
+          "data"_a,
+          "Loads a state save_state() wrote. Raises FormatError, naming the byte and the "
+          "field, for data that is truncated, damaged, of another model, policy or max_batch; "
+          "the session is then reset.")
+      .def(
+          "save",
+          [](const PySession& s, const std::filesystem::path& path) {
+            s.session->save(path.string());
+          },
+          "path"_a, "save_state() into a file, written whole or not at all.")
+      .def(
+          "load",
+          [](PySession& s, const std::filesystem::path& path) { s.session->load(path.string()); },
+          "path"_a, "load_state() from a file (IoError when it cannot be read).")
       .def("__repr__", [](const PySession& s) {
         return fmt::format("<spillway.Session policy '{}', {} tokens, {} KV bytes>",
                            s.session->cache().describe(), s.session->n_past(),

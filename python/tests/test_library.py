@@ -180,7 +180,7 @@ def test_sink_scores_equal_the_cli(model, corpus_text, cli, tmp_path):
     np.testing.assert_array_equal(r.first_token_norm_ratio, [l["first_token_norm_ratio"] for l in want["layers"]])
 
 
-def test_checkpoint_restore_and_generate_from_a_session(model, stream):
+def test_checkpoint_restore_and_generate_from_a_session(model, stream, tmp_path):
     s = spillway.Session(model, policy="sink:4+60", threads=2)
     s.feed(stream[:80])
     cp = s.checkpoint()
@@ -191,6 +191,25 @@ def test_checkpoint_restore_and_generate_from_a_session(model, stream):
     other = spillway.Session(model, threads=1)
     with pytest.raises(spillway.InvalidArgument, match="another session"):
         other.restore(cp)
+    # A saved state goes on in a new session exactly as the original does; a damaged one is
+    # refused with the reason and leaves the session reset.
+    s.restore(cp)
+    state = s.save_state()
+    again = spillway.Session(model, policy="sink:4+60", threads=1)
+    again.load_state(state)
+    assert again.n_past == 80
+    np.testing.assert_array_equal(again.feed(stream[80:100], all_logits=True), a)
+    bad = bytearray(state)
+    bad[len(bad) // 2] ^= 1
+    with pytest.raises(spillway.FormatError, match="checksum"):
+        again.load_state(bytes(bad))
+    assert again.n_past == 0
+    with pytest.raises(spillway.FormatError, match="sink:4\\+60"):
+        spillway.Session(model, policy="sink:4+30", threads=1).load_state(state)
+    path = tmp_path / "s.state"
+    s.save(path)
+    again.load(path)
+    assert again.n_past == 80
     # generate() continues a session's stream.
     fresh = spillway.Session(model, policy="sink:4+60", threads=2)
     gen = spillway.generate(fresh, stream[:20], 5)

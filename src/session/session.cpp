@@ -216,7 +216,8 @@ void Session::read_state(std::string_view data, const std::string& what) {
         fmt::format("checksum {:016x} does not match the data's {:016x}: the file is damaged "
                     "or truncated",
                     stored, sum));
-  ByteReader in(data.substr(magic_len, data.size() - 8 - magic_len), what);
+  ByteReader in(data.substr(0, data.size() - 8), what);  // offsets from the file's start
+  in.skip(magic_len, "magic");
   const auto version = in.get<uint32_t>("version");
   if (version != kStateVersion)
     in.fail(fmt::format("version {}, this build reads version {}", version, kStateVersion));

@@ -93,6 +93,9 @@ class ByteReader {
     if (n) std::memcpy(dst, take(n * sizeof(T), field), n * sizeof(T));
   }
 
+  // Moves past n bytes (FormatError when fewer are left).
+  void skip(size_t n, std::string_view field) { take(n, field); }
+
   size_t offset() const { return pos_; }
   size_t remaining() const { return data_.size() - pos_; }
   const std::string& what() const { return what_; }
