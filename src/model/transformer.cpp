@@ -330,11 +330,11 @@ void TransformerForward::prepare_group(const Seq& s, const kv::BatchPlan& plan, 
   reserve_span(g.max_span);
 }
 
-void TransformerForward::point_runs(const kv::BatchPlan& plan, Group& g) {
+void TransformerForward::point_runs(const Seq& s, const kv::BatchPlan& plan, Group& g) {
   const int64_t qdim = config_.n_head * config_.head_dim;
   for (size_t r = 0; r < plan.ranges.size(); ++r) {
     const kv::SlotRange& sr = plan.ranges[r];
-    g.key_runs[r] = {sr.begin, sr.end, qr_.data() + g.q_index[r] * qdim};
+    g.key_runs[r] = {sr.begin, sr.end, qr_.data() + (s.q_base + g.q_index[r]) * qdim};
   }
 }
 
@@ -368,6 +368,7 @@ void TransformerForward::begin(std::span<const SequenceStep> steps) {
       throw InvalidArgument(
           fmt::format("forward: batch of {} tokens or more (1..{} allowed)", total, max_batch_));
     s.groups.resize(plan.groups.size());
+    size_t seq_rotations = 0;
     for (size_t g = 0; g < plan.groups.size(); ++g) {
       // Every layer of a group has the group's slots; the smallest tells.
       int64_t n_slots = -1;
@@ -382,16 +383,19 @@ void TransformerForward::begin(std::span<const SequenceStep> steps) {
       s.groups[g].q_first.clear();
       if (n_slots < 0) continue;  // a group no layer follows
       prepare_group(s, plan.groups[g], n_slots, s.groups[g]);
-      rotations = std::max(rotations, s.groups[g].qpos.size());
+      seq_rotations = std::max(seq_rotations, s.groups[g].qpos.size());
     }
+    s.q_base = static_cast<int64_t>(rotations);
+    rotations += seq_rotations;
   }
   T_ = total;
-  // Streams attend one after the other, each rotating its queries into qr_ from the start.
+  // Each stream rotates its queries into its own rows of qr_ (from q_base), so that the
+  // streams of a layer can attend in one job.
   const size_t qdim = static_cast<size_t>(config_.n_head * config_.head_dim);
   if (qr_.size() < rotations * qdim) qr_.resize(rotations * qdim);
   for (Seq& s : seqs_) {
     for (size_t g = 0; g < s.groups.size(); ++g)
-      if (!s.groups[g].q_first.empty()) point_runs(s.step.plan->groups[g], s.groups[g]);
+      if (!s.groups[g].q_first.empty()) point_runs(s, s.step.plan->groups[g], s.groups[g]);
     if (s.step.observer) s.step.observer->on_step(*s.step.plan);
   }
 }
@@ -471,7 +475,7 @@ void TransformerForward::rotate_and_store(int64_t l, const Seq& s, const kv::Bat
       kv.store(l, tp.write_slot, kt, v_.data() + (s.t0 + t) * kvdim);
       for (int32_t i = g.q_first[static_cast<size_t>(t)]; i < g.q_first[static_cast<size_t>(t + 1)];
            ++i) {
-        float* dst = qr_.data() + i * qdim;
+        float* dst = qr_.data() + (s.q_base + i) * qdim;
         std::memcpy(dst, q_.data() + (s.t0 + t) * qdim, static_cast<size_t>(qdim) * sizeof(float));
         ops::rope_apply(dst, c.n_head, hd, nr, trig + (s.T + i) * nr, rope.style);
       }
@@ -689,7 +693,71 @@ void TransformerForward::record(int64_t l, const Seq& s, const kv::BatchPlan& pl
   obs.on_attention(rec);
 }
 
+bool TransformerForward::attend_streams(int64_t l, const RopeTable& rope) {
+  const ModelConfig& c = config_;
+  const int nth = pool_.size();
+  if (seqs_.size() < 2 || nth < 2) return false;
+  int64_t n_items = 0;
+  for (const Seq& s : seqs_) {
+    if (s.step.observer) return false;
+    n_items += s.T * c.n_head_kv;
+  }
+  // Fewer items than that leave threads idle unless tokens are split into pieces, which
+  // attend() does stream by stream.
+  if (n_items < 4 * int64_t{nth}) return false;
+  stream_attn_.clear();
+  attn_items_.clear();
+  attn_cost_.assign(1, 0);
+  for (Seq& s : seqs_) {
+    const int32_t gi = s.step.plan->group_of_layer[static_cast<size_t>(l)];
+    const kv::BatchPlan& plan = s.step.plan->groups[static_cast<size_t>(gi)];
+    Group& g = s.groups[static_cast<size_t>(gi)];
+    kv::KvStorage& kv = *s.step.kv;
+    rotate_and_store(l, s, plan, g, rope);
+    const ops::AttentionShape shape{c.n_head,   c.n_head_kv, c.head_dim, kv.n_slots(l) * c.head_dim,
+                                    kv.type(), attn_scale_};
+    const auto stream = static_cast<int32_t>(stream_attn_.size());
+    stream_attn_.push_back({&s, &plan, &g, shape, kv.k(l, 0), kv.v(l, 0), virtual_sinks(plan, l)});
+    for (int64_t t = 0; t < s.T; ++t) {
+      const int64_t span = plan.span_size(static_cast<size_t>(t));
+      for (int64_t kvh = 0; kvh < c.n_head_kv; ++kvh) {
+        attn_items_.push_back(
+            {stream, static_cast<int32_t>(t), static_cast<int32_t>(kvh)});
+        attn_cost_.push_back(attn_cost_.back() + span);
+      }
+    }
+  }
+  // One job: thread i takes the items whose spans start in the i-th share of all the
+  // spans, each whole (its pieces and their merge, as attend() computes them), with its own
+  // scratch (reserve_span made room for 4 threads' worth of the longest span).
+  const int64_t qdim = c.n_head * c.head_dim;
+  int64_t max_span = 1;
+  for (const StreamAttention& sa : stream_attn_) max_span = std::max(max_span, sa.group->max_span);
+  const int64_t scratch = ops::attention_pieces(max_span) *
+                          ops::attention_part_floats(stream_attn_.front().shape);
+  const int64_t total = attn_cost_.back();
+  pool_.run([&](int ith, int nth_run) {
+    float* parts = attn_parts_.data() + static_cast<size_t>(ith) * static_cast<size_t>(scratch);
+    const auto first_at = [&](int64_t cost) {
+      return std::lower_bound(attn_cost_.begin(), attn_cost_.end() - 1, cost) - attn_cost_.begin();
+    };
+    const int64_t i0 = first_at(total * ith / nth_run), i1 = first_at(total * (ith + 1) / nth_run);
+    for (int64_t i = i0; i < i1; ++i) {
+      const AttentionItem& it = attn_items_[static_cast<size_t>(i)];
+      const StreamAttention& sa = stream_attn_[static_cast<size_t>(it.stream)];
+      const kv::TokenPlan& tp = sa.plan->tokens[static_cast<size_t>(it.token)];
+      const Sinks st = tp.virtual_sink ? sa.sinks : Sinks{};
+      ops::attend_group(sa.shape, it.kv_head, sa.group->key_runs.data() + tp.range_begin,
+                        tp.range_end - tp.range_begin, sa.kbase, sa.vbase,
+                        attn_.data() + (sa.seq->t0 + it.token) * qdim, parts, nullptr, st.logits,
+                        st.values);
+    }
+  });
+  return true;
+}
+
 void TransformerForward::attention(int64_t l, const RopeTable& rope) {
+  if (attend_streams(l, rope)) return;
   const int64_t kvdim = config_.n_head_kv * config_.head_dim;
   for (Seq& s : seqs_) {
     const int32_t gi = s.step.plan->group_of_layer[static_cast<size_t>(l)];

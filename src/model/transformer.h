@@ -300,12 +300,13 @@ class TransformerForward : public Forward {
   struct Seq {
     SequenceStep step;
     int64_t t0 = 0, T = 0;
+    int64_t q_base = 0;  // its first query rotation in qr_ (streams rotate into their own rows)
     std::vector<Group> groups;  // per layer group of its plan
   };
 
   void begin(std::span<const SequenceStep> steps);
   void prepare_group(const Seq& s, const kv::BatchPlan& plan, int64_t n_slots, Group& g);
-  void point_runs(const kv::BatchPlan& plan, Group& g);
+  void point_runs(const Seq& s, const kv::BatchPlan& plan, Group& g);
   void embed();
   void end_layer(int64_t l);
   const float* logits();
@@ -320,6 +321,10 @@ class TransformerForward : public Forward {
   };
   void attend(const Seq& s, const kv::BatchPlan& plan, const Group& g,
               const ops::AttentionShape& shape, const void* kbase, const void* vbase, Sinks sinks);
+  // Layer l's attention for every stream of the pass in one job, when several streams
+  // without observers bring enough (token, KV head) items to share the threads: false
+  // (nothing done) otherwise. The same items and kernel as attend(), so the same bits.
+  bool attend_streams(int64_t l, const RopeTable& rope);
   void apply_edit(const Seq& s, const AttentionEdit& edit, const kv::BatchPlan& plan,
                   const Group& g, const ops::AttentionShape& shape, const void* kbase,
                   const void* vbase, Sinks sinks);
@@ -332,7 +337,25 @@ class TransformerForward : public Forward {
   std::vector<Seq> seqs_;
   int64_t span_reserved_ = 0;         // reserve_span's largest span so far (max_batch 1)
   size_t run_reserve_ = 0;            // runs per group reserved for one-token steps
-  std::vector<float> qr_;             // [query rotations][n_head*hd] (most of any group)
+  std::vector<float> qr_;             // [query rotations][n_head*hd]: each stream's (the most
+                                      // of any of its groups) from its q_base
+  // attend_streams: per stream its layer's plan, group, shape, K/V bases and sinks, and
+  // the (stream, token, KV head) items with their spans' running sum.
+  struct StreamAttention {
+    const Seq* seq;
+    const kv::BatchPlan* plan;
+    const Group* group;
+    ops::AttentionShape shape;
+    const void* kbase;
+    const void* vbase;
+    Sinks sinks;
+  };
+  struct AttentionItem {
+    int32_t stream, token, kv_head;
+  };
+  std::vector<StreamAttention> stream_attn_;
+  std::vector<AttentionItem> attn_items_;
+  std::vector<int64_t> attn_cost_;  // [items + 1] running sum of the items' spans
   std::vector<float> logits_;         // [rows][n_vocab], grown to the most rows asked for
   std::vector<float> attn_parts_;     // [items][attention_part_floats]
   std::vector<float> probs_;          // observer records: probabilities of the step's tokens

@@ -130,6 +130,14 @@ TEST(BatchDecoder, GemmaLocalLayersAndAttentionPolicies) {
   check_batched_equals_alone(*m, {"sink:4+20", "tova:18", "full", "nullsink:16"});
 }
 
+// Streams whose policies read no attention attend in one job per layer (enough (token, KV
+// head) items for the threads); each still gets its own bits, on local and global layers.
+TEST(BatchDecoder, StreamsAttendingInOneJob) {
+  auto m = tiny(DType::Q8_0, true);
+  check_batched_equals_alone(
+      *m, {"sink:4+20", "full", "window:16,kv=f16", "sink:2+12", "nullsink:16", "sink:1+8"});
+}
+
 TEST(BatchDecoder, RejectsBadStepsBeforeChangingAnySession) {
   auto m = tiny(DType::Q4_1, false);
   auto other = tiny(DType::Q8_0, true);
