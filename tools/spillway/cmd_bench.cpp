@@ -598,6 +598,7 @@ int run_bench(const BenchOptions& o) {
       jb["policy"] = policy_spec;
       jb["tokens_per_stream"] = o.gen;
       jb["tokens_per_s_per_stream"] = median(b.agg.tokens_per_s) / static_cast<double>(b.streams);
+      jb["fraction_of_prefill"] = median(b.agg.tokens_per_s) / median(pp.tokens_per_s);
       j["batched"].push_back(jb);
     }
     j["peak_rss_bytes"] = rss;
@@ -639,10 +640,16 @@ int run_bench(const BenchOptions& o) {
                fmt::format("{} streams x tg{} {}", b.streams, o.gen, policy_spec),
                median(b.agg.tokens_per_s), median(b.agg.latency_ms),
                percentile(b.agg.latency_ms, 99.0), "-");
-  if (!batched.empty())
+  if (!batched.empty()) {
     fmt::print(
         "({} streams: tokens/s of all streams together; ms per step, every stream one token)\n",
         "N");
+    std::string shares;
+    for (const BatchedResult& b : batched)
+      shares += fmt::format("{}{}: {:.0f} %", shares.empty() ? "" : ", ", b.streams,
+                            100.0 * median(b.agg.tokens_per_s) / median(pp.tokens_per_s));
+    fmt::print("(streams together against prefill pp{}: {})\n", o.prompt, shares);
+  }
   // The memory bound of each decode test.
   fmt::print("\n{:<32} {:>10} {:>10} {:>10} {:>10} {:>9}\n", "memory bound", "weights", "KV read",
              "GB/s", "bound t/s", "reached");
