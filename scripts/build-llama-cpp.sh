@@ -2,8 +2,9 @@
 # Builds the reference llama.cpp that the golden-file and benchmark scripts compare
 # spillway against. A researcher tool: CI does not run it.
 #
-#   scripts/build-llama-cpp.sh [--configure-only]
+#   scripts/build-llama-cpp.sh [--configure-only] [--server]
 #
+# --server also builds llama-server (for bench/compare-serve.sh).
 # llama.cpp comes vendored in the PyPI source distribution of llama-cpp-python (pinned
 # version, sha256 checked), which also gives the Python bindings used by the scripts.
 # Cached: the sdist is downloaded once, and nothing is rebuilt when the tools exist.
@@ -31,18 +32,25 @@ TARGETS=(llama llama-bench llama-perplexity llama-tokenize)
 TOOLS=(llama-bench llama-perplexity llama-tokenize)
 
 configure_only=0
-case "${1:-}" in
-  "") ;;
-  --configure-only) configure_only=1 ;;
-  -h | --help)
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
-    exit 0
-    ;;
-  *)
-    echo "usage: $0 [--configure-only]" >&2
-    exit 2
-    ;;
-esac
+server=0
+for arg in "$@"; do
+  case $arg in
+    --configure-only) configure_only=1 ;;
+    --server) server=1 ;;
+    -h | --help)
+      sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "usage: $0 [--configure-only] [--server]" >&2
+      exit 2
+      ;;
+  esac
+done
+if [[ $server -eq 1 ]]; then
+  TARGETS+=(llama-server)
+  TOOLS+=(llama-server)
+fi
 
 say() { printf 'build-llama-cpp: %s\n' "$*"; }
 die() {
@@ -130,9 +138,13 @@ isa_flags() {
 }
 
 # --- configure and build ---------------------------------------------------------------------
-if [[ ! -f $BUILD/CMakeCache.txt ]]; then
+# The server is configured in when asked for (a cached build without it is reconfigured).
+server_flag=OFF
+[[ $server -eq 1 ]] && server_flag=ON
+if [[ ! -f $BUILD/CMakeCache.txt ]] ||
+  { [[ $server -eq 1 ]] && ! grep -q '^LLAMA_BUILD_SERVER:BOOL=ON' "$BUILD/CMakeCache.txt"; }; then
   read -r -a isa <<<"$(isa_flags)"
-  say "configuring $BUILD (${isa[*]})"
+  say "configuring $BUILD (${isa[*]}, server $server_flag)"
   cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" \
     -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=ON \
@@ -140,7 +152,7 @@ if [[ ! -f $BUILD/CMakeCache.txt ]]; then
     "${isa[@]}" \
     -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_SERVER=OFF >"$WORK/configure.log" 2>&1 ||
+    -DLLAMA_BUILD_SERVER=$server_flag >"$WORK/configure.log" 2>&1 ||
     {
       tail -n 30 "$WORK/configure.log" >&2
       die "cmake configure failed (full log: $WORK/configure.log)"
