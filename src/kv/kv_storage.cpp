@@ -108,7 +108,11 @@ void KvStorage::load(ByteReader& r) {
         static_cast<int32_t>(type_)));
   std::vector<int64_t> slots = r.get_vector_exact<int64_t>("slots per layer", n_slots_.size());
   const size_t per_slot = static_cast<size_t>(n_head_kv_) * row_bytes_;
-  std::vector<std::vector<std::byte>> k(k_.size()), v(v_.size());
+  // Every layer's keys and values are found and checked before the storage changes; they
+  // are then copied into the buffers the storage has (a loaded session keeps its own
+  // allocation instead of replacing it with new buffers and freeing the old ones, which
+  // the allocator may keep resident).
+  std::vector<const std::byte*> k(k_.size()), v(v_.size());
   for (size_t l = 0; l < slots.size(); ++l) {
     // Bounded by the bytes left, so a hostile count cannot ask for more memory than the
     // file holds.
@@ -117,12 +121,15 @@ void KvStorage::load(ByteReader& r) {
       r.fail(fmt::format("layer {}: {} slots do not fit the {} bytes left", l, slots[l],
                          r.remaining()));
     const size_t bytes = static_cast<size_t>(slots[l]) * per_slot;
-    k[l] = r.get_vector_exact<std::byte>(fmt::format("layer {} keys", l), bytes);
-    v[l] = r.get_vector_exact<std::byte>(fmt::format("layer {} values", l), bytes);
+    k[l] = r.get_array_in_place<std::byte>(fmt::format("layer {} keys", l), bytes);
+    v[l] = r.get_array_in_place<std::byte>(fmt::format("layer {} values", l), bytes);
+  }
+  for (size_t l = 0; l < slots.size(); ++l) {
+    const size_t bytes = static_cast<size_t>(slots[l]) * per_slot;
+    k_[l].assign(k[l], k[l] + bytes);
+    v_[l].assign(v[l], v[l] + bytes);
   }
   n_slots_ = std::move(slots);
-  k_ = std::move(k);
-  v_ = std::move(v);
 }
 
 void KvStorage::store(int64_t layer, int64_t slot, const float* k_row, const float* v_row) {

@@ -106,7 +106,47 @@ assert [[r[c] for c in cols] for r in parts] == [[r[c] for c in cols] for r in w
 s = [json.loads(l) for l in open(sys.argv[3])][-1]
 assert s["tokens"] == 400 and len(s["segments"]) == 2, s
 assert s["segments"][1]["from_tokens"] > 0, s
+# A resumed process holds what a fresh one holds: not the state file it read (3 MB here)
+# nor a second copy of the KV storage.
+grown = int(parts[-1]["rss_bytes"]) - int(whole[-1]["rss_bytes"])
+assert grown < 1 << 20, f"the resumed soak's RSS is {grown} bytes above the unbroken run's"
 PY
+# A state saved before --streams existed (no "streams" and no "session_bytes" in its
+# progress, the one session's state after it) goes on as the one stream it was; asked to go on as two streams, it is a usage error that names --streams.
+python3 - "$TMP/soak.state" "$TMP/old.state" <<'PY' || die "could not write an old-style state"
+import json, struct, sys
+magic = b"spillway-soak-state 1\n"
+data = open(sys.argv[1], "rb").read()
+assert data.startswith(magic)
+n = struct.unpack_from("<Q", data, len(magic))[0]
+start = len(magic) + 8
+progress = json.loads(data[start:start + n])
+assert progress["session_bytes"] == [len(data) - start - n], progress
+del progress["streams"], progress["session_bytes"]
+text = json.dumps(progress, separators=(",", ":")).encode()
+open(sys.argv[2], "wb").write(magic + struct.pack("<Q", len(text)) + text + data[start + n:])
+PY
+"$BIN" soak --model "$model" --text "$TMP/text.txt" --policy sink:4+60 --tokens 450 --every 50 \
+  --warmup 50 -t 1 --state "$TMP/old.state" >/dev/null 2>"$TMP/err.txt" ||
+  die "a state saved without --streams did not resume: $(head -c 500 "$TMP/err.txt")"
+python3 - "$TMP/old.state" "$TMP/old.state" <<'PY' || die "could not write an old-style state"
+import json, struct, sys
+magic = b"spillway-soak-state 1\n"
+data = open(sys.argv[1], "rb").read()
+n = struct.unpack_from("<Q", data, len(magic))[0]
+start = len(magic) + 8
+progress = json.loads(data[start:start + n])
+assert progress["tokens"] == 450 and progress["streams"] == 1, progress
+del progress["streams"], progress["session_bytes"]
+text = json.dumps(progress, separators=(",", ":")).encode()
+open(sys.argv[2], "wb").write(magic + struct.pack("<Q", len(text)) + text + data[start + n:])
+PY
+"$BIN" soak --model "$model" --text "$TMP/text.txt" --policy sink:4+60 --tokens 500 --every 50 \
+  --warmup 50 -t 1 --streams 2 --state "$TMP/old.state" >/dev/null 2>"$TMP/err.txt"
+rc=$?
+[ "$rc" -eq 2 ] || die "old-style state with --streams 2: exit status $rc, expected 2"
+grep -q -- '--streams' "$TMP/err.txt" || die "old-style state: $(head -c 300 "$TMP/err.txt")"
+
 # Another stream's state, or a damaged one, is an error that names it.
 "$BIN" soak --model "$model" --text "$TMP/text.txt" --policy sink:4+30 --tokens 400 --every 50 \
   --warmup 50 -t 1 --state "$TMP/soak.state" >/dev/null 2>"$TMP/err.txt"

@@ -36,6 +36,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <limits>
 #include <memory>
 #include <span>
@@ -230,6 +231,8 @@ SavedSoak read_saved_soak(const SoakOptions& o, const kv::PolicySpec& policy) {
   SavedSoak saved;
   saved.data = read_file(o.state);
   saved.progress = unpack_soak_state(saved.data, o.state, &saved.sessions);
+  // Soaks saved before --streams existed ran one stream and did not record it.
+  if (!saved.progress.contains("streams")) saved.progress["streams"] = 1;
   const nlohmann::ordered_json identity = soak_identity(o, policy);
   for (const auto& [key, mine] : identity.items()) {
     const auto it = saved.progress.find(key);
@@ -263,7 +266,9 @@ SoakProgress resume_soak(const SoakOptions& o, const SavedSoak& saved, int64_t n
     for (const auto& k : j.at("segments")) p.segments.push_back(k);
     p.csv = j.at("csv").get<std::string>();
     p.jsonl = j.at("jsonl").get<std::string>();
-    sizes = j.at("session_bytes").get<std::vector<uint64_t>>();
+    // A soak saved before --streams existed holds one session's state after its progress.
+    sizes = j.contains("session_bytes") ? j.at("session_bytes").get<std::vector<uint64_t>>()
+                                        : std::vector<uint64_t>{saved.sessions.size()};
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(fmt::format("{}: the soak progress lacks a field: {}", o.state, e.what()));
   }
@@ -313,7 +318,7 @@ int run_soak(const SoakOptions& o) {
 
   // A saved soak to go on from: the same stream, or an error naming what differs.
   const bool resuming = !o.state.empty() && std::filesystem::exists(o.state);
-  SavedSoak saved;
+  std::optional<SavedSoak> saved;
   if (resuming) saved = read_saved_soak(o, policy);
 
   auto model = model::Model::load(o.model);
@@ -351,8 +356,10 @@ int run_soak(const SoakOptions& o) {
   // logs of its last checkpoint.
   SoakProgress p;
   if (resuming) {
-    p = resume_soak(o, saved, n_corpus, sessions);
-    saved = SavedSoak();
+    p = resume_soak(o, *saved, n_corpus, sessions);
+    // Destroyed, not assigned an empty one: a string assigned an empty string keeps its
+    // buffer, and this one holds the whole state file.
+    saved.reset();
   } else {
     p.csv = std::string(kCsvHeader) + "\n";
   }

@@ -84,6 +84,16 @@ class ByteReader {
     if (v.size() != n) wrong_count(field, v.size(), n);
     return v;
   }
+  // An array of exactly n elements, as get_vector_exact reads it, left where it lies: its
+  // first byte in the data (valid while the data is).
+  template <class T>
+  const std::byte* get_array_in_place(std::string_view field, size_t n) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    const uint64_t count = get<uint64_t>(field);
+    if (count != n) wrong_count(field, count, n);
+    if (n > remaining() / sizeof(T)) truncated(field, n * sizeof(T));
+    return reinterpret_cast<const std::byte*>(take(n * sizeof(T), field));
+  }
   // Reads an array of exactly n elements into dst.
   template <class T>
   void get_into(std::string_view field, T* dst, size_t n) {
