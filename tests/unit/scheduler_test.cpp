@@ -88,15 +88,20 @@ SchedulerOptions options(int64_t prefill_chunk = 64) {
 }
 
 // What one session generates alone: the reference for the scheduler's answers.
-GenerateResult alone_result(const std::vector<TokenId>& prompt, int64_t n) {
+GenerateResult alone_result(const std::vector<TokenId>& prompt, int64_t n,
+                            const SamplerParams& sampling) {
   SessionOptions so;
   so.policy = kv::PolicySpec("sink:4+60");
   so.threads = 1;
   Session s(tiny(), so);
-  auto sampler = make_sampler(sampling_for(prompt));
+  auto sampler = make_sampler(sampling);
   GenerateOptions go;
   go.max_new_tokens = n;
   return generate(s, prompt, *sampler, go);
+}
+
+GenerateResult alone_result(const std::vector<TokenId>& prompt, int64_t n) {
+  return alone_result(prompt, n, sampling_for(prompt));
 }
 
 std::string alone(const std::vector<TokenId>& prompt, int64_t n) {
@@ -162,14 +167,7 @@ TEST(Scheduler, PromptsFedInTheBatchedStepGiveWhatTheyGiveAlone) {
   std::vector<std::string> want;
   int64_t prompt_total = 0, generated = 0;
   for (const auto& p : prompts) {
-    SessionOptions so;
-    so.policy = kv::PolicySpec("sink:4+60");
-    so.threads = 1;
-    Session s(tiny(), so);
-    auto sampler = make_sampler(params(p));
-    GenerateOptions go;
-    go.max_new_tokens = 16;
-    const GenerateResult r = generate(s, p, *sampler, go);
+    const GenerateResult r = alone_result(p, 16, params(p));
     want.push_back(r.text);
     generated += static_cast<int64_t>(r.tokens.size());
     prompt_total += static_cast<int64_t>(p.size());
