@@ -5,6 +5,7 @@
 #include <fmt/core.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -29,8 +30,18 @@ Progress::Progress(std::string label)
     : label_(std::move(label)), tty_(stderr_is_tty()), start_(now_seconds()) {}
 
 void Progress::update(int64_t done, int64_t total) {
-  if (!tty_) return;
   const double t = now_seconds();
+  if (!tty_) {
+    // A log (stderr not a terminal): a plain line a minute, so that long runs can be
+    // followed; runs under a minute print none.
+    if (t - std::max(start_, last_draw_) < 60.0) return;
+    last_draw_ = t;
+    const double rate = static_cast<double>(done) / (t - start_);
+    fmt::print(stderr, "{}: {}/{} tokens, {:.0f} tok/s, {:.0f} s, ETA {:.0f} s\n", label_, done,
+               total, rate, t - start_, rate > 0 ? static_cast<double>(total - done) / rate : 0.0);
+    std::fflush(stderr);
+    return;
+  }
   if (done < total && t - last_draw_ < 0.2) return;
   last_draw_ = t;
   const double elapsed = t - start_;

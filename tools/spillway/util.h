@@ -8,10 +8,11 @@
 
 namespace spillway::cli {
 
-// True when stderr is a terminal (progress is shown only then).
+// True when stderr is a terminal (the progress bar is drawn only then).
 bool stderr_is_tty();
 
-// A one-line progress bar on stderr, redrawn in place; silent when not a terminal.
+// Progress on stderr: on a terminal a one-line bar redrawn in place; otherwise (a log) a
+// plain line a minute, none for a run shorter than that.
 class Progress {
  public:
   explicit Progress(std::string label);
