@@ -66,16 +66,11 @@ Scheduler::Scheduler(const model::Model& model, const SchedulerOptions& opts)
     : model_(model),
       opts_(opts),
       pool_(opts.threads),
-      decoder_(model,
-               std::max<int64_t>(1, opts.max_active) +
-                   std::max<int64_t>(0, opts.prefill_chunks) * std::max<int64_t>(1, opts.prefill_chunk),
-               &pool_),
+      decoder_(model, std::max<int64_t>(1, opts.max_active), &pool_),
       start_(clock_type::now()) {
   if (opts_.max_sessions < 1) throw InvalidArgument("serve: --max-sessions must be >= 1");
   if (opts_.max_active < 1) throw InvalidArgument("serve: --max-active must be >= 1");
   if (opts_.prefill_chunk < 1) throw InvalidArgument("serve: the prefill chunk must be >= 1");
-  if (opts_.prefill_chunks < 0)
-    throw InvalidArgument("serve: the prefill chunks of a step must be >= 0");
   opts_.max_active = std::min(opts_.max_active, opts_.max_sessions);
   thread_ = std::thread([this] { run(); });
 }
@@ -173,7 +168,7 @@ void Scheduler::run() {
       }
     }
     for (auto& a : active_)
-      if (!a->done && !a->decoding && !prefills_in_step(*a)) prefill(*a);
+      if (!a->done && !a->decoding) prefill(*a);
     decode_step();
     std::erase_if(active_, [](const auto& a) { return a->done; });
     for (Conversation* c : watched_) publish(*c);
@@ -484,46 +479,19 @@ void Scheduler::prefill(Active& a) {
   advance(a);
 }
 
-bool Scheduler::prefills_in_step(const Active& a) const {
-  // A prompt with tokens left and no sampled token waiting in front of it (a generator
-  // that has one feeds both in one pass itself).
-  return opts_.prefill_chunks > 0 && a.batchable && !a.decoding &&
-         a.fed < a.job->spec_.prompt.size() && a.gen->pending().empty();
-}
-
 void Scheduler::decode_step() {
-  // One batched pass: every decoding request's sampled token, then chunks of the prompts
-  // being fed (oldest request first) within the decoder's token budget. A prompt's chunk
-  // gets the same bits in the pass as fed alone, so where a prompt's chunks go changes only
-  // when its first token comes.
   std::vector<Active*> batch;
   std::vector<BatchDecoder::Entry> entries;
-  std::vector<size_t> prompt_tokens;  // per entry: prompt tokens it feeds (0: a sampled token)
-  int64_t budget = decoder_.max_tokens();
   for (auto& a : active_) {
     if (a->done || !a->decoding) continue;
     if (a->batchable) {
       batch.push_back(a.get());
       entries.push_back({a->conv->session.get(), a->gen->pending()});
-      prompt_tokens.push_back(0);
-      --budget;
     } else {
       // A replaying policy recomputes its window per token and cannot share a pass: its
       // generator feeds the token itself.
       advance(*a);
     }
-  }
-  for (auto& a : active_) {
-    if (budget < 1) break;
-    if (a->done || !prefills_in_step(*a)) continue;
-    const auto& prompt = a->job->spec_.prompt;
-    const int64_t n = std::min({opts_.prefill_chunk, static_cast<int64_t>(prompt.size() - a->fed),
-                                a->conv->session->cache().max_step(), budget});
-    batch.push_back(a.get());
-    entries.push_back({a->conv->session.get(),
-                       std::span<const TokenId>(prompt.data() + a->fed, static_cast<size_t>(n))});
-    prompt_tokens.push_back(static_cast<size_t>(n));
-    budget -= n;
   }
   if (entries.empty()) return;
   try {
@@ -537,22 +505,11 @@ void Scheduler::decode_step() {
     return;
   }
   ++counters_.steps;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    Active& a = *batch[i];
-    const std::span<const TokenId> fed = entries[i].tokens;
-    a.conv->tokens.insert(a.conv->tokens.end(), fed.begin(), fed.end());
-    if (prompt_tokens[i] == 0) {
-      a.gen->mark_pending_fed();
-      advance(a);
-      continue;
-    }
-    // What Generator::feed does besides the pass: the sampler sees the prompt.
-    a.gen->accept_history(fed);
-    a.fed += prompt_tokens[i];
-    counters_.prompt_tokens += static_cast<int64_t>(prompt_tokens[i]);
-    if (a.fed < a.job->spec_.prompt.size()) continue;
-    a.decoding = true;
-    advance(a);
+  for (Active* a : batch) {
+    const std::span<const TokenId> fed = a->gen->pending();
+    a->conv->tokens.insert(a->conv->tokens.end(), fed.begin(), fed.end());
+    a->gen->mark_pending_fed();
+    advance(*a);
   }
 }
 

@@ -54,7 +54,6 @@ struct ServeCliOptions {
   int64_t max_sessions = 32;
   uint64_t kv_budget = 1ull << 30;
   int64_t max_active = 16;
-  int64_t prefill_chunks = 4;
   int64_t max_prompt_bytes = 1 << 20;
   int64_t max_tokens_limit = 4096;
   int64_t default_max_tokens = 256;
@@ -588,7 +587,6 @@ int run_serve(const ServeCliOptions& options) {
   so.max_sessions = o.max_sessions;
   so.kv_budget = o.kv_budget;
   so.max_active = o.max_active;
-  so.prefill_chunks = o.prefill_chunks;
   so.watch_ttl = std::chrono::milliseconds(static_cast<int64_t>(o.watch_ttl * 1000));
   if (o.max_cache < 1) throw InvalidArgument("serve: --max-cache must be >= 1");
   for (const auto& [name, v] : {std::pair{"--read-timeout", o.read_timeout},
@@ -601,9 +599,6 @@ int run_serve(const ServeCliOptions& options) {
   if (!(o.watch_ttl > 0)) throw InvalidArgument("serve: --watch-ttl must be > 0");
   if (o.max_sessions < 1) throw InvalidArgument("serve: --max-sessions must be >= 1");
   if (o.max_active < 1) throw InvalidArgument("serve: --max-active must be >= 1");
-  if (o.prefill_chunks < 0 || o.prefill_chunks > 64)
-    throw InvalidArgument(
-        fmt::format("serve: --prefill-chunks must be in 0..64, found {}", o.prefill_chunks));
 
   // Every thread started from here on (pool, scheduler, HTTP workers) inherits this mask:
   // SIGINT and SIGTERM are taken by one thread with sigwait.
@@ -682,10 +677,6 @@ Registrar reg("serve", [](CLI::App& app) {
                   "KV storage bytes of all sessions together (0: no limit)")
       ->capture_default_str();
   sub->add_option("--max-active", o->max_active, "Requests decoding together")
-      ->capture_default_str();
-  sub->add_option("--prefill-chunks", o->prefill_chunks,
-                  "Prompt chunks (64 tokens each) fed in a batched step together with the "
-                  "decoding requests' tokens (0: each prompt fed alone between steps)")
       ->capture_default_str();
   sub->add_option("--max-prompt-bytes", o->max_prompt_bytes, "Largest prompt (else 413)")
       ->capture_default_str();

@@ -62,11 +62,8 @@ struct SchedulerOptions {
   int threads = 0;             // threads of the shared pool (0: all cores)
   int64_t max_sessions = 32;   // sessions kept, active and idle together
   uint64_t kv_budget = 0;      // bytes of KV storage of all sessions together (0: no limit)
-  int64_t max_active = 16;     // requests decoding together
-  // Prompt tokens fed per request between two steps. Prompts ride in the batched step with
-  // the decoding requests' tokens, up to prefill_chunks chunks a step (the oldest first).
-  int64_t prefill_chunk = 64;
-  int64_t prefill_chunks = 4;
+  int64_t max_active = 16;     // requests decoding together (tokens of one batched step)
+  int64_t prefill_chunk = 64;  // prompt tokens fed per request between two steps
   // How long a watch() call keeps a conversation watched.
   std::chrono::milliseconds watch_ttl{30000};
   // Tokens a ConversationView lists at most besides the ones the cache holds (the newest).
@@ -196,8 +193,6 @@ class Scheduler {
   bool make_room(const kv::PolicySpec* policy);
   uint64_t kv_bytes_held() const;
   void prefill(Active& a);
-  // Whether a's prompt goes through the batched step (else prefill() feeds it alone).
-  bool prefills_in_step(const Active& a) const;
   void decode_step();
   void advance(Active& a);
   void finish(Active& a);
