@@ -708,6 +708,9 @@ bool TransformerForward::attend_streams(int64_t l, const RopeTable& rope) {
   stream_attn_.clear();
   attn_items_.clear();
   attn_cost_.assign(1, 0);
+  // virtual_sinks() broadcasts a single sink logit into sinks_, which the next stream's
+  // call overwrites: each stream keeps its own row here.
+  sink_rows_.resize(seqs_.size() * static_cast<size_t>(c.n_head));
   for (Seq& s : seqs_) {
     const int32_t gi = s.step.plan->group_of_layer[static_cast<size_t>(l)];
     const kv::BatchPlan& plan = s.step.plan->groups[static_cast<size_t>(gi)];
@@ -717,7 +720,13 @@ bool TransformerForward::attend_streams(int64_t l, const RopeTable& rope) {
     const ops::AttentionShape shape{c.n_head,   c.n_head_kv, c.head_dim, kv.n_slots(l) * c.head_dim,
                                     kv.type(), attn_scale_};
     const auto stream = static_cast<int32_t>(stream_attn_.size());
-    stream_attn_.push_back({&s, &plan, &g, shape, kv.k(l, 0), kv.v(l, 0), virtual_sinks(plan, l)});
+    Sinks sinks = virtual_sinks(plan, l);
+    if (sinks.logits != nullptr && sinks.logits == sinks_.data()) {
+      float* row = sink_rows_.data() + static_cast<size_t>(stream) * static_cast<size_t>(c.n_head);
+      std::copy(sinks_.begin(), sinks_.end(), row);
+      sinks.logits = row;
+    }
+    stream_attn_.push_back({&s, &plan, &g, shape, kv.k(l, 0), kv.v(l, 0), sinks});
     for (int64_t t = 0; t < s.T; ++t) {
       const int64_t span = plan.span_size(static_cast<size_t>(t));
       for (int64_t kvh = 0; kvh < c.n_head_kv; ++kvh) {

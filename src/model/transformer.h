@@ -356,6 +356,7 @@ class TransformerForward : public Forward {
   std::vector<StreamAttention> stream_attn_;
   std::vector<AttentionItem> attn_items_;
   std::vector<int64_t> attn_cost_;  // [items + 1] running sum of the items' spans
+  std::vector<float> sink_rows_;    // [streams][n_head] single sink logits, broadcast
   std::vector<float> logits_;         // [rows][n_vocab], grown to the most rows asked for
   std::vector<float> attn_parts_;     // [items][attention_part_floats]
   std::vector<float> probs_;          // observer records: probabilities of the step's tokens

@@ -136,6 +136,9 @@ TEST(BatchDecoder, StreamsAttendingInOneJob) {
   auto m = tiny(DType::Q8_0, true);
   check_batched_equals_alone(
       *m, {"sink:4+20", "full", "window:16,kv=f16", "sink:2+12", "nullsink:16", "sink:1+8"});
+  // Streams whose virtual sink is one constant logit each, different per stream.
+  check_batched_equals_alone(*m, {"nullsink:12,calib=const:2", "nullsink:16,calib=const:-1",
+                                  "sink:2+12", "nullsink:10,calib=const:0.5", "full"});
 }
 
 TEST(BatchDecoder, RejectsBadStepsBeforeChangingAnySession) {
