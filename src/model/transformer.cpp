@@ -717,7 +717,7 @@ bool TransformerForward::attend_streams(int64_t l, const RopeTable& rope) {
     Group& g = s.groups[static_cast<size_t>(gi)];
     kv::KvStorage& kv = *s.step.kv;
     rotate_and_store(l, s, plan, g, rope);
-    const ops::AttentionShape shape{c.n_head,   c.n_head_kv, c.head_dim, kv.n_slots(l) * c.head_dim,
+    const ops::AttentionShape shape{c.n_head,  c.n_head_kv, c.head_dim, kv.n_slots(l) * c.head_dim,
                                     kv.type(), attn_scale_};
     const auto stream = static_cast<int32_t>(stream_attn_.size());
     Sinks sinks = virtual_sinks(plan, l);
@@ -730,8 +730,7 @@ bool TransformerForward::attend_streams(int64_t l, const RopeTable& rope) {
     for (int64_t t = 0; t < s.T; ++t) {
       const int64_t span = plan.span_size(static_cast<size_t>(t));
       for (int64_t kvh = 0; kvh < c.n_head_kv; ++kvh) {
-        attn_items_.push_back(
-            {stream, static_cast<int32_t>(t), static_cast<int32_t>(kvh)});
+        attn_items_.push_back({stream, static_cast<int32_t>(t), static_cast<int32_t>(kvh)});
         attn_cost_.push_back(attn_cost_.back() + span);
       }
     }
@@ -742,8 +741,8 @@ bool TransformerForward::attend_streams(int64_t l, const RopeTable& rope) {
   const int64_t qdim = c.n_head * c.head_dim;
   int64_t max_span = 1;
   for (const StreamAttention& sa : stream_attn_) max_span = std::max(max_span, sa.group->max_span);
-  const int64_t scratch = ops::attention_pieces(max_span) *
-                          ops::attention_part_floats(stream_attn_.front().shape);
+  const int64_t scratch =
+      ops::attention_pieces(max_span) * ops::attention_part_floats(stream_attn_.front().shape);
   const int64_t total = attn_cost_.back();
   pool_.run([&](int ith, int nth_run) {
     float* parts = attn_parts_.data() + static_cast<size_t>(ith) * static_cast<size_t>(scratch);

@@ -335,10 +335,10 @@ class TransformerForward : public Forward {
 
   AttentionObserver* observer_ = nullptr;  // of run()
   std::vector<Seq> seqs_;
-  int64_t span_reserved_ = 0;         // reserve_span's largest span so far (max_batch 1)
-  size_t run_reserve_ = 0;            // runs per group reserved for one-token steps
-  std::vector<float> qr_;             // [query rotations][n_head*hd]: each stream's (the most
-                                      // of any of its groups) from its q_base
+  int64_t span_reserved_ = 0;  // reserve_span's largest span so far (max_batch 1)
+  size_t run_reserve_ = 0;     // runs per group reserved for one-token steps
+  std::vector<float> qr_;      // [query rotations][n_head*hd]: each stream's (the most
+                               // of any of its groups) from its q_base
   // attend_streams: per stream its layer's plan, group, shape, K/V bases and sinks, and
   // the (stream, token, KV head) items with their spans' running sum.
   struct StreamAttention {
@@ -355,8 +355,8 @@ class TransformerForward : public Forward {
   };
   std::vector<StreamAttention> stream_attn_;
   std::vector<AttentionItem> attn_items_;
-  std::vector<int64_t> attn_cost_;  // [items + 1] running sum of the items' spans
-  std::vector<float> sink_rows_;    // [streams][n_head] single sink logits, broadcast
+  std::vector<int64_t> attn_cost_;    // [items + 1] running sum of the items' spans
+  std::vector<float> sink_rows_;      // [streams][n_head] single sink logits, broadcast
   std::vector<float> logits_;         // [rows][n_vocab], grown to the most rows asked for
   std::vector<float> attn_parts_;     // [items][attention_part_floats]
   std::vector<float> probs_;          // observer records: probabilities of the step's tokens
