@@ -327,6 +327,8 @@ void TransformerForward::prepare_group(const Seq& s, const kv::BatchPlan& plan, 
   }
   g.first_item[static_cast<size_t>(T)] = g.n_items;
   g.trig_table[0] = g.trig_table[1] = nullptr;
+  if (plan.sink_logits.size() == 1)
+    g.sink_logits.assign(static_cast<size_t>(config_.n_head), plan.sink_logits[0]);
   reserve_span(g.max_span);
 }
 
@@ -483,14 +485,12 @@ void TransformerForward::rotate_and_store(int64_t l, const Seq& s, const kv::Bat
   });
 }
 
-TransformerForward::Sinks TransformerForward::virtual_sinks(const kv::BatchPlan& plan, int64_t l) {
+TransformerForward::Sinks TransformerForward::virtual_sinks(const kv::BatchPlan& plan,
+                                                            const Group& g, int64_t l) const {
   if (const kv::VirtualSinks* vs = plan.fitted_sinks.get())
     return {vs->layer_logits(l), vs->layer_values(l)};
   if (plan.sink_logits.empty()) return {};
-  if (plan.sink_logits.size() == 1) {
-    sinks_.assign(static_cast<size_t>(config_.n_head), plan.sink_logits[0]);
-    return {sinks_.data(), nullptr};
-  }
+  if (plan.sink_logits.size() == 1) return {g.sink_logits.data(), nullptr};
   return {plan.sink_logits.data(), nullptr};
 }
 
@@ -708,9 +708,6 @@ bool TransformerForward::attend_streams(int64_t l, const RopeTable& rope) {
   stream_attn_.clear();
   attn_items_.clear();
   attn_cost_.assign(1, 0);
-  // virtual_sinks() broadcasts a single sink logit into sinks_, which the next stream's
-  // call overwrites: each stream keeps its own row here.
-  sink_rows_.resize(seqs_.size() * static_cast<size_t>(c.n_head));
   for (Seq& s : seqs_) {
     const int32_t gi = s.step.plan->group_of_layer[static_cast<size_t>(l)];
     const kv::BatchPlan& plan = s.step.plan->groups[static_cast<size_t>(gi)];
@@ -720,13 +717,8 @@ bool TransformerForward::attend_streams(int64_t l, const RopeTable& rope) {
     const ops::AttentionShape shape{c.n_head,  c.n_head_kv, c.head_dim, kv.n_slots(l) * c.head_dim,
                                     kv.type(), attn_scale_};
     const auto stream = static_cast<int32_t>(stream_attn_.size());
-    Sinks sinks = virtual_sinks(plan, l);
-    if (sinks.logits != nullptr && sinks.logits == sinks_.data()) {
-      float* row = sink_rows_.data() + static_cast<size_t>(stream) * static_cast<size_t>(c.n_head);
-      std::copy(sinks_.begin(), sinks_.end(), row);
-      sinks.logits = row;
-    }
-    stream_attn_.push_back({&s, &plan, &g, shape, kv.k(l, 0), kv.v(l, 0), sinks});
+    stream_attn_.push_back(
+        {&s, &plan, &g, shape, kv.k(l, 0), kv.v(l, 0), virtual_sinks(plan, g, l)});
     for (int64_t t = 0; t < s.T; ++t) {
       const int64_t span = plan.span_size(static_cast<size_t>(t));
       for (int64_t kvh = 0; kvh < c.n_head_kv; ++kvh) {
@@ -780,7 +772,7 @@ void TransformerForward::attention(int64_t l, const RopeTable& rope) {
                                     kv.type(),        attn_scale_};
     const void* kbase = kv.k(l, 0);
     const void* vbase = kv.v(l, 0);
-    const Sinks sinks = virtual_sinks(plan, l);
+    const Sinks sinks = virtual_sinks(plan, g, l);
     attend(s, plan, g, shape, kbase, vbase, sinks);
     if (obs) {
       if (const AttentionEdit* e = obs->edit(l))

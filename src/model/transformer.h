@@ -295,6 +295,7 @@ class TransformerForward : public Forward {
     // RoPE table in use: [T + qpos.size()][n_rot]; filled on first use in the step.
     const RopeTable* trig_table[2] = {nullptr, nullptr};
     std::vector<float> trig[2];
+    std::vector<float> sink_logits;  // [n_head] the plan's single sink logit, broadcast
   };
   // One stream of the pass: its rows [t0, t0 + T) of the buffers.
   struct Seq {
@@ -330,8 +331,9 @@ class TransformerForward : public Forward {
                   const void* vbase, Sinks sinks);
   void record(int64_t l, const Seq& s, const kv::BatchPlan& plan, const Group& g,
               const ops::AttentionShape& shape, const void* kbase);
-  // The plan's virtual sinks of layer l (logits as [n_head]).
-  Sinks virtual_sinks(const kv::BatchPlan& plan, int64_t l);
+  // The plan's virtual sinks of layer l (logits as [n_head]; a single logit broadcast in
+  // the stream's group, so that streams never share the row).
+  Sinks virtual_sinks(const kv::BatchPlan& plan, const Group& g, int64_t l) const;
 
   AttentionObserver* observer_ = nullptr;  // of run()
   std::vector<Seq> seqs_;
@@ -356,13 +358,11 @@ class TransformerForward : public Forward {
   std::vector<StreamAttention> stream_attn_;
   std::vector<AttentionItem> attn_items_;
   std::vector<int64_t> attn_cost_;    // [items + 1] running sum of the items' spans
-  std::vector<float> sink_rows_;      // [streams][n_head] single sink logits, broadcast
   std::vector<float> logits_;         // [rows][n_vocab], grown to the most rows asked for
   std::vector<float> attn_parts_;     // [items][attention_part_floats]
   std::vector<float> probs_;          // observer records: probabilities of the step's tokens
   std::vector<int64_t> prob_offset_;  // [T + 1]
   std::vector<double> lse_;           // [T][n_head] observer records: log-sum-exp
-  std::vector<float> sinks_;          // [n_head] a plan's virtual sink logits, broadcast
   std::vector<float> k_raw_;          // [T][n_head_kv*hd] keys before RoPE (only with an observer)
   std::vector<float> edit_out_;       // [n_head][head_dim] an edited group's attention output
   std::vector<ops::KeyRun> kept_runs_;       // an edited token's runs without the sink ranges
