@@ -112,35 +112,32 @@ grown = int(parts[-1]["rss_bytes"]) - int(whole[-1]["rss_bytes"])
 assert grown < 1 << 20, f"the resumed soak's RSS is {grown} bytes above the unbroken run's"
 PY
 # A state saved before --streams existed (no "streams" and no "session_bytes" in its
-# progress, the one session's state after it) goes on as the one stream it was; asked to go on as two streams, it is a usage error that names --streams.
-python3 - "$TMP/soak.state" "$TMP/old.state" <<'PY' || die "could not write an old-style state"
+# progress, the one session's state after it) goes on as the one stream it was; asked to
+# go on as two streams, it is a usage error that names --streams.
+# old_style SRC DST TOKENS: the state SRC (at TOKENS tokens, one stream) as a soak before
+# --streams wrote it, into DST.
+old_style() {
+  python3 - "$@" <<'PY' || die "could not write an old-style state"
 import json, struct, sys
+src, dst, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
 magic = b"spillway-soak-state 1\n"
-data = open(sys.argv[1], "rb").read()
+data = open(src, "rb").read()
 assert data.startswith(magic)
 n = struct.unpack_from("<Q", data, len(magic))[0]
 start = len(magic) + 8
 progress = json.loads(data[start:start + n])
+assert progress["tokens"] == tokens and progress["streams"] == 1, progress
 assert progress["session_bytes"] == [len(data) - start - n], progress
 del progress["streams"], progress["session_bytes"]
 text = json.dumps(progress, separators=(",", ":")).encode()
-open(sys.argv[2], "wb").write(magic + struct.pack("<Q", len(text)) + text + data[start + n:])
+open(dst, "wb").write(magic + struct.pack("<Q", len(text)) + text + data[start + n:])
 PY
+}
+old_style "$TMP/soak.state" "$TMP/old.state" 400
 "$BIN" soak --model "$model" --text "$TMP/text.txt" --policy sink:4+60 --tokens 450 --every 50 \
   --warmup 50 -t 1 --state "$TMP/old.state" >/dev/null 2>"$TMP/err.txt" ||
   die "a state saved without --streams did not resume: $(head -c 500 "$TMP/err.txt")"
-python3 - "$TMP/old.state" "$TMP/old.state" <<'PY' || die "could not write an old-style state"
-import json, struct, sys
-magic = b"spillway-soak-state 1\n"
-data = open(sys.argv[1], "rb").read()
-n = struct.unpack_from("<Q", data, len(magic))[0]
-start = len(magic) + 8
-progress = json.loads(data[start:start + n])
-assert progress["tokens"] == 450 and progress["streams"] == 1, progress
-del progress["streams"], progress["session_bytes"]
-text = json.dumps(progress, separators=(",", ":")).encode()
-open(sys.argv[2], "wb").write(magic + struct.pack("<Q", len(text)) + text + data[start + n:])
-PY
+old_style "$TMP/old.state" "$TMP/old.state" 450
 "$BIN" soak --model "$model" --text "$TMP/text.txt" --policy sink:4+60 --tokens 500 --every 50 \
   --warmup 50 -t 1 --streams 2 --state "$TMP/old.state" >/dev/null 2>"$TMP/err.txt"
 rc=$?

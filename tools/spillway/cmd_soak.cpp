@@ -231,8 +231,13 @@ SavedSoak read_saved_soak(const SoakOptions& o, const kv::PolicySpec& policy) {
   SavedSoak saved;
   saved.data = read_file(o.state);
   saved.progress = unpack_soak_state(saved.data, o.state, &saved.sessions);
-  // Soaks saved before --streams existed ran one stream and did not record it.
-  if (!saved.progress.contains("streams")) saved.progress["streams"] = 1;
+  // Soaks saved before --streams existed ran one stream and did not record it, and hold
+  // that session's state alone after their progress.
+  if (!saved.progress.contains("streams")) {
+    saved.progress["streams"] = 1;
+    if (!saved.progress.contains("session_bytes"))
+      saved.progress["session_bytes"] = std::vector<uint64_t>{saved.sessions.size()};
+  }
   const nlohmann::ordered_json identity = soak_identity(o, policy);
   for (const auto& [key, mine] : identity.items()) {
     const auto it = saved.progress.find(key);
@@ -266,9 +271,7 @@ SoakProgress resume_soak(const SoakOptions& o, const SavedSoak& saved, int64_t n
     for (const auto& k : j.at("segments")) p.segments.push_back(k);
     p.csv = j.at("csv").get<std::string>();
     p.jsonl = j.at("jsonl").get<std::string>();
-    // A soak saved before --streams existed holds one session's state after its progress.
-    sizes = j.contains("session_bytes") ? j.at("session_bytes").get<std::vector<uint64_t>>()
-                                        : std::vector<uint64_t>{saved.sessions.size()};
+    sizes = j.at("session_bytes").get<std::vector<uint64_t>>();
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(fmt::format("{}: the soak progress lacks a field: {}", o.state, e.what()));
   }
