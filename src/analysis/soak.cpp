@@ -36,6 +36,11 @@ SoakJudgement judge_soak(std::span<const SoakCheckpoint> checkpoints, const Soak
   j.judged = true;
   j.baseline = judged.front();
 
+  j.rss_anonymous = std::all_of(judged.begin(), judged.end(),
+                                [](const SoakCheckpoint* k) { return k->rss_anon_bytes > 0; });
+  auto rss = [&](const SoakCheckpoint* k) {
+    return static_cast<int64_t>(j.rss_anonymous ? k->rss_anon_bytes : k->rss_bytes);
+  };
   j.rss_from = j.rss_to = j.baseline;
   bool first_segment = true;
   for (size_t i = 0; i < judged.size();) {
@@ -45,8 +50,7 @@ SoakJudgement judge_soak(std::span<const SoakCheckpoint> checkpoints, const Soak
     // A resumed process's first interval holds its start (the model, the state read, the
     // first save): its baseline is the next checkpoint when there is one.
     const size_t from = seg > 0 && end > i ? i + 1 : i;
-    const auto growth = static_cast<int64_t>(judged[end]->rss_bytes) -
-                        static_cast<int64_t>(judged[from]->rss_bytes);
+    const int64_t growth = rss(judged[end]) - rss(judged[from]);
     if (first_segment || growth > j.rss_growth) {
       j.rss_growth = growth;
       j.rss_from = judged[from];
@@ -58,10 +62,12 @@ SoakJudgement judge_soak(std::span<const SoakCheckpoint> checkpoints, const Soak
   j.rss_ok = j.rss_growth < c.max_rss_growth;
   for (const SoakCheckpoint* k : judged) j.kv_ok = j.kv_ok && k->kv_bytes == j.baseline->kv_bytes;
 
+  j.latency_on_cpu = std::all_of(judged.begin(), judged.end(),
+                                 [](const SoakCheckpoint* k) { return k->cpu_ms_median >= 0.0; });
   std::vector<double> xs, ys;
   for (const SoakCheckpoint* k : judged) {
     xs.push_back(static_cast<double>(k->tokens));
-    ys.push_back(k->latency_ms_median);
+    ys.push_back(j.latency_on_cpu ? k->cpu_ms_median : k->latency_ms_median);
   }
   const stats::Trend t = stats::linear_trend(xs, ys);
   const double span = xs.back() - xs.front();

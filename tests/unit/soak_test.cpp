@@ -1,7 +1,8 @@
 // The soak's judgement (analysis/soak.h) on checkpoints made up to show each goal pass and
 // fail: a flat stream passes, a 10 % slowdown fails, noise wider than the bound is not
 // judged, RSS growth within a segment fails but a resumed segment's new baseline does not,
-// a changed KV size or a non-finite logit fails, too few intervals are not judged.
+// a changed KV size or a non-finite logit fails, too few intervals are not judged; CPU
+// time and anonymous RSS decide where every judged checkpoint has them.
 #include "spillway/analysis/soak.h"
 
 #include <gtest/gtest.h>
@@ -65,6 +66,49 @@ TEST(SoakJudgement, RssGrowthWithinASegmentFails) {
   EXPECT_FALSE(j.rss_ok);
   EXPECT_EQ(j.rss_growth, 200'000 * 10);
   EXPECT_EQ(j.verdict, SoakVerdict::kFail);
+}
+
+TEST(SoakJudgement, CpuTimeDecidesWhereEveryCheckpointHasIt) {
+  // Wall time 30 % slower by the end (the host got busy), CPU time flat: passes.
+  auto v = stream(12, [](int i) { return 7.0 * (1.0 + 0.03 * i); });
+  for (auto& c : v) c.cpu_ms_median = 6.5;
+  SoakJudgement j = judge_soak(v, {});
+  EXPECT_TRUE(j.latency_on_cpu);
+  EXPECT_NEAR(j.drift, 0.0, 1e-9);
+  EXPECT_EQ(j.latency, SoakVerdict::kPass);
+  // CPU time 10 % slower: fails even where wall time is flat.
+  for (size_t i = 0; i < v.size(); ++i) {
+    v[i].latency_ms_median = 7.0;
+    v[i].cpu_ms_median = 6.5 * (1.0 + 0.01 * static_cast<double>(i));
+  }
+  j = judge_soak(v, {});
+  EXPECT_EQ(j.latency, SoakVerdict::kFail);
+  // One judged checkpoint without it (an older log): wall time decides.
+  v[5].cpu_ms_median = -1.0;
+  j = judge_soak(v, {});
+  EXPECT_FALSE(j.latency_on_cpu);
+  EXPECT_EQ(j.latency, SoakVerdict::kPass);
+}
+
+TEST(SoakJudgement, AnonymousRssDecidesWhereEveryCheckpointHasIt) {
+  // The whole RSS grows by 20 MB (mapped file pages faulted in), the anonymous part is flat.
+  auto v = stream(12, [](int) { return 7.0; });
+  for (size_t i = 0; i < v.size(); ++i) {
+    v[i].rss_bytes += 2'000'000 * i;
+    v[i].rss_anon_bytes = 60'000'000;
+  }
+  SoakJudgement j = judge_soak(v, {});
+  EXPECT_TRUE(j.rss_anonymous);
+  EXPECT_EQ(j.rss_growth, 0);
+  EXPECT_TRUE(j.rss_ok);
+  v.back().rss_anon_bytes += 1'500'000;
+  j = judge_soak(v, {});
+  EXPECT_EQ(j.rss_growth, 1'500'000);
+  EXPECT_FALSE(j.rss_ok);
+  v[3].rss_anon_bytes = 0;  // unknown at one checkpoint: the whole RSS decides
+  j = judge_soak(v, {});
+  EXPECT_FALSE(j.rss_anonymous);
+  EXPECT_EQ(j.rss_growth, 2'000'000 * 10);
 }
 
 TEST(SoakJudgement, AResumedSegmentHasItsOwnBaseline) {

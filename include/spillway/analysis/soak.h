@@ -3,10 +3,13 @@
 // stream that can run for ever must: no non-finite logit; after the warm-up, RSS growth
 // below a bound within every process that ran part of it (a segment: a soak stopped and
 // resumed from its saved state runs in several, each with its own baseline); KV bytes
-// unchanged; and no latency slowdown beyond a bound, judged by the least-squares trend of
-// the interval medians with its 95 % interval, so that the host's own noise cannot decide
-// it: a trend whose interval straddles the bound is "not judged", and a faster end never
-// fails.
+// unchanged; and no slowdown beyond a bound, judged by the least-squares trend of the
+// interval medians with its 95 % interval, so that the host's own noise cannot decide it:
+// a trend whose interval straddles the bound is "not judged", and a faster end never
+// fails. Where the checkpoints carry them, the judgement reads the process's CPU time per
+// step (which other processes on the host do not lengthen) rather than wall time, and its
+// anonymous resident set (what it allocated) rather than the whole, whose file pages follow
+// the page cache.
 #pragma once
 
 #include <cstddef>
@@ -24,7 +27,9 @@ struct SoakCheckpoint {
   double latency_ms_median = 0.0;  // per step, over the interval
   double latency_ms_p99 = 0.0;
   double latency_ms_max = 0.0;
+  double cpu_ms_median = -1.0;  // process CPU time per step, over the interval; < 0: unknown
   uint64_t rss_bytes = 0;
+  uint64_t rss_anon_bytes = 0;  // the anonymous part of rss_bytes; 0: unknown
   uint64_t kv_bytes = 0;
   int64_t nonfinite = 0;      // non-finite logits so far
   double nll_interval = 0.0;  // mean NLL of the next token over the interval
@@ -52,16 +57,21 @@ struct SoakJudgement {
   const SoakCheckpoint* baseline = nullptr;  // the first judged checkpoint
   const SoakCheckpoint* last = nullptr;
   // Latency: the trend over the judged stream as a share of its fitted start, with the
-  // 95 % interval; kPass ("ok") when the interval lies at or below max_drift, kFail when it
-  // lies above, kNotJudged when it straddles it.
+  // 95 % interval, of cpu_ms_median when every judged checkpoint has it (latency_on_cpu),
+  // else of latency_ms_median; kPass ("ok") when the interval lies at or below max_drift, kFail
+  // when it lies above, kNotJudged when it straddles it.
   double drift = 0.0, drift_low = 0.0, drift_high = 0.0;
   SoakVerdict latency = SoakVerdict::kNotJudged;
+  bool latency_on_cpu = false;
   // RSS: the largest growth within one segment, from its first judged checkpoint (a resumed
-  // segment's first interval is its warm-up and is skipped when it has more) to its last.
+  // segment's first interval is its warm-up and is skipped when it has more) to its last;
+  // of rss_anon_bytes when every judged checkpoint has it (rss_anonymous), else of
+  // rss_bytes.
   int64_t rss_growth = 0;
   const SoakCheckpoint* rss_from = nullptr;
   const SoakCheckpoint* rss_to = nullptr;
   bool rss_ok = true;
+  bool rss_anonymous = false;
   bool kv_ok = true;  // every judged checkpoint has the baseline's KV bytes
   int64_t segments = 1;
   // kFail if any goal failed (a non-finite logit always does), kPass if all held, else
