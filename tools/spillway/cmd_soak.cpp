@@ -1,21 +1,18 @@
 // spillway soak: decodes a long stream (default one million tokens) through a bounded
-// cache policy one token at a time, the decode path a long-running service takes, and
-// records at every checkpoint what would show a leak or a slowdown: tokens/s over the
-// interval, per-token latency (median, p99) and CPU time (median), resident memory (all,
-// and its anonymous part), KV bytes, non-finite logits and the running NLL of the next
-// token. Ends with a verdict on the goals of a stream that can run forever: no NaN or inf
-// in any logit; after the warm-up, growth of the anonymous RSS below 1 MB, constant KV
-// bytes, and no slowdown beyond 5 % in the CPU time per token, judged by the straight-line
-// trend of the interval medians and its 95 % interval, so that the host's own noise cannot
-// decide it (a trend whose interval straddles +5 % is "not judged"; a faster end does not
-// fail). CPU time, not wall time, because a process sharing the host lengthens a token's
-// wall time without the decoder doing more; the anonymous RSS, because the model's mapped
-// file pages come and go with the page cache (logs written before these columns existed
-// are judged on wall time and the whole RSS). A run with fewer than 3 intervals past the warm-up is
-// "not judged" (unless a logit was not finite): pass, fail or not judged. The judgement is the
-// library's (analysis/soak.h); this file runs the stream and prints.
+// cache policy one token at a time, the decode path a long-running service takes
+// (SoakRun, session/soak.h), prints each checkpoint and keeps the logs, and ends with the
+// library's verdict (analysis/soak.h) on the goals of a stream that can run forever: no
+// NaN or inf in any logit; after the warm-up, growth of the anonymous RSS below 1 MB,
+// constant KV bytes, and no slowdown beyond 5 % in the CPU time per token, judged by the
+// straight-line trend of the interval medians and its 95 % interval (a trend whose
+// interval straddles +5 % is "not judged"; a faster end does not fail). A run with fewer
+// than 3 intervals past the warm-up is "not judged" unless a logit was not finite. CPU
+// time rather than wall time, because a process sharing the host lengthens a token's wall
+// time without the decoder doing more; the anonymous RSS, because the model's mapped file
+// pages come and go with the page cache. Logs written before those columns existed are
+// judged on wall time and the whole RSS.
 //
-// With --state FILE the soak saves itself at every checkpoint (the session's cache and
+// With --state FILE the soak saves itself at every checkpoint (each session's cache and
 // policy state, Session::save_state, with the soak's own counters and logs), written whole
 // or not at all; started again with the same FILE it goes on from the last checkpoint as
 // one stream: the same tokens, the same logits, the intervals and the NLL carried on. Each
@@ -36,11 +33,8 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
@@ -53,20 +47,16 @@
 #include "spillway/core/file.h"
 #include "spillway/core/process.h"
 #include "spillway/core/serial.h"
-#include "spillway/core/stats.h"
 #include "spillway/kv/policy.h"
 #include "spillway/model/model.h"
 #include "spillway/ops/matmul.h"
-#include "spillway/session/batch.h"
-#include "spillway/session/session.h"
+#include "spillway/session/soak.h"
 #include "util.h"
 
 namespace spillway::cli {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-struct SoakOptions {
+struct SoakCliOptions {
   std::string model = kDefaultModel;
   std::string policy = "sink:4+1020";
   std::string text = "data/austen.txt";
@@ -175,48 +165,25 @@ std::string csv_of(const std::vector<Checkpoint>& checkpoints) {
   return out;
 }
 
-// NLL of `target` under `logits` ([n]), in double; counts non-finite entries.
-double nll_of(const float* logits, int64_t n, TokenId target, int64_t* nonfinite) {
-  float mx = -std::numeric_limits<float>::infinity();
-  int64_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = logits[i];
-    if (!std::isfinite(v)) {
-      ++bad;
-      continue;
-    }
-    mx = std::max(mx, v);
-  }
-  *nonfinite += bad;
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i)
-    if (std::isfinite(logits[i])) sum += std::exp(static_cast<double>(logits[i]) - mx);
-  return std::log(sum) + mx - static_cast<double>(logits[target]);
-}
-
-// Where a soak stands: what a --state file carries besides the sessions.
-struct SoakProgress {
-  int64_t tokens = 0;    // per stream
-  double seconds = 0.0;  // stream time so far
-  int64_t nonfinite = 0;
-  double nll_sum = 0.0;
-  int64_t nll_count = 0;
-  std::vector<Checkpoint> checkpoints;
+// The CLI's side of a soak: the library's progress plus the logs and segments it writes.
+struct SoakLogs {
+  SoakProgress progress;
   nlohmann::ordered_json segments = nlohmann::ordered_json::array();
   std::string csv, jsonl;  // the logs as written so far
 };
 
 // What a saved soak must agree on with the one that goes on from it.
-nlohmann::ordered_json soak_identity(const SoakOptions& o, const kv::PolicySpec& policy) {
+nlohmann::ordered_json soak_identity(const SoakCliOptions& o, const kv::PolicySpec& policy) {
   return {{"model", o.model}, {"policy", policy.str()}, {"text", o.text},
           {"every", o.every}, {"warmup", o.warmup},     {"streams", o.streams}};
 }
 
 // Writes the soak and its sessions to o.state, whole or not at all.
-void save_soak(const SoakOptions& o, const kv::PolicySpec& policy, int64_t n_corpus,
-               const SoakProgress& p, const std::vector<std::unique_ptr<Session>>& sessions) {
+void save_soak(const SoakCliOptions& o, const kv::PolicySpec& policy, const SoakRun& run,
+               const SoakLogs& logs) {
+  const SoakProgress& p = run.progress();
   nlohmann::ordered_json j = soak_identity(o, policy);
-  j["corpus_tokens"] = n_corpus;
+  j["corpus_tokens"] = run.corpus_tokens();
   j["tokens"] = p.tokens;
   j["seconds"] = p.seconds;
   j["nonfinite_logits"] = p.nonfinite;
@@ -224,14 +191,11 @@ void save_soak(const SoakOptions& o, const kv::PolicySpec& policy, int64_t n_cor
   j["nll_count"] = p.nll_count;
   j["checkpoints"] = nlohmann::ordered_json::array();
   for (const Checkpoint& k : p.checkpoints) j["checkpoints"].push_back(to_json(k));
-  j["segments"] = p.segments;
-  j["jsonl"] = p.jsonl;
-  std::vector<std::string> states;
+  j["segments"] = logs.segments;
+  j["jsonl"] = logs.jsonl;
+  const std::vector<std::string> states = run.save_states();
   j["session_bytes"] = nlohmann::ordered_json::array();
-  for (const auto& s : sessions) {
-    states.push_back(s->save_state());
-    j["session_bytes"].push_back(states.back().size());
-  }
+  for (const std::string& st : states) j["session_bytes"].push_back(st.size());
   const std::string head = soak_state_head(j);
   std::vector<std::string_view> parts = {head};
   for (const std::string& st : states) parts.push_back(st);
@@ -245,7 +209,7 @@ struct SavedSoak {
   nlohmann::ordered_json progress;
 };
 
-SavedSoak read_saved_soak(const SoakOptions& o, const kv::PolicySpec& policy) {
+SavedSoak read_saved_soak(const SoakCliOptions& o, const kv::PolicySpec& policy) {
   SavedSoak saved;
   saved.data = read_file(o.state);
   saved.progress = unpack_soak_state(saved.data, o.state, &saved.sessions);
@@ -268,53 +232,52 @@ SavedSoak read_saved_soak(const SoakOptions& o, const kv::PolicySpec& policy) {
   return saved;
 }
 
-// The progress of a saved soak, its sessions loaded into `sessions` (FormatError naming the
-// file for anything that does not fit).
-SoakProgress resume_soak(const SoakOptions& o, const SavedSoak& saved, int64_t n_corpus,
-                         const std::vector<std::unique_ptr<Session>>& sessions) {
-  SoakProgress p;
+// Resumes `run` from a saved soak and returns its logs (FormatError naming the file for
+// anything that does not fit).
+SoakLogs resume_soak(const SoakCliOptions& o, const SavedSoak& saved, SoakRun& run) {
+  SoakLogs logs;
+  SoakProgress& p = logs.progress;
   const nlohmann::ordered_json& j = saved.progress;
   std::vector<uint64_t> sizes;
   try {
-    if (j.at("corpus_tokens").get<int64_t>() != n_corpus)
+    if (j.at("corpus_tokens").get<int64_t>() != run.corpus_tokens())
       throw InvalidArgument(fmt::format(
           "--state {}: the corpus encoded to {} tokens when it was saved, {} now: {} changed",
-          o.state, j.at("corpus_tokens").get<int64_t>(), n_corpus, o.text));
+          o.state, j.at("corpus_tokens").get<int64_t>(), run.corpus_tokens(), o.text));
     p.tokens = j.at("tokens").get<int64_t>();
     p.seconds = j.at("seconds").get<double>();
     p.nonfinite = j.at("nonfinite_logits").get<int64_t>();
     p.nll_sum = j.at("nll_sum").get<double>();
     p.nll_count = j.at("nll_count").get<int64_t>();
     for (const auto& k : j.at("checkpoints")) p.checkpoints.push_back(checkpoint_from_json(k));
-    for (const auto& k : j.at("segments")) p.segments.push_back(k);
-    // Rewritten from the checkpoints rather than read back, so that a log begun by an older
-    // binary takes this one's columns.
-    p.csv = csv_of(p.checkpoints);
-    p.jsonl = j.at("jsonl").get<std::string>();
+    for (const auto& k : j.at("segments")) logs.segments.push_back(k);
+    logs.jsonl = j.at("jsonl").get<std::string>();
     sizes = j.at("session_bytes").get<std::vector<uint64_t>>();
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(fmt::format("{}: the soak progress lacks a field: {}", o.state, e.what()));
   }
-  if (sizes.size() != sessions.size())
-    throw FormatError(fmt::format("{}: {} session states for {} streams", o.state, sizes.size(),
-                                  sessions.size()));
+  if (p.checkpoints.empty() || p.checkpoints.back().tokens != p.tokens)
+    throw FormatError(
+        fmt::format("{}: the soak is at token {} without a checkpoint there", o.state, p.tokens));
+  // Rewritten from the checkpoints rather than read back, so that a log begun by an older
+  // binary takes this one's columns.
+  logs.csv = csv_of(p.checkpoints);
+  std::vector<std::string_view> states;
   std::string_view bytes = saved.sessions;
-  for (size_t i = 0; i < sessions.size(); ++i) {
+  for (size_t i = 0; i < sizes.size(); ++i) {
     if (sizes[i] > bytes.size())
       throw FormatError(fmt::format("{}: truncated: stream {}'s state needs {} bytes, {} left",
                                     o.state, i, sizes[i], bytes.size()));
-    sessions[i]->load_state(bytes.substr(0, sizes[i]), fmt::format("{} (stream {})", o.state, i));
+    states.push_back(bytes.substr(0, sizes[i]));
     bytes.remove_prefix(sizes[i]);
-    if (sessions[i]->n_past() != p.tokens)
-      throw FormatError(fmt::format("{}: the soak is at token {}, stream {}'s session at {}",
-                                    o.state, p.tokens, i, sessions[i]->n_past()));
   }
   if (!bytes.empty())
     throw FormatError(fmt::format("{}: {} bytes after the sessions", o.state, bytes.size()));
-  return p;
+  run.resume(p, states, o.state);
+  return logs;
 }
 
-int run_soak(const SoakOptions& o) {
+int run_soak(const SoakCliOptions& o) {
   if (o.tokens < 2)
     throw InvalidArgument(fmt::format("--tokens must be at least 2, got {}", o.tokens));
   if (o.streams < 1 || o.streams > 256)
@@ -347,156 +310,83 @@ int run_soak(const SoakOptions& o) {
   auto model = model::Model::load(o.model);
   const auto& cfg = model->config();
   const std::string text = read_file(o.text);
-  const std::vector<TokenId> corpus = model->tokenizer().encode(text);
+  std::vector<TokenId> corpus = model->tokenizer().encode(text);
   if (corpus.size() < 2)
     throw InvalidArgument(fmt::format("{}: fewer than 2 tokens, nothing to stream", o.text));
   const auto n_corpus = static_cast<int64_t>(corpus.size());
-  const int64_t stride = n_corpus / o.streams;  // stream i starts at i * stride
-  auto token_at = [&](int64_t i, int64_t n) {
-    return corpus[static_cast<size_t>((i * stride + n) % n_corpus)];
-  };
+  const bool bos_first = corpus.front() == model->tokenizer().bos();
 
-  SessionOptions so;
-  so.policy = policy;
-  so.max_batch = 1;  // the decode path: one token per forward pass, storage exactly S+W
   ThreadPool pool(o.threads);
-  std::vector<std::unique_ptr<Session>> sessions;
-  for (int64_t i = 0; i < o.streams; ++i)
-    sessions.push_back(std::make_unique<Session>(*model, so, &pool));
-  Session& session = *sessions[0];
-  std::unique_ptr<BatchDecoder> decoder;
-  if (o.streams > 1) decoder = std::make_unique<BatchDecoder>(*model, o.streams, &pool);
-  std::vector<BatchDecoder::Entry> entries(static_cast<size_t>(o.streams));
-  std::vector<TokenId> step_tokens(static_cast<size_t>(o.streams));
-  auto kv_bytes = [&] {
-    uint64_t b = 0;
-    for (const auto& s : sessions) b += s->storage().bytes();
-    return b;
-  };
+  SoakOptions so;
+  so.policy = policy;
+  so.streams = o.streams;
+  so.every = o.every;
+  SoakRun run(*model, std::move(corpus), so, &pool);
 
   // The logs grow by a line a checkpoint, each time rewritten whole (write_file_atomic): a
   // soak killed at any moment leaves complete lines only. A resumed soak goes on from the
   // logs of its last checkpoint.
-  SoakProgress p;
+  SoakLogs logs;
   if (resuming) {
-    p = resume_soak(o, *saved, n_corpus, sessions);
+    logs = resume_soak(o, *saved, run);
     // Destroyed, not assigned an empty one: a string assigned an empty string keeps its
     // buffer, and this one holds the whole state file.
     saved.reset();
   } else {
-    p.csv = csv_of({});
+    logs.csv = csv_of({});
   }
-  if (!o.csv.empty()) write_file_atomic(o.csv, p.csv);
-  if (!o.json.empty()) write_file_atomic(o.json, p.jsonl);
-  const int64_t segment = static_cast<int64_t>(p.segments.size());
-  const double seconds_before = p.seconds;  // stream time of the earlier segments
-  int64_t n = p.tokens;
-  p.segments.push_back({{"segment", segment},
-                        {"from_tokens", n},
-                        {"kernel_isa", ops::kernel_isa()},
-                        {"threads", o.threads}});
+  if (!o.csv.empty()) write_file_atomic(o.csv, logs.csv);
+  if (!o.json.empty()) write_file_atomic(o.json, logs.jsonl);
+  const int64_t segment = run.segment();
+  const double seconds_before = run.progress().seconds;  // stream time of the earlier segments
+  logs.segments.push_back({{"segment", segment},
+                           {"from_tokens", run.progress().tokens},
+                           {"kernel_isa", ops::kernel_isa()},
+                           {"threads", o.threads}});
 
   fmt::print("model    {} ({}), kernels {}\n", o.model, cfg.name.empty() ? "unnamed" : cfg.name,
              ops::kernel_isa());
   fmt::print("policy   {} (capacity {}), {} token(s) one at a time, checkpoint every {}\n",
-             session.policy().spec(), *session.policy().capacity(), o.tokens, o.every);
+             run.session(0).policy().spec(), *run.session(0).policy().capacity(), o.tokens,
+             o.every);
   if (o.streams > 1)
     fmt::print(
         "streams  {} decoded together (one BatchDecoder step gives each a token; tokens "
         "and checkpoints count per stream, tok/s all streams)\n",
         o.streams);
   fmt::print("stream   {} ({} tokens, {} BOS) repeated back to back ({:.2f} times)\n\n", o.text,
-             n_corpus, corpus.front() == model->tokenizer().bos() ? "begins with" : "no",
+             n_corpus, bos_first ? "begins with" : "no",
              static_cast<double>(o.tokens) / static_cast<double>(n_corpus));
   fmt::print("{:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>10} {:>6} {:>8} {:>8}\n", "tokens",
              "seconds", "tok/s", "med ms", "p99 ms", "cpu ms", "RSS", "KV", "nonfin", "NLL int",
              "NLL all");
   if (resuming)
-    fmt::print("resumed  at token {} from {} (segment {}, {:.1f} s of stream before)\n", n, o.state,
-               segment, seconds_before);
+    fmt::print("resumed  at token {} from {} (segment {}, {:.1f} s of stream before)\n",
+               run.progress().tokens, o.state, segment, seconds_before);
   std::fflush(stdout);
 
-  std::vector<double> lat, cpu;  // [every] ms per token of the current interval: wall, CPU
-  lat.reserve(static_cast<size_t>(o.every));
-  cpu.reserve(static_cast<size_t>(o.every));
-  double nll_interval_sum = 0.0;
-  int64_t nll_interval_count = 0;
-  const auto t0 = Clock::now() - std::chrono::duration_cast<Clock::duration>(
-                                     std::chrono::duration<double>(seconds_before));
-  auto t_interval = Clock::now();
   bool stopped_early = false;
-
-  for (; n < o.tokens; ++n) {
-    for (int64_t i = 0; i < o.streams; ++i) {
-      step_tokens[static_cast<size_t>(i)] = token_at(i, n);
-      entries[static_cast<size_t>(i)] = {sessions[static_cast<size_t>(i)].get(),
-                                         std::span(&step_tokens[static_cast<size_t>(i)], 1)};
-    }
-    const auto ts = Clock::now();
-    const double cs = process_cpu_seconds();
-    if (decoder)
-      decoder->step(entries);
-    else
-      session.feed(entries[0].tokens);
-    const double ce = process_cpu_seconds();
-    const auto te = Clock::now();
-    lat.push_back(std::chrono::duration<double, std::milli>(te - ts).count());
-    if (cs >= 0 && ce >= 0) cpu.push_back(1e3 * (ce - cs));
-    // The logits of token n predict token n + 1, which the repeated corpus always has (the
-    // last token's too, so that a stream stopped and resumed scores what one run does).
-    for (int64_t i = 0; i < o.streams; ++i) {
-      const double nll = nll_of(sessions[static_cast<size_t>(i)]->last_logits(), cfg.n_vocab,
-                                token_at(i, n + 1), &p.nonfinite);
-      p.nll_sum += nll;
-      nll_interval_sum += nll;
-      ++p.nll_count;
-      ++nll_interval_count;
-    }
-    if ((n + 1) % o.every == 0 || n + 1 == o.tokens) {
-      Checkpoint c;
-      c.tokens = n + 1;
-      c.seconds = std::chrono::duration<double>(te - t0).count();
-      c.tokens_per_s = static_cast<double>(lat.size() * o.streams) /
-                       std::chrono::duration<double>(te - t_interval).count();
-      c.latency_ms_median = stats::median(lat);
-      c.latency_ms_p99 = stats::percentile(lat, 99.0);
-      c.latency_ms_max = *std::max_element(lat.begin(), lat.end());
-      if (cpu.size() == lat.size()) c.cpu_ms_median = stats::median(cpu);
-      c.rss_bytes = resident_bytes();
-      c.rss_anon_bytes = anonymous_resident_bytes();
-      c.kv_bytes = kv_bytes();
-      c.nonfinite = p.nonfinite;
-      c.nll_interval = nll_interval_count ? nll_interval_sum / nll_interval_count : 0.0;
-      c.nll_running = p.nll_count ? p.nll_sum / static_cast<double>(p.nll_count) : 0.0;
-      c.nll_tokens = p.nll_count;
-      c.segment = segment;
-      p.checkpoints.push_back(c);
-      p.tokens = n + 1;
-      p.seconds = c.seconds;
-      p.csv += to_csv(c) + "\n";
-      p.jsonl += to_json(c).dump() + "\n";
-      if (!o.csv.empty()) write_file_atomic(o.csv, p.csv);
-      if (!o.json.empty()) write_file_atomic(o.json, p.jsonl);
-      if (!o.state.empty()) save_soak(o, policy, n_corpus, p, sessions);
-      fmt::print(
-          "{:>10} {:>9.1f} {:>9.1f} {:>9.3f} {:>9.3f} {:>9.3f} {:>11} {:>10} {:>6} {:>8.4f} "
-          "{:>8.4f}\n",
-          c.tokens, c.seconds, c.tokens_per_s, c.latency_ms_median, c.latency_ms_p99,
-          c.cpu_ms_median, human_bytes(c.rss_bytes), human_bytes(c.kv_bytes), c.nonfinite,
-          c.nll_interval, c.nll_running);
-      std::fflush(stdout);
-      lat.clear();
-      cpu.clear();
-      nll_interval_sum = 0.0;
-      nll_interval_count = 0;
-      t_interval = Clock::now();
-      if (o.max_seconds > 0 && c.seconds - seconds_before >= o.max_seconds && n + 1 < o.tokens) {
-        stopped_early = true;
-        ++n;
-        break;
-      }
+  while (run.progress().tokens < o.tokens) {
+    const Checkpoint& c = run.run_interval(o.tokens);
+    logs.csv += to_csv(c) + "\n";
+    logs.jsonl += to_json(c).dump() + "\n";
+    if (!o.csv.empty()) write_file_atomic(o.csv, logs.csv);
+    if (!o.json.empty()) write_file_atomic(o.json, logs.jsonl);
+    if (!o.state.empty()) save_soak(o, policy, run, logs);
+    fmt::print(
+        "{:>10} {:>9.1f} {:>9.1f} {:>9.3f} {:>9.3f} {:>9.3f} {:>11} {:>10} {:>6} {:>8.4f} "
+        "{:>8.4f}\n",
+        c.tokens, c.seconds, c.tokens_per_s, c.latency_ms_median, c.latency_ms_p99, c.cpu_ms_median,
+        human_bytes(c.rss_bytes), human_bytes(c.kv_bytes), c.nonfinite, c.nll_interval,
+        c.nll_running);
+    std::fflush(stdout);
+    if (o.max_seconds > 0 && c.seconds - seconds_before >= o.max_seconds && c.tokens < o.tokens) {
+      stopped_early = true;
+      break;
     }
   }
+  const SoakProgress& p = run.progress();
+  const int64_t n = p.tokens;
 
   analysis::SoakCriteria criteria;
   criteria.every = o.every;
@@ -509,22 +399,20 @@ int run_soak(const SoakOptions& o) {
   s["kernel_isa"] = ops::kernel_isa();
   s["threads"] = o.threads;
   s["streams"] = o.streams;
-  s["policy"] = session.policy().spec();
+  s["policy"] = run.session(0).policy().spec();
   s["text"] = o.text;
   s["corpus_tokens"] = n_corpus;
   s["tokens_requested"] = o.tokens;
   s["tokens"] = n;
   s["stopped_early"] = stopped_early;
-  s["segments"] = p.segments;
+  s["segments"] = logs.segments;
   s["seconds"] = last.seconds;
   s["every"] = o.every;
   s["warmup"] = o.warmup;
   s["nonfinite_logits"] = last.nonfinite;
   s["nll_mean"] = last.nll_running;
   s["peak_rss_bytes"] = peak_resident_bytes();
-  uint64_t kv_peak = 0;
-  for (const auto& k : sessions) kv_peak += k->kv_bytes_peak();
-  s["kv_bytes_peak"] = kv_peak;
+  s["kv_bytes_peak"] = run.kv_bytes_peak();
   fmt::print("\nsummary  {} of {} tokens in {:.1f} s{}\n", n, o.tokens, last.seconds,
              stopped_early ? fmt::format(" (stopped by --max-seconds {:g})", o.max_seconds) : "");
   fmt::print("  non-finite logits        {} ({})\n", last.nonfinite, jd.finite_ok ? "ok" : "FAIL");
@@ -593,12 +481,12 @@ int run_soak(const SoakOptions& o) {
   const std::string verdict(analysis::to_string(jd.verdict));
   s["verdict"] = verdict;
   fmt::print("  verdict                  {}\n", verdict == "fail" ? "FAIL" : verdict);
-  if (!o.json.empty()) write_file_atomic(o.json, p.jsonl += s.dump() + "\n");
+  if (!o.json.empty()) write_file_atomic(o.json, logs.jsonl += s.dump() + "\n");
   return 0;
 }
 
 Registrar reg("soak", [](CLI::App& app) {
-  auto o = std::make_shared<SoakOptions>();
+  auto o = std::make_shared<SoakCliOptions>();
   auto* sub = app.add_subcommand(
       "soak",
       "Decode a long stream one token at a time; record latency, RSS, KV bytes, NaN/inf and "
