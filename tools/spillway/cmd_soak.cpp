@@ -277,6 +277,106 @@ SoakLogs resume_soak(const SoakCliOptions& o, const SavedSoak& saved, SoakRun& r
   return logs;
 }
 
+// Judges the soak (analysis::judge_soak), prints the summary and ends the JSON log with it.
+void report_soak(const SoakCliOptions& o, const SoakRun& run, bool stopped_early, SoakLogs& logs) {
+  const SoakProgress& p = run.progress();
+  const int64_t n = p.tokens;
+  analysis::SoakCriteria criteria;
+  criteria.every = o.every;
+  criteria.warmup = o.warmup;
+  const analysis::SoakJudgement jd = analysis::judge_soak(p.checkpoints, criteria);
+  const Checkpoint& last = p.checkpoints.back();
+  nlohmann::ordered_json s;
+  s["summary"] = true;
+  s["model"] = o.model;
+  s["kernel_isa"] = ops::kernel_isa();
+  s["threads"] = o.threads;
+  s["streams"] = o.streams;
+  s["policy"] = run.session(0).policy().spec();
+  s["text"] = o.text;
+  s["corpus_tokens"] = run.corpus_tokens();
+  s["tokens_requested"] = o.tokens;
+  s["tokens"] = n;
+  s["stopped_early"] = stopped_early;
+  s["segments"] = logs.segments;
+  s["seconds"] = last.seconds;
+  s["every"] = o.every;
+  s["warmup"] = o.warmup;
+  s["nonfinite_logits"] = last.nonfinite;
+  s["nll_mean"] = last.nll_running;
+  s["peak_rss_bytes"] = peak_resident_bytes();
+  s["kv_bytes_peak"] = run.kv_bytes_peak();
+  fmt::print("\nsummary  {} of {} tokens in {:.1f} s{}\n", n, o.tokens, last.seconds,
+             stopped_early ? fmt::format(" (stopped by --max-seconds {:g})", o.max_seconds) : "");
+  fmt::print("  non-finite logits        {} ({})\n", last.nonfinite, jd.finite_ok ? "ok" : "FAIL");
+  fmt::print("  mean NLL                 {:.4f} over {} predictions\n", last.nll_running,
+             last.nll_tokens);
+  s["judged_intervals"] = jd.judged_intervals;
+  if (!jd.judged) {
+    s["baseline_tokens"] = nullptr;
+    s["latency_verdict"] = "not judged";
+    fmt::print(
+        "  latency, RSS, KV         not judged: {} interval(s) after the warm-up of {} tokens, "
+        "a trend needs {}\n",
+        jd.judged_intervals, o.warmup, criteria.min_intervals);
+  } else {
+    const Checkpoint& base = *jd.baseline;
+    s["baseline_tokens"] = base.tokens;
+    s["latency_ms_median_baseline"] = base.latency_ms_median;
+    s["latency_ms_median_end"] = last.latency_ms_median;
+    s["latency_judged_on"] = jd.latency_on_cpu ? "cpu_ms_median" : "latency_ms_median";
+    if (jd.latency_on_cpu) {
+      s["cpu_ms_median_baseline"] = base.cpu_ms_median;
+      s["cpu_ms_median_end"] = last.cpu_ms_median;
+    }
+    s["latency_drift"] = jd.drift;
+    s["latency_drift_low"] = jd.drift_low;
+    s["latency_drift_high"] = jd.drift_high;
+    s["latency_verdict"] = jd.latency == analysis::SoakVerdict::kPass
+                               ? std::string("ok")
+                               : std::string(analysis::to_string(jd.latency));
+    s["rss_judged_on"] = jd.rss_anonymous ? "rss_anon_bytes" : "rss_bytes";
+    s["rss_bytes_baseline"] = jd.rss_from->rss_bytes;
+    s["rss_bytes_end"] = jd.rss_to->rss_bytes;
+    if (jd.rss_anonymous) {
+      s["rss_anon_bytes_baseline"] = jd.rss_from->rss_anon_bytes;
+      s["rss_anon_bytes_end"] = jd.rss_to->rss_anon_bytes;
+    }
+    s["rss_growth_bytes"] = jd.rss_growth;
+    s["rss_ok"] = jd.rss_ok;
+    s["kv_bytes_baseline"] = base.kv_bytes;
+    s["kv_bytes_end"] = last.kv_bytes;
+    s["kv_ok"] = jd.kv_ok;
+    fmt::print(
+        "  {:<24} {:+.2f} % from {} to {} tokens (95 % interval {:+.2f} .. "
+        "{:+.2f} %, {} intervals; median {:.3f} -> {:.3f} ms): {}\n",
+        jd.latency_on_cpu ? "CPU time trend" : "latency trend", 100 * jd.drift, base.tokens,
+        last.tokens, 100 * jd.drift_low, 100 * jd.drift_high, jd.judged_intervals,
+        jd.latency_on_cpu ? base.cpu_ms_median : base.latency_ms_median,
+        jd.latency_on_cpu ? last.cpu_ms_median : last.latency_ms_median,
+        jd.latency == analysis::SoakVerdict::kPass   ? "ok, no slowdown beyond 5 %"
+        : jd.latency == analysis::SoakVerdict::kFail ? "FAIL, slower by more than 5 %"
+                                                     : "not judged, the host's noise is wider "
+                                                       "than the 5 % criterion");
+    const auto rss_of = [&](const Checkpoint& k) {
+      return human_bytes(jd.rss_anonymous ? k.rss_anon_bytes : k.rss_bytes);
+    };
+    fmt::print("  {:<24} {} at {} -> {} at {}: {:+} bytes ({}){}\n",
+               jd.rss_anonymous ? "RSS, anonymous" : "RSS", rss_of(*jd.rss_from),
+               jd.rss_from->tokens, rss_of(*jd.rss_to), jd.rss_to->tokens, jd.rss_growth,
+               jd.rss_ok ? "ok, < 1 MB" : "FAIL, >= 1 MB",
+               jd.segments > 1
+                   ? fmt::format(" (the largest growth within one of {} segments)", jd.segments)
+                   : "");
+    fmt::print("  KV bytes                 {} -> {} ({})\n", base.kv_bytes, last.kv_bytes,
+               jd.kv_ok ? "ok, constant" : "FAIL, changed");
+  }
+  const std::string verdict(analysis::to_string(jd.verdict));
+  s["verdict"] = verdict;
+  fmt::print("  verdict                  {}\n", verdict == "fail" ? "FAIL" : verdict);
+  if (!o.json.empty()) write_file_atomic(o.json, logs.jsonl += s.dump() + "\n");
+}
+
 int run_soak(const SoakCliOptions& o) {
   if (o.tokens < 2)
     throw InvalidArgument(fmt::format("--tokens must be at least 2, got {}", o.tokens));
@@ -385,103 +485,7 @@ int run_soak(const SoakCliOptions& o) {
       break;
     }
   }
-  const SoakProgress& p = run.progress();
-  const int64_t n = p.tokens;
-
-  analysis::SoakCriteria criteria;
-  criteria.every = o.every;
-  criteria.warmup = o.warmup;
-  const analysis::SoakJudgement jd = analysis::judge_soak(p.checkpoints, criteria);
-  const Checkpoint& last = p.checkpoints.back();
-  nlohmann::ordered_json s;
-  s["summary"] = true;
-  s["model"] = o.model;
-  s["kernel_isa"] = ops::kernel_isa();
-  s["threads"] = o.threads;
-  s["streams"] = o.streams;
-  s["policy"] = run.session(0).policy().spec();
-  s["text"] = o.text;
-  s["corpus_tokens"] = n_corpus;
-  s["tokens_requested"] = o.tokens;
-  s["tokens"] = n;
-  s["stopped_early"] = stopped_early;
-  s["segments"] = logs.segments;
-  s["seconds"] = last.seconds;
-  s["every"] = o.every;
-  s["warmup"] = o.warmup;
-  s["nonfinite_logits"] = last.nonfinite;
-  s["nll_mean"] = last.nll_running;
-  s["peak_rss_bytes"] = peak_resident_bytes();
-  s["kv_bytes_peak"] = run.kv_bytes_peak();
-  fmt::print("\nsummary  {} of {} tokens in {:.1f} s{}\n", n, o.tokens, last.seconds,
-             stopped_early ? fmt::format(" (stopped by --max-seconds {:g})", o.max_seconds) : "");
-  fmt::print("  non-finite logits        {} ({})\n", last.nonfinite, jd.finite_ok ? "ok" : "FAIL");
-  fmt::print("  mean NLL                 {:.4f} over {} predictions\n", last.nll_running,
-             last.nll_tokens);
-  s["judged_intervals"] = jd.judged_intervals;
-  if (!jd.judged) {
-    s["baseline_tokens"] = nullptr;
-    s["latency_verdict"] = "not judged";
-    fmt::print(
-        "  latency, RSS, KV         not judged: {} interval(s) after the warm-up of {} tokens, "
-        "a trend needs {}\n",
-        jd.judged_intervals, o.warmup, criteria.min_intervals);
-  } else {
-    const Checkpoint& base = *jd.baseline;
-    s["baseline_tokens"] = base.tokens;
-    s["latency_ms_median_baseline"] = base.latency_ms_median;
-    s["latency_ms_median_end"] = last.latency_ms_median;
-    s["latency_judged_on"] = jd.latency_on_cpu ? "cpu_ms_median" : "latency_ms_median";
-    if (jd.latency_on_cpu) {
-      s["cpu_ms_median_baseline"] = base.cpu_ms_median;
-      s["cpu_ms_median_end"] = last.cpu_ms_median;
-    }
-    s["latency_drift"] = jd.drift;
-    s["latency_drift_low"] = jd.drift_low;
-    s["latency_drift_high"] = jd.drift_high;
-    s["latency_verdict"] = jd.latency == analysis::SoakVerdict::kPass
-                               ? std::string("ok")
-                               : std::string(analysis::to_string(jd.latency));
-    s["rss_judged_on"] = jd.rss_anonymous ? "rss_anon_bytes" : "rss_bytes";
-    s["rss_bytes_baseline"] = jd.rss_from->rss_bytes;
-    s["rss_bytes_end"] = jd.rss_to->rss_bytes;
-    if (jd.rss_anonymous) {
-      s["rss_anon_bytes_baseline"] = jd.rss_from->rss_anon_bytes;
-      s["rss_anon_bytes_end"] = jd.rss_to->rss_anon_bytes;
-    }
-    s["rss_growth_bytes"] = jd.rss_growth;
-    s["rss_ok"] = jd.rss_ok;
-    s["kv_bytes_baseline"] = base.kv_bytes;
-    s["kv_bytes_end"] = last.kv_bytes;
-    s["kv_ok"] = jd.kv_ok;
-    fmt::print(
-        "  {:<24} {:+.2f} % from {} to {} tokens (95 % interval {:+.2f} .. "
-        "{:+.2f} %, {} intervals; median {:.3f} -> {:.3f} ms): {}\n",
-        jd.latency_on_cpu ? "CPU time trend" : "latency trend", 100 * jd.drift, base.tokens,
-        last.tokens, 100 * jd.drift_low, 100 * jd.drift_high, jd.judged_intervals,
-        jd.latency_on_cpu ? base.cpu_ms_median : base.latency_ms_median,
-        jd.latency_on_cpu ? last.cpu_ms_median : last.latency_ms_median,
-        jd.latency == analysis::SoakVerdict::kPass   ? "ok, no slowdown beyond 5 %"
-        : jd.latency == analysis::SoakVerdict::kFail ? "FAIL, slower by more than 5 %"
-                                                     : "not judged, the host's noise is wider "
-                                                       "than the 5 % criterion");
-    const auto rss_of = [&](const Checkpoint& k) {
-      return human_bytes(jd.rss_anonymous ? k.rss_anon_bytes : k.rss_bytes);
-    };
-    fmt::print("  {:<24} {} at {} -> {} at {}: {:+} bytes ({}){}\n",
-               jd.rss_anonymous ? "RSS, anonymous" : "RSS", rss_of(*jd.rss_from),
-               jd.rss_from->tokens, rss_of(*jd.rss_to), jd.rss_to->tokens, jd.rss_growth,
-               jd.rss_ok ? "ok, < 1 MB" : "FAIL, >= 1 MB",
-               jd.segments > 1
-                   ? fmt::format(" (the largest growth within one of {} segments)", jd.segments)
-                   : "");
-    fmt::print("  KV bytes                 {} -> {} ({})\n", base.kv_bytes, last.kv_bytes,
-               jd.kv_ok ? "ok, constant" : "FAIL, changed");
-  }
-  const std::string verdict(analysis::to_string(jd.verdict));
-  s["verdict"] = verdict;
-  fmt::print("  verdict                  {}\n", verdict == "fail" ? "FAIL" : verdict);
-  if (!o.json.empty()) write_file_atomic(o.json, logs.jsonl += s.dump() + "\n");
+  report_soak(o, run, stopped_early, logs);
   return 0;
 }
 
