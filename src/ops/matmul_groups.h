@@ -471,17 +471,17 @@ struct LegacyW : Blocks {
 constexpr int64_t kPanel = 64;          // weight rows kept hot in cache while tokens stream by
 constexpr int64_t kPrefetchGroups = 2;  // how far ahead a matrix-vector product prefetches
 
-// G::run<c> for the c <= C tokens of a tile (T > 1: no prefetching).
+// G::run<c> for the c <= C tokens of a tile, prefetching from `pf` when it is set.
 template <class G, int C, class P>
 inline void run_tokens(int c, const P& p, int64_t bs, const typename G::X* x, int64_t nb, float* y,
-                       int64_t ldy, int n_rows) {
+                       int64_t ldy, int n_rows, const uint8_t* pf) {
   if constexpr (C > 1) {
     if (c < C) {
-      run_tokens<G, C - 1>(c, p, bs, x, nb, y, ldy, n_rows);
+      run_tokens<G, C - 1>(c, p, bs, x, nb, y, ldy, n_rows, pf);
       return;
     }
   }
-  G::template run<C>(p, bs, x, nb, y, ldy, n_rows, nullptr);
+  G::template run<C>(p, bs, x, nb, y, ldy, n_rows, pf);
 }
 
 // f(rows) with the group's 8 rows (block 0 at p[i], blocks bs bytes apart) in the form
@@ -523,6 +523,9 @@ inline int64_t group_rows(const uint8_t* base, uint64_t rb, int64_t interleaved,
 // of a job usually starts there (see ThreadPool::parallel_for), so the stream of rows
 // goes on across pieces.
 // More tokens: 64-row panels, within a panel G::kC tokens at a time over groups of 8 rows.
+// While the first tile of tokens works on a group, the same group of the next panel is
+// prefetched: a step of a few tokens (batched decoding) reads every weight once from
+// memory, as a matrix-vector product does, and the later tiles find the panel in cache.
 // A group at the end of the range with fewer than 8 rows repeats its last row and stores
 // only the rows that exist.
 template <class G>
@@ -556,8 +559,11 @@ void tile_groups(const WeightMatrix& w, const void* xq, int64_t r0, int64_t r1, 
       for (int64_t r = p0; r < p1; r += 8) {
         const int n = static_cast<int>(min64(8, p1 - r));
         const int64_t bs = group_rows<G::kBytes>(base, rb, interleaved, r, n, p);
+        const uint8_t* pf = t == t0 && r + kPanel + 8 <= w.rows
+                                ? base + static_cast<uint64_t>(r + kPanel) * rb
+                                : nullptr;
         with_rows<G>(p, bs, [&](const auto& rows) {
-          run_tokens<G, G::kC>(c, rows, bs, x, nb, y + t * ldy + r, ldy, n);
+          run_tokens<G, G::kC>(c, rows, bs, x, nb, y + t * ldy + r, ldy, n, pf);
         });
       }
     }
