@@ -40,3 +40,10 @@ require_model() {
   echo "skip: no model at $1 (the checks on the real model)"
   exit 0
 }
+
+# True when BINARY runs under AddressSanitizer or ThreadSanitizer (linked with their
+# runtime): their allocators keep freed memory in quarantine or shadow, so resident-memory
+# comparisons between two runs say nothing about the program.
+sanitized_build() {
+  ldd "$1" 2>/dev/null | grep -q -E 'lib(a|t)san\.so'
+}
