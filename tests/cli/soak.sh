@@ -115,8 +115,8 @@ s = [json.loads(l) for l in open(sys.argv[3])][-1]
 assert s["tokens"] == 400 and len(s["segments"]) == 2, s
 assert s["segments"][1]["from_tokens"] > 0, s
 # A resumed process holds what a fresh one holds: not the state file it read (3 MB here)
-# nor a second copy of the KV storage. Anonymous RSS: the model's mapped file pages follow
-# the page cache (30 MB apart between two runs on a loaded host).
+# nor a second copy of the KV storage. Anonymous RSS: what the process allocated, without
+# the model's mapped file pages, which follow the page cache.
 grown = int(parts[-1]["rss_anon_bytes"]) - int(whole[-1]["rss_anon_bytes"])
 if sanitized:
     print(f"skip: a sanitizer build holds freed memory (resumed run +{grown} bytes)")
