@@ -39,6 +39,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "command.h"
@@ -165,9 +166,8 @@ std::string csv_of(const std::vector<Checkpoint>& checkpoints) {
   return out;
 }
 
-// The CLI's side of a soak: the library's progress plus the logs and segments it writes.
+// The CLI's side of a soak (the progress is SoakRun's): the logs and segments it writes.
 struct SoakLogs {
-  SoakProgress progress;
   nlohmann::ordered_json segments = nlohmann::ordered_json::array();
   std::string csv, jsonl;  // the logs as written so far
 };
@@ -236,7 +236,7 @@ SavedSoak read_saved_soak(const SoakCliOptions& o, const kv::PolicySpec& policy)
 // anything that does not fit).
 SoakLogs resume_soak(const SoakCliOptions& o, const SavedSoak& saved, SoakRun& run) {
   SoakLogs logs;
-  SoakProgress& p = logs.progress;
+  SoakProgress p;
   const nlohmann::ordered_json& j = saved.progress;
   std::vector<uint64_t> sizes;
   try {
@@ -273,7 +273,7 @@ SoakLogs resume_soak(const SoakCliOptions& o, const SavedSoak& saved, SoakRun& r
   }
   if (!bytes.empty())
     throw FormatError(fmt::format("{}: {} bytes after the sessions", o.state, bytes.size()));
-  run.resume(p, states, o.state);
+  run.resume(std::move(p), states, o.state);
   return logs;
 }
 
