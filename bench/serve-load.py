@@ -139,6 +139,9 @@ def main() -> int:
     summary = {
         "url": args.url, "clients": args.clients, "requests": len(results),
         "max_tokens": args.max_tokens, "failed": len(errors), "wall_s": round(wall, 3),
+        # Both servers are asked to ignore end-of-text tokens ("ignore_eos"), so this is
+        # requests x max_tokens unless one of them stopped early.
+        "completion_tokens": tokens,
         # The unwatched clients' tokens over the time until the last of them finished.
         "tokens_per_s": round(tokens / (max(r["end"] for r in results) - t0), 2) if results else 0,
         "ttft_p50_s": round(pct(ttft, 50), 4), "ttft_p90_s": round(pct(ttft, 90), 4),

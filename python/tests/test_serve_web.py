@@ -164,12 +164,18 @@ def test_page_chat_and_live_cache_view(browser, server):
     assert v["spans"] == {"sink": 0, "window": 32, "kept": 0, "evicted": n - 32}
     shot(d, "serve-page-window.png")
 
-    # Stop: the answer ends early, the server goes on serving.
+    # Stop: the answer ends early, the server goes on serving. Past the end of text, so that
+    # the answer cannot end by itself before the click (a model may well end a story at
+    # 15 tokens under window:32).
+    d.find_element("id", "ignore-eos").click()
     send(d, "Write a long story about a boat on the Loire.", 400)
     wait_for(d, lambda d: len(d.find_elements("css selector", ".msg.assistant .body")[-1].text) > 10, 60)
     d.find_element("id", "stop").click()
     wait_for(d, idle, 30, "the stop")
     assert text(d, "status") == "stopped"
+    stopped = settled_view(d)["n_past"]
+    assert n < stopped < n + 300, (n, stopped)  # the 400 tokens were cut short
+    d.find_element("id", "ignore-eos").click()
     status, _, health = request(server.url + "/health")
     assert status == 200 and health["status"] == "ok"
 

@@ -405,6 +405,7 @@ void Scheduler::admit() {
       GenerateOptions go;
       go.max_new_tokens = spec.max_tokens;
       go.stop = spec.stop;
+      go.stop_at_eog = !spec.ignore_eos;
       a->gen = spec.sampler
                    ? std::make_unique<Generator>(*conv->session, *spec.sampler, std::move(go))
                    : std::make_unique<Generator>(*conv->session, spec.sampling, std::move(go));

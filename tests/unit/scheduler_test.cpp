@@ -246,6 +246,23 @@ TEST(Scheduler, ErrorsAndStopping) {
                InvalidArgument);
 }
 
+// A job stops at the model's end-of-generation token unless it asks to ignore it; then it
+// runs to max_tokens. The sampler picks the tiny model's EOS (259) at every step.
+TEST(Scheduler, IgnoreEosRunsToMaxTokens) {
+  struct EosSampler : Sampler {
+    TokenId sample(const float*, int64_t) override { return 259; }
+  };
+  Scheduler sched(tiny(), options());
+  for (const bool ignore : {false, true}) {
+    JobSpec spec = job_spec({1, 2, 3}, 7);
+    spec.sampler = std::make_unique<EosSampler>();
+    spec.ignore_eos = ignore;
+    const Outcome o = wait(*sched.submit(std::move(spec)));
+    EXPECT_EQ(o.stop, ignore ? StopReason::kLength : StopReason::kEndOfGeneration) << ignore;
+    EXPECT_EQ(o.usage.completion_tokens, ignore ? 7 : 0) << ignore;  // an EOS ending is not counted
+  }
+}
+
 // Watching a conversation records its attention and publishes views; it changes nothing
 // of what the conversation generates. Each conversation keeps the policy it was made with.
 TEST(Scheduler, WatchedConversationsGiveWhatUnwatchedOnesGiveAndPublishTheirCache) {

@@ -30,7 +30,7 @@ TEST(ServeApi, ParsesAChatRequest) {
       R"({"model":"spillway","messages":[{"role":"system","content":"Be brief."},
           {"role":"user","content":[{"type":"text","text":"Hi"},{"type":"text","text":"!"}]}],
           "max_tokens":5,"temperature":0.5,"top_p":0.9,"top_k":40,"seed":7,"stop":["\n\n","END"],
-          "stream":true,"conversation_id":"c1"})",
+          "ignore_eos":true,"stream":true,"conversation_id":"c1"})",
       Endpoint::Chat, limits());
   ASSERT_EQ(r.messages.size(), 2u);
   EXPECT_EQ(r.messages[0].role, "system");
@@ -41,6 +41,7 @@ TEST(ServeApi, ParsesAChatRequest) {
   EXPECT_EQ(r.sampling.top_k, 40);
   EXPECT_EQ(r.sampling.seed, 7u);
   EXPECT_EQ(r.stop, (std::vector<std::string>{"\n\n", "END"}));
+  EXPECT_TRUE(r.ignore_eos);
   EXPECT_TRUE(r.stream);
   EXPECT_EQ(r.conversation_id, "c1");
 }
@@ -52,6 +53,7 @@ TEST(ServeApi, DefaultsAndHeaderConversationId) {
   EXPECT_EQ(r.max_tokens, 16);
   EXPECT_EQ(r.sampling.temperature, 0.0f);
   EXPECT_EQ(r.stop, std::vector<std::string>{"x"});
+  EXPECT_FALSE(r.ignore_eos);
   EXPECT_FALSE(r.stream);
   EXPECT_EQ(r.conversation_id, "header");
 }
@@ -74,6 +76,7 @@ TEST(ServeApi, RejectsBadRequests) {
   EXPECT_EQ(status_of(R"({"messages":[{"role":"user","content":"x"}],"top_p":0})"), 400);
   EXPECT_EQ(status_of(R"({"messages":[{"role":"user","content":"x"}],"stop":[""]})"), 400);
   EXPECT_EQ(status_of(R"({"messages":[{"role":"user","content":"x"}],"stream":"yes"})"), 400);
+  EXPECT_EQ(status_of(R"({"messages":[{"role":"user","content":"x"}],"ignore_eos":1})"), 400);
   EXPECT_EQ(status_of(R"({"model":"gpt-4","messages":[{"role":"user","content":"x"}]})"), 404);
   EXPECT_EQ(
       status_of(R"({"messages":[{"role":"user","content":")" + std::string(101, 'a') + R"("}]})"),

@@ -443,6 +443,7 @@ class Server {
       spec.sampling = r.sampling;
       spec.max_tokens = r.max_tokens;
       spec.stop = r.stop;
+      spec.ignore_eos = r.ignore_eos;
       spec.policy = r.policy;
       job = scheduler_.submit(std::move(spec));
       // The scheduler says first how it took the prompt (conversation reuse).

@@ -98,6 +98,8 @@ struct JobSpec {
   std::unique_ptr<Sampler> sampler;
   int64_t max_tokens = 256;
   std::vector<std::string> stop;
+  // Generate past end-of-generation tokens, to max_tokens or a stop string.
+  bool ignore_eos = false;
   // The conversation's policy: a new conversation is made with it, an existing one under
   // another policy starts again (reuse "reset"). nullopt: the scheduler's policy for a new
   // conversation, the conversation's own for an existing one.

@@ -190,6 +190,10 @@ CompletionRequest parse_request(std::string_view body_text, Endpoint endpoint,
     for (const auto& x : r.stop)
       if (x.empty()) bad("'stop' strings must not be empty", "stop");
   }
+  if (body.contains("ignore_eos") && !body["ignore_eos"].is_null()) {
+    if (!body["ignore_eos"].is_boolean()) bad("'ignore_eos' must be a boolean", "ignore_eos");
+    r.ignore_eos = body["ignore_eos"].get<bool>();
+  }
   if (body.contains("stream") && !body["stream"].is_null()) {
     if (!body["stream"].is_boolean()) bad("'stream' must be a boolean", "stream");
     r.stream = body["stream"].get<bool>();

@@ -73,6 +73,7 @@ struct CompletionRequest {
   int64_t max_tokens = 256;
   SamplerParams sampling;
   std::vector<std::string> stop;
+  bool ignore_eos = false;  // "ignore_eos" (as llama-server and vLLM take it)
   bool stream = false;
   std::string conversation_id;           // empty: a one-off request with a fresh session
   std::optional<kv::PolicySpec> policy;  // "policy" (an extension): the conversation's

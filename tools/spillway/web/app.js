@@ -121,6 +121,7 @@ async function send() {
   const chat = state.mode === 'chat';
   const maxTokens = parseInt($('max-tokens').value, 10) || 128;
   const temperature = parseFloat($('temperature').value) || 0;
+  const ignoreEos = $('ignore-eos').checked;
   let path, body, bubble;
   if (chat) {
     state.messages.push({ role: 'user', content: text });
@@ -128,14 +129,14 @@ async function send() {
     bubble = addMessage('assistant', '');
     path = '/v1/chat/completions';
     body = { messages: state.messages, stream: true, max_tokens: maxTokens, temperature,
-             policy: state.conv.policy };
+             ignore_eos: ignoreEos, policy: state.conv.policy };
   } else {
     state.text += text;
     $('messages').replaceChildren();
     bubble = addMessage('text', state.text);
     path = '/v1/completions';
     body = { prompt: state.text, stream: true, max_tokens: maxTokens, temperature,
-             policy: state.conv.policy };
+             ignore_eos: ignoreEos, policy: state.conv.policy };
   }
   $('prompt').value = '';
   const base = chat ? '' : state.text;
