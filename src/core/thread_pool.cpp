@@ -35,6 +35,7 @@ ThreadPool::ThreadPool(int n_threads) {
     n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   n_threads_ = n_threads;
   ranges_ = std::make_unique<Range[]>(static_cast<size_t>(n_threads_));
+  hints_ = std::make_unique<Hint[]>(static_cast<size_t>(n_threads_));
   threads_.reserve(static_cast<size_t>(n_threads_ - 1));
   for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
 }
@@ -44,6 +45,74 @@ ThreadPool::~ThreadPool() {
   { std::lock_guard<std::mutex> lock(mutex_); }
   wake_.notify_all();
   for (auto& t : threads_) t.join();
+}
+
+namespace {
+
+constexpr uint64_t kLine = 64;
+constexpr int kLineCountShift = 42;  // hint words: line index (address / 64) | count << 42
+
+}  // namespace
+
+void ThreadPool::prefetch_hint(int thread, const HintRange* ranges, int n) {
+  if (thread < 1 || thread >= n_threads_ || n < 0) return;
+  Hint& h = hints_[static_cast<size_t>(thread)];
+  for (int i = 0; i < kHintRanges; ++i) {
+    uint64_t word = 0;
+    if (i < n && ranges[i].data != nullptr && ranges[i].bytes > 0) {
+      const auto first = reinterpret_cast<uintptr_t>(ranges[i].data) / kLine;
+      const uint64_t lines = (std::min(ranges[i].bytes, kHintMaxBytes) + kLine - 1) / kLine;
+      if ((uint64_t{first} >> kLineCountShift) == 0) word = first | (lines << kLineCountShift);
+    }
+    h.range[i].store(word, std::memory_order_relaxed);
+  }
+  h.fresh.store(true, std::memory_order_release);
+}
+
+void ThreadPool::take_hint(int self, Pending& p) {
+  Hint& h = hints_[static_cast<size_t>(self)];
+  if (!h.fresh.load(std::memory_order_relaxed) ||
+      !h.fresh.exchange(false, std::memory_order_acquire))
+    return;
+  p.any = false;
+  for (int i = 0; i < kHintRanges; ++i) {
+    const uint64_t word = h.range[i].load(std::memory_order_relaxed);
+    const uint64_t first = word & ((uint64_t{1} << kLineCountShift) - 1);
+    p.at[i] = static_cast<uintptr_t>(first * kLine);
+    p.end[i] = static_cast<uintptr_t>((first + (word >> kLineCountShift)) * kLine);
+    p.any = p.any || p.at[i] < p.end[i];
+  }
+}
+
+uint64_t ThreadPool::hinted_lines() const {
+  uint64_t n = 0;
+  for (int i = 1; i < n_threads_; ++i)
+    n += hints_[static_cast<size_t>(i)].lines.load(std::memory_order_relaxed);
+  return n;
+}
+
+int ThreadPool::prefetch_some(Pending& p) {
+  // A line from each range in turn, a few per call, so that the waiting worker looks at
+  // generation_ again soon.
+  constexpr int kPerCall = 8;
+  int issued = 0;
+  while (issued < kPerCall) {
+    bool left = false;
+    for (int i = 0; i < kHintRanges; ++i) {
+      if (p.at[i] >= p.end[i]) continue;
+#if defined(__GNUC__)
+      __builtin_prefetch(reinterpret_cast<const void*>(p.at[i]), 0, 2);
+#endif
+      p.at[i] += kLine;
+      ++issued;
+      left = left || p.at[i] < p.end[i];
+    }
+    if (!left) {
+      p.any = false;
+      break;
+    }
+  }
+  return issued;
 }
 
 void ThreadPool::work(int self) {
@@ -129,6 +198,7 @@ void ThreadPool::dispatch(int64_t n_blocks, BlockFn fn, void* body) {
 void ThreadPool::worker(int self) {
   using Clock = std::chrono::steady_clock;
   uint64_t seen = 0;
+  Pending pending;
   for (;;) {
     // Wait for a newly opened job.
     uint64_t gen = generation_.load();
@@ -138,7 +208,14 @@ void ThreadPool::worker(int self) {
         if (stop_.load(std::memory_order_relaxed)) return;
         gen = generation_.load();
         if ((gen & 1) == 1 && gen != seen) break;
-        cpu_relax();
+        take_hint(self, pending);
+        if (pending.any) {
+          std::atomic<uint64_t>& lines = hints_[static_cast<size_t>(self)].lines;
+          lines.store(lines.load(std::memory_order_relaxed) + prefetch_some(pending),
+                      std::memory_order_relaxed);
+        } else {
+          cpu_relax();
+        }
         if ((spins & 63) == 63 && Clock::now() > deadline) {
           std::unique_lock<std::mutex> lock(mutex_);
           sleepers_.fetch_add(1);
@@ -159,6 +236,11 @@ void ThreadPool::worker(int self) {
     // fields while this thread reads them (a race ThreadSanitizer found).
     if ((gen & 1) == 0 || gen == seen) continue;
     seen = gen;
+    // A hint is for the job that follows it: drop what is left of it, and one not taken
+    // yet (at worst, a hint for the next job posted while this worker was slow to join a
+    // job that had closed already: it is lost, and nothing else).
+    pending.any = false;
+    hints_[static_cast<size_t>(self)].fresh.store(false, std::memory_order_relaxed);
     active_.fetch_add(1);
     if (generation_.load() == gen) work(self);
     if (active_.fetch_sub(1) == 1 && caller_waiting_.load()) {

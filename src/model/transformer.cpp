@@ -435,6 +435,24 @@ void TransformerForward::add_residual(const float* y) {
   for (int64_t i = 0; i < n; ++i) x_[static_cast<size_t>(i)] += y[i];
 }
 
+void TransformerForward::prefetch_next(std::initializer_list<const ops::WeightMatrix*> ws,
+                                       bool interleaved) {
+  if (T_ != 1) return;
+  ops::prefetch_single_token(ws.begin(), static_cast<int>(ws.size()), interleaved, kPrefetchBytes,
+                             pool_);
+}
+
+void TransformerForward::prefetch_after_layer(int64_t l) {
+  if (T_ != 1) return;
+  if (l + 1 < config_.n_layer) {
+    const auto ws = qkv_matrices(l + 1);
+    ops::prefetch_single_token(ws.data(), static_cast<int>(ws.size()), false, kPrefetchBytes,
+                               pool_);
+  } else {
+    prefetch_next({&output_matrix()});
+  }
+}
+
 void TransformerForward::end_layer(int64_t l) {
   for (const Seq& s : seqs_)
     if (s.step.observer)
@@ -798,6 +816,11 @@ const float* TransformerForward::logits() {
     logits_.resize(static_cast<size_t>(rows * c.n_vocab));
   act_.set(xn_.data(), rows, d);
   ops::matmul(output_matrix(), act_, logits_.data(), c.n_vocab, pool_);
+  if (T_ == 1) {
+    const auto ws = qkv_matrices(0);
+    ops::prefetch_single_token(ws.data(), static_cast<int>(ws.size()), false, kPrefetchBytes,
+                               pool_);
+  }
   if (const float cap = logit_softcap(); cap > 0) {
     for (int64_t i = 0; i < rows * c.n_vocab; ++i) {
       float& z = logits_[static_cast<size_t>(i)];

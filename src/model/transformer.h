@@ -6,8 +6,10 @@
 // architecture's tensors from one table per architecture.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <span>
 #include <string>
@@ -251,6 +253,9 @@ class TransformerForward : public Forward {
   virtual const float* output_norm() const = 0;  // [n_embd]
   virtual const ops::WeightMatrix& output_matrix() const = 0;
   virtual float logit_softcap() const { return 0.0f; }  // > 0: z -> c tanh(z / c)
+  // The matrices of layer l's first product, Q, K and V (the next layer's are prefetched
+  // during the serial steps at the end of a layer, layer 0's after the output product).
+  virtual std::array<const ops::WeightMatrix*, 3> qkv_matrices(int64_t l) const = 0;
 
   // out[t] = RMSNorm(in[t]) * w for the step's T_ rows of n floats (rows contiguous).
   void norm_rows(const float* in, const float* w, float* out, int64_t n) const;
@@ -262,6 +267,14 @@ class TransformerForward : public Forward {
   void attention(int64_t l, const RopeTable& rope);
   // x_ += y over the T_ rows of n_embd.
   void add_residual(const float* y);
+  // A step of one token: the pool's idle workers prefetch their shares of the next
+  // product's matrices (the rows each will take first, up to kPrefetchBytes) while this
+  // thread runs the serial steps before it (ops::prefetch_single_token; `interleaved`:
+  // the two matrices of matmul_swiglu). A hint only: results do not change.
+  void prefetch_next(std::initializer_list<const ops::WeightMatrix*> ws, bool interleaved = false);
+  // After layer l: the next layer's Q, K and V, or after the last one the output matrix.
+  void prefetch_after_layer(int64_t l);
+  static constexpr size_t kPrefetchBytes = size_t{256} << 10;
 
   const ModelConfig& config_;
   ThreadPool& pool_;

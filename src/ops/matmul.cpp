@@ -277,6 +277,52 @@ void fused_job(const MatmulKernels& ks, const MatmulOut* outs, int n, Activation
 
 }  // namespace
 
+namespace detail {
+
+int single_token_share(const WeightMatrix* const* ws, int n, bool interleaved, size_t bytes,
+                       int thread, int nth, ThreadPool::HintRange* out) {
+  if (nth < 1 || thread < 0 || thread >= nth || n < 1 || n > kMaxFused || (interleaved && n != 2) ||
+      bytes == 0)
+    return 0;
+  // The job's blocks of kRowGrain rows, numbered as fused_job and matmul_swiglu number
+  // them (a single matmul of one token splits its rows in the same blocks).
+  int64_t first_block[kMaxFused + 1];
+  first_block[0] = 0;
+  for (int i = 0; i < n; ++i) {
+    if (ws[i] == nullptr || ws[i]->data == nullptr || !has_integer_kernel(ws[i]->type)) return 0;
+    first_block[i + 1] = first_block[i] + (ws[i]->rows + kRowGrain - 1) / kRowGrain;
+  }
+  if (interleaved && ws[0]->rows != ws[1]->rows) return 0;
+  const int64_t blocks = interleaved ? first_block[1] : first_block[n];
+  const int64_t b0 = blocks * thread / nth, b1 = blocks * (thread + 1) / nth;
+  const auto rows_at = [](const WeightMatrix& w, int64_t r0, int64_t r1, size_t cap) {
+    const auto* base = static_cast<const std::byte*>(w.data);
+    return ThreadPool::HintRange{
+        base + static_cast<uint64_t>(r0) * w.row_bytes,
+        std::min<size_t>(cap, static_cast<uint64_t>(r1 - r0) * w.row_bytes)};
+  };
+  if (b0 >= b1) return 0;
+  if (interleaved) {
+    const int64_t r0 = b0 * kRowGrain, r1 = std::min(ws[0]->rows, b1 * kRowGrain);
+    out[0] = rows_at(*ws[0], r0, r1, bytes / 2);
+    out[1] = rows_at(*ws[1], r0, r1, bytes / 2);
+    return 2;
+  }
+  int k = 0;
+  size_t left = bytes;
+  for (int i = 0; i < n && left > 0 && k < ThreadPool::kHintRanges; ++i) {
+    const int64_t lo = std::max(b0, first_block[i]), hi = std::min(b1, first_block[i + 1]);
+    if (lo >= hi) continue;
+    const int64_t r0 = (lo - first_block[i]) * kRowGrain;
+    const int64_t r1 = std::min(ws[i]->rows, (hi - first_block[i]) * kRowGrain);
+    out[k] = rows_at(*ws[i], r0, r1, left);
+    left -= out[k++].bytes;
+  }
+  return k;
+}
+
+}  // namespace detail
+
 void matmul_many(const MatmulOut* outs, int n, Activations& x, ThreadPool& pool) {
   if (n < 0 || (n > 0 && outs == nullptr)) {
     throw InvalidArgument(fmt::format("matmul_many: bad product list ({} products)", n));
@@ -292,6 +338,16 @@ void matmul_many(const MatmulOut* outs, int n, Activations& x, ThreadPool& pool)
     return;
   }
   fused_job(default_kernels(), outs, n, x, pool);
+}
+
+void prefetch_single_token(const WeightMatrix* const* ws, int n, bool interleaved, size_t bytes,
+                           ThreadPool& pool) {
+  for (int t = 1; t < pool.size(); ++t) {
+    ThreadPool::HintRange ranges[ThreadPool::kHintRanges];
+    const int k = detail::single_token_share(ws, n, interleaved, bytes, t, pool.size(), ranges);
+    if (k == 0) return;
+    pool.prefetch_hint(t, ranges, k);
+  }
 }
 
 void matmul_swiglu(const WeightMatrix& w_gate, const WeightMatrix& w_up, Activations& x,

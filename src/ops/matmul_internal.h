@@ -8,9 +8,19 @@
 #include <cstring>
 
 #include "spillway/core/quant.h"
+#include "spillway/core/thread_pool.h"
 #include "spillway/ops/matmul.h"
 
 namespace spillway::ops::detail {
+
+// The rows of a single-token product of ws[0..n) (matmul_many's one job; interleaved:
+// matmul_swiglu's, gate and up rows together) that thread `thread` of `nth` takes first: its
+// range of the job's 16-row blocks, [B * thread / nth, B * (thread + 1) / nth), as byte
+// ranges into `out` (at most ThreadPool::kHintRanges), `bytes` in all at most (split evenly
+// between the two matrices when interleaved). Returns how many; 0 where the product would
+// not run as one job of integer kernels.
+int single_token_share(const WeightMatrix* const* ws, int n, bool interleaved, size_t bytes,
+                       int thread, int nth, ThreadPool::HintRange* out);
 
 // Q8_0-style activation row of nb blocks of 32, struct-of-arrays so that kernels can
 // broadcast scales and sum min terms with contiguous loads:

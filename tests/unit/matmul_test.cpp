@@ -16,6 +16,7 @@
 #include "ops/kernels.h"
 #include "spillway/core/error.h"
 #include "spillway/core/quant.h"
+#include "spillway/core/thread_pool.h"
 #include "spillway/core/types.h"
 #include "spillway/ops/ops.h"
 #include "util/families.h"
@@ -771,6 +772,59 @@ TEST(Matmul, ActivationQuantizingGivesTheReferenceBytes) {
       }
     }
   }
+}
+
+// The prefetch hints of a single-token product name the rows each thread's first range of
+// the job covers: the pool gives thread i blocks [B * i / nth, B * (i + 1) / nth) of the
+// job's B blocks of 16 rows (matrices one after another, or gate and up side by side).
+// The data pointers are only added to, never read.
+TEST(Matmul, SingleTokenShareIsTheRowsEachThreadTakesFirst) {
+  const auto at = [](uintptr_t a) { return reinterpret_cast<const void*>(a); };
+  const auto offset = [](const ThreadPool::HintRange& r, uintptr_t base) {
+    return reinterpret_cast<uintptr_t>(r.data) - base;
+  };
+  constexpr uint64_t rb = 360;  // a Q4_1 row of 576
+  const WeightMatrix wq{DType::Q4_1, at(0x100000), 576, 576, rb};
+  const WeightMatrix wk{DType::Q4_1, at(0x200000), 192, 576, rb};
+  const WeightMatrix wv{DType::Q4_1, at(0x300000), 192, 576, rb};
+  const WeightMatrix* qkv[3] = {&wq, &wk, &wv};
+  ThreadPool::HintRange r[ThreadPool::kHintRanges];
+  // 36 + 12 + 12 blocks; thread 1 of 2 takes blocks 30..60: wq's last 96 rows, wk, wv.
+  ASSERT_EQ(detail::single_token_share(qkv, 3, false, size_t{1} << 20, 1, 2, r), 3);
+  EXPECT_EQ(offset(r[0], 0x100000), 480 * rb);
+  EXPECT_EQ(r[0].bytes, 96 * rb);
+  EXPECT_EQ(offset(r[1], 0x200000), 0u);
+  EXPECT_EQ(r[1].bytes, 192 * rb);
+  EXPECT_EQ(offset(r[2], 0x300000), 0u);
+  EXPECT_EQ(r[2].bytes, 192 * rb);
+  // Thread 0 takes wq's first 480 rows; a cap cuts the ranges in order.
+  ASSERT_EQ(detail::single_token_share(qkv, 3, false, size_t{1} << 20, 0, 2, r), 1);
+  EXPECT_EQ(offset(r[0], 0x100000), 0u);
+  EXPECT_EQ(r[0].bytes, 480 * rb);
+  ASSERT_EQ(detail::single_token_share(qkv, 3, false, 100000, 1, 2, r), 2);
+  EXPECT_EQ(r[0].bytes + r[1].bytes, 100000u);
+  // Thread 2 of 3: blocks 40..60, wk from row 64 on, then wv.
+  ASSERT_EQ(detail::single_token_share(qkv, 3, false, size_t{1} << 20, 2, 3, r), 2);
+  EXPECT_EQ(offset(r[0], 0x200000), 64 * rb);
+  EXPECT_EQ(r[0].bytes, 128 * rb);
+  EXPECT_EQ(offset(r[1], 0x300000), 0u);
+
+  // Gate and up side by side: the same rows of both, half the bytes each.
+  const WeightMatrix gate{DType::Q4_1, at(0x400000), 1536, 576, rb};
+  const WeightMatrix up{DType::Q4_1, at(0x800000), 1536, 576, rb};
+  const WeightMatrix* gu[2] = {&gate, &up};
+  ASSERT_EQ(detail::single_token_share(gu, 2, true, 4096, 1, 2, r), 2);
+  EXPECT_EQ(offset(r[0], 0x400000), 768 * rb);
+  EXPECT_EQ(offset(r[1], 0x800000), 768 * rb);
+  EXPECT_EQ(r[0].bytes, 2048u);
+  EXPECT_EQ(r[1].bytes, 2048u);
+
+  // Nothing where the product is not one job of integer kernels, or no such thread.
+  const WeightMatrix f32{DType::F32, at(0x100000), 64, 64, 256};
+  const WeightMatrix* one[1] = {&f32};
+  EXPECT_EQ(detail::single_token_share(one, 1, false, 4096, 1, 2, r), 0);
+  EXPECT_EQ(detail::single_token_share(qkv, 3, false, 4096, 2, 2, r), 0);
+  EXPECT_EQ(detail::single_token_share(qkv, 3, true, 4096, 1, 2, r), 0);
 }
 
 TEST(Matmul, ReportsAKernelFamily) {

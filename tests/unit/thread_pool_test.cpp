@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <thread>
 #include <vector>
 
@@ -153,6 +155,50 @@ TEST(ThreadPool, NestedCallRunsInline) {
     pool.parallel_for(100, 10, [&](int64_t b, int64_t e) { inner += static_cast<int>(e - b); });
   });
   EXPECT_EQ(inner.load(), 200);
+}
+
+// A waiting worker prefetches the memory a hint names: its count of hinted lines reaches
+// the hint's. The worker sleeps after a short spin, so each try first wakes it with a job.
+TEST(ThreadPool, AWaitingWorkerPrefetchesItsHint) {
+  ThreadPool pool(2);
+  std::vector<char> memory(size_t{64} << 10);
+  const ThreadPool::HintRange range{memory.data(), memory.size()};
+  const uint64_t lines = memory.size() / 64 + 1;  // + 1: the data need not start a line
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  uint64_t before = pool.hinted_lines();
+  while (pool.hinted_lines() - before < memory.size() / 64 &&
+         std::chrono::steady_clock::now() < deadline) {
+    before = pool.hinted_lines();
+    pool.run([](int, int) {});
+    pool.prefetch_hint(1, &range, 1);
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  const uint64_t got = pool.hinted_lines() - before;
+  EXPECT_GE(got, memory.size() / 64);
+  EXPECT_LE(got, lines);
+}
+
+// Hints change no result and never fault: hints for the caller's thread, for threads that
+// do not exist, past the range count, and of memory that is not there (a prefetch is no
+// load) are ignored or harmless; jobs between them give what they give without hints.
+TEST(ThreadPool, HintsChangeNothingAndNeverFault) {
+  ThreadPool pool(3);
+  std::vector<char> live(size_t{1} << 20);
+  ThreadPool::HintRange ranges[ThreadPool::kHintRanges + 2];
+  for (auto& r : ranges) r = {live.data(), live.size()};
+  ranges[1] = {reinterpret_cast<const void*>(uintptr_t{64}), size_t{1} << 30};  // unmapped
+  ranges[2] = {nullptr, 4096};
+  for (int round = 0; round < 200; ++round) {
+    for (int t = -1; t <= 4; ++t) pool.prefetch_hint(t, ranges, ThreadPool::kHintRanges + 2);
+    std::vector<int> hits(1000, 0);
+    pool.parallel_for(1000, 7, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) ++hits[static_cast<size_t>(i)];
+    });
+    for (int h : hits) ASSERT_EQ(h, 1);
+  }
+  ThreadPool one(1);
+  one.prefetch_hint(0, ranges, 1);
+  EXPECT_EQ(one.hinted_lines(), 0u);
 }
 
 }  // namespace

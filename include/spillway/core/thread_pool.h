@@ -59,6 +59,25 @@ class ThreadPool {
     dispatch(nth, &invoke<decltype(body)>, &body);
   }
 
+  // Memory the next job will read on worker `thread` (1 <= thread < size()): up to
+  // kHintRanges ranges, which that worker prefetches into its caches while it waits for
+  // the job (a line from each range in turn), stopping when a job opens. The call is a few
+  // stores: the caller goes on with its own work (the serial steps between two products)
+  // while the worker, idle anyway, brings in its share of the next product. A later hint
+  // replaces what is left of an earlier one, and a job drops it. Only a hint: the memory
+  // is never read as data (a prefetch does not fault, so freed memory is harmless), a range
+  // is cut at kHintMaxBytes, and a pool of one thread, a thread out of range or an
+  // architecture without prefetch instructions ignores it.
+  struct HintRange {
+    const void* data = nullptr;
+    size_t bytes = 0;
+  };
+  static constexpr int kHintRanges = 4;
+  static constexpr size_t kHintMaxBytes = size_t{1} << 20;
+  void prefetch_hint(int thread, const HintRange* ranges, int n);
+  // Lines the workers have prefetched from hints so far.
+  uint64_t hinted_lines() const;
+
   // Splits [0, n) into pieces aligned to `grain` and calls fn(begin, end) for each,
   // concurrently. Thread i's range is grains [G * i / size(), G * (i + 1) / size()) of the
   // G grains; it claims a quarter of what is left of it at a time (at least one grain, and
@@ -107,8 +126,26 @@ class ThreadPool {
   void work(int self);
   void worker(int self);
 
+  // A worker's posted hint: kHintRanges ranges as (first line address | line count << 48),
+  // 0 for none; `fresh` is raised after the ranges are stored and taken by the worker.
+  struct alignas(64) Hint {
+    std::atomic<uint64_t> range[kHintRanges];
+    std::atomic<bool> fresh{false};
+    std::atomic<uint64_t> lines{0};  // prefetched so far; written by the worker only
+  };
+  // What a waiting worker has left to prefetch of its hint: line addresses [at, end).
+  struct Pending {
+    uintptr_t at[kHintRanges] = {};
+    uintptr_t end[kHintRanges] = {};
+    bool any = false;
+  };
+  // Takes a fresh hint into `p`; prefetches a few lines of `p`. Both on worker `self`.
+  void take_hint(int self, Pending& p);
+  static int prefetch_some(Pending& p);  // returns the lines prefetched
+
   int n_threads_;
   std::vector<std::thread> threads_;
+  std::unique_ptr<Hint[]> hints_;  // [n_threads_]; [0] unused
   std::mutex mutex_;
   std::condition_variable wake_;  // idle workers sleep here
   std::condition_variable done_;  // the caller sleeps here when a piece takes long

@@ -113,6 +113,14 @@ void matmul_many(const MatmulOut* outs, int n, Activations& x, ThreadPool& pool)
 void matmul_swiglu(const WeightMatrix& w_gate, const WeightMatrix& w_up, Activations& x,
                    float* gate, float* up, int64_t ld, ThreadPool& pool);
 
+// The matrices a single-token product will read next, handed to the pool's idle workers
+// to prefetch while the caller works alone (ThreadPool::prefetch_hint): each worker gets
+// the rows that matmul_many(ws[0..n)) (or, interleaved, matmul_swiglu(ws[0], ws[1])) will
+// give it first, up to `bytes` each. Changes no result; does nothing for matrices that
+// would not run as one job of integer kernels, or on a pool of one thread.
+void prefetch_single_token(const WeightMatrix* const* ws, int n, bool interleaved, size_t bytes,
+                           ThreadPool& pool);
+
 // Convenience for a single f32 vector (tests, tools): y[r] = W[r] . x.
 void matvec(const WeightMatrix& w, const float* x, float* y, ThreadPool& pool);
 

@@ -28,8 +28,10 @@ class Gemma3Forward final : public detail::TransformerForward {
     norm_heads(q_.data(), L.q_norm, c.n_head);
     norm_heads(k_.data(), L.k_norm, c.n_head_kv);
     attention(l, m_.rope(l));
+    prefetch_next({&L.wo});
     act_.set(attn_.data(), T_, qdim);
     ops::matmul(L.wo, act_, xn_.data(), d, pool_);
+    prefetch_next({&L.w_gate, &L.w_up});
     norm_rows(xn_.data(), L.post_attn_norm, xn_.data(), d);
     add_residual(xn_.data());
 
@@ -38,9 +40,11 @@ class Gemma3Forward final : public detail::TransformerForward {
     const ops::MatmulOut gate_up[2] = {{&L.w_gate, gate_.data(), c.n_ff},
                                        {&L.w_up, up_.data(), c.n_ff}};
     ops::matmul_many(gate_up, 2, act_, pool_);
+    prefetch_next({&L.w_down});
     ops::geglu(gate_.data(), up_.data(), T_ * c.n_ff);
     act_.set(gate_.data(), T_, c.n_ff);
     ops::matmul(L.w_down, act_, xn_.data(), d, pool_);
+    prefetch_after_layer(l);
     norm_rows(xn_.data(), L.post_ffn_norm, xn_.data(), d);
     add_residual(xn_.data());
   }
@@ -48,6 +52,10 @@ class Gemma3Forward final : public detail::TransformerForward {
   float embedding_scale() const override { return m_.gemma_config().embd_scale; }
   const float* output_norm() const override { return m_.output_norm(); }
   const ops::WeightMatrix& output_matrix() const override { return m_.output(); }
+  std::array<const ops::WeightMatrix*, 3> qkv_matrices(int64_t l) const override {
+    const Gemma3Layer& L = m_.layer(l);
+    return {&L.wq, &L.wk, &L.wv};
+  }
   float logit_softcap() const override { return m_.gemma_config().final_logit_softcap; }
 
  private:

@@ -27,20 +27,28 @@ class LlamaForward final : public detail::TransformerForward {
         {&L.wq, q_.data(), qdim}, {&L.wk, k_.data(), kvdim}, {&L.wv, v_.data(), kvdim}};
     ops::matmul_many(qkv, 3, act_, pool_);
     attention(l, m_.rope());
+    prefetch_next({&L.wo});
     act_.set(attn_.data(), T_, qdim);
     ops::matmul(L.wo, act_, xn_.data(), d, pool_);
+    prefetch_next({&L.w_gate, &L.w_up}, true);
     add_residual(xn_.data());
 
     norm_rows(x_.data(), L.ffn_norm, xn_.data(), d);
     act_.set(xn_.data(), T_, d);
     ops::matmul_swiglu(L.w_gate, L.w_up, act_, gate_.data(), up_.data(), c.n_ff, pool_);
+    prefetch_next({&L.w_down});
     act_.set(gate_.data(), T_, c.n_ff);
     ops::matmul(L.w_down, act_, xn_.data(), d, pool_);
+    prefetch_after_layer(l);
     add_residual(xn_.data());
   }
   const ops::WeightMatrix& embedding() const override { return m_.token_embd(); }
   const float* output_norm() const override { return m_.output_norm(); }
   const ops::WeightMatrix& output_matrix() const override { return m_.output(); }
+  std::array<const ops::WeightMatrix*, 3> qkv_matrices(int64_t l) const override {
+    const LlamaLayer& L = m_.layer(l);
+    return {&L.wq, &L.wk, &L.wv};
+  }
 
  private:
   const LlamaModel& m_;
