@@ -51,6 +51,31 @@ double t95(int dof) {
   return 1.960 + (2.000 - 1.960) * std::min(1.0, 60.0 / dof);
 }
 
+PairedDifference paired_difference(const std::vector<double>& a, const std::vector<double>& b) {
+  PairedDifference d;
+  d.mean = d.low = d.high = kNaN;
+  const size_t m = std::min(a.size(), b.size());
+  double sum = 0.0;
+  for (size_t i = 0; i < m; ++i) {
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) continue;
+    sum += b[i] - a[i];
+    ++d.n;
+  }
+  if (d.n == 0) return d;
+  d.mean = sum / d.n;
+  if (d.n < 2) return d;
+  double ss = 0.0;
+  for (size_t i = 0; i < m; ++i) {
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) continue;
+    const double r = b[i] - a[i] - d.mean;
+    ss += r * r;
+  }
+  const double h = t95(d.n - 1) * std::sqrt(ss / (d.n - 1) / d.n);
+  d.low = d.mean - h;
+  d.high = d.mean + h;
+  return d;
+}
+
 Trend linear_trend(const std::vector<double>& x, const std::vector<double>& y) {
   Trend t;
   t.slope = t.intercept = t.slope_low = t.slope_high = kNaN;

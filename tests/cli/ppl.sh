@@ -36,6 +36,8 @@ check "empty text message" 1 "$(grep -c "^error: .*empty.txt.* 0 token" "$TMP/er
   --json "$TMP/out.json" --csv "$TMP/out.csv" >"$TMP/table" 2>"$TMP/err"
 check "run exits 0" 0 $?
 check "table has 4 policies" 4 "$(grep -cE '^(full|window:32|sink:4\+28|recompute:32) ' "$TMP/table")"
+check "paired against full" 1 "$(grep -c '^paired against full on the same 40 tokens' "$TMP/table")"
+check "3 paired rows" 3 "$(grep -cE '^  (window:32|sink:4\+28|recompute:32) +[+-][0-9.]+ \([+-][0-9.]+ \.\. [+-][0-9.]+\); x' "$TMP/table")"
 python3 - "$TMP/out.json" "$TMP/out.csv" <<'PY' || fail=1
 import json, sys, math
 j = json.load(open(sys.argv[1]))
@@ -50,6 +52,19 @@ for p in j["policies"]:
 # A repeated text is easy for a model that sees the repeats: full < window.
 by = {p["spec"]: p for p in j["policies"]}
 assert by["full"]["ppl"] < by["window:32"]["ppl"], (by["full"]["ppl"], by["window:32"]["ppl"])
+# Each policy after the first paired with it token by token: the mean of the differences
+# and its t interval (39 degrees of freedom: t = 2.000 + 0.042 * 21 / 30), computed here.
+assert "paired_vs_first" not in j["policies"][0]
+first = j["policies"][0]["nll"]
+for p in j["policies"][1:]:
+    d = p["paired_vs_first"]
+    diffs = [b - a for a, b in zip(first, p["nll"])]
+    mean = sum(diffs) / len(diffs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (len(diffs) - 1))
+    h = (2.000 + 0.042 * 21 / 30) * sd / math.sqrt(len(diffs))
+    assert d["against"] == "full" and d["tokens"] == 40, d
+    assert abs(d["mean_nll_difference"] - mean) < 1e-6, (d, mean)
+    assert abs(d["low"] - (mean - h)) < 1e-5 and abs(d["high"] - (mean + h)) < 1e-5, (d, mean, h)
 rows = open(sys.argv[2]).read().splitlines()
 assert rows[0] == "token,full,window:32,sink:4+28,recompute:32", rows[0]
 assert len(rows) == 41 and rows[1].startswith("120,"), (len(rows), rows[1])

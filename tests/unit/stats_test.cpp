@@ -36,6 +36,30 @@ TEST(Stats, NearestRankPercentile) {
 
 // The line and its slope's 95 % interval, against numpy's least squares for the same
 // points (slope 1.99, intercept 0.05, standard error 0.0597216, t(3) = 3.182).
+TEST(Stats, PairedDifferenceAndItsInterval) {
+  // Differences 0.5, 0.1, 0.9, 0.2, 0.3: mean 0.4, sample variance 0.1, so the interval
+  // is 0.4 -+ t(0.975, 4) sqrt(0.1 / 5) = 0.4 -+ 2.776 * 0.141421.
+  const stats::PairedDifference d =
+      stats::paired_difference({1, 2, 3, 4, 5}, {1.5, 2.1, 3.9, 4.2, 5.3});
+  EXPECT_EQ(d.n, 5);
+  EXPECT_NEAR(d.mean, 0.4, 1e-12);
+  EXPECT_NEAR(d.low, 0.4 - 2.776 * std::sqrt(0.02), 1e-12);
+  EXPECT_NEAR(d.high, 0.4 + 2.776 * std::sqrt(0.02), 1e-12);
+  // Pairs with a NaN are left out; the shorter vector decides; a constant shift has a
+  // zero-width interval; one pair has a mean and no interval.
+  const double nan = std::nan("");
+  const stats::PairedDifference e = stats::paired_difference({1, nan, 3, 4}, {2, 5, 4});
+  EXPECT_EQ(e.n, 2);
+  EXPECT_DOUBLE_EQ(e.mean, 1.0);
+  EXPECT_DOUBLE_EQ(e.low, 1.0);
+  EXPECT_DOUBLE_EQ(e.high, 1.0);
+  const stats::PairedDifference one = stats::paired_difference({1}, {3});
+  EXPECT_EQ(one.n, 1);
+  EXPECT_DOUBLE_EQ(one.mean, 2.0);
+  EXPECT_TRUE(std::isnan(one.low));
+  EXPECT_EQ(stats::paired_difference({}, {}).n, 0);
+}
+
 TEST(Stats, LinearTrendAndItsInterval) {
   const stats::Trend t = stats::linear_trend({1, 2, 3, 4, 5}, {2.1, 3.9, 6.2, 7.8, 10.1});
   EXPECT_EQ(t.n, 5);

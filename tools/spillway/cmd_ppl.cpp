@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include "command.h"
 #include "spillway/core/error.h"
 #include "spillway/core/file.h"
+#include "spillway/core/stats.h"
 #include "spillway/kv/policy.h"
 #include "spillway/model/model.h"
 #include "spillway/session/perplexity.h"
@@ -151,6 +153,26 @@ int run_ppl(const PplOptions& o) {
         "tokens where both put the most mass on the same token)\n",
         results[0].reference_spec);
 
+  // Every policy scored the same targets of the same stream: each against the first, token
+  // by token.
+  std::vector<stats::PairedDifference> paired(results.size());
+  for (size_t i = 1; i < results.size(); ++i)
+    paired[i] =
+        stats::paired_difference(std::vector<double>(results[0].nll.begin(), results[0].nll.end()),
+                                 std::vector<double>(results[i].nll.begin(), results[i].nll.end()));
+  if (results.size() > 1) {
+    fmt::print(
+        "paired against {} on the same {} tokens (mean NLL difference, 95 % interval; "
+        "perplexity ratio):\n",
+        results[0].spec, results[0].tokens);
+    for (size_t i = 1; i < results.size(); ++i) {
+      const stats::PairedDifference& d = paired[i];
+      fmt::print("  {:<32} {:+.4f} ({:+.4f} .. {:+.4f}); x{:.3f} ({:.3f} .. {:.3f})\n",
+                 results[i].spec, d.mean, d.low, d.high, std::exp(d.mean), std::exp(d.low),
+                 std::exp(d.high));
+    }
+  }
+
   if (o.json_out) {
     nlohmann::json j;
     j["model"] = o.model;
@@ -171,6 +193,17 @@ int run_ppl(const PplOptions& o) {
       p["kv_slots"] = r.kv_slots;
       p["capacity"] = r.capacity ? nlohmann::json(*r.capacity) : nlohmann::json(nullptr);
       p["nll"] = r.nll;
+      if (const size_t i = j["policies"].size(); i > 0) {
+        const stats::PairedDifference& d = paired[i];
+        const auto num = [](double x) {
+          return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr);
+        };
+        p["paired_vs_first"] = {{"against", results[0].spec},
+                                {"tokens", d.n},
+                                {"mean_nll_difference", num(d.mean)},
+                                {"low", num(d.low)},
+                                {"high", num(d.high)}};
+      }
       if (!r.kl.empty()) {
         p["reference"] = r.reference_spec;
         p["kl_mean"] = r.kl_mean;

@@ -24,6 +24,17 @@ struct Trend {
 };
 Trend linear_trend(const std::vector<double>& x, const std::vector<double>& y);
 
+// The mean of b[i] - a[i] over the pairs whose values are both finite, with its 95 %
+// confidence interval from Student's t with n - 1 degrees of freedom (n: the pairs used).
+// A paired comparison: two runs scored on the same items. Fewer than 2 pairs: n as
+// counted, the mean where there is one, NaN bounds.
+struct PairedDifference {
+  int n = 0;
+  double mean = 0.0;
+  double low = 0.0, high = 0.0;  // the 95 % interval
+};
+PairedDifference paired_difference(const std::vector<double>& a, const std::vector<double>& b);
+
 // The two-sided 95 % quantile of Student's t with `dof` degrees of freedom (dof >= 1).
 double t95(int dof);
 
