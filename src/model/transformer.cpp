@@ -443,11 +443,9 @@ void TransformerForward::prefetch_next(std::initializer_list<const ops::WeightMa
 }
 
 void TransformerForward::prefetch_after_layer(int64_t l) {
-  if (T_ != 1) return;
   if (l + 1 < config_.n_layer) {
     const auto ws = qkv_matrices(l + 1);
-    ops::prefetch_single_token(ws.data(), static_cast<int>(ws.size()), false, kPrefetchBytes,
-                               pool_);
+    prefetch_next({ws[0], ws[1], ws[2]});
   } else {
     prefetch_next({&output_matrix()});
   }
@@ -816,11 +814,8 @@ const float* TransformerForward::logits() {
     logits_.resize(static_cast<size_t>(rows * c.n_vocab));
   act_.set(xn_.data(), rows, d);
   ops::matmul(output_matrix(), act_, logits_.data(), c.n_vocab, pool_);
-  if (T_ == 1) {
-    const auto ws = qkv_matrices(0);
-    ops::prefetch_single_token(ws.data(), static_cast<int>(ws.size()), false, kPrefetchBytes,
-                               pool_);
-  }
+  const auto first = qkv_matrices(0);
+  prefetch_next({first[0], first[1], first[2]});
   if (const float cap = logit_softcap(); cap > 0) {
     for (int64_t i = 0; i < rows * c.n_vocab; ++i) {
       float& z = logits_[static_cast<size_t>(i)];

@@ -74,7 +74,7 @@ class ThreadPool {
   };
   static constexpr int kHintRanges = 4;
   static constexpr size_t kHintMaxBytes = size_t{1} << 20;
-  void prefetch_hint(int thread, const HintRange* ranges, int n);
+  void prefetch_hint(int thread, const HintRange* ranges, int n);  // ranges[0..n)
   // Lines the workers have prefetched from hints so far.
   uint64_t hinted_lines() const;
 
@@ -126,8 +126,8 @@ class ThreadPool {
   void work(int self);
   void worker(int self);
 
-  // A worker's posted hint: kHintRanges ranges as (first line address | line count << 48),
-  // 0 for none; `fresh` is raised after the ranges are stored and taken by the worker.
+  // A worker's posted hint: kHintRanges ranges as (address / 64 | line count << 42), 0 for
+  // none; `fresh` is raised after the ranges are stored and taken by the worker.
   struct alignas(64) Hint {
     std::atomic<uint64_t> range[kHintRanges];
     std::atomic<bool> fresh{false};
