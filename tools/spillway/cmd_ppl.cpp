@@ -156,10 +156,10 @@ int run_ppl(const PplOptions& o) {
   // Every policy scored the same targets of the same stream: each against the first, token
   // by token.
   std::vector<stats::PairedDifference> paired(results.size());
+  const std::vector<double> first_nll(results[0].nll.begin(), results[0].nll.end());
   for (size_t i = 1; i < results.size(); ++i)
-    paired[i] =
-        stats::paired_difference(std::vector<double>(results[0].nll.begin(), results[0].nll.end()),
-                                 std::vector<double>(results[i].nll.begin(), results[i].nll.end()));
+    paired[i] = stats::paired_difference(
+        first_nll, std::vector<double>(results[i].nll.begin(), results[i].nll.end()));
   if (results.size() > 1) {
     fmt::print(
         "paired against {} on the same {} tokens (mean NLL difference, 95 % interval; "
@@ -180,7 +180,8 @@ int run_ppl(const PplOptions& o) {
     j["stream_tokens"] = tokens.size();
     j["chunk"] = o.chunk;
     j["threads"] = pool.size();
-    for (const auto& r : results) {
+    for (size_t i = 0; i < results.size(); ++i) {
+      const PerplexityResult& r = results[i];
       nlohmann::json p;
       p["spec"] = r.spec;
       p["tokens"] = r.tokens;
@@ -193,7 +194,7 @@ int run_ppl(const PplOptions& o) {
       p["kv_slots"] = r.kv_slots;
       p["capacity"] = r.capacity ? nlohmann::json(*r.capacity) : nlohmann::json(nullptr);
       p["nll"] = r.nll;
-      if (const size_t i = j["policies"].size(); i > 0) {
+      if (i > 0) {
         const stats::PairedDifference& d = paired[i];
         const auto num = [](double x) {
           return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr);
